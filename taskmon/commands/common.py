@@ -1,0 +1,55 @@
+"""What every command shares: options, the one-line error, running a coroutine."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Coroutine
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+
+__all__ = ["DsnOption", "UsageError", "fail", "run"]
+
+T = TypeVar("T")
+
+DsnOption = Annotated[
+    str | None,
+    typer.Option(
+        "--dsn",
+        help="PostgreSQL DSN. Default: $TASKMON_DSN, then the config file, "
+        "then the embedded PostgreSQL under your data directory.",
+        show_default=False,
+    ),
+]
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line, exit status 2."""
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print `message` as one line on stderr and exit (2: bad input)."""
+    line = " ".join(str(message).split())
+    sys.stderr.write(f"taskmon: error: {line}\n")
+    raise typer.Exit(code)
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro`; turn the errors a user can cause into one line instead of a traceback."""
+    from taskmon.config import ConfigError
+
+    try:
+        return asyncio.run(coro)
+    except (UsageError, ConfigError, ValueError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except OSError as exc:
+        fail(f"cannot reach the database or service: {exc}", code=1)
+    except Exception as exc:
+        import asyncpg
+
+        if isinstance(exc, asyncpg.PostgresError):
+            fail(f"database error: {exc}", code=1)
+        raise

@@ -1,0 +1,320 @@
+"""MonitoringMiddleware: records every TaskIQ task execution, one row per attempt.
+
+Client side it only stamps the enqueue time on each message (``pre_send``).
+Worker side it snapshots each attempt in ``pre_execute``, keeps the real
+exception from ``on_error``, and hands the outcome to the process's
+:class:`~taskmon.recorder.Recorder` in ``post_execute``. No hook awaits the
+database or raises: a failing monitor must never fail a task.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import traceback as tb
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from taskiq import TaskiqMessage, TaskiqMiddleware, TaskiqResult
+from taskiq.exceptions import NoResultError
+
+from taskmon.bus import Publisher
+from taskmon.events import AttemptRecord, Status
+from taskmon.params import (
+    DEFAULT_MAX_ROW_BYTES,
+    DEFAULT_MAX_VALUE_BYTES,
+    DEFAULT_REDACT_KEYS,
+    ParamsPolicy,
+    to_jsonable,
+)
+from taskmon.recorder import Recorder
+
+__all__ = ["ENQUEUED_LABEL", "MonitoringMiddleware"]
+
+logger = logging.getLogger("taskmon.middleware")
+
+ENQUEUED_LABEL = "taskmon_enqueued_at"
+"""Label stamped by ``pre_send``: the enqueue time as Unix seconds."""
+_MAX_TRACEBACK = 32 * 1024
+
+
+def _number(value: object) -> float | None:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if number == number else None  # NaN is no number here
+
+
+def _attempt(message: TaskiqMessage) -> int:
+    n = _number(message.labels.get("_retries", 0))
+    return int(n) if n is not None and n >= 0 else 0
+
+
+@dataclass(slots=True)
+class _Running:
+    record: AttemptRecord
+    t0: float
+    exception: BaseException | None = None
+    rekicked: bool = False
+
+
+class MonitoringMiddleware(TaskiqMiddleware):
+    """Record every task execution in PostgreSQL and publish live events.
+
+    Args:
+        dsn: PostgreSQL DSN; default ``TASKMON_DSN``, else the config file, else the
+            user's embedded PostgreSQL.
+        redis_url: publish events to a Redis stream instead of PostgreSQL NOTIFY
+            (default ``TASKMON_REDIS_URL``).
+        auto_migrate: bring the schema up to date at startup.
+        publish_events: send live events at all.
+        redact_keys: key substrings whose values are replaced by ``[REDACTED]``.
+        max_value_bytes: bound of one stored parameter value (JSON bytes).
+        max_row_bytes: bound of one attempt's stored parameters.
+        max_pending: attempts kept in memory while the database is unreachable.
+        batch_size: attempts per database write.
+        flush_interval: seconds between writes when fewer than `batch_size` wait.
+        shutdown_timeout: how long ``shutdown()`` may spend writing what is left;
+            keep it under the worker's ``--shutdown-timeout`` (5 s by default).
+    """
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        redis_url: str | None = None,
+        auto_migrate: bool = True,
+        publish_events: bool = True,
+        redact_keys: Iterable[str] = DEFAULT_REDACT_KEYS,
+        max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+        max_row_bytes: int = DEFAULT_MAX_ROW_BYTES,
+        max_pending: int = 100_000,
+        batch_size: int = 500,
+        flush_interval: float = 0.1,
+        shutdown_timeout: float = 4.0,
+    ) -> None:
+        super().__init__()
+        self._dsn = dsn
+        self._redis_url = redis_url
+        self.auto_migrate = auto_migrate
+        self.publish_events = publish_events
+        self.policy = ParamsPolicy(redact_keys, max_value_bytes, max_row_bytes)
+        self.max_pending = max_pending
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.shutdown_timeout = shutdown_timeout
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.recorder: Recorder | None = None
+        # keyed by id(message): the same task_id can have two attempts in flight
+        # (a retry runs while the failed attempt is still being handled)
+        self._running: dict[int, _Running] = {}
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def _executes_tasks(self) -> bool:
+        from taskiq import InMemoryBroker
+
+        broker = self.broker
+        return broker is not None and (
+            broker.is_worker_process or isinstance(broker, InMemoryBroker)
+        )
+
+    def _make_recorder(self) -> Recorder:
+        from taskmon.config import resolve_dsn, resolve_setting
+
+        dsn = resolve_dsn(self._dsn)
+        publisher: Publisher | None = None
+        if self.publish_events:
+            redis_url = resolve_setting(self._redis_url, "TASKMON_REDIS_URL", "redis_url")
+            if redis_url:
+                from taskmon.bus.redis import RedisStreamPublisher
+
+                publisher = RedisStreamPublisher(redis_url)
+            else:
+                from taskmon.bus.postgres import PgNotifyPublisher
+
+                publisher = PgNotifyPublisher()
+        return Recorder(
+            dsn,
+            publisher=publisher,
+            auto_migrate=self.auto_migrate,
+            max_pending=self.max_pending,
+            batch_size=self.batch_size,
+            flush_interval=self.flush_interval,
+        )
+
+    async def startup(self) -> None:
+        """Start this process's writer (worker side only); never fails the worker."""
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"  # after a fork, the child's pid
+        if not self._executes_tasks():
+            return
+        try:
+            if self.recorder is None:
+                import asyncio
+
+                # the embedded server may have to start: keep that off the event loop
+                self.recorder = await asyncio.to_thread(self._make_recorder)
+            # give migrations a moment so the first tasks land at once; a database
+            # that is down is not our worker's problem, the writer keeps retrying
+            await self.recorder.start(wait_connected=5.0)
+        except Exception:
+            logger.exception("taskmon: monitoring disabled for this process")
+
+    async def shutdown(self) -> None:
+        """Write what is buffered, within `shutdown_timeout`."""
+        recorder, self.recorder = self.recorder, None
+        if recorder is None:
+            return
+        try:
+            await recorder.stop(self.shutdown_timeout)
+        except Exception:
+            logger.exception("taskmon: error while stopping the recorder")
+
+    def _ensure_recorder(self) -> Recorder | None:
+        if self.recorder is None:
+            # tasks run, but startup() was not called (or failed): start writing now,
+            # without awaiting anything inside the hook
+            try:
+                import asyncio
+
+                self.recorder = self._make_recorder()
+                asyncio.get_running_loop().create_task(self.recorder.start())
+            except Exception:
+                logger.exception("taskmon: cannot start recording")
+                self.recorder = None
+        return self.recorder
+
+    # -- client side -----------------------------------------------------------
+
+    def pre_send(self, message: TaskiqMessage) -> TaskiqMessage:
+        """Stamp the enqueue time; notice retries re-kicked from inside a running attempt."""
+        try:
+            message.labels[ENQUEUED_LABEL] = time.time()
+            if self._running:
+                # a retry middleware re-kicks with the same task_id while the failed
+                # attempt is still being handled: that attempt is "retrying"
+                attempt = _attempt(message)
+                for running in self._running.values():
+                    record = running.record
+                    if record.task_id == message.task_id and record.attempt < attempt:
+                        running.rekicked = True
+        except Exception:
+            logger.exception("taskmon: pre_send failed")
+        return message
+
+    # -- worker side -----------------------------------------------------------
+
+    def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
+        """Snapshot the attempt (args are still JSON here) and record it as running."""
+        try:
+            self._start(message)
+        except Exception:
+            logger.exception("taskmon: pre_execute failed")
+        return message
+
+    def _start(self, message: TaskiqMessage) -> None:
+        now = time.time()
+        labels = dict(message.labels)
+        enqueued = _number(labels.pop(ENQUEUED_LABEL, None))
+        timeout = _number(labels.get("timeout"))
+        started_at = datetime.fromtimestamp(now, UTC)
+        record = AttemptRecord(
+            task_id=str(message.task_id),
+            attempt=_attempt(message),
+            task_name=message.task_name,
+            status=Status.RUNNING,
+            worker=self.worker,
+            queue=getattr(self.broker, "queue_name", None) or labels.get("queue_name"),
+            labels=self.policy.bound(self.policy.redact(to_jsonable(labels))),
+            params=self.policy.snapshot(message.args, message.kwargs),
+            timeout_s=timeout,
+            enqueued_at=datetime.fromtimestamp(enqueued, UTC) if enqueued else None,
+            started_at=started_at,
+            queue_wait_ms=max(0.0, (now - enqueued) * 1000) if enqueued else None,
+        )
+        self._running[id(message)] = _Running(record, time.perf_counter())
+        recorder = self._ensure_recorder()
+        if recorder is not None:
+            recorder.submit(record)
+
+    def on_error(
+        self, message: TaskiqMessage, result: TaskiqResult[Any], exception: BaseException
+    ) -> None:
+        """Keep the real exception: a retry middleware may replace it by NoResultError."""
+        try:
+            running = self._lookup(message)
+            if running is not None and (
+                running.exception is None or not isinstance(exception, NoResultError)
+            ):
+                running.exception = exception
+        except Exception:
+            logger.exception("taskmon: on_error failed")
+
+    def post_execute(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
+        """Record the attempt's outcome, duration and error."""
+        try:
+            self._finish(message, result)
+        except Exception:
+            logger.exception("taskmon: post_execute failed")
+
+    def _key(self, message: TaskiqMessage) -> int | None:
+        if id(message) in self._running:
+            return id(message)
+        # a later middleware replaced the message object: find the attempt by task_id
+        # (the retry middleware also rewrites `_retries` in place, so not by label)
+        for key, candidate in reversed(self._running.items()):
+            if candidate.record.task_id == message.task_id:
+                return key
+        return None
+
+    def _lookup(self, message: TaskiqMessage) -> _Running | None:
+        key = self._key(message)
+        return None if key is None else self._running[key]
+
+    def _finish(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
+        key = self._key(message)
+        if key is None:
+            return
+        running = self._running.pop(key)
+        duration_ms = (time.perf_counter() - running.t0) * 1000
+        exc = running.exception
+        if exc is None and result.is_err and not isinstance(result.error, NoResultError):
+            exc = result.error
+        if running.rekicked:
+            status = Status.RETRYING
+        elif exc is not None and not isinstance(exc, NoResultError):
+            status = Status.FAILED
+        else:
+            # success, or a task that raised NoResultError on purpose (no result to save)
+            status = Status.SUCCESS
+            exc = None
+        base = running.record
+        record = AttemptRecord(
+            task_id=base.task_id,
+            attempt=base.attempt,
+            task_name=base.task_name,
+            status=status,
+            worker=base.worker,
+            queue=base.queue,
+            labels=base.labels,
+            params=base.params,
+            timeout_s=base.timeout_s,
+            enqueued_at=base.enqueued_at,
+            started_at=base.started_at,
+            finished_at=datetime.now(UTC),
+            duration_ms=round(duration_ms, 3),
+            queue_wait_ms=base.queue_wait_ms,
+        )
+        if exc is not None:
+            record.error_type = type(exc).__qualname__
+            record.error_message = str(exc)[: self.policy.max_value_bytes] or None
+            text = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+            record.traceback = text[-_MAX_TRACEBACK:]
+        recorder = self._ensure_recorder()
+        if recorder is not None:
+            recorder.submit(record)
