@@ -65,7 +65,10 @@ def test_no_dsn_configured_uses_the_embedded_server(tmp_path: Path) -> None:
         # and `taskmon db status` with no --dsn reads the same server
         status = subprocess.run(
             [sys.executable, "-m", "taskmon", "db", "status"],
-            env=env, capture_output=True, text=True, timeout=60,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert status.returncode == 0, status.stderr
         assert str(data_dir) in status.stdout

@@ -36,10 +36,6 @@ def test_core_modules_do_not_import_textual_typer_or_rich() -> None:
 
 
 def test_history_cli_does_not_import_textual() -> None:
-    code = (
-        "import sys\n"
-        "from taskmon import cli\n"
-        "print('textual' in sys.modules)\n"
-    )
+    code = "import sys\nfrom taskmon import cli\nprint('textual' in sys.modules)\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

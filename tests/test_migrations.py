@@ -51,7 +51,11 @@ def test_migrations_are_numbered_without_gaps() -> None:
 def _cli(*args: str, dsn: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TASKMON_DSN": dsn}
     return subprocess.run(
-        [sys.executable, "-m", "taskmon", *args], capture_output=True, text=True, env=env, timeout=60
+        [sys.executable, "-m", "taskmon", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
 
 

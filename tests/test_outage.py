@@ -90,9 +90,7 @@ async def proxy(dsn: str) -> AsyncIterator[Proxy]:
 
 
 async def _count(db: asyncpg.Connection[Any], status: str = "success") -> int:
-    n: int = await db.fetchval(
-        "SELECT count(*) FROM task_execution_logs WHERE status = $1", status
-    )
+    n: int = await db.fetchval("SELECT count(*) FROM task_execution_logs WHERE status = $1", status)
     return n
 
 
@@ -150,8 +148,10 @@ async def test_terminated_backend_is_reconnected_without_loss(
     await recorder.flush()
 
     # when an administrator terminates its backend connection
-    writers = "FROM pg_stat_activity WHERE application_name = 'taskmon' " \
+    writers = (
+        "FROM pg_stat_activity WHERE application_name = 'taskmon' "
         "AND datname = current_database() AND pid <> pg_backend_pid()"
+    )
     killed = {r["pid"] for r in await db.fetch(f"SELECT pid, pg_terminate_backend(pid) {writers}")}
     assert killed
     for i in range(50):
@@ -184,7 +184,9 @@ async def test_buffer_bound_drops_oldest_and_counts(
     assert len([r for r in caplog.records if "buffer full" in r.getMessage()]) == 1
     await proxy.start()
     await recorder.flush(timeout=30)
-    ids = [r["task_id"] for r in await db.fetch("SELECT task_id FROM task_execution_logs ORDER BY 1")]
+    ids = [
+        r["task_id"] for r in await db.fetch("SELECT task_id FROM task_execution_logs ORDER BY 1")
+    ]
     assert ids == [f"t{i:03d}" for i in range(150, 250)]
     await recorder.stop()
 
@@ -194,6 +196,12 @@ def _record(task_id: str) -> AttemptRecord:
 
     now = datetime.now(UTC)
     return AttemptRecord(
-        task_id=task_id, attempt=0, task_name="app:x", status=Status.SUCCESS,
-        worker="test:1", started_at=now, finished_at=now, duration_ms=1.0,
+        task_id=task_id,
+        attempt=0,
+        task_name="app:x",
+        status=Status.SUCCESS,
+        worker="test:1",
+        started_at=now,
+        finished_at=now,
+        duration_ms=1.0,
     )

@@ -20,7 +20,11 @@ def test_anything_not_json_becomes_its_repr() -> None:
             return "<Thing 42>"
 
     out = to_jsonable({"when": date(2026, 11, 28), "amount": Decimal("1.5"), "t": Thing()})
-    assert out == {"when": "datetime.date(2026, 11, 28)", "amount": "Decimal('1.5')", "t": "<Thing 42>"}
+    assert out == {
+        "when": "datetime.date(2026, 11, 28)",
+        "amount": "Decimal('1.5')",
+        "t": "<Thing 42>",
+    }
     json.dumps(out)
 
 
@@ -61,8 +65,15 @@ def test_default_secret_keys_are_redacted_case_insensitively_at_any_depth() -> N
     assert params["args"][0]["db"]["PASSWORD"] == REDACTED
     assert params["args"][0]["items"][0] == {"x_api_key": REDACTED, "ok": 1}
     kwargs = params["kwargs"]
-    for key in ("Authorization", "refresh_token", "session_cookie", "aws_credentials",
-                "passwd", "apikey", "client_secret"):
+    for key in (
+        "Authorization",
+        "refresh_token",
+        "session_cookie",
+        "aws_credentials",
+        "passwd",
+        "apikey",
+        "client_secret",
+    ):
         assert kwargs[key] == REDACTED, key
     assert kwargs["user"] == "alice"
 

@@ -37,8 +37,17 @@ def worker_env(dsn: str, redis_url: str, tmp_path: Path) -> dict[str, str]:
 def worker(worker_env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     log = (tmp_path / "worker.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "taskiq", "worker", "worker_app:broker", "--workers", "2",
-         "--shutdown-timeout", "6"],
+        [
+            sys.executable,
+            "-m",
+            "taskiq",
+            "worker",
+            "worker_app:broker",
+            "--workers",
+            "2",
+            "--shutdown-timeout",
+            "6",
+        ],
         env=worker_env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -134,9 +143,7 @@ async def test_worker_shutdown_drains_buffered_rows(
     await wait_for(lambda: len(psutil.Process(worker.pid).children()) == 2, timeout=30)
     await asyncio.sleep(1.0)  # let the children finish starting up
     tasks = [await client.sleep.kiq(0.5) for _ in range(4)]
-    await wait_for(
-        lambda: db.fetchval("SELECT count(*) FROM task_execution_logs") , timeout=30
-    )
+    await wait_for(lambda: db.fetchval("SELECT count(*) FROM task_execution_logs"), timeout=30)
 
     # when the worker is stopped gracefully
     worker.send_signal(signal.SIGINT)

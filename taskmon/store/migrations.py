@@ -59,7 +59,9 @@ async def upgrade(conn: asyncpg.Connection[Any]) -> list[Migration]:
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
         await conn.execute(_CREATE)
-        done = {r["version"] for r in await conn.fetch("SELECT version FROM taskmon_schema_migrations")}
+        done = {
+            r["version"] for r in await conn.fetch("SELECT version FROM taskmon_schema_migrations")
+        }
         applied = []
         for mig in available():
             if mig.version in done:
