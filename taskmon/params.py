@@ -131,6 +131,10 @@ class ParamsPolicy:
 
     def bound(self, params: dict[str, Any]) -> dict[str, Any]:
         """Apply the per-value and per-row size bounds to an already redacted object."""
+        # the common case, small arguments, costs one encoding (ASCII-escaped JSON is
+        # never shorter than its UTF-8 form, so this size is a safe upper bound)
+        if len(json.dumps(params)) <= min(self.max_value_bytes, self.max_row_bytes):
+            return params
         params = self._truncate(params, self.max_value_bytes)
         if _encoded_size(params) > self.max_row_bytes:
             text = json.dumps(params, ensure_ascii=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import logging
 import time
@@ -107,19 +108,16 @@ def _columns(batch: list[AttemptRecord]) -> list[list[Any]]:
 
 
 _FIELDS = [f.name for f in fields(AttemptRecord)]
+_UNFINISHED = (Status.RUNNING, Status.PENDING)
 
 
 def _merge(old: AttemptRecord, new: AttemptRecord) -> AttemptRecord:
     """The newer record of the same attempt wins field by field, but never loses an outcome."""
-    merged = AttemptRecord(**{name: getattr(old, name) for name in _FIELDS})
+    merged = copy.copy(new)
     for name in _FIELDS:
-        value = getattr(new, name)
-        if value is not None:
-            setattr(merged, name, value)
-    if new.status in (Status.RUNNING, Status.PENDING) and old.status not in (
-        Status.RUNNING,
-        Status.PENDING,
-    ):
+        if getattr(new, name) is None:
+            setattr(merged, name, getattr(old, name))
+    if new.status in _UNFINISHED and old.status not in _UNFINISHED:
         merged.status = old.status
     merged.started_at = old.started_at or new.started_at
     merged.enqueued_at = old.enqueued_at or new.enqueued_at
@@ -129,7 +127,8 @@ def _merge(old: AttemptRecord, new: AttemptRecord) -> AttemptRecord:
 @dataclass(slots=True)
 class _Pending:
     record: AttemptRecord
-    events: list[dict[str, Any]]
+    events: list[AttemptRecord]
+    """Each state submitted, to announce; encoded by the writer, off the task's path."""
 
 
 @dataclass(slots=True)
@@ -202,15 +201,15 @@ class Recorder:
         """Queue one attempt's state. Never blocks, never raises, does no I/O."""
         try:
             self.stats.submitted += 1
-            event = event_from_record(record) if self.publisher is not None else None
+            publish = self.publisher is not None
             entry = self._pending.get(record.key)
             if entry is None:
-                self._pending[record.key] = _Pending(record, [event] if event else [])
+                self._pending[record.key] = _Pending(record, [record] if publish else [])
                 self._bound()
             else:
                 entry.record = _merge(entry.record, record)
-                if event:
-                    entry.events.append(event)
+                if publish:
+                    entry.events.append(record)
             if len(self._pending) >= self.batch_size:
                 self._wake.set()
         except Exception:
@@ -424,7 +423,7 @@ class Recorder:
         # a stable order keeps concurrent writers from deadlocking on shared rows
         batch = sorted(batch, key=lambda e: e.record.key)
         records = [e.record for e in batch]
-        events = [ev for e in batch for ev in e.events]
+        events = [event_from_record(r) for e in batch for r in e.events]
         async with conn.transaction():
             await conn.execute(_UPSERT, *_columns(records))
             if events and self.publisher is not None:
