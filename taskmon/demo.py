@@ -216,9 +216,7 @@ async def demo_environment(
             return n
 
         load = asyncio.create_task(counted_load(), name="taskmon-demo-load")
-        yield DemoEnvironment(
-            dsn, hub_url, broker, monitor, lambda: counter["n"], stop.set, root
-        )
+        yield DemoEnvironment(dsn, hub_url, broker, monitor, lambda: counter["n"], stop.set, root)
     finally:
         stop.set()
         if load is not None:
@@ -292,7 +290,9 @@ class DemoSummary:
         ]
 
 
-async def run_headless(duration: float, *, rate: float = 15.0, seed: int | None = None) -> DemoSummary:
+async def run_headless(
+    duration: float, *, rate: float = 15.0, seed: int | None = None
+) -> DemoSummary:
     """Run the demo without the TUI for `duration` seconds and summarise it."""
     from taskmon.client import EventReceived, subscribe
     from taskmon.store.db import connect

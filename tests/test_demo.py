@@ -15,7 +15,10 @@ def test_headless_demo_records_tasks_and_delivers_every_event() -> None:
     # when
     out = subprocess.run(
         [sys.executable, "-m", "taskmon", "demo", "--headless", "--duration", "4", "--seed", "3"],
-        capture_output=True, text=True, env=env, timeout=180,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
     )
 
     # then
@@ -34,7 +37,9 @@ def test_headless_demo_records_tasks_and_delivers_every_event() -> None:
 def test_demo_rejects_bad_arguments_in_one_line() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "taskmon", "demo", "--headless", "--duration", "-3"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 2
     assert out.stderr.strip() == "taskmon: error: --duration must be positive, got -3"
