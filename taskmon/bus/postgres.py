@@ -1,15 +1,26 @@
-"""PostgreSQL ``NOTIFY`` transport."""
+"""PostgreSQL ``NOTIFY`` transport: the publisher and the listening subscriber."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+from taskmon.bus.subscriber import Backoff, BusEvents, BusGap, BusItem, BusState
 from taskmon.events import dumps
 
-__all__ = ["CHANNEL", "MAX_PAYLOAD", "PgNotifyPublisher", "pack_payloads"]
+__all__ = [
+    "CHANNEL",
+    "MAX_PAYLOAD",
+    "PgNotifyPublisher",
+    "PgNotifySubscriber",
+    "pack_payloads",
+    "shrink",
+    "unpack_payload",
+]
 
 logger = logging.getLogger("taskmon.bus")
 
@@ -18,16 +29,19 @@ CHANNEL = "taskmon_events"
 MAX_PAYLOAD = 7900
 
 
-def _shrink(event: dict[str, Any]) -> str:
-    """Encode one event, dropping its params (then its error text) if it would not fit."""
+def shrink(event: dict[str, Any], limit: int = MAX_PAYLOAD) -> str:
+    """Encode one event under `limit` bytes, dropping its params (then error text) if needed."""
     text = dumps(event)
-    if len(text.encode()) < MAX_PAYLOAD:
+    if len(text.encode()) < limit:
         return text
-    event = {**event, "data": {**event["data"], "params": {"_omitted": "too large; see history"}}}
+    data = event.get("data")
+    if not isinstance(data, dict):
+        return text
+    event = {**event, "data": {**data, "params": {"_omitted": "too large; see history"}}}
     text = dumps(event)
-    if len(text.encode()) < MAX_PAYLOAD:
+    if len(text.encode()) < limit:
         return text
-    message = (event["data"].get("error_message") or "")[:1000]
+    message = str(data.get("error_message") or "")[:1000]
     event["data"] = {**event["data"], "error_message": message}
     return dumps(event)
 
@@ -37,7 +51,7 @@ def pack_payloads(events: list[dict[str, Any]]) -> Iterator[str]:
     batch: list[str] = []
     size = 2
     for event in events:
-        text = _shrink(event)
+        text = shrink(event)
         n = len(text.encode()) + 1
         if batch and size + n > MAX_PAYLOAD:
             yield "[" + ",".join(batch) + "]"
@@ -49,9 +63,14 @@ def pack_payloads(events: list[dict[str, Any]]) -> Iterator[str]:
 
 
 def unpack_payload(payload: str) -> list[dict[str, Any]]:
-    """The events of one notification (an array, or a single object)."""
+    """The events of one notification (an array, or a single object).
+
+    Raises:
+        ValueError: if the payload is not JSON; items that are not objects are skipped.
+    """
     data = json.loads(payload)
-    return data if isinstance(data, list) else [data]
+    items = data if isinstance(data, list) else [data]
+    return [item for item in items if isinstance(item, dict)]
 
 
 class PgNotifyPublisher:
@@ -74,3 +93,124 @@ class PgNotifyPublisher:
 
     async def close(self) -> None:
         return None
+
+
+class PgNotifySubscriber:
+    """Listens on the ``NOTIFY`` channel from one dedicated connection, reconnecting forever.
+
+    ``NOTIFY`` keeps nothing for absent listeners: after a reconnection the
+    iterator yields a :class:`BusGap` (readers heal from the table).
+
+    Args:
+        dsn: the database the recorders write to.
+        channel: the channel name.
+        max_backoff: the longest pause between reconnection attempts, in seconds.
+        keepalive: seconds of silence after which the connection is checked
+            (a dead TCP peer otherwise goes unnoticed by a connection that only listens).
+        max_buffered: notifications held while the consumer is busy; beyond that
+            they are dropped and a gap is reported.
+    """
+
+    name = "postgres"
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        channel: str = CHANNEL,
+        max_backoff: float = 5.0,
+        keepalive: float = 10.0,
+        max_buffered: int = 10_000,
+    ) -> None:
+        self.dsn = dsn
+        self.channel = channel
+        self.max_backoff = max_backoff
+        self.keepalive = keepalive
+        self.max_buffered = max_buffered
+
+    async def listen(self) -> AsyncIterator[BusItem]:
+        """Yield bus items forever (see :class:`taskmon.bus.subscriber.Subscriber`)."""
+        from taskmon.store.db import connect
+
+        backoff = Backoff(maximum=self.max_backoff)
+        ever_connected = False
+        reported_down = False
+        while True:
+            inbox = _Inbox(self.max_buffered)
+            conn: Any = None
+            try:
+                conn = await connect(self.dsn, timeout=5.0)
+                await conn.add_listener(self.channel, inbox.on_notify)
+                conn.add_termination_listener(inbox.on_terminate)
+            except Exception as exc:
+                if conn is not None:
+                    conn.terminate()
+                if not reported_down:
+                    reported_down = True
+                    yield BusState(False, _describe(exc))
+                await asyncio.sleep(backoff.next())
+                continue
+            try:
+                backoff.reset()
+                reported_down = False
+                yield BusState(True)
+                if ever_connected:
+                    yield BusGap(
+                        "the event bus reconnected; events sent meanwhile were not received"
+                    )
+                ever_connected = True
+                while True:
+                    try:
+                        payload = await asyncio.wait_for(inbox.queue.get(), self.keepalive)
+                    except TimeoutError:
+                        await conn.fetchval("SELECT 1", timeout=5.0)
+                        continue
+                    payloads = [payload]
+                    while not inbox.queue.empty():
+                        payloads.append(inbox.queue.get_nowait())
+                    events: list[dict[str, Any]] = []
+                    for item in payloads:
+                        if item is None:
+                            raise ConnectionError("the listening connection was closed")
+                        try:
+                            events += unpack_payload(item)
+                        except ValueError:
+                            logger.warning(
+                                "taskmon: ignoring a malformed notification on %s", self.channel
+                            )
+                    if inbox.overflowed:
+                        inbox.overflowed = 0
+                        yield BusGap("the reader fell behind the bus; notifications were dropped")
+                    if events:
+                        yield BusEvents(events)
+            except Exception as exc:
+                conn.terminate()
+                reported_down = True
+                yield BusState(False, _describe(exc))
+                await asyncio.sleep(backoff.next())
+            finally:
+                with contextlib.suppress(Exception):
+                    conn.terminate()
+
+
+class _Inbox:
+    """Notifications of one listening connection; None marks the connection's end."""
+
+    def __init__(self, limit: int) -> None:
+        self.queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self.limit = limit
+        self.overflowed = 0
+
+    def on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        if self.queue.qsize() >= self.limit:
+            self.overflowed += 1
+        else:
+            self.queue.put_nowait(payload)
+
+    def on_terminate(self, _conn: Any) -> None:
+        self.queue.put_nowait(None)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

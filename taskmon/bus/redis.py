@@ -1,13 +1,18 @@
-"""Redis stream transport: ``XADD`` with an approximate ``MAXLEN``."""
+"""Redis stream transport: ``XADD`` with an approximate ``MAXLEN``; ``XREAD`` to follow it."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
+from taskmon.bus.subscriber import Backoff, BusEvents, BusGap, BusItem, BusState
 from taskmon.events import dumps
 
-__all__ = ["STREAM", "RedisStreamPublisher"]
+__all__ = ["STREAM", "RedisStreamPublisher", "RedisStreamSubscriber", "stream_id"]
 
 logger = logging.getLogger("taskmon.bus")
 
@@ -40,13 +45,15 @@ class RedisStreamPublisher:
     async def after_commit(self, events: list[dict[str, Any]]) -> None:
         if not events:
             return
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for event in events:
-                    pipe.xadd(
-                        self.stream, {"e": dumps(event)}, maxlen=self.maxlen, approximate=True
-                    )
-                await pipe.execute()
+            try:
+                await self._send(events)
+            except (RedisConnectionError, OSError):
+                # a pooled connection the server closed (restart, idle timeout) fails
+                # once; a fresh one usually works. Readers drop a repeated seq.
+                await self._send(events)
         except Exception as exc:
             self.failed += len(events)
             if not self._down:
@@ -55,7 +62,182 @@ class RedisStreamPublisher:
             return
         if self._down:
             self._down = False
-            logger.warning("taskmon: Redis reachable again; %d events were not published", self.failed)
+            logger.warning(
+                "taskmon: Redis reachable again; %d events were not published", self.failed
+            )
+
+    async def _send(self, events: list[dict[str, Any]]) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for event in events:
+                pipe.xadd(self.stream, {"e": dumps(event)}, maxlen=self.maxlen, approximate=True)
+            await pipe.execute()
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+def stream_id(value: str | bytes) -> tuple[int, int]:
+    """A stream entry id (``"1700000000000-3"``) as a comparable pair."""
+    text = value.decode() if isinstance(value, bytes) else value
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _entry_events(entries: list[Any]) -> tuple[list[dict[str, Any]], str | None]:
+    """Events of ``(id, {b"e": json})`` entries, and the last entry's id."""
+    events: list[dict[str, Any]] = []
+    last: str | None = None
+    for entry_id, entry in entries:
+        last = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        raw = entry.get(b"e") if isinstance(entry, dict) else None
+        try:
+            event = json.loads(raw) if raw is not None else None
+        except ValueError:
+            event = None
+        if isinstance(event, dict):
+            events.append(event)
+        else:
+            logger.warning("taskmon: ignoring malformed stream entry %s", last)
+    return events, last
+
+
+class RedisStreamSubscriber:
+    """Follows the stream with ``XREAD BLOCK``, resuming from the last id it read.
+
+    A Redis outage loses nothing the stream still holds: after reconnecting,
+    reading continues after :attr:`last_id`. A gap is reported only when the
+    stream no longer holds what follows it (trimmed by ``MAXLEN``, or Redis
+    lost the stream).
+
+    Args:
+        url: the Redis URL the recorders publish to.
+        stream: the stream key.
+        start_id: where to begin: ``"$"`` (what is added from now on) or an entry id
+            (read what follows it).
+        history: with ``start_id="$"``, first yield up to this many of the newest
+            entries already in the stream (a restarted hub refills its replay buffer).
+        count: the most entries read per call.
+        block_ms: how long one ``XREAD`` waits for new entries.
+        max_backoff: the longest pause between reconnection attempts, in seconds.
+    """
+
+    name = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        stream: str = STREAM,
+        start_id: str = "$",
+        history: int = 0,
+        count: int = 1_000,
+        block_ms: int = 1_000,
+        max_backoff: float = 5.0,
+    ) -> None:
+        self.url = url
+        self.stream = stream
+        self.start_id = start_id
+        self.history = max(0, history)
+        self.count = count
+        self.block_ms = block_ms
+        self.max_backoff = max_backoff
+        self.last_id: str | None = None
+        """The id of the last entry read (resume point); None before the first connection."""
+
+    async def listen(self) -> AsyncIterator[BusItem]:
+        """Yield bus items forever (see :class:`taskmon.bus.subscriber.Subscriber`)."""
+        from redis.asyncio import Redis
+
+        backoff = Backoff(maximum=self.max_backoff)
+        reported_down = False
+        while True:
+            client: Any = Redis.from_url(
+                self.url, socket_connect_timeout=5.0, socket_timeout=self.block_ms / 1000 + 5.0
+            )
+            try:
+                try:
+                    if self.last_id is None:
+                        first = await self._begin(client)
+                        gap = None
+                    else:
+                        first = []
+                        gap = await self._check_resume(client)
+                except Exception as exc:
+                    if not reported_down:
+                        reported_down = True
+                        yield BusState(False, _describe(exc))
+                    await asyncio.sleep(backoff.next())
+                    continue
+                backoff.reset()
+                reported_down = False
+                yield BusState(True)
+                if gap:
+                    yield BusGap(gap)
+                if first:
+                    yield BusEvents(first)
+                try:
+                    while True:
+                        reply = await client.xread(
+                            {self.stream: self.last_id}, count=self.count, block=self.block_ms
+                        )
+                        for _stream, entries in reply or ():
+                            events, last = _entry_events(entries)
+                            if last is not None:
+                                self.last_id = last
+                            if events:
+                                yield BusEvents(events)
+                except Exception as exc:
+                    reported_down = True
+                    yield BusState(False, _describe(exc))
+                    await asyncio.sleep(backoff.next())
+            finally:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+
+    async def _begin(self, client: Any) -> list[dict[str, Any]]:
+        """Resolve where reading starts; the newest `history` events when asked."""
+        if self.start_id != "$":
+            self.last_id = self.start_id
+            return []
+        newest = await client.xrevrange(self.stream, count=max(1, self.history))
+        if not newest:
+            # an id, never "$": "$" re-read on each call would skip what arrives in between
+            self.last_id = "0-0"
+            return []
+        self.last_id = newest[0][0].decode()
+        if not self.history:
+            return []
+        events, _ = _entry_events(list(reversed(newest)))
+        return events
+
+    async def _check_resume(self, client: Any) -> str | None:
+        """Why entries after :attr:`last_id` may be missing now, or None."""
+        from redis.exceptions import ResponseError
+
+        assert self.last_id is not None
+        last = stream_id(self.last_id)
+        try:
+            info = await client.xinfo_stream(self.stream)
+        except ResponseError:  # no such key: Redis lost the stream (restart without persistence)
+            if last == (0, 0):
+                return None
+            self.last_id = "0-0"
+            return "the Redis stream was lost; events published meanwhile may be missing"
+        generated = info.get("last-generated-id")
+        if generated is not None and stream_id(generated) < last:
+            self.last_id = "0-0"
+            return "the Redis stream was recreated; events published meanwhile may be missing"
+        if generated is None or stream_id(generated) == last or last == (0, 0):
+            return None
+        # MAXLEN trims from the head: while our last entry is still there, all after it is too
+        if await client.xrange(self.stream, min=self.last_id, max=self.last_id, count=1):
+            return None
+        first = info.get("first-entry")
+        if not first or stream_id(first[0]) > last:
+            return "the Redis stream was trimmed past the last event read"
+        return None
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

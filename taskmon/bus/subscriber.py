@@ -1,0 +1,77 @@
+"""What a bus subscriber yields, whichever transport carries the events.
+
+A subscriber's :meth:`Subscriber.listen` is an endless async iterator of
+:data:`BusItem` values: batches of events in arrival order, changes of the
+connection state, and gaps (events the bus may have lost, e.g. ``NOTIFY``
+payloads sent while the listening connection was down). Subscribers reconnect
+by themselves; they end only when the consumer stops iterating.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+__all__ = ["Backoff", "BusEvents", "BusGap", "BusItem", "BusState", "Subscriber"]
+
+
+@dataclass(frozen=True, slots=True)
+class BusEvents:
+    """Events in the order the bus delivered them (not necessarily by `seq`)."""
+
+    events: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class BusState:
+    """The subscriber (re)connected, or lost its connection (`error` says why)."""
+
+    connected: bool
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BusGap:
+    """Events may have been lost here; readers should heal from the database."""
+
+    reason: str
+
+
+BusItem = BusEvents | BusState | BusGap
+
+
+class Subscriber(Protocol):
+    """Reads events from a bus: PostgreSQL ``NOTIFY`` or a Redis stream."""
+
+    name: str
+    """The transport's name as shown to users: ``postgres`` or ``redis``."""
+
+    def listen(self) -> AsyncIterator[BusItem]:
+        """Yield bus items forever, reconnecting with backoff.
+
+        The first item is always a :class:`BusState`: connected, or the error
+        of the first connection attempt (the iterator keeps retrying after it).
+        """
+        ...
+
+
+class Backoff:
+    """Exponential reconnection delays with jitter: ~0.1, 0.2, 0.4 … capped at `maximum` s."""
+
+    def __init__(self, first: float = 0.1, maximum: float = 5.0) -> None:
+        self.first = first
+        self.maximum = max(first, maximum)
+        self.current = first
+
+    def next(self) -> float:
+        """The next delay in seconds."""
+        delay = self.current
+        self.current = min(self.current * 2, self.maximum)
+        # jitter keeps the clients of a restarted server from reconnecting in lockstep
+        return delay * random.uniform(0.75, 1.25)
+
+    def reset(self) -> None:
+        """Start again from the first delay (after a successful connection)."""
+        self.current = self.first

@@ -1,0 +1,342 @@
+"""`taskmon serve` (the websocket hub) and `taskmon tail` (live events, one line each)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from taskmon.commands.common import DsnOption, fail, run
+
+if TYPE_CHECKING:
+    from taskmon.client import ClientMessage
+    from taskmon.filters import TaskFilter
+
+__all__ = ["serve", "tail"]
+
+TAIL_FORMATS = ("text", "jsonl")
+
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        help="Shared secret of the hub. Default: $TASKMON_HUB_TOKEN, then the config file.",
+        show_default=False,
+    ),
+]
+RedisOption = Annotated[
+    str | None,
+    typer.Option(
+        "--redis-url",
+        help="Read events from this Redis stream instead of PostgreSQL NOTIFY. "
+        "Default: $TASKMON_REDIS_URL, then the config file.",
+        show_default=False,
+    ),
+]
+
+
+def _setting(flag: str | None, env: str, key: str) -> str | None:
+    from taskmon.config import ConfigError, resolve_setting
+
+    try:
+        return resolve_setting(flag, env, key)
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def _log_to_stderr() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # one line per handshake is noise for an operator; failures still show
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+
+
+def serve(
+    host: Annotated[
+        str,
+        typer.Option("--host", help="Address to listen on; anything but loopback needs a token."),
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port (0: any free port).")] = 8765,
+    token: TokenOption = None,
+    dsn: DsnOption = None,
+    redis_url: RedisOption = None,
+    ring_size: Annotated[
+        int, typer.Option("--ring-size", help="Recent events kept for clients that resume.")
+    ] = 10_000,
+    client_queue: Annotated[
+        int,
+        typer.Option(
+            "--client-queue", help="Events a client may fall behind before it gets a gap."
+        ),
+    ] = 1_000,
+) -> None:
+    """Run the websocket hub: read the event bus once, fan events out to TUIs and tails.
+
+    Clients connect to ws://HOST:PORT/ (protocol: docs/protocol.md); load
+    balancers can probe http://HOST:PORT/healthz.
+    """
+    from taskmon.hub import is_loopback
+
+    if not 0 <= port <= 65535:
+        fail(f"--port: {port} is not a TCP port (0-65535)")
+    if ring_size < 1 or client_queue < 1:
+        fail("--ring-size and --client-queue must be at least 1")
+    secret = _setting(token, "TASKMON_HUB_TOKEN", "hub_token")
+    if not secret and not is_loopback(host):
+        fail(
+            f"a token is required to listen on {host}: pass --token or set "
+            "TASKMON_HUB_TOKEN (or bind 127.0.0.1)"
+        )
+    redis = _setting(redis_url, "TASKMON_REDIS_URL", "redis_url")
+
+    async def go() -> None:
+        from taskmon.config import resolve_dsn
+        from taskmon.hub import Hub, HubError
+        from taskmon.store.db import redact_dsn
+
+        _log_to_stderr()
+        source = None if redis else resolve_dsn(dsn)
+        hub = Hub(
+            dsn=source,
+            redis_url=redis,
+            token=secret,
+            ring_size=ring_size,
+            client_queue=client_queue,
+        )
+        try:
+            url = await hub.start(host, port)
+        except HubError as exc:
+            fail(str(exc), code=1)
+        except OSError as exc:
+            fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", code=1)
+        where = redis if redis else redact_dsn(source or "")
+        sys.stderr.write(
+            f"taskmon: hub listening on {url} (bus: {hub.bus} at {where}; "
+            f"{'token required' if secret else 'no token'}); Ctrl-C to stop\n"
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await hub.stop()
+
+    run(go())
+
+
+def _build_filter(
+    status: list[str] | None,
+    task: list[str] | None,
+    error: list[str] | None,
+    worker: list[str] | None,
+    query: str | None,
+) -> TaskFilter:
+    """The flags and the query text as one filter (the same flags as `history`)."""
+    from taskmon.filters import FilterError, TaskFilter, parse
+
+    flt = TaskFilter()
+    flags: list[tuple[str, str, list[str] | None]] = [
+        ("--status", "status", status),
+        ("--task", "task", task),
+        ("--error", "error", error),
+        ("--worker", "worker", worker),
+    ]
+    for flag, key, value in flags:
+        if not value:
+            continue
+        try:
+            flt = flt.merge(TaskFilter.from_dict({key: value}))
+        except FilterError as exc:
+            fail(f"{flag}: {str(exc).removeprefix(f'{key}: ')}")
+    if query:
+        try:
+            flt = flt.merge(parse(query))
+        except FilterError as exc:
+            fail(f"--query: {exc}")
+    return flt
+
+
+def tail(
+    status: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--status",
+            "-s",
+            help="pending, running, success, failed, retrying or lost; repeat or use a comma list.",
+            show_default=False,
+        ),
+    ] = None,
+    task: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--task",
+            "-t",
+            help="Task name: a substring, or a glob such as 'extract*'.",
+            show_default=False,
+        ),
+    ] = None,
+    error: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--error", "-e", help="Text in the error type or message.", show_default=False
+        ),
+    ] = None,
+    worker: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--worker", "-w", help="Text in the worker name (host:pid).", show_default=False
+        ),
+    ] = None,
+    query: Annotated[
+        str | None,
+        typer.Option(
+            "--query",
+            "-q",
+            help="Filter language, e.g. 'status:failed task:extract* error:\"timed out\"'.",
+            show_default=False,
+        ),
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="text or jsonl.")] = "text",
+    hub_url: Annotated[
+        str | None,
+        typer.Option(
+            "--hub-url",
+            help="The hub to follow. Default: $TASKMON_HUB_URL, then the config file, "
+            "then a hub run inside this command.",
+            show_default=False,
+        ),
+    ] = None,
+    token: TokenOption = None,
+    dsn: DsnOption = None,
+    redis_url: RedisOption = None,
+) -> None:
+    """Print task events as they happen, one line each, until Ctrl-C.
+
+    Follows a hub (`taskmon serve`) or, without one, reads the event bus
+    itself. Survives hub restarts, saying on stderr that it reconnected and
+    whether events were missed (`taskmon history` has them all).
+    """
+    flt = _build_filter(status, task, error, worker, query)
+    form = fmt.lower()
+    if form not in TAIL_FORMATS:
+        fail(f"--format: {fmt!r} is not a format (accepted: {', '.join(TAIL_FORMATS)})")
+    url = _setting(hub_url, "TASKMON_HUB_URL", "hub_url")
+    secret = _setting(token, "TASKMON_HUB_TOKEN", "hub_token")
+    redis = None if url else _setting(redis_url, "TASKMON_REDIS_URL", "redis_url")
+    if url and not url.startswith(("ws://", "wss://")):
+        fail(f"--hub-url: {url!r} is not a ws:// or wss:// URL")
+
+    async def go() -> None:
+        import secrets
+
+        from taskmon.client import subscribe
+
+        hub: Any = None
+        target, key = url, secret
+        if target is None:
+            from taskmon.config import resolve_dsn
+            from taskmon.hub import Hub, HubError
+
+            key = secrets.token_urlsafe(16)  # other local users must not read our feed
+            hub = Hub(dsn=None if redis else resolve_dsn(dsn), redis_url=redis, token=key)
+            try:
+                target = await hub.start("127.0.0.1", 0)
+            except HubError as exc:
+                fail(str(exc), code=1)
+        printer = _Printer(target, form)
+        try:
+            async for message in subscribe(target, token=key, filters=flt):
+                printer.show(message)
+        finally:
+            if hub is not None:
+                await hub.stop()
+
+    try:
+        run(go())
+    except BrokenPipeError:
+        # `taskmon tail | head`: the reader left; leave quietly
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+class _Printer:
+    """Turns client messages into stdout lines (events) and stderr notes (the connection)."""
+
+    def __init__(self, url: str, form: str) -> None:
+        self.url = url
+        self.form = form
+        self.reconnecting = False
+        self.down_said = False
+
+    def note(self, text: str) -> None:
+        sys.stderr.write(f"taskmon: {text}\n")
+        sys.stderr.flush()
+
+    def show(self, message: ClientMessage) -> None:
+        from taskmon.client import Connected, Disconnected, EventReceived, Gap
+
+        if isinstance(message, EventReceived):
+            self._event(message.event)
+        elif isinstance(message, Gap):
+            after = "" if message.after_seq is None else f" after seq {message.after_seq}"
+            prefix = f"reconnected to {self.url}; " if self.reconnecting else ""
+            self.reconnecting = False
+            self.note(
+                f"{prefix}events{after} may be missing ({message.reason}); "
+                "`taskmon history` has them"
+            )
+        elif isinstance(message, Connected):
+            self.down_said = False
+            if not message.reconnected:
+                self.note(f"following {self.url} (bus: {message.hello.get('bus')}); Ctrl-C to stop")
+            elif message.resumed:
+                self.note(f"reconnected to {self.url}; nothing missed")
+            else:
+                self.reconnecting = True  # the gap that follows says what was missed
+        elif isinstance(message, Disconnected):
+            if message.refused:
+                fail(f"{self.url}: {message.error}; check --token or TASKMON_HUB_TOKEN", code=1)
+            if not self.down_said:
+                self.down_said = True
+                self.note(f"lost the hub at {self.url} ({message.error}); reconnecting…")
+
+    def _event(self, event: dict[str, Any]) -> None:
+        from taskmon.events import dumps
+
+        line = dumps(event) if self.form == "jsonl" else format_event(event)
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+def format_event(event: dict[str, Any]) -> str:
+    """One text line: time, status, task, id#attempt, duration, worker, error."""
+    data = event.get("data") if isinstance(event.get("data"), dict) else {}
+    assert isinstance(data, dict)
+    when = str(event.get("timestamp") or "")
+    with contextlib.suppress(ValueError):
+        when = datetime.fromisoformat(when).astimezone().strftime("%H:%M:%S.%f")[:-3]
+    duration = data.get("duration_ms")
+    took = f"{duration:.0f}ms" if isinstance(duration, int | float) else "-"
+    parts = [
+        when,
+        f"{event.get('status', '?'):<8}",
+        str(event.get("task_name", "?")),
+        f"{str(data.get('task_id', '?'))[:12]}#{data.get('attempt', 0)}",
+        took,
+        str(data.get("worker") or "-"),
+    ]
+    if data.get("error_type") or data.get("error_message"):
+        text = " ".join(str(data.get("error_message") or "").split())
+        error = f"{data.get('error_type') or 'Error'}: {text}" if text else data.get("error_type")
+        parts.append(str(error)[:200])
+    return "  ".join(parts)

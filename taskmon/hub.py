@@ -1,0 +1,566 @@
+"""The websocket hub: reads the event bus once and fans events out to many clients.
+
+``taskmon serve`` runs one; the TUI and ``taskmon tail`` can run one in-process.
+The wire protocol is documented in ``docs/protocol.md``. In short:
+
+* on connect the hub sends ``hello``; the client then receives every event
+  until it sends ``{"op": "subscribe", "filters": {...}, "since_seq": N}``,
+  answered by ``subscribed``, then a replay of what the hub still holds after
+  ``N``, then the live stream;
+* ``gap`` says that events may be missing (the hub no longer holds what was
+  asked, the bus reconnected, or the client was too slow): the client heals
+  from the database.
+
+Memory does not grow with slow clients. Every event is encoded once into a
+ring of recent frames; a client that keeps up gets each frame written straight
+to its socket (one write per client, no per-client copy or task); a client
+whose socket is full falls behind and is fed from the ring by a task of its
+own, at the pace its socket accepts. A client more than ``client_queue``
+events behind skips to the newest event and receives a ``gap``.
+
+Replay follows arrival order, not ``seq`` order. ``NOTIFY`` seqs come from one
+sequence but transactions of different workers commit in their own order, so
+seq 10 may arrive after seq 12. The ring remembers where each seq arrived and
+a client resuming from seq S receives everything that arrived after S did —
+nothing is lost and nothing is sent twice, although seqs are not monotonic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import json
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from taskmon import __version__
+from taskmon.bus.postgres import shrink
+from taskmon.bus.subscriber import BusEvents, BusGap, BusState, Subscriber
+from taskmon.events import EVENT_VERSION, dumps
+from taskmon.filters import FilterError, TaskFilter
+
+__all__ = ["PROTOCOL_VERSION", "Hub", "HubError", "HubStats", "is_loopback"]
+
+logger = logging.getLogger("taskmon.hub")
+
+PROTOCOL_VERSION = 1
+# frames sent to clients stay under this size (params, then error text, are cut)
+MAX_EVENT_BYTES = 16 * 1024
+# a client sending this many bad messages is disconnected (close code 1008)
+MAX_BAD_MESSAGES = 20
+# the flusher of a lagging client yields to the loop after this many writes
+_YIELD_EVERY = 256
+
+
+class HubError(Exception):
+    """The hub cannot start; the message is one line for the user."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` binds only the local machine (then a token is optional)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(slots=True)
+class HubStats:
+    """Counters for tests, the benchmark and ``/healthz``."""
+
+    events: int = 0
+    """Events received from the bus (duplicates excluded)."""
+    duplicates: int = 0
+    bus_gaps: int = 0
+    slow_gaps: int = 0
+    """Times a client fell more than ``client_queue`` events behind and skipped ahead."""
+    skipped: int = 0
+    """Ring entries skipped for slow clients, summed over clients."""
+    bad_messages: int = 0
+    refused: int = 0
+    """Connections refused for a missing or wrong token."""
+
+
+@dataclass(slots=True)
+class _Entry:
+    pos: int
+    seq: int | None
+    """None for a gap marker."""
+    view: dict[str, Any] | None
+    """The event without its params, for filters; None for a gap marker."""
+    frame: bytes
+
+
+class _Ring:
+    """Recent frames in arrival order; positions count every entry ever appended."""
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, size)
+        self.entries: deque[_Entry] = deque()
+        self.by_seq: dict[int, int] = {}
+        self.next_pos = 1
+        self.last_seq: int | None = None
+
+    @property
+    def first_pos(self) -> int:
+        return self.entries[0].pos if self.entries else self.next_pos
+
+    @property
+    def last_pos(self) -> int:
+        return self.next_pos - 1
+
+    def append(self, seq: int | None, view: dict[str, Any] | None, frame: bytes) -> _Entry:
+        if len(self.entries) >= self.size:
+            old = self.entries.popleft()
+            if old.seq is not None and self.by_seq.get(old.seq) == old.pos:
+                del self.by_seq[old.seq]
+        entry = _Entry(self.next_pos, seq, view, frame)
+        self.next_pos += 1
+        self.entries.append(entry)
+        if seq is not None:
+            self.by_seq[seq] = entry.pos
+            self.last_seq = seq
+        return entry
+
+    def at(self, pos: int) -> _Entry | None:
+        index = pos - self.first_pos
+        return self.entries[index] if 0 <= index < len(self.entries) else None
+
+
+@dataclass(eq=False, slots=True)
+class _Client:
+    ws: ServerConnection
+    cursor: int
+    """The last ring position handled for this client (sent, or not wanted)."""
+    filter: TaskFilter | None = None
+    replay_end: int = 0
+    """Positions up to this one are a replay; the lag limit counts from here."""
+    replay_after_seq: int | None = None
+    """While replaying for a seq the hub did not hold: only events with a greater seq."""
+    last_seq: int | None = None
+    lagging: bool = False
+    flusher: asyncio.Task[None] | None = None
+    bad: int = 0
+
+
+@dataclass(slots=True)
+class _BusStatus:
+    name: str
+    connected: bool = False
+    error: str | None = None
+    first: asyncio.Future[BusState] | None = field(default=None)
+
+
+class Hub:
+    """A websocket server fanning out bus events to subscribers.
+
+    Args:
+        dsn: the database whose ``NOTIFY`` channel to read (when `redis_url` is not set).
+        redis_url: read the Redis stream instead.
+        token: the shared secret clients must present; required unless bound to loopback.
+        ring_size: recent events held for replay.
+        client_queue: how many events a client may fall behind before it skips
+            ahead and receives a ``gap``.
+        max_frame: the largest message accepted from a client, in bytes.
+    """
+
+    def __init__(
+        self,
+        *,
+        dsn: str | None = None,
+        redis_url: str | None = None,
+        token: str | None = None,
+        ring_size: int = 10_000,
+        client_queue: int = 1_000,
+        max_frame: int = 64 * 1024,
+    ) -> None:
+        if not dsn and not redis_url:
+            raise ValueError("the hub needs a database DSN or a Redis URL to read events from")
+        self.dsn = dsn
+        self.redis_url = redis_url
+        self.token = token or None
+        self.ring_size = max(1, ring_size)
+        self.client_queue = max(1, client_queue)
+        self.max_frame = max_frame
+        self.url: str | None = None
+        """The ``ws://`` URL actually bound, once started."""
+        self.stats = HubStats()
+        self._ring = _Ring(self.ring_size)
+        self._clients: dict[ServerConnection, _Client] = {}
+        self._server: Server | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._subscriber = self._make_subscriber()
+        self._bus = _BusStatus(self._subscriber.name)
+
+    def _make_subscriber(self) -> Subscriber:
+        if self.redis_url:
+            from taskmon.bus.redis import RedisStreamSubscriber
+
+            # the stream outlives the hub: refill the ring, so clients resume across restarts
+            return RedisStreamSubscriber(self.redis_url, history=self.ring_size)
+        from taskmon.bus.postgres import PgNotifySubscriber
+
+        assert self.dsn is not None
+        return PgNotifySubscriber(self.dsn)
+
+    @property
+    def bus(self) -> str:
+        """The bus transport: ``postgres`` or ``redis``."""
+        return self._bus.name
+
+    @property
+    def bus_connected(self) -> bool:
+        return self._bus.connected
+
+    @property
+    def clients(self) -> int:
+        return len(self._clients)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, *, bus_timeout: float = 10.0
+    ) -> str:
+        """Connect to the bus, then listen; returns the ``ws://`` URL bound.
+
+        Raises:
+            HubError: no token for a non-loopback address, or the bus is unreachable.
+            OSError: the address cannot be bound.
+        """
+        if self._server is not None:
+            raise HubError("the hub is already running")
+        if not self.token and not is_loopback(host):
+            raise HubError(
+                f"a token is required to listen on {host}: "
+                "pass --token or set TASKMON_HUB_TOKEN (or bind 127.0.0.1)"
+            )
+        loop = asyncio.get_running_loop()
+        self._bus.first = loop.create_future()
+        self._pump = asyncio.create_task(self._read_bus(), name="taskmon-hub-bus")
+        try:
+            state = await asyncio.wait_for(asyncio.shield(self._bus.first), bus_timeout)
+        except TimeoutError:
+            state = BusState(False, f"no answer within {bus_timeout:g}s")
+        if not state.connected:
+            await self._stop_pump()
+            raise HubError(f"cannot reach the event bus ({self.bus}): {state.error}")
+        try:
+            self._server = await serve(
+                self._handle,
+                host,
+                port,
+                process_request=self._process_request,
+                max_size=self.max_frame,
+                # a frame per event is encoded once for all clients: per-client
+                # compression would cost CPU per delivery
+                compression=None,
+                ping_interval=20,
+                ping_timeout=20,
+                close_timeout=2,
+            )
+        except BaseException:
+            await self._stop_pump()
+            raise
+        sockname = self._server.sockets[0].getsockname()
+        bound_host, bound_port = sockname[0], sockname[1]
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        self.url = f"ws://{shown}:{bound_port}/"
+        logger.info("taskmon hub listening on %s (bus: %s)", self.url, self.bus)
+        return self.url
+
+    async def stop(self) -> None:
+        """Close every connection (code 1001), stop reading the bus."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 5.0)
+        for client in list(self._clients.values()):
+            if client.flusher is not None:
+                client.flusher.cancel()
+        self._clients.clear()
+        await self._stop_pump()
+        self.url = None
+
+    async def _stop_pump(self) -> None:
+        pump, self._pump = self._pump, None
+        if pump is not None:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pump
+
+    # -- the bus -----------------------------------------------------------------
+
+    async def _read_bus(self) -> None:
+        async for item in self._subscriber.listen():
+            try:
+                if isinstance(item, BusEvents):
+                    for event in item.events:
+                        self._publish_event(event)
+                elif isinstance(item, BusGap):
+                    self.stats.bus_gaps += 1
+                    self._publish_gap(item.reason)
+                else:
+                    self._bus_state(item)
+            except Exception:
+                logger.exception("taskmon hub: could not fan out an event")
+
+    def _bus_state(self, state: BusState) -> None:
+        first = self._bus.first
+        if first is not None and not first.done():
+            first.set_result(state)
+        elif state.connected:
+            logger.warning("taskmon hub: event bus (%s) reachable again", self.bus)
+        else:
+            logger.warning("taskmon hub: lost the event bus (%s): %s", self.bus, state.error)
+        self._bus.connected = state.connected
+        self._bus.error = state.error
+
+    def _publish_event(self, event: dict[str, Any]) -> None:
+        raw_seq = event.get("seq")
+        seq = raw_seq if isinstance(raw_seq, int) and not isinstance(raw_seq, bool) else None
+        if seq is not None and seq in self._ring.by_seq:
+            self.stats.duplicates += 1
+            return
+        self.stats.events += 1
+        data = event.get("data")
+        view = event
+        if isinstance(data, dict) and "params" in data:
+            view = {**event, "data": {k: v for k, v in data.items() if k != "params"}}
+        frame = shrink(event, MAX_EVENT_BYTES).encode()
+        self._fan_out(self._ring.append(seq, view, frame))
+
+    def _publish_gap(self, reason: str) -> None:
+        frame = _gap_frame(self._ring.last_seq, reason)
+        self._fan_out(self._ring.append(None, None, frame))
+
+    def _fan_out(self, entry: _Entry) -> None:
+        ready: list[ServerConnection] = []
+        verdicts: dict[TaskFilter, bool] = {}  # each distinct filter is evaluated once
+        for client in self._clients.values():
+            if client.lagging:
+                continue  # its flusher sends this entry from the ring
+            client.cursor = entry.pos
+            if not _wanted(client.filter, entry, verdicts):
+                continue
+            if client.ws.paused:
+                # its socket is full: feed it from the ring at its own pace
+                client.cursor = entry.pos - 1
+                self._lag(client)
+                continue
+            ready.append(client.ws)
+            if entry.seq is not None:
+                client.last_seq = entry.seq
+        if ready:
+            broadcast(ready, entry.frame, text=True)
+
+    def _lag(self, client: _Client) -> None:
+        client.lagging = True
+        if client.flusher is None or client.flusher.done():
+            client.flusher = asyncio.create_task(self._flush(client), name="taskmon-hub-client")
+
+    async def _flush(self, client: _Client) -> None:
+        """Send a lagging client what it has not had yet, then hand it back to the fan-out."""
+        ring, ws = self._ring, client.ws
+        writes = 0
+        try:
+            while True:
+                if client.cursor >= ring.last_pos:
+                    client.lagging = False
+                    return
+                behind = ring.last_pos - max(client.cursor, client.replay_end)
+                if client.cursor < ring.first_pos - 1 or behind > self.client_queue:
+                    skipped = ring.last_pos - client.cursor
+                    client.cursor = ring.last_pos
+                    client.replay_end = 0
+                    self.stats.slow_gaps += 1
+                    self.stats.skipped += skipped
+                    reason = f"client too slow: {skipped} events skipped"
+                    await ws.send(_gap_frame(client.last_seq, reason), text=True)
+                    continue
+                entry = ring.at(client.cursor + 1)
+                client.cursor += 1
+                if entry is None or not self._replay_wanted(client, entry):
+                    continue
+                if entry.seq is not None:
+                    client.last_seq = entry.seq
+                if ws.paused:
+                    await ws.send(entry.frame, text=True)  # waits until the socket drains
+                else:
+                    broadcast([ws], entry.frame, text=True)
+                    writes += 1
+                    if writes % _YIELD_EVERY == 0:
+                        await asyncio.sleep(0)
+        except ConnectionClosed:
+            return
+        finally:
+            if client.flusher is asyncio.current_task():
+                client.flusher = None
+
+    def _replay_wanted(self, client: _Client, entry: _Entry) -> bool:
+        if (
+            client.replay_after_seq is not None
+            and entry.pos <= client.replay_end
+            and entry.seq is not None
+            and entry.seq <= client.replay_after_seq
+        ):
+            return False
+        return _wanted(client.filter, entry, {})
+
+    # -- connections ---------------------------------------------------------------
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        url = urlsplit(request.path)
+        if url.path.rstrip("/") == "/healthz":
+            if self._bus.connected:
+                return connection.respond(HTTPStatus.OK, "ok\n")
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "event bus unreachable\n")
+        if self.token is None:
+            return None
+        presented = _presented_token(request.headers, url.query)
+        if presented is not None and hmac.compare_digest(presented.encode(), self.token.encode()):
+            return None
+        self.stats.refused += 1
+        response = connection.respond(HTTPStatus.UNAUTHORIZED, "a valid token is required\n")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="taskmon"'
+        return response
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        hello = {
+            "type": "hello",
+            "protocol": PROTOCOL_VERSION,
+            "v": EVENT_VERSION,
+            "version": __version__,
+            "bus": self.bus,
+            "bus_connected": self._bus.connected,
+            "last_seq": self._ring.last_seq,
+            "ring": self.ring_size,
+            "max_frame": self.max_frame,
+        }
+        try:
+            await ws.send(dumps(hello))
+            # everything from now on, unfiltered, until the client subscribes
+            client = _Client(ws, cursor=self._ring.last_pos)
+            self._clients[ws] = client
+            async for message in ws:
+                self._on_message(client, message)
+                if client.bad >= MAX_BAD_MESSAGES:
+                    await ws.close(1008, "too many bad messages")
+                    break
+        except ConnectionClosed:
+            pass
+        finally:
+            gone = self._clients.pop(ws, None)
+            if gone is not None and gone.flusher is not None:
+                gone.flusher.cancel()
+
+    def _reply(self, client: _Client, message: dict[str, Any]) -> None:
+        # written synchronously, so it stays in order with the events around it
+        broadcast([client.ws], dumps(message))
+
+    def _error(self, client: _Client, text: str, op: object = None) -> None:
+        client.bad += 1
+        self.stats.bad_messages += 1
+        self._reply(client, {"type": "error", "error": text, "op": op})
+
+    def _on_message(self, client: _Client, message: str | bytes) -> None:
+        if isinstance(message, bytes):
+            self._error(client, "binary frames are not accepted; send JSON text")
+            return
+        try:
+            request = json.loads(message)
+        except ValueError as exc:
+            self._error(client, f"malformed JSON: {exc}")
+            return
+        if not isinstance(request, dict):
+            self._error(client, "a message must be a JSON object with an 'op'")
+            return
+        op = request.get("op")
+        if op == "subscribe":
+            try:
+                self._subscribe(client, request)
+            except (FilterError, ValueError, TypeError) as exc:
+                self._error(client, str(exc), op)
+        elif op == "ping":
+            self._reply(client, {"type": "pong"})
+        else:
+            self._error(client, f"unknown op {op!r} (known: subscribe, ping)", op)
+
+    def _subscribe(self, client: _Client, request: dict[str, Any]) -> None:
+        raw_filters = request.get("filters")
+        if raw_filters is None:
+            raw_filters = {}
+        if not isinstance(raw_filters, dict):
+            raise ValueError("filters must be a JSON object")
+        task_filter = TaskFilter.from_dict(raw_filters)
+        since = request.get("since_seq")
+        if since is not None and (not isinstance(since, int) or isinstance(since, bool)):
+            raise ValueError("since_seq must be an integer or null")
+        ring = self._ring
+        resumed: bool | None = None
+        client.replay_after_seq = None
+        if since is None:
+            client.cursor = ring.last_pos
+        else:
+            pos = ring.by_seq.get(since)
+            if pos is not None:
+                client.cursor, resumed = pos, True
+            else:
+                # not held (hub restarted, or older than the ring): send what is held after it
+                client.cursor, resumed = ring.first_pos - 1, False
+                client.replay_after_seq = since
+        client.replay_end = ring.last_pos
+        client.filter = None if task_filter.is_empty() else task_filter
+        self._reply(
+            client,
+            {
+                "type": "subscribed",
+                "filters": task_filter.to_dict(),
+                "since_seq": since,
+                "resumed": resumed,
+                "last_seq": ring.last_seq,
+            },
+        )
+        if resumed is False:
+            reason = f"the hub does not hold seq {since} (restarted, or older than its last events)"
+            broadcast([client.ws], _gap_frame(since, reason), text=True)
+        if client.cursor < ring.last_pos:
+            self._lag(client)
+
+
+def _wanted(
+    task_filter: TaskFilter | None, entry: _Entry, verdicts: dict[TaskFilter, bool]
+) -> bool:
+    if task_filter is None or entry.view is None:
+        return True  # no filter, or a gap marker: every client gets it
+    verdict = verdicts.get(task_filter)
+    if verdict is None:
+        verdict = verdicts[task_filter] = task_filter.matches(entry.view)
+    return verdict
+
+
+def _gap_frame(after_seq: int | None, reason: str) -> bytes:
+    return dumps({"type": "gap", "after_seq": after_seq, "reason": reason}).encode()
+
+
+def _presented_token(headers: Headers, query: str) -> str | None:
+    auth = headers.get("Authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    values = parse_qs(query).get("token")
+    return values[0] if values else None

@@ -1,0 +1,191 @@
+"""Bus subscribers against a real PostgreSQL and a real Redis, fed by the real Recorder."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.asyncio
+from helpers import wait_for
+
+from taskmon.bus.postgres import MAX_PAYLOAD, PgNotifyPublisher, PgNotifySubscriber
+from taskmon.bus.redis import STREAM, RedisStreamPublisher, RedisStreamSubscriber
+from taskmon.bus.subscriber import BusEvents, BusGap, BusItem, BusState, Subscriber
+from taskmon.events import AttemptRecord, Status
+from taskmon.recorder import Recorder
+
+
+def record(n: int, pad: int = 0) -> AttemptRecord:
+    now = datetime.now(UTC)
+    return AttemptRecord(
+        task_id=f"t{n:05d}-{uuid.uuid4().hex[:6]}",
+        attempt=0,
+        task_name="app:work",
+        status=Status.SUCCESS,
+        worker="host-1:42",
+        params={"args": ["x" * pad] if pad else [n], "kwargs": {}},
+        started_at=now,
+        finished_at=now,
+        duration_ms=1.0,
+    )
+
+
+class Collector:
+    """Runs a subscriber in the background and keeps what it yields."""
+
+    def __init__(self, subscriber: Subscriber) -> None:
+        self.items: list[BusItem] = []
+        self.task = asyncio.create_task(self._run(subscriber))
+
+    async def _run(self, subscriber: Subscriber) -> None:
+        async for item in subscriber.listen():
+            self.items.append(item)
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return [e for i in self.items if isinstance(i, BusEvents) for e in i.events]
+
+    def states(self) -> list[BusState]:
+        return [i for i in self.items if isinstance(i, BusState)]
+
+    def gaps(self) -> list[BusGap]:
+        return [i for i in self.items if isinstance(i, BusGap)]
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
+@pytest.fixture
+async def pg_recorder(dsn: str) -> AsyncIterator[Recorder]:
+    rec = Recorder(dsn, publisher=PgNotifyPublisher(), flush_interval=0.01)
+    await rec.start(wait_connected=5)
+    yield rec
+    await rec.stop()
+
+
+@pytest.fixture
+async def redis_recorder(dsn: str, redis_url: str) -> AsyncIterator[Recorder]:
+    rec = Recorder(dsn, publisher=RedisStreamPublisher(redis_url), flush_interval=0.01)
+    await rec.start(wait_connected=5)
+    yield rec
+    await rec.stop()
+
+
+async def publish(rec: Recorder, records: list[AttemptRecord]) -> None:
+    for r in records:
+        rec.submit(r)
+    await rec.flush()
+
+
+async def test_notify_subscriber_receives_committed_batches_split_under_the_limit(
+    dsn: str, pg_recorder: Recorder
+) -> None:
+    # given
+    sub = Collector(PgNotifySubscriber(dsn))
+    await wait_for(lambda: sub.states())
+    assert sub.states()[0].connected
+
+    # when: 60 events of ~1 KB and one far over the NOTIFY limit
+    await publish(pg_recorder, [record(i, pad=1000) for i in range(60)] + [record(60, pad=20_000)])
+
+    # then: all arrive, in seq order, over several notifications
+    await wait_for(lambda: len(sub.events) == 61)
+    assert [e["seq"] for e in sub.events] == list(range(1, 62))
+    batches = [i for i in sub.items if isinstance(i, BusEvents)]
+    assert len(batches) >= 1
+    huge = next(e for e in sub.events if e["data"]["params"].get("_omitted"))
+    assert len(str(huge)) < MAX_PAYLOAD
+    assert not sub.gaps()
+    await sub.stop()
+
+
+async def test_notify_subscriber_reconnects_and_reports_a_gap(
+    dsn: str, db: asyncpg.Connection[Any], pg_recorder: Recorder
+) -> None:
+    sub = Collector(PgNotifySubscriber(dsn))
+    await wait_for(lambda: sub.states())
+    await publish(pg_recorder, [record(1)])
+    await wait_for(lambda: len(sub.events) == 1)
+
+    # when: the listening backend is killed
+    killed = await db.fetchval(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+    )
+    assert killed == 1
+
+    # then: it says so, comes back, reports the gap and receives again
+    await wait_for(lambda: len(sub.states()) >= 3, timeout=10)
+    assert [s.connected for s in sub.states()[:3]] == [True, False, True]
+    assert sub.gaps()
+    await publish(pg_recorder, [record(2)])
+    await wait_for(lambda: len(sub.events) == 2)
+    await sub.stop()
+
+
+async def test_redis_subscriber_starts_at_the_end_or_with_history(
+    redis_url: str, redis_recorder: Recorder
+) -> None:
+    await publish(redis_recorder, [record(i) for i in range(5)])
+    live = Collector(RedisStreamSubscriber(redis_url))
+    backfilled = Collector(RedisStreamSubscriber(redis_url, history=3))
+    await wait_for(lambda: live.states() and backfilled.states())
+
+    await publish(redis_recorder, [record(10)])
+
+    await wait_for(lambda: len(live.events) == 1 and len(backfilled.events) == 4)
+    assert live.events[0]["seq"] == 6
+    assert [e["seq"] for e in backfilled.events] == [3, 4, 5, 6]
+    await live.stop()
+    await backfilled.stop()
+
+
+async def kill_readers(admin: redis.asyncio.Redis) -> None:
+    """Close the connections blocked in XREAD (the subscriber's), not the publisher's."""
+    clients = await wait_for(lambda: _readers(admin), timeout=5)
+    for client in clients:
+        await admin.client_kill_filter(_id=client["id"])
+
+
+async def _readers(admin: redis.asyncio.Redis) -> list[dict[str, Any]]:
+    return [c for c in await admin.client_list() if c.get("cmd") == "xread"]
+
+
+async def test_redis_subscriber_resumes_by_stream_id_after_losing_its_connection(
+    redis_url: str, redis_recorder: Recorder
+) -> None:
+    # given
+    subscriber = RedisStreamSubscriber(redis_url, block_ms=200)
+    sub = Collector(subscriber)
+    await wait_for(lambda: sub.states())
+    await publish(redis_recorder, [record(i) for i in range(3)])
+    await wait_for(lambda: len(sub.events) == 3)
+
+    # when: its connection is killed, and events are added meanwhile
+    admin = redis.asyncio.Redis.from_url(redis_url)
+    await kill_readers(admin)
+    await publish(redis_recorder, [record(10 + i) for i in range(4)])
+
+    # then: nothing lost, nothing twice, no gap
+    await wait_for(lambda: len(sub.events) == 7, timeout=10)
+    assert [e["seq"] for e in sub.events] == list(range(1, 8))
+    assert not sub.gaps()
+    assert subscriber.last_id is not None
+
+    # and when the stream was trimmed past its position while it was away: a gap
+    await sub.stop()
+    await publish(redis_recorder, [record(20 + i) for i in range(5)])
+    await admin.xtrim(STREAM, maxlen=2, approximate=False)
+    resumed = Collector(subscriber)  # same subscriber: resumes after its last id
+    await wait_for(lambda: resumed.gaps(), timeout=10)
+    await wait_for(lambda: [e["seq"] for e in resumed.events] == [11, 12])
+    await admin.aclose()
+    await resumed.stop()

@@ -1,0 +1,394 @@
+"""The websocket hub on a real port, fed by a real Recorder through PostgreSQL NOTIFY or Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from helpers import wait_for
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from taskmon.bus.postgres import PgNotifyPublisher
+from taskmon.bus.redis import RedisStreamPublisher
+from taskmon.events import AttemptRecord, Status, dumps, event_from_record
+from taskmon.hub import Hub, HubError
+from taskmon.recorder import Recorder
+from taskmon.store.db import connect as db_connect
+
+
+def record(
+    n: int, status: Status = Status.SUCCESS, task: str = "app:work", pad: int = 0
+) -> AttemptRecord:
+    now = datetime.now(UTC)
+    return AttemptRecord(
+        task_id=f"t{n:05d}-{uuid.uuid4().hex[:6]}",
+        attempt=0,
+        task_name=task,
+        status=status,
+        worker="host-1:42",
+        params={"args": ["x" * pad] if pad else [n], "kwargs": {}},
+        error_type="ValueError" if status is Status.FAILED else None,
+        error_message="bad value" if status is Status.FAILED else None,
+        started_at=now,
+        finished_at=now,
+        duration_ms=3.0,
+    )
+
+
+class Listener:
+    """A websocket client that collects every message the hub sends it."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.messages: list[dict[str, Any]] = []
+        self.closed: ConnectionClosed | None = None
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self.ws:
+                self.messages.append(json.loads(raw))
+        except ConnectionClosed as exc:
+            self.closed = exc
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return [m for m in self.messages if str(m.get("type", "")).startswith("task_")]
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m.get("type") == kind]
+
+    async def subscribe(self, since_seq: int | None = None, **filters: Any) -> dict[str, Any]:
+        before = len(self.of("subscribed"))
+        await self.ws.send(dumps({"op": "subscribe", "filters": filters, "since_seq": since_seq}))
+        await wait_for(lambda: len(self.of("subscribed")) > before, timeout=5)
+        return self.of("subscribed")[-1]
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await self.task
+
+
+async def listen(url: str, **kwargs: Any) -> Listener:
+    ws = await connect(url, **kwargs)
+    listener = Listener(ws)
+    await wait_for(lambda: listener.of("hello"), timeout=5)
+    return listener
+
+
+@pytest.fixture
+async def recorder(dsn: str) -> AsyncIterator[Recorder]:
+    rec = Recorder(dsn, publisher=PgNotifyPublisher(), flush_interval=0.01)
+    await rec.start(wait_connected=5)
+    yield rec
+    await rec.stop()
+
+
+@pytest.fixture
+async def hub(dsn: str) -> AsyncIterator[Hub]:
+    hub = Hub(dsn=dsn)
+    await hub.start()
+    yield hub
+    await hub.stop()
+
+
+async def publish(rec: Recorder, records: list[AttemptRecord]) -> None:
+    for r in records:
+        rec.submit(r)
+    await rec.flush()
+
+
+async def test_hello_then_every_event_in_order(hub: Hub, recorder: Recorder) -> None:
+    # given
+    assert hub.url is not None
+    client = await listen(hub.url)
+
+    # when
+    await publish(recorder, [record(i) for i in range(20)])
+
+    # then
+    await wait_for(lambda: len(client.events) == 20)
+    hello = client.messages[0]
+    assert hello["type"] == "hello" and hello["bus"] == "postgres" and hello["protocol"] == 1
+    seqs = [e["seq"] for e in client.events]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 20
+    assert client.events[0]["data"]["params"] == {"args": [0], "kwargs": {}}
+    assert not client.of("gap")
+    await client.close()
+
+
+async def test_subscribers_get_only_what_their_filters_match(hub: Hub, recorder: Recorder) -> None:
+    assert hub.url is not None
+    everything = await listen(hub.url)
+    failed = await listen(hub.url)
+    other = await listen(hub.url)
+    await everything.subscribe()
+    await failed.subscribe(status="failed")
+    await other.subscribe(task="app:other*", status=["success"])
+
+    await publish(
+        recorder,
+        [record(i) for i in range(10)]
+        + [record(100 + i, Status.FAILED) for i in range(4)]
+        + [record(200 + i, task="app:other-thing") for i in range(3)]
+        + [record(300, Status.FAILED, task="app:other-thing")],
+    )
+
+    await wait_for(lambda: len(everything.events) == 18)
+    await wait_for(lambda: len(failed.events) == 5 and len(other.events) == 3)
+    await asyncio.sleep(0.1)  # nothing else trickles in
+    assert {e["status"] for e in failed.events} == {"failed"}
+    assert {e["task_name"] for e in other.events} == {"app:other-thing"}
+    assert {e["status"] for e in other.events} == {"success"}
+    assert len(failed.events) == 5 and len(other.events) == 3
+    for client in (everything, failed, other):
+        await client.close()
+
+
+async def test_resume_replays_what_arrived_after_the_seq(hub: Hub, recorder: Recorder) -> None:
+    assert hub.url is not None
+    await publish(recorder, [record(i) for i in range(10)])
+    first = await listen(hub.url)
+    await wait_for(lambda: hub.stats.events == 10)
+
+    ack = await first.subscribe(since_seq=4)
+
+    assert ack["resumed"] is True and ack["last_seq"] == 10
+    await wait_for(lambda: len(first.events) == 6)
+    assert [e["seq"] for e in first.events] == [5, 6, 7, 8, 9, 10]
+    assert not first.of("gap")
+
+    # a filtered resume replays only what matches, still from the same point
+    await publish(recorder, [record(20, Status.FAILED), record(21)])
+    second = await listen(hub.url)
+    await second.subscribe(since_seq=9, status="failed")
+    await wait_for(lambda: len(second.events) == 1)
+    assert second.events[0]["status"] == "failed"
+    for client in (first, second):
+        await client.close()
+
+
+async def test_resume_from_an_unknown_seq_says_gap_then_replays_later_ones(
+    dsn: str, recorder: Recorder
+) -> None:
+    hub = Hub(dsn=dsn, ring_size=5)
+    url = await hub.start()
+    try:
+        await publish(recorder, [record(i) for i in range(8)])
+        await wait_for(lambda: hub.stats.events == 8)
+        client = await listen(url)
+
+        ack = await client.subscribe(since_seq=2)
+
+        assert ack["resumed"] is False
+        await wait_for(lambda: len(client.events) == 5)
+        assert [e["seq"] for e in client.events] == [4, 5, 6, 7, 8]
+        [gap] = client.of("gap")
+        assert gap["after_seq"] == 2
+        # the gap comes before the replay
+        assert client.messages.index(gap) < client.messages.index(client.events[0])
+        await client.close()
+    finally:
+        await hub.stop()
+
+
+async def test_out_of_order_commits_are_replayed_by_arrival(
+    dsn: str, hub: Hub, recorder: Recorder
+) -> None:
+    """seq 1 commits after seq 2: a client that saw 2 and resumes from it still gets 1."""
+    # given: a transaction that takes a seq and notifies, but commits late
+    assert hub.url is not None
+    conn = await db_connect(dsn)
+    late = event_from_record(record(1))
+    tx = conn.transaction()
+    await tx.start()
+    late["seq"] = await conn.fetchval("SELECT nextval('taskmon_event_seq')")
+    await PgNotifyPublisher().in_transaction(conn, [late])
+    await publish(recorder, [record(2)])
+    await wait_for(lambda: hub.stats.events == 1)
+    first = hub._ring.entries[-1].seq
+    assert first == late["seq"] + 1
+
+    # when: the early seq arrives last
+    await tx.commit()
+    await conn.close()
+    await wait_for(lambda: hub.stats.events == 2)
+    client = await listen(hub.url)
+    ack = await client.subscribe(since_seq=first)
+
+    # then
+    assert ack["resumed"] is True
+    await wait_for(lambda: len(client.events) == 1)
+    assert client.events[0]["seq"] == late["seq"]
+    assert not client.of("gap")
+    await client.close()
+
+
+async def test_slow_client_gets_a_gap_and_never_delays_the_others(
+    dsn: str, recorder: Recorder
+) -> None:
+    # given: a hub that lets a client fall 50 events behind
+    hub = Hub(dsn=dsn, client_queue=50)
+    url = await hub.start()
+    fast = [await listen(url) for _ in range(2)]
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills after a few frames
+    sock.connect(("127.0.0.1", int(url.rsplit(":", 1)[1].strip("/"))))
+    slow = await connect(url, sock=sock, max_queue=1)
+    try:
+        await slow.recv()  # hello; then it stops reading
+        # when: a burst of large events
+        n = 1500
+        await publish(recorder, [record(i, pad=3000) for i in range(n)])
+
+        # then: fast clients get everything, without a gap
+        for client in fast:
+            await wait_for(lambda c=client: len(c.events) == n, timeout=20)
+            assert not client.of("gap")
+        assert hub.stats.events == n
+        # the slow client is behind; when it reads again it learns it missed events
+        received: list[dict[str, Any]] = []
+        while not any(m["type"] == "gap" for m in received):
+            received.append(json.loads(await asyncio.wait_for(slow.recv(), 10)))
+        assert sum(1 for m in received if m["type"].startswith("task_")) < n
+        assert hub.stats.slow_gaps >= 1
+        gap = next(m for m in received if m["type"] == "gap")
+        assert "too slow" in gap["reason"]
+        # and then it follows the live stream again
+        await publish(recorder, [record(9999, task="app:after")])
+        while True:
+            message = json.loads(await asyncio.wait_for(slow.recv(), 10))
+            if message.get("task_name") == "app:after":
+                break
+    finally:
+        await slow.close()
+        for client in fast:
+            await client.close()
+        await hub.stop()
+
+
+async def test_token_is_required_and_checked(dsn: str, recorder: Recorder) -> None:
+    hub = Hub(dsn=dsn, token="s3cret")
+    url = await hub.start()
+    try:
+        for headers in (None, {"Authorization": "Bearer wrong"}):
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(url, additional_headers=headers)
+            assert refused.value.response.status_code == 401
+        with pytest.raises(InvalidStatus):
+            await connect(url + "?token=wrong")
+        assert hub.stats.refused == 3
+
+        by_header = await listen(url, additional_headers={"Authorization": "Bearer s3cret"})
+        by_query = await listen(url + "?token=s3cret")
+        await publish(recorder, [record(1)])
+        await wait_for(lambda: len(by_header.events) == 1 and len(by_query.events) == 1)
+        await by_header.close()
+        await by_query.close()
+    finally:
+        await hub.stop()
+
+
+async def test_non_loopback_without_token_refuses_to_start(dsn: str) -> None:
+    with pytest.raises(HubError, match="token is required"):
+        await Hub(dsn=dsn).start("0.0.0.0", 0)
+
+
+async def test_unreachable_bus_fails_start() -> None:
+    hub = Hub(dsn="postgresql://postgres@127.0.0.1:1/none")
+    with pytest.raises(HubError, match="cannot reach the event bus"):
+        await hub.start(bus_timeout=10)
+
+
+async def test_bad_messages_get_errors_and_everyone_keeps_going(
+    dsn: str, recorder: Recorder
+) -> None:
+    hub = Hub(dsn=dsn, max_frame=1024)
+    url = await hub.start()
+    try:
+        bystander = await listen(url)
+        client = await listen(url)
+        await client.ws.send(b"\x00\x01")
+        await client.ws.send("{not json")
+        await client.ws.send("[1, 2]")
+        await client.ws.send(dumps({"op": "dance"}))
+        await client.ws.send(dumps({"op": "subscribe", "filters": {"status": "nope"}}))
+        await client.ws.send(dumps({"op": "subscribe", "since_seq": "ten"}))
+        await wait_for(lambda: len(client.of("error")) == 6)
+        errors = [m["error"] for m in client.of("error")]
+        assert "binary" in errors[0] and "malformed JSON" in errors[1]
+        assert "unknown op 'dance'" in errors[3] and "nope" in errors[4]
+
+        # still served, subscription unchanged
+        await publish(recorder, [record(1)])
+        await wait_for(lambda: len(client.events) == 1 and len(bystander.events) == 1)
+
+        # an oversized frame closes that connection only (1009: message too big)
+        await client.ws.send("x" * 5000)
+        await wait_for(lambda: client.closed is not None)
+        assert client.closed is not None and client.closed.rcvd is not None
+        assert client.closed.rcvd.code == 1009
+
+        # a client that keeps sending garbage is closed with 1008
+        noisy = await listen(url)
+        for _ in range(25):
+            await noisy.ws.send("?")
+        await wait_for(lambda: noisy.closed is not None)
+        assert noisy.closed is not None and noisy.closed.rcvd is not None
+        assert noisy.closed.rcvd.code == 1008
+
+        await publish(recorder, [record(2)])
+        await wait_for(lambda: len(bystander.events) == 2)
+        await bystander.close()
+    finally:
+        await hub.stop()
+
+
+async def test_healthz_answers_plain_http(hub: Hub) -> None:
+    assert hub.url is not None
+    port = int(hub.url.rsplit(":", 1)[1].strip("/"))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    status = await asyncio.wait_for(reader.readline(), 5)
+    writer.close()
+    assert status.startswith(b"HTTP/1.1 200")
+
+
+async def test_redis_hub_resumes_across_a_restart_without_gap(dsn: str, redis_url: str) -> None:
+    # given
+    rec = Recorder(dsn, publisher=RedisStreamPublisher(redis_url), flush_interval=0.01)
+    await rec.start(wait_connected=5)
+    hub = Hub(redis_url=redis_url)
+    url = await hub.start()
+    try:
+        client = await listen(url)
+        assert client.messages[0]["bus"] == "redis"
+        await publish(rec, [record(i) for i in range(5)])
+        await wait_for(lambda: len(client.events) == 5)
+        last = client.events[-1]["seq"]
+        await client.close()
+
+        # when: the hub restarts while events keep coming
+        await hub.stop()
+        await publish(rec, [record(10 + i) for i in range(3)])
+        hub = Hub(redis_url=redis_url)
+        url = await hub.start()
+        again = await listen(url)
+        ack = await again.subscribe(since_seq=last)
+
+        # then
+        assert ack["resumed"] is True
+        await wait_for(lambda: len(again.events) == 3)
+        assert [e["seq"] for e in again.events] == [last + 1, last + 2, last + 3]
+        assert not again.of("gap")
+        await again.close()
+    finally:
+        await hub.stop()
+        await rec.stop()

@@ -1,0 +1,193 @@
+"""`taskmon tail` and `taskmon serve` as real processes, with a real hub and recorder."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from helpers import wait_for
+
+from taskmon.bus.postgres import PgNotifyPublisher
+from taskmon.events import AttemptRecord, Status
+from taskmon.hub import Hub
+from taskmon.recorder import Recorder
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def record(n: int, status: Status = Status.SUCCESS, task: str = "app:work") -> AttemptRecord:
+    now = datetime.now(UTC)
+    return AttemptRecord(
+        task_id=f"t{n}-{uuid.uuid4().hex[:6]}",
+        attempt=0,
+        task_name=task,
+        status=status,
+        worker="host-1:42",
+        error_type="KeyError" if status is Status.FAILED else None,
+        error_message="missing\nthing" if status is Status.FAILED else None,
+        started_at=now,
+        finished_at=now,
+        duration_ms=12.0,
+    )
+
+
+class Proc:
+    """A taskmon command running in the background, its output read line by line."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.out: list[str] = []
+        self.err: list[str] = []
+        assert proc.stdout is not None and proc.stderr is not None
+        self.readers = [
+            asyncio.create_task(self._pump(proc.stdout, self.out)),
+            asyncio.create_task(self._pump(proc.stderr, self.err)),
+        ]
+
+    @staticmethod
+    async def _pump(stream: asyncio.StreamReader, lines: list[str]) -> None:
+        async for line in stream:
+            lines.append(line.decode().rstrip("\n"))
+
+    async def stop(self) -> int:
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        await asyncio.gather(*self.readers)
+        assert self.proc.returncode is not None
+        return self.proc.returncode
+
+
+async def taskmon(*args: str) -> Proc:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKMON_")}
+    env["TASKMON_CONFIG"] = str(ROOT / "nonexistent-config.toml")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "taskmon",
+        *args,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    return Proc(proc)
+
+
+@pytest.fixture
+async def recorder(dsn: str) -> AsyncIterator[Recorder]:
+    rec = Recorder(dsn, publisher=PgNotifyPublisher(), flush_interval=0.01)
+    await rec.start(wait_connected=5)
+    yield rec
+    await rec.stop()
+
+
+async def publish(rec: Recorder, records: list[AttemptRecord]) -> None:
+    for r in records:
+        rec.submit(r)
+    await rec.flush()
+
+
+async def test_tail_prints_matching_events_and_survives_a_hub_restart(
+    dsn: str, recorder: Recorder
+) -> None:
+    # given
+    hub = Hub(dsn=dsn, token="tok")
+    url = await hub.start()
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    tail = await taskmon(
+        "tail", "--hub-url", url, "--token", "tok", "--status", "failed", "--format", "jsonl"
+    )
+    try:
+        await wait_for(lambda: any("following" in line for line in tail.err), timeout=20)
+
+        # when
+        await publish(recorder, [record(1), record(2, Status.FAILED), record(3)])
+
+        # then: one JSON line per matching event
+        await wait_for(lambda: len(tail.out) == 1)
+        event = json.loads(tail.out[0])
+        assert event["status"] == "failed" and event["data"]["error_type"] == "KeyError"
+
+        # when the hub restarts (NOTIFY keeps nothing meanwhile)
+        await hub.stop()
+        await wait_for(lambda: any("lost the hub" in line for line in tail.err))
+        await publish(recorder, [record(4, Status.FAILED)])
+        hub = Hub(dsn=dsn, token="tok")
+        await hub.start(port=port)
+        await publish(recorder, [record(5, Status.FAILED)])
+
+        # then it says once that it reconnected and what may be missing, and goes on
+        await wait_for(lambda: len(tail.out) == 2, timeout=20)
+        assert json.loads(tail.out[1])["seq"] == 5
+        notes = [line for line in tail.err if "reconnected" in line]
+        assert len(notes) == 1
+        assert "may be missing" in notes[0] and "after seq 2" in notes[0]
+        assert sum("lost the hub" in line for line in tail.err) == 1
+    finally:
+        assert await tail.stop() in (0, 130)
+        await hub.stop()
+
+
+async def test_tail_without_a_hub_runs_one_in_process(dsn: str, recorder: Recorder) -> None:
+    tail = await taskmon("tail", "--dsn", dsn, "--task", "app:shown*")
+    try:
+        await wait_for(lambda: any("following" in line for line in tail.err), timeout=20)
+
+        await publish(
+            recorder,
+            [record(1, task="app:hidden"), record(2, Status.FAILED, task="app:shown-here")],
+        )
+
+        await wait_for(lambda: tail.out)
+        [line] = tail.out
+        assert "failed" in line and "app:shown-here" in line and "12ms" in line
+        assert "KeyError: missing thing" in line
+    finally:
+        await tail.stop()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["tail", "--status", "exploded"], "--status: unknown status 'exploded'"),
+        (["tail", "--format", "xml"], "--format: 'xml' is not a format"),
+        (["tail", "--hub-url", "http://x"], "not a ws:// or wss:// URL"),
+        (["serve", "--host", "0.0.0.0"], "a token is required to listen on 0.0.0.0"),
+    ],
+)
+async def test_bad_input_is_one_line_and_status_2(args: list[str], message: str) -> None:
+    proc = await taskmon(*args)
+    code = await asyncio.wait_for(proc.proc.wait(), 20)
+    await asyncio.gather(*proc.readers)
+    assert code == 2
+    assert len(proc.err) == 1 and message in proc.err[0]
+    assert proc.err[0].startswith("taskmon: error:")
+
+
+async def test_serve_answers_healthz_and_stops_on_sigterm(dsn: str) -> None:
+    serve = await taskmon("serve", "--port", "0", "--dsn", dsn, "--token", "t")
+    await wait_for(lambda: any("listening on" in line for line in serve.err), timeout=20)
+    line = next(line for line in serve.err if "listening on" in line)
+    port = int(line.split("ws://127.0.0.1:")[1].split("/")[0])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.1 200")
+    writer.close()
+
+    serve.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(serve.proc.wait(), 10) == 0
+    await asyncio.gather(*serve.readers)
