@@ -1,0 +1,317 @@
+"""`taskmon history` and `taskmon stats`: the recorded attempts and their metrics.
+
+Input is checked before any connection is made: a bad value is one line on
+stderr and exit status 2. Only the table format loads rich (``taskmon.render``);
+the machine formats need neither rich nor textual, so they start fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from taskmon.commands.common import DsnOption, fail, run
+
+if TYPE_CHECKING:
+    from taskmon.filters import TaskFilter
+
+__all__ = ["history", "rebuild_rollups", "stats"]
+
+HISTORY_FORMATS = ("table", "json", "jsonl", "csv")
+STATS_FORMATS = ("table", "json")
+MAX_LIMIT = 10_000
+
+StatusOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--status",
+        "-s",
+        help="pending, running, success, failed, retrying or lost; repeat or use a comma list.",
+        show_default=False,
+    ),
+]
+TaskOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--task",
+        "-t",
+        help="Task name: a substring, or a glob such as 'extract*'.",
+        show_default=False,
+    ),
+]
+ErrorOption = Annotated[
+    list[str] | None,
+    typer.Option("--error", "-e", help="Text in the error type or message.", show_default=False),
+]
+WorkerOption = Annotated[
+    list[str] | None,
+    typer.Option("--worker", "-w", help="Text in the worker name (host:pid).", show_default=False),
+]
+UntilOption = Annotated[
+    str | None,
+    typer.Option("--until", help="Window end: 1h (ago) or an ISO date/time.", show_default=False),
+]
+QueryOption = Annotated[
+    str | None,
+    typer.Option(
+        "--query",
+        "-q",
+        help="Filter language, e.g. 'status:failed task:extract* error:\"timed out\"'.",
+        show_default=False,
+    ),
+]
+LostAfterOption = Annotated[
+    str,
+    typer.Option(
+        "--lost-after",
+        help="A running attempt without a timeout counts as lost after this long.",
+    ),
+]
+
+
+def _build_filter(
+    *,
+    status: list[str] | None,
+    task: list[str] | None,
+    since: str | None,
+    until: str | None,
+    error: list[str] | None,
+    worker: list[str] | None,
+    query: str | None,
+) -> TaskFilter:
+    """One filter from the flags and the query text (the query's single values win)."""
+    from taskmon.filters import FilterError, TaskFilter, parse
+
+    flt = TaskFilter()
+    flags: list[tuple[str, str, Any]] = [
+        ("--status", "status", status),
+        ("--task", "task", task),
+        ("--since", "since", since),
+        ("--until", "until", until),
+        ("--error", "error", error),
+        ("--worker", "worker", worker),
+    ]
+    for flag, key, value in flags:
+        if value is None or value == []:
+            continue
+        try:
+            flt = flt.merge(TaskFilter.from_dict({key: value}))
+        except FilterError as exc:
+            message = str(exc).removeprefix(f"{key}: ")
+            fail(f"{flag}: {message}")
+    if query:
+        try:
+            flt = flt.merge(parse(query))
+        except FilterError as exc:
+            fail(f"--query: {exc}")
+    if flt.since is not None and flt.until is not None and flt.since > flt.until:
+        fail(f"since {flt.since.isoformat()} is later than until {flt.until.isoformat()}")
+    return flt
+
+
+def _choice(flag: str, value: str, accepted: tuple[str, ...]) -> str:
+    low = value.lower()
+    if low not in accepted:
+        fail(f"{flag}: {value!r} is not a format (accepted: {', '.join(accepted)})")
+    return low
+
+
+def _seconds(flag: str, value: str) -> float:
+    from taskmon.filters import FilterError, parse_window
+
+    try:
+        return parse_window(value).total_seconds()
+    except FilterError as exc:
+        fail(f"{flag}: {exc}")
+
+
+def _limit(value: str) -> int:
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_LIMIT:
+        fail(f"--limit: {value!r} is not a number of rows (use 1 to {MAX_LIMIT})")
+    return limit
+
+
+def history(
+    status: StatusOption = None,
+    task: TaskOption = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="Window start: 7d, 24h, 90m or an ISO date/time."),
+    ] = None,
+    until: UntilOption = None,
+    error: ErrorOption = None,
+    worker: WorkerOption = None,
+    query: QueryOption = None,
+    limit: Annotated[str, typer.Option("--limit", "-n", help="Rows per page (1-10000).")] = "50",
+    after: Annotated[
+        str | None,
+        typer.Option(
+            "--after",
+            help="Show the page after this cursor (printed below each page).",
+            show_default=False,
+        ),
+    ] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="table, json, jsonl or csv.")
+    ] = "table",
+    lost_after: LostAfterOption = "1h",
+    dsn: DsnOption = None,
+) -> None:
+    """Recorded task attempts, newest first, one page at a time.
+
+    With json, jsonl and csv the next page's cursor goes to stderr
+    ("next page: --after CURSOR") so stdout stays machine-readable.
+    """
+    flt = _build_filter(
+        status=status, task=task, since=since, until=until, error=error, worker=worker, query=query
+    )
+    rows_per_page = _limit(limit)
+    form = _choice("--format", fmt, HISTORY_FORMATS)
+    lost_s = _seconds("--lost-after", lost_after)
+    if after is not None:
+        from taskmon.store.queries import CursorError, decode_cursor
+
+        try:
+            decode_cursor(after)
+        except CursorError as exc:
+            fail(str(exc))
+
+    async def go() -> Any:
+        from taskmon.config import resolve_dsn
+        from taskmon.store.db import connect
+        from taskmon.store.queries import fetch_history
+
+        conn = await connect(resolve_dsn(dsn))
+        try:
+            return await fetch_history(
+                conn, flt, limit=rows_per_page, after=after, lost_after_s=lost_s
+            )
+        finally:
+            await conn.close()
+
+    page = run(go())
+    if form == "table":
+        from taskmon.render import print_history
+
+        print_history(page.rows, page.next_cursor, flt)
+        return
+    _print_rows(page.rows, form)
+    if page.next_cursor:
+        sys.stderr.write(f"next page: --after {page.next_cursor}\n")
+
+
+# the documented JSON shape of a row, in this order
+ROW_KEYS = (
+    "id", "task_id", "task_name", "status", "attempt", "worker", "queue", "params", "labels",
+    "error_type", "error_message", "traceback", "timeout_s", "enqueued_at", "started_at",
+    "finished_at", "duration_ms", "queue_wait_ms", "created_at", "updated_at",
+)  # fmt: skip
+
+
+def _json_row(row: dict[str, Any]) -> dict[str, Any]:
+    from taskmon.events import iso
+
+    return {
+        key: iso(row.get(key)) if isinstance(row.get(key), datetime) else row.get(key)
+        for key in ROW_KEYS
+    }
+
+
+def _print_rows(rows: list[dict[str, Any]], form: str) -> None:
+    import json
+
+    out = sys.stdout
+    if form == "json":
+        json.dump([_json_row(r) for r in rows], out, ensure_ascii=False, default=str)
+        out.write("\n")
+    elif form == "jsonl":
+        for row in rows:
+            out.write(json.dumps(_json_row(row), ensure_ascii=False, default=str) + "\n")
+    else:
+        import csv
+
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(ROW_KEYS)
+        for row in rows:
+            data = _json_row(row)
+            writer.writerow(
+                [
+                    json.dumps(v, ensure_ascii=False, default=str)
+                    if isinstance(v, dict | list)
+                    else ("" if v is None else v)
+                    for v in (data[k] for k in ROW_KEYS)
+                ]
+            )
+
+
+def stats(
+    status: StatusOption = None,
+    task: TaskOption = None,
+    since: Annotated[
+        str, typer.Option("--since", help="Window start: 24h, 7d, 90d or an ISO date/time.")
+    ] = "24h",
+    until: UntilOption = None,
+    error: ErrorOption = None,
+    worker: WorkerOption = None,
+    query: QueryOption = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
+    lost_after: LostAfterOption = "1h",
+    dsn: DsnOption = None,
+) -> None:
+    """Counts, failure rate, throughput, per-task percentiles and errors for a window.
+
+    Failure rate is (failed + lost) / (success + failed + lost); retrying
+    attempts are shown apart. Percentiles come from histograms, within the
+    relative error printed with them.
+    """
+    flt = _build_filter(
+        status=status, task=task, since=since, until=until, error=error, worker=worker, query=query
+    )
+    form = _choice("--format", fmt, STATS_FORMATS)
+    lost_s = _seconds("--lost-after", lost_after)
+
+    async def go() -> Any:
+        from taskmon.config import resolve_dsn
+        from taskmon.store.db import connect
+        from taskmon.store.queries import fetch_stats
+
+        conn = await connect(resolve_dsn(dsn))
+        try:
+            return await fetch_stats(conn, flt, lost_after_s=lost_s)
+        finally:
+            await conn.close()
+
+    result = run(go())
+    if form == "json":
+        import json
+
+        sys.stdout.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
+        return
+    from taskmon.render import print_stats
+
+    print_stats(result, flt)
+
+
+def rebuild_rollups(dsn: DsnOption = None) -> None:
+    """Recompute the metrics rollups from the recorded rows (after a bulk load)."""
+
+    async def go() -> None:
+        from taskmon.config import resolve_dsn
+        from taskmon.store import queries
+        from taskmon.store.db import connect
+
+        conn = await connect(resolve_dsn(dsn))
+        try:
+            await queries.rebuild_rollups(conn)
+        finally:
+            await conn.close()
+
+    run(go())
+    typer.echo("rollups rebuilt")

@@ -1,0 +1,188 @@
+"""Rich tables for the CLI's `history` and `stats` (CLI only: the core never imports this).
+
+Status is always a symbol and a word as well as a colour, so it reads the same
+with NO_COLOR, on a monochrome terminal or in a copy-paste.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from taskmon.filters import TaskFilter
+    from taskmon.store.queries import Stats
+
+__all__ = [
+    "STATUS_STYLES",
+    "human_duration",
+    "print_history",
+    "print_stats",
+    "sparkline",
+    "status_text",
+]
+
+STATUS_STYLES: dict[str, tuple[str, str]] = {
+    "success": ("✓", "green"),
+    "failed": ("✗", "bold red"),
+    "retrying": ("↻", "yellow"),
+    "running": ("●", "cyan"),
+    "pending": ("…", "dim"),
+    "lost": ("?", "magenta"),
+}
+_BLOCKS = "▁▂▃▄▅▆▇█"
+
+
+def status_text(status: str) -> Text:
+    """``✓ success`` in green, and so on."""
+    symbol, style = STATUS_STYLES.get(status, ("·", ""))
+    return Text(f"{symbol} {status}", style=style)
+
+
+def human_duration(ms: float | None) -> str:
+    """812 ms, 4.2 s, 3m 12s, 2h 03m."""
+    if ms is None:
+        return "-"
+    if ms < 1:
+        return f"{ms:.2f} ms"
+    if ms < 1_000:
+        return f"{ms:.0f} ms"
+    seconds = ms / 1_000
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, sec = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {sec:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+def sparkline(values: list[int]) -> str:
+    """One block character per value, scaled to the largest."""
+    top = max(values, default=0)
+    if top <= 0:
+        return _BLOCKS[0] * len(values)
+    return "".join(_BLOCKS[min(len(_BLOCKS) - 1, v * len(_BLOCKS) // (top + 1))] for v in values)
+
+
+def _when(value: datetime | None, now: datetime) -> str:
+    if value is None:
+        return "-"
+    local = value.astimezone()
+    if (now - value).total_seconds() < 20 * 3600:
+        return local.strftime("%H:%M:%S")
+    return local.strftime("%Y-%m-%d %H:%M")
+
+
+def _error(row: dict[str, Any]) -> str:
+    kind, message = row.get("error_type"), row.get("error_message")
+    if kind and message:
+        return f"{kind}: {' '.join(str(message).split())}"
+    return str(kind or message or "")
+
+
+def print_history(rows: list[dict[str, Any]], next_cursor: str | None, flt: TaskFilter) -> None:
+    """A table of attempts that fits the terminal, then the next page's cursor."""
+    console = Console()
+    now = datetime.now(UTC)
+    table = Table(box=None, header_style="bold", pad_edge=False, expand=False)
+    table.add_column("started", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("task", overflow="ellipsis", no_wrap=True, ratio=2)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("duration", justify="right", no_wrap=True)
+    table.add_column("worker", overflow="ellipsis", no_wrap=True, ratio=1)
+    table.add_column("error", overflow="ellipsis", no_wrap=True, ratio=3)
+    for row in rows:
+        table.add_row(
+            _when(row["created_at"], now),
+            status_text(row["status"]),
+            row["task_name"],
+            str(row["attempt"]),
+            human_duration(row["duration_ms"]),
+            row.get("worker") or "-",
+            Text(_error(row), style="red" if row["status"] in ("failed", "retrying") else ""),
+        )
+    if rows:
+        console.print(table)
+    else:
+        what = flt.to_query()
+        console.print(f"no attempts{' match ' + what if what else ' recorded yet'}")
+    footer = f"{len(rows)} rows"
+    if next_cursor:
+        footer += f" · next page: --after {next_cursor}"
+    console.print(Text(footer, style="dim"))
+
+
+def print_stats(stats: Stats, flt: TaskFilter) -> None:
+    """The window's summary, throughput, per-task table and error groups."""
+    console = Console()
+    span = f"{_when(stats.since, stats.since)} → {_when(stats.until, stats.since)}"
+    header = Text(f"{span} · {stats.total} attempts · failure rate ", style="bold")
+    header.append(f"{stats.failure_rate:.1%}", style="red" if stats.failure_rate else "green")
+    query = flt.to_query()
+    if query:
+        header.append(f" · {query}", style="dim")
+    console.print(header)
+    line = Text()
+    for status, n in stats.by_status.items():
+        if n or status in ("success", "failed"):
+            line.append_text(status_text(status))
+            line.append(f" {n}   ")
+    console.print(line)
+    console.print(
+        f"running now {stats.running} · lost {stats.lost} · p95 {human_duration(stats.p95_ms)}"
+        f" (percentiles ±{stats.relative_error:.0%})"
+    )
+    if stats.throughput:
+        width = max(10, console.width - 30)
+        values = [n for _, n in stats.throughput][-width:]
+        step = _step_label(stats.bucket_seconds)
+        console.print(
+            Text("throughput ", style="bold")
+            + Text(sparkline(values), style="cyan")
+            + Text(f" per {step}, max {max(values)}", style="dim")
+        )
+    if stats.tasks:
+        table = Table(box=None, header_style="bold", pad_edge=False, title_justify="left")
+        table.add_column("task", overflow="ellipsis", no_wrap=True, ratio=1)
+        for name in ("count", "failed", "rate", "p50", "p95", "p99", "wait p95"):
+            table.add_column(name, justify="right", no_wrap=True)
+        for t in stats.tasks:
+            table.add_row(
+                t.task_name,
+                str(t.count),
+                Text(str(t.failures), style="red" if t.failures else ""),
+                f"{t.failure_rate:.1%}",
+                human_duration(t.p50_ms),
+                human_duration(t.p95_ms),
+                human_duration(t.p99_ms),
+                human_duration(t.queue_wait_p95_ms),
+            )
+        console.print(table)
+    if stats.errors:
+        table = Table(box=None, header_style="bold", pad_edge=False)
+        table.add_column("error", no_wrap=True, style="red")
+        table.add_column("count", justify="right", no_wrap=True)
+        table.add_column("last seen", no_wrap=True)
+        table.add_column("example", overflow="ellipsis", no_wrap=True, ratio=1)
+        for e in stats.errors:
+            table.add_row(
+                e.error_type or "(no type)",
+                str(e.count),
+                _when(e.last_seen, stats.until),
+                " ".join((e.example or "").split()),
+            )
+        console.print(table)
+
+
+def _step_label(seconds: int) -> str:
+    if seconds % 86_400 == 0:
+        return f"{seconds // 86_400}d"
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 60}m"
