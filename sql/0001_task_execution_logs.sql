@@ -36,8 +36,11 @@ CREATE TABLE task_execution_logs (
 -- time-window scan without a more selective filter.
 CREATE INDEX idx_task_logs_created_at ON task_execution_logs (created_at DESC, id DESC);
 
--- The seed's composite index: "failed extract tasks of the last 7 days".
-CREATE INDEX idx_task_logs_composite ON task_execution_logs (task_name, status, created_at DESC);
+-- The seed's composite index: "failed extract tasks of the last 7 days". With
+-- `id` last it also serves keyset pages for one task name (and status); without
+-- it the planner never picks it for ORDER BY created_at DESC, id DESC.
+CREATE INDEX idx_task_logs_composite
+    ON task_execution_logs (task_name, status, created_at DESC, id DESC);
 
 -- Status-only filters ("everything failed since 7d") without a task name.
 CREATE INDEX idx_task_logs_status_created ON task_execution_logs (status, created_at DESC, id DESC);
