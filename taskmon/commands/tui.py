@@ -1,0 +1,80 @@
+"""`taskmon tui`: the terminal UI. Textual is imported only when the command runs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from taskmon.commands.common import DsnOption, fail
+
+__all__ = ["tui"]
+
+
+def tui(
+    dsn: DsnOption = None,
+    hub_url: Annotated[
+        str | None,
+        typer.Option(
+            "--hub-url",
+            help="Websocket URL of a running `taskmon serve`. Default: $TASKMON_HUB_URL, "
+            "else a hub started inside the TUI for the same database.",
+            show_default=False,
+        ),
+    ] = None,
+    hub_token: Annotated[
+        str | None,
+        typer.Option(
+            "--hub-token", help="The hub's token. Default: $TASKMON_HUB_TOKEN.", show_default=False
+        ),
+    ] = None,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            "--redis-url",
+            help="The in-process hub relays this Redis stream instead of PostgreSQL NOTIFY. "
+            "Default: $TASKMON_REDIS_URL.",
+            show_default=False,
+        ),
+    ] = None,
+    since: Annotated[
+        str, typer.Option("--since", help="Initial metrics window: 15m, 1h, 24h, 7d or 30d.")
+    ] = "1h",
+    query: Annotated[
+        str,
+        typer.Option("--query", "-q", help='Initial filter, e.g. "status:failed task:extract*".'),
+    ] = "",
+    lost_after: Annotated[
+        float,
+        typer.Option(
+            "--lost-after",
+            help="Seconds after which a running attempt without a timeout counts as lost.",
+        ),
+    ] = 3600.0,
+) -> None:
+    """Watch metrics, history and live events in a terminal UI (keys: press ?)."""
+    from taskmon.config import ConfigError, resolve_dsn, resolve_setting
+    from taskmon.filters import FilterError
+    from taskmon.tui.app import make_app
+    from taskmon.tui.sources import (
+        HubLiveSource,
+        InProcessHubSource,
+        LiveSource,
+        PgDataSource,
+    )
+
+    try:
+        url = resolve_dsn(dsn)
+        hub = resolve_setting(hub_url, "TASKMON_HUB_URL", "hub_url")
+        token = resolve_setting(hub_token, "TASKMON_HUB_TOKEN", "hub_token")
+        redis = resolve_setting(redis_url, "TASKMON_REDIS_URL", "redis_url")
+    except ConfigError as exc:
+        fail(str(exc))
+    live: LiveSource = (
+        HubLiveSource(hub, token=token) if hub else InProcessHubSource(url, redis_url=redis)
+    )
+    try:
+        app = make_app(PgDataSource(url, lost_after_s=lost_after), live, window=since, query=query)
+    except (FilterError, ValueError) as exc:
+        fail(str(exc))
+    app.run()

@@ -1,0 +1,90 @@
+"""How values look on screen: statuses as symbol + word, durations, times, counts.
+
+A status is never shown by colour alone (SSH sessions, ``NO_COLOR``, colour
+blindness): each has a symbol and its word.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, tzinfo
+from typing import Any
+
+__all__ = [
+    "STATUS_SYMBOLS",
+    "count",
+    "duration",
+    "event_status",
+    "parse_timestamp",
+    "percent",
+    "status_label",
+    "timestamp",
+]
+
+STATUS_SYMBOLS = {
+    "pending": "…",
+    "running": "▶",
+    "success": "✓",
+    "failed": "✕",
+    "retrying": "↻",
+    "lost": "⊘",
+}
+
+
+def status_label(status: str) -> str:
+    """``✕ failed``: the symbol and the word."""
+    return f"{STATUS_SYMBOLS.get(status, '·')} {status}"
+
+
+def duration(ms: float | None) -> str:
+    """``812ms``, ``4.2s``, ``3m05s``, ``1h02m``; ``-`` when unknown."""
+    if ms is None:
+        return "-"
+    if ms < 1_000:
+        return f"{ms:.0f}ms"
+    seconds = ms / 1_000
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3_600:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{int(seconds // 3_600)}h{int(seconds % 3_600 // 60):02d}m"
+
+
+def count(n: int) -> str:
+    """Thousands grouped with thin spaces: ``12 345``."""
+    return f"{n:,}".replace(",", "\u2009")
+
+
+def percent(rate: float) -> str:
+    """A 0..1 rate as ``2.4%``."""
+    return f"{rate * 100:.1f}%"
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    """A datetime from a datetime or an ISO string; None when neither."""
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    return None
+
+
+def timestamp(
+    value: Any, tz: tzinfo | None, *, with_date: bool = False, short_date: bool = False
+) -> str:
+    """A time in the viewer's zone: ``12:00:03``, ``2026-11-28 12:00:03`` or ``11-28 12:00:03``."""
+    when = parse_timestamp(value)
+    if when is None:
+        return "-"
+    if tz is not None and when.tzinfo is not None:
+        when = when.astimezone(tz)
+    if short_date:
+        return when.strftime("%m-%d %H:%M:%S")
+    return when.strftime("%Y-%m-%d %H:%M:%S" if with_date else "%H:%M:%S")
+
+
+def event_status(event: dict[str, Any]) -> str:
+    """The status a live event announces."""
+    return str(event.get("status") or "")

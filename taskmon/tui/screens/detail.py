@@ -1,0 +1,195 @@
+"""One attempt in full: every field, the task's other attempts, params, traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import tzinfo
+from typing import Any, ClassVar
+
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import VerticalScroll
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+
+from taskmon.tui.format import duration, status_label, timestamp
+from taskmon.tui.messages import AttemptsLoaded, LoadFailed
+from taskmon.tui.sources import DataSource
+
+__all__ = ["DetailScreen"]
+
+_FIELDS = (
+    "task_id",
+    "task_name",
+    "status",
+    "attempt",
+    "worker",
+    "queue",
+    "enqueued_at",
+    "started_at",
+    "finished_at",
+    "created_at",
+    "duration_ms",
+    "queue_wait_ms",
+    "error_type",
+    "error_message",
+)
+
+
+class DetailScreen(Screen[None]):
+    """Everything recorded about one attempt, scrollable.
+
+    | Key | Description |
+    | :- | :- |
+    | y | Copy the task id (OSC 52, where the terminal allows it). |
+    | escape | Back to the main screen. |
+    | j / k, up / down, pageup / pagedown, g / G | Scroll. |
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "back", "Back"),
+        Binding("y", "copy_task_id", "Copy task id"),
+        Binding("j", "scroll('down')", "Down", show=False),
+        Binding("k", "scroll('up')", "Up", show=False),
+        Binding("g", "scroll('home')", "Top", show=False),
+        Binding("G", "scroll('end')", "Bottom", show=False),
+    ]
+
+    def __init__(self, row: dict[str, Any], *, data: DataSource, tz: tzinfo | None) -> None:
+        super().__init__()
+        self.row = row
+        self.data = data
+        self.tz = tz
+        self.attempts: list[dict[str, Any]] | None = None
+        """The task's attempts once loaded."""
+
+    @property
+    def task_id(self) -> str:
+        return str(self.row.get("task_id", ""))
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="detail-body"):
+            yield Static(self._fields(), id="detail-fields")
+            yield Static("Attempts of this task", classes="detail-heading")
+            yield DataTable(id="detail-attempts", cursor_type="row")
+            yield Static("Params", classes="detail-heading")
+            yield Static(self._params(), id="detail-params")
+            yield Static("Traceback", classes="detail-heading")
+            yield Static(self._traceback(), id="detail-traceback")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        body = self.query_one("#detail-body", VerticalScroll)
+        body.border_title = (
+            f"{self.row.get('task_name', '')} · attempt {self.row.get('attempt', 0)}"
+        )
+        body.focus()
+        table: DataTable[str] = self.query_one("#detail-attempts", DataTable)
+        table.add_columns("#", "status", "started", "duration", "worker", "error")
+        self.load_attempts(self.task_id)
+
+    def _value(self, name: str) -> str:
+        value = self.row.get(name)
+        if value is None:
+            return "-"
+        if name.endswith("_at"):
+            return timestamp(value, self.tz, with_date=True)
+        if name.endswith("_ms"):
+            return duration(float(value))
+        if name == "status":
+            return status_label(str(value))
+        return str(value)
+
+    def _fields(self) -> Table:
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style="bold", no_wrap=True)
+        table.add_column(overflow="fold")
+        for name in _FIELDS:
+            table.add_row(name, self._value(name))
+        for name in sorted(set(self.row) - set(_FIELDS) - {"params", "traceback"}):
+            table.add_row(name, self._value(name))
+        return table
+
+    @property
+    def params_text(self) -> str | None:
+        """The params as pretty JSON (None when there are none)."""
+        params = self.row.get("params")
+        if params is None:
+            return None
+        if isinstance(params, str):
+            try:
+                params = json.loads(params)
+            except ValueError:
+                return params
+        return json.dumps(params, indent=2, ensure_ascii=False, default=str, sort_keys=True)
+
+    def _params(self) -> Syntax | Text:
+        text = self.params_text
+        if text is None:
+            return Text("-")
+        return Syntax(text, "json", theme="ansi_dark", background_color="default", word_wrap=True)
+
+    def _traceback(self) -> Syntax | Text:
+        tb = self.row.get("traceback")
+        if not tb:
+            return Text("-")
+        return Syntax(
+            str(tb).rstrip(), "pytb", theme="ansi_dark", background_color="default", word_wrap=True
+        )
+
+    @work(exclusive=True, group="attempts", exit_on_error=False)
+    async def load_attempts(self, task_id: str) -> None:
+        """Read every attempt of `task_id` and post :class:`AttemptsLoaded`."""
+        try:
+            attempts = await self.data.attempts(task_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.post_message(LoadFailed("attempts", f"{type(exc).__name__}: {exc}"))
+            return
+        self.post_message(AttemptsLoaded(task_id, attempts))
+
+    @on(AttemptsLoaded)
+    def _attempts_loaded(self, message: AttemptsLoaded) -> None:
+        if message.task_id != self.task_id:
+            return
+        self.attempts = message.attempts
+        table: DataTable[str] = self.query_one("#detail-attempts", DataTable)
+        table.clear()
+        for a in message.attempts:
+            error = " ".join(str(p) for p in (a.get("error_type"), a.get("error_message")) if p)
+            table.add_row(
+                str(a.get("attempt", "")),
+                status_label(str(a.get("status"))),
+                timestamp(a.get("started_at") or a.get("created_at"), self.tz, with_date=True),
+                duration(a.get("duration_ms")),
+                str(a.get("worker") or "-"),
+                error[:80],
+            )
+
+    @on(LoadFailed)
+    def _load_failed(self, message: LoadFailed) -> None:
+        self.notify(f"{message.what}: {message.error}", title="database error", severity="error")
+
+    def action_back(self) -> None:
+        self.dismiss()
+
+    def action_copy_task_id(self) -> None:
+        self.app.copy_to_clipboard(self.task_id)
+        self.notify(f"copied task id {self.task_id}", timeout=3)
+
+    def action_scroll(self, where: str) -> None:
+        body = self.query_one("#detail-body", VerticalScroll)
+        if where == "down":
+            body.scroll_down()
+        elif where == "up":
+            body.scroll_up()
+        elif where == "home":
+            body.scroll_home()
+        else:
+            body.scroll_end()

@@ -1,0 +1,283 @@
+"""Where the TUI gets its data: a database side and a live side, each behind a protocol.
+
+The app only talks to these protocols, so tests and the benchmark can hand it
+real sources (:class:`PgDataSource`, :class:`HubLiveSource`,
+:class:`InProcessHubSource`) or small fakes with fixed data (snapshots).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from taskmon.filters import TaskFilter
+    from taskmon.store.queries import HistoryPage, Stats
+
+__all__ = [
+    "DataSource",
+    "HubLiveSource",
+    "InProcessHubSource",
+    "LiveConnected",
+    "LiveDisconnected",
+    "LiveEvent",
+    "LiveGap",
+    "LiveItem",
+    "LiveSource",
+    "PgDataSource",
+]
+
+
+class DataSource(Protocol):
+    """The database side: history pages, window statistics, attempts of one task."""
+
+    label: str
+    """What the status bar shows as "the database" (no password)."""
+
+    async def history(
+        self, flt: TaskFilter, *, limit: int = 50, after: str | None = None
+    ) -> HistoryPage:
+        """One page of attempts, newest first, after the keyset cursor `after`."""
+
+    async def stats(
+        self, flt: TaskFilter, *, since: datetime, until: datetime | None, now: datetime
+    ) -> Stats:
+        """The numbers of `taskmon stats` for the window [since, until)."""
+
+    async def attempts(self, task_id: str) -> list[dict[str, Any]]:
+        """Every attempt of `task_id`, in attempt order."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+@dataclass(frozen=True)
+class LiveConnected:
+    """The stream is connected (`reconnected`: after a drop)."""
+
+    reconnected: bool
+
+
+@dataclass(frozen=True)
+class LiveDisconnected:
+    """The stream dropped and is retrying."""
+
+    error: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class LiveGap:
+    """Events were missed (the hub could not replay them)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class LiveEvent:
+    """One live event (the wire dict of DESIGN.md, "Live events")."""
+
+    event: dict[str, Any]
+
+
+LiveItem = LiveConnected | LiveDisconnected | LiveGap | LiveEvent
+
+
+class LiveSource(Protocol):
+    """The live side: a stream that reconnects by itself and says so."""
+
+    label: str
+
+    def stream(self) -> AsyncIterator[LiveItem]:
+        """Items for as long as the app runs; never ends on a connection error."""
+
+    async def close(self) -> None:
+        """Stop what the source started."""
+
+
+class PgDataSource:
+    """Reads through the store's queries on a small asyncpg pool, rebuilt after an outage.
+
+    Args:
+        dsn: the database.
+        lost_after_s: the age after which a running attempt without timeout counts as lost.
+        statement_timeout: seconds a query may run.
+    """
+
+    def __init__(
+        self, dsn: str, *, lost_after_s: float = 3600.0, statement_timeout: float = 30.0
+    ) -> None:
+        from taskmon.store.db import redact_dsn
+
+        self.dsn = dsn
+        self.label = redact_dsn(dsn)
+        self.lost_after_s = lost_after_s
+        self.statement_timeout = statement_timeout
+        self._pool: asyncpg.Pool[Any] | None = None
+        self._lock = asyncio.Lock()
+
+    async def _get_pool(self) -> asyncpg.Pool[Any]:
+        import asyncpg
+
+        from taskmon.store.db import connect
+
+        async with self._lock:
+            if self._pool is None:
+
+                async def open_conn(*_args: Any, **_kwargs: Any) -> asyncpg.Connection[Any]:
+                    return await connect(
+                        self.dsn, timeout=5.0, command_timeout=self.statement_timeout
+                    )
+
+                # three: metrics, history and the detail screen may read at once
+                self._pool = await asyncpg.create_pool(
+                    min_size=1, max_size=3, connect=open_conn, max_inactive_connection_lifetime=60
+                )
+            return self._pool
+
+    async def _reset(self) -> None:
+        async with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.terminate()
+
+    async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        from taskmon.store.db import CONNECTION_ERRORS
+
+        pool = await self._get_pool()
+        try:
+            async with pool.acquire() as conn:
+                return await fn(conn, *args, **kwargs)
+        except CONNECTION_ERRORS:
+            # a dead server leaves dead connections behind: start afresh next time
+            await self._reset()
+            raise
+
+    async def history(
+        self, flt: TaskFilter, *, limit: int = 50, after: str | None = None
+    ) -> HistoryPage:
+        from taskmon.store import queries
+
+        page: HistoryPage = await self._run(
+            queries.fetch_history, flt, limit=limit, after=after, lost_after_s=self.lost_after_s
+        )
+        return page
+
+    async def stats(
+        self, flt: TaskFilter, *, since: datetime, until: datetime | None, now: datetime
+    ) -> Stats:
+        from taskmon.store import queries
+
+        stats: Stats = await self._run(
+            queries.fetch_stats,
+            flt,
+            since=since,
+            until=until,
+            lost_after_s=self.lost_after_s,
+            now=now,
+        )
+        return stats
+
+    async def attempts(self, task_id: str) -> list[dict[str, Any]]:
+        from taskmon.store import queries
+
+        rows: list[dict[str, Any]] = await self._run(queries.fetch_attempts, task_id)
+        return rows
+
+    async def close(self) -> None:
+        async with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pool.close(), 2.0)
+            pool.terminate()
+
+
+class HubLiveSource:
+    """Subscribes to a running hub's websocket (``taskmon serve`` or an in-process one).
+
+    Args:
+        url: the hub's ws:// URL.
+        token: the hub's token, if it wants one.
+        max_backoff: the longest pause between reconnection attempts.
+    """
+
+    def __init__(self, url: str, *, token: str | None = None, max_backoff: float = 5.0) -> None:
+        self.url = url
+        self.label = url
+        self.token = token
+        self.max_backoff = max_backoff
+
+    async def stream(self) -> AsyncIterator[LiveItem]:
+        from taskmon import client
+
+        # the client resumes from the last seq by itself across reconnects
+        async for item in client.subscribe(
+            self.url, token=self.token, max_backoff=self.max_backoff
+        ):
+            if isinstance(item, client.EventReceived):
+                yield LiveEvent(item.event)
+            elif isinstance(item, client.Connected):
+                yield LiveConnected(item.reconnected)
+            elif isinstance(item, client.Disconnected):
+                yield LiveDisconnected(item.error, item.attempt)
+            elif isinstance(item, client.Gap):
+                yield LiveGap(item.reason)
+
+    async def close(self) -> None:
+        return None
+
+
+class InProcessHubSource:
+    """Starts a :class:`taskmon.hub.Hub` on 127.0.0.1 (port 0) for the same DSN, then subscribes.
+
+    Args:
+        dsn: the database whose events the hub relays.
+        redis_url: relay a Redis stream instead of PostgreSQL NOTIFY.
+    """
+
+    def __init__(self, dsn: str, *, redis_url: str | None = None) -> None:
+        self.dsn = dsn
+        self.redis_url = redis_url
+        self.label = "in-process hub"
+        self._hub: Any = None
+        self._start_lock = asyncio.Lock()
+
+    async def _url(self) -> str:
+        from taskmon.hub import Hub
+
+        async with self._start_lock:
+            if self._hub is None:
+                hub = Hub(dsn=self.dsn, redis_url=self.redis_url)
+                url = await hub.start("127.0.0.1", 0)
+                self._hub = hub
+                self._url_value = url
+            return self._url_value
+
+    async def stream(self) -> AsyncIterator[LiveItem]:
+        attempt = 0
+        while True:
+            try:
+                url = await self._url()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # the hub could not start (database down?): say so and try again
+                attempt += 1
+                yield LiveDisconnected(f"cannot start the hub: {exc}", attempt)
+                await asyncio.sleep(min(0.5 * 2**attempt, 5.0))
+                continue
+            async for item in HubLiveSource(url).stream():
+                yield item
+
+    async def close(self) -> None:
+        hub, self._hub = self._hub, None
+        if hub is not None:
+            with contextlib.suppress(Exception):
+                await hub.stop()

@@ -1,0 +1,265 @@
+"""The live feed: the newest events as they arrive, bounded, pausable."""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import tzinfo
+from typing import Any, ClassVar
+
+from rich.segment import Segment
+from rich.text import Text
+from textual.binding import Binding, BindingType
+from textual.geometry import Size
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+
+from taskmon.tui.format import count, duration, timestamp
+from taskmon.tui.widgets.status_styles import STATUS_CLASSES, styled_status
+
+__all__ = ["FEED_LINES", "LiveFeed"]
+
+FEED_LINES = 500
+"""Lines the feed keeps; older attempts are in History."""
+
+LINE_WIDTH = 160
+"""The virtual width of the feed (long error messages are cut there)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Line:
+    """One feed line, kept raw: it is formatted only if it is ever on screen."""
+
+    number: int
+    kind: str
+    """``event``, ``row`` (an attempt read from the database) or ``note``."""
+    payload: Any
+
+
+class LiveFeed(ScrollView, can_focus=True):
+    """Events appended at the bottom; at most :data:`FEED_LINES` kept.
+
+    A storm of events costs little: an event is stored as it came and turned
+    into text only when a repaint shows it, and arrivals are written at most
+    ten times a second (:meth:`flush`). While paused the panel stays still
+    and counts what arrives; resuming shows the newest :data:`FEED_LINES`.
+
+    | Key | Description |
+    | :- | :- |
+    | space | Pause / resume (bound on the screen). |
+    | j / k, up / down | Scroll. |
+    | g / G | Top / bottom. |
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("j,down", "scroll_down", "Down", show=False),
+        Binding("k,up", "scroll_up", "Up", show=False),
+        Binding("g,home", "scroll_home", "Top", show=False),
+        Binding("G,end", "scroll_end", "Bottom", show=False),
+        Binding("pageup", "page_up", "Page up", show=False),
+        Binding("pagedown", "page_down", "Page down", show=False),
+    ]
+
+    COMPONENT_CLASSES: ClassVar[set[str]] = STATUS_CLASSES | {"live-feed--note", "live-feed--dim"}
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.received = 0
+        """Every live event that reached the feed (shown or filtered out)."""
+        self.shown = 0
+        """Events that matched the filter."""
+        self.paused = False
+        self.new_while_paused = 0
+        """Matching events that arrived since the pause."""
+        self.tz: tzinfo | None = None
+        self.last_event_at: Any = None
+        """The timestamp of the newest event received."""
+        self._lines: deque[_Line] = deque(maxlen=FEED_LINES)
+        self._waiting: deque[_Line] = deque(maxlen=FEED_LINES)
+        self._numbers = 0
+        self._strips: OrderedDict[int, Strip] = OrderedDict()
+        self._dirty = False
+        self._follow = True
+        """Whether new lines scroll into view (false once the user scrolls up)."""
+
+    def watch_scroll_y(self, old: float, new: float) -> None:
+        super().watch_scroll_y(old, new)
+        self._follow = new >= self.max_scroll_y - 1
+
+    def on_mount(self) -> None:
+        self._update_title()
+        self.set_interval(0.1, self.flush, name="feed-flush")
+
+    # -- input ------------------------------------------------------------------
+
+    @property
+    def waiting(self) -> int:
+        """Lines received but not yet shown (the next flush, or the end of a pause)."""
+        return len(self._waiting)
+
+    @property
+    def line_count(self) -> int:
+        """Lines on the panel."""
+        return len(self._lines)
+
+    def _add(self, kind: str, payload: Any) -> None:
+        self._numbers += 1
+        self._waiting.append(_Line(self._numbers, kind, payload))
+
+    def add_events(
+        self, events: Iterable[dict[str, Any]], matches: Callable[[dict[str, Any]], bool]
+    ) -> int:
+        """Queue the events that `matches` accepts; returns how many it accepted."""
+        accepted = 0
+        last = None
+        for event in events:
+            self.received += 1
+            last = event.get("timestamp") or last
+            if matches(event):
+                accepted += 1
+                self._add("event", event)
+        if last is not None:
+            self.last_event_at = last
+        self.shown += accepted
+        if self.paused:
+            self.new_while_paused += accepted
+        self._dirty = True
+        return accepted
+
+    def add_note(self, text: str, rows: Iterable[dict[str, Any]] = ()) -> None:
+        """A line from the app itself (gap filled…), then attempts read from the database."""
+        self._add("note", text)
+        for row in rows:
+            self._add("row", row)
+        if self.paused:
+            self.new_while_paused += 1
+        self._dirty = True
+
+    # -- formatting ---------------------------------------------------------------
+
+    def _text(self, line: _Line) -> Text:
+        if line.kind == "note":
+            style = self.get_component_rich_style("live-feed--note", partial=True)
+            return Text(f"── {line.payload} ──", style=style)
+        if line.kind == "row":
+            return self.row_line(line.payload)
+        return self.event_line(line.payload)
+
+    def event_line(self, event: dict[str, Any]) -> Text:
+        data = event.get("data") or {}
+        error = " ".join(str(p) for p in (data.get("error_type"), data.get("error_message")) if p)
+        took = data.get("duration_ms")
+        return Text.assemble(
+            timestamp(event.get("timestamp"), self.tz),
+            " ",
+            styled_status(self, str(event.get("status") or ""), width=10),
+            " ",
+            (str(event.get("task_name", "")), "bold"),
+            f"  #{data.get('attempt', 0)}",
+            f"  {duration(took)}" if took is not None else "",
+            f"  {data.get('worker') or ''}",
+            f"  {error[:120]}" if error else "",
+        )
+
+    def row_line(self, row: dict[str, Any]) -> Text:
+        """An attempt read from the database, marked ``db``."""
+        dim = self.get_component_rich_style("live-feed--dim", partial=True)
+        when = row.get("finished_at") or row.get("started_at") or row.get("created_at")
+        error = " ".join(str(p) for p in (row.get("error_type"), row.get("error_message")) if p)
+        took = row.get("duration_ms")
+        return Text.assemble(
+            timestamp(when, self.tz),
+            " ",
+            styled_status(self, str(row.get("status")), width=10),
+            " ",
+            (str(row.get("task_name", "")), "bold"),
+            f"  #{row.get('attempt', 0)}",
+            f"  {duration(took)}" if took is not None else "",
+            ("  db", dim),
+            f"  {error[:120]}" if error else "",
+        )
+
+    def plain_lines(self) -> list[str]:
+        """The panel's lines as plain text (tests, screen readers of logs)."""
+        return [self._text(line).plain for line in self._lines]
+
+    def _strip(self, line: _Line) -> Strip:
+        strip = self._strips.get(line.number)
+        if strip is None:
+            text = self._text(line)
+            text.no_wrap = True
+            text.truncate(LINE_WIDTH)
+            segments = list(text.render(self.app.console))
+            strip = Strip(Segment.apply_style(segments, self.rich_style), text.cell_len)
+            self._strips[line.number] = strip
+            if len(self._strips) > 2 * FEED_LINES:
+                self._strips.popitem(last=False)
+        return strip
+
+    def render_line(self, y: int) -> Strip:
+        scroll_x, scroll_y = self.scroll_offset
+        index = scroll_y + y
+        width = self.size.width
+        if index >= len(self._lines):
+            return Strip.blank(width, self.rich_style)
+        strip = self._strip(self._lines[index])
+        return strip.crop_extend(scroll_x, scroll_x + width, self.rich_style)
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._strips.clear()
+
+    # -- output -----------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Show what waits (unless paused): one refresh, however many lines."""
+        if not self._dirty:
+            return
+        self._dirty = False
+        self._update_title()
+        if self.paused or not self._waiting:
+            return
+        self._lines.extend(self._waiting)
+        self._waiting.clear()
+        self.virtual_size = Size(LINE_WIDTH, len(self._lines))
+        if self._follow:
+            self.scroll_end(animate=False, immediate=True, x_axis=False)
+            # the first lines may arrive before the panel has its size: scroll again after layout
+            self.call_after_refresh(self._scroll_to_end)
+        self.refresh()
+
+    def on_resize(self) -> None:
+        # a panel that shrinks (the filter bar opened) keeps showing the newest lines
+        if self._follow:
+            self.call_after_refresh(self._scroll_to_end)
+
+    def _scroll_to_end(self) -> None:
+        if self._follow:
+            self.scroll_end(animate=False, immediate=True, x_axis=False)
+
+    def pause(self) -> None:
+        self.paused = True
+        self.new_while_paused = 0
+        self._update_title()
+
+    def resume(self) -> None:
+        self.paused = False
+        self.new_while_paused = 0
+        self._dirty = True
+        self.flush()
+
+    def toggle_pause(self) -> bool:
+        """Pause or catch up; returns whether it is now paused."""
+        if self.paused:
+            self.resume()
+        else:
+            self.pause()
+        return self.paused
+
+    def _update_title(self) -> None:
+        self.border_title = f"Live · {count(self.received)} received"
+        if self.paused:
+            self.border_subtitle = f"PAUSED · +{count(self.new_while_paused)} new"
+        else:
+            self.border_subtitle = "space: pause"

@@ -1,0 +1,416 @@
+"""The TUI driven by Pilot against a real PostgreSQL and a real in-process hub."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from helpers import wait_for
+
+from taskmon.bus.postgres import PgNotifyPublisher
+from taskmon.events import AttemptRecord, Status
+from taskmon.hub import Hub
+from taskmon.recorder import Recorder
+from taskmon.tui.app import TaskmonApp, make_app
+from taskmon.tui.screens.detail import DetailScreen
+from taskmon.tui.screens.help import HelpScreen
+from taskmon.tui.sources import HubLiveSource, InProcessHubSource, PgDataSource
+from taskmon.tui.widgets.filter_bar import FilterBar
+from taskmon.tui.widgets.history_table import HistoryTable
+from taskmon.tui.widgets.live_feed import LiveFeed
+from taskmon.tui.widgets.status_bar import StatusBar
+from taskmon.tui.widgets.task_table import TaskTable
+from taskmon.tui.widgets.too_small import TooSmall
+
+SIZE = (120, 36)
+
+_INSERT = """
+INSERT INTO task_execution_logs (task_id, attempt, task_name, status, worker, params,
+    error_type, error_message, traceback, started_at, finished_at, duration_ms, created_at)
+VALUES ($1, $2, $3, $4, 'host-1:1', $5::jsonb, $6, $7, $8, $9, $10, $11, $9)
+"""
+
+
+async def insert(
+    db: asyncpg.Connection[Any],
+    task_id: str,
+    *,
+    age: timedelta,
+    status: str = "success",
+    task: str = "app.tasks:extract",
+    attempt: int = 0,
+    duration_ms: float = 100.0,
+) -> None:
+    created = datetime.now(UTC) - age
+    failed = status in ("failed", "retrying")
+    await db.execute(
+        _INSERT,
+        task_id,
+        attempt,
+        task,
+        status,
+        json.dumps({"args": [task_id], "kwargs": {"n": attempt}}),
+        "ValueError" if failed else None,
+        "bad input" if failed else None,
+        "Traceback (most recent call last):\nValueError: bad input" if failed else None,
+        created,
+        created + timedelta(milliseconds=duration_ms),
+        duration_ms,
+    )
+
+
+@pytest.fixture
+async def recorded(db: asyncpg.Connection[Any]) -> asyncpg.Connection[Any]:
+    """5 attempts 10 min old (2 failed), 7 two hours old, 11 three days old."""
+    for i in range(5):
+        await insert(
+            db,
+            f"recent-{i}",
+            age=timedelta(minutes=10, seconds=i),
+            status="failed" if i < 2 else "success",
+        )
+    for i in range(7):
+        await insert(db, f"hours-{i}", age=timedelta(hours=2, seconds=i), task="app.tasks:load")
+    for i in range(11):
+        await insert(db, f"days-{i}", age=timedelta(days=3, seconds=i), task="app.tasks:notify")
+    # one task retried: two attempts of the same task id
+    await insert(db, "retried", age=timedelta(minutes=5), status="retrying")
+    await insert(db, "retried", age=timedelta(minutes=4), attempt=1)
+    return db
+
+
+@pytest.fixture
+async def recorder(dsn: str) -> AsyncIterator[Recorder]:
+    rec = Recorder(dsn, publisher=PgNotifyPublisher(), auto_migrate=False, flush_interval=0.02)
+    await rec.start(wait_connected=5)
+    yield rec
+    await rec.stop()
+
+
+def attempt(
+    task_id: str, status: Status = Status.SUCCESS, task: str = "app.tasks:live"
+) -> AttemptRecord:
+    now = datetime.now(UTC)
+    return AttemptRecord(
+        task_id=task_id,
+        attempt=0,
+        task_name=task,
+        status=status,
+        worker="host-9:9",
+        started_at=now - timedelta(milliseconds=50),
+        finished_at=now,
+        duration_ms=50.0,
+        error_type="ValueError" if status is Status.FAILED else None,
+        error_message="bad" if status is Status.FAILED else None,
+    )
+
+
+def feed_text(app: TaskmonApp) -> str:
+    return "\n".join(app.main.query_one(LiveFeed).plain_lines())
+
+
+def history_rows(app: TaskmonApp) -> list[dict[str, Any]]:
+    return app.main.history_rows
+
+
+async def started(app: TaskmonApp) -> None:
+    await wait_for(
+        lambda: app.main.stats is not None and app.main.query_one(HistoryTable).row_count
+    )
+
+
+async def test_startup_shows_metrics_and_history(dsn: str, recorded: Any) -> None:
+    # given 25 recorded attempts, 7 of them within the last hour
+    app = make_app(PgDataSource(dsn), None, window="1h")
+    async with app.run_test(size=SIZE):
+        # when the app starts
+        await started(app)
+        # then the metrics count the window and the history lists everything, newest first
+        assert app.main.stats.total == 7
+        assert app.main.stats.by_status.get("failed") == 2
+        rows = history_rows(app)
+        assert len(rows) == 25
+        assert rows[0]["task_id"] == "retried" and rows[0]["attempt"] == 1
+        created = [r["created_at"] for r in rows]
+        assert created == sorted(created, reverse=True)
+        tasks = app.main.query_one(TaskTable)
+        assert "app.tasks:extract" in tasks.task_names
+        assert app.main.query_one(StatusBar).connection == "offline"  # no live source given
+
+
+async def test_new_event_appears_in_feed_and_history(
+    dsn: str, recorded: Any, recorder: Recorder
+) -> None:
+    app = make_app(PgDataSource(dsn), InProcessHubSource(dsn))
+    async with app.run_test(size=SIZE):
+        await started(app)
+        await wait_for(lambda: app.main.query_one(StatusBar).connection == "live")
+        # when a worker records an attempt
+        recorder.submit(attempt("fresh-1"))
+        await recorder.flush()
+        # then it shows in the feed, and the history (first page) re-reads
+        await wait_for(lambda: "app.tasks:live" in feed_text(app))
+        feed = app.main.query_one(LiveFeed)
+        assert feed.received == 1
+        await wait_for(lambda: history_rows(app)[0]["task_id"] == "fresh-1")
+        assert app.main.query_one(StatusBar).last_event != "-"
+
+
+async def test_filter_bar_filters_history(dsn: str, recorded: Any) -> None:
+    app = make_app(PgDataSource(dsn), None)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(app)
+        # a query that does not parse shows its error inline and is not applied
+        await pilot.press("slash", *"status:bogus")
+        error = app.main.query_one("#filter-error")
+        assert "bogus" in str(error.render())
+        await pilot.press("enter")
+        assert app.main.state.query == ""
+        # when a valid filter is typed and applied
+        bar = app.main.query_one(FilterBar)
+        await pilot.press(*["backspace"] * len("bogus"), *"failed", "enter")
+        # then only failed attempts are listed and the status bar says so
+        await wait_for(lambda: {r["status"] for r in history_rows(app)} == {"failed"})
+        assert len(history_rows(app)) == 2
+        assert not bar.display
+        assert app.main.query_one(StatusBar).filter_text == "status:failed"
+        await wait_for(lambda: app.main.stats.total == 2)
+        # and esc in the bar clears it
+        await pilot.press("slash", "escape")
+        await wait_for(lambda: len(history_rows(app)) == 25)
+        assert app.main.query_one(StatusBar).filter_text == ""
+
+
+async def test_status_key_cycles_the_status_filter(dsn: str, recorded: Any) -> None:
+    app = make_app(PgDataSource(dsn), None)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(app)
+        await pilot.press("s")
+        await wait_for(lambda: {r["status"] for r in history_rows(app)} == {"failed"})
+        await pilot.press("s")  # running: none recorded
+        await wait_for(lambda: app.main.query_one(HistoryTable).row_count == 0)
+        await pilot.press("s")
+        await wait_for(lambda: {r["task_id"] for r in history_rows(app)} == {"retried"})
+        assert app.main.state.status == "retrying"
+
+
+async def test_pause_and_resume_count_new_events(dsn: str, recorder: Recorder) -> None:
+    app = make_app(PgDataSource(dsn), InProcessHubSource(dsn))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(lambda: app.main.query_one(StatusBar).connection == "live")
+        feed = app.main.query_one(LiveFeed)
+        recorder.submit(attempt("before-pause"))
+        await recorder.flush()
+        await wait_for(lambda: "before-pause" in feed_text(app) or feed.line_count == 1)
+        # when paused, new events are counted but the panel stands still
+        await pilot.press("space")
+        assert feed.paused
+        for i in range(3):
+            recorder.submit(attempt(f"paused-{i}"))
+        await recorder.flush()
+        await wait_for(lambda: feed.new_while_paused == 3)
+        await pilot.pause(0.2)
+        assert feed.line_count == 1
+        assert feed.border_subtitle == "PAUSED · +3 new"
+        # then space catches up
+        await pilot.press("space")
+        await wait_for(lambda: feed.line_count == 4)
+        assert not feed.paused
+        assert feed.received == 4
+
+
+async def test_detail_screen_opens_and_closes(dsn: str, recorded: Any) -> None:
+    app = make_app(PgDataSource(dsn), None)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(app)
+        # the newest row is the retried task's second attempt
+        await pilot.press("enter")
+        await wait_for(lambda: isinstance(app.screen, DetailScreen))
+        detail = app.screen
+        assert isinstance(detail, DetailScreen)
+        await wait_for(lambda: detail.attempts is not None)
+        assert [a["attempt"] for a in detail.attempts or []] == [0, 1]
+        assert json.loads(detail.params_text or "") == {"args": ["retried"], "kwargs": {"n": 1}}
+        await pilot.press("y")
+        assert app.clipboard == "retried"
+        await pilot.press("escape")
+        await wait_for(lambda: not isinstance(app.screen, DetailScreen))
+        assert app.screen is app.main
+
+
+async def test_window_cycling_changes_the_numbers(dsn: str, recorded: Any) -> None:
+    app = make_app(PgDataSource(dsn), None, window="15m")
+    async with app.run_test(size=SIZE) as pilot:
+        await started(app)
+        assert app.main.stats.total == 7
+        totals = {}
+        for window in ("1h", "24h", "7d", "30d", "15m"):
+            await pilot.press("w")
+            await wait_for(
+                lambda w=window: (
+                    app.main.state.window == w
+                    and app.main.stats is not None
+                    and app.main.stats.until - app.main.stats.since == app.main.state.window_delta
+                )
+            )
+            totals[window] = app.main.stats.total
+        assert totals == {"1h": 7, "24h": 14, "7d": 25, "30d": 25, "15m": 7}
+        assert app.main.query_one(StatusBar).window == "15m"
+
+
+async def test_hub_restart_reconnects_and_fills_the_gap(dsn: str, recorder: Recorder) -> None:
+    hub = Hub(dsn=dsn)
+    url = await hub.start("127.0.0.1", 0)
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    app = make_app(PgDataSource(dsn), HubLiveSource(url, max_backoff=0.3))
+    try:
+        async with app.run_test(size=SIZE):
+            bar = app.main.query_one(StatusBar)
+            await wait_for(lambda: bar.connection == "live")
+            recorder.submit(attempt("seen-live"))
+            await recorder.flush()
+            await wait_for(lambda: "app.tasks:live" in feed_text(app))
+            # when the hub goes away, attempts are written meanwhile, and it comes back
+            await hub.stop()
+            await wait_for(lambda: bar.connection in ("reconnecting", "offline"))
+            assert "◌ reconnecting" in str(bar.connection_text()) or bar.connection == "offline"
+            for i in range(3):
+                recorder.submit(attempt(f"missed-{i}", task="app.tasks:missed"))
+            await recorder.flush()
+            hub = Hub(dsn=dsn)
+            await hub.start("127.0.0.1", port)
+            # then the app reconnects and reads the missed attempts from the database
+            await wait_for(lambda: bar.connection == "live", timeout=15)
+            await wait_for(lambda: "filled" in feed_text(app), timeout=15)
+            text = feed_text(app)
+            assert text.count("app.tasks:missed") == 3
+            assert "live connection lost" in text
+    finally:
+        await hub.stop()
+
+
+async def test_database_errors_are_shown_and_the_app_keeps_running(server_dsn: str) -> None:
+    # a database that does not exist: every read fails
+    bad = server_dsn.rsplit("/", 1)[0] + "/taskmon_no_such_db"
+    app = make_app(PgDataSource(bad), None)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        bar = app.main.query_one(StatusBar)
+        await wait_for(lambda: bar.error != "")
+        assert "taskmon_no_such_db" in bar.error
+        assert any("database error" in (n.title or "") for n in app._notifications)
+        await pilot.press("r")
+        await pilot.pause(0.1)
+        assert app.is_running
+
+
+async def test_too_small_terminal_says_so(dsn: str) -> None:
+    app = make_app(PgDataSource(dsn), None)
+    async with app.run_test(size=(60, 20)) as pilot:
+        message = app.main.query_one(TooSmall)
+        await wait_for(lambda: message.display and message.region.width > 0)
+        assert str(message.render()) == "terminal too small: 60×20, need 80×24"
+        assert not app.main.query_one(HistoryTable).region.width
+        await pilot.resize_terminal(80, 24)
+        await wait_for(lambda: app.main.query_one(HistoryTable).region.width == 80)
+        assert not message.region.width
+
+
+async def test_help_lists_every_key_and_palette_offers_actions(dsn: str) -> None:
+    app = make_app(PgDataSource(dsn), None)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("question_mark")
+        await wait_for(lambda: isinstance(app.screen, HelpScreen))
+        screen = app.screen
+        assert isinstance(screen, HelpScreen)
+        keys = {key for _, key, _ in screen.rows}
+        listed = {part.strip() for key in keys for part in key.replace(" / ", ",").split(",")}
+        for key in (
+            "/",
+            "s",
+            "w",
+            "space",
+            "n",
+            "p",
+            "r",
+            "q",
+            "?",
+            "esc",
+            "y",
+            "j",
+            "k",
+            "g",
+            "G",
+            "tab",
+            "PgUp",
+            "PgDn",
+            "up",
+            "down",
+            "ctrl+c",
+            "ctrl+p",
+            "enter",
+            "o",
+            "O",
+        ):
+            assert key in listed, key
+        await pilot.press("escape")
+        titles = {c.title for c in app.get_system_commands(app.screen)}
+        assert {
+            "Filter",
+            "Cycle status filter",
+            "Cycle window",
+            "Pause / resume feed",
+            "Next page",
+            "Previous page",
+            "Refresh",
+            "Keys",
+        } <= titles
+
+
+async def test_history_pages_forward_and_back(dsn: str, recorded: Any) -> None:
+    app = make_app(PgDataSource(dsn), None, page_size=10)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(app)
+        first = [r["id"] for r in history_rows(app)]
+        assert len(first) == 10
+        await pilot.press("n")
+        await wait_for(lambda: app.main.page_index == 1 and history_rows(app)[0]["id"] not in first)
+        second = [r["id"] for r in history_rows(app)]
+        await pilot.press("n")
+        await wait_for(lambda: len(history_rows(app)) == 5)
+        await pilot.press("p", "p")
+        await wait_for(lambda: [r["id"] for r in history_rows(app)] == first)
+        assert not set(first) & set(second)
+
+
+def test_bad_query_on_the_command_line_is_one_line_exit_2() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "taskmon",
+            "tui",
+            "--dsn",
+            "postgresql://x@127.0.0.1:1/x",
+            "--hub-url",
+            "ws://127.0.0.1:1/",
+            "--query",
+            "status:bogus",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "bogus" in result.stderr
+
+
+def test_cli_imports_textual_only_when_tui_runs() -> None:
+    code = "import sys, taskmon.cli; print('textual' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
