@@ -119,7 +119,8 @@ def _choice(flag: str, value: str, accepted: tuple[str, ...]) -> str:
     return low
 
 
-def _seconds(flag: str, value: str) -> float:
+def seconds_option(flag: str, value: str) -> float:
+    """A duration option (90s, 15m, 1h, 7d) in seconds; bad input ends the command."""
     from taskmon.filters import FilterError, parse_window
 
     try:
@@ -174,7 +175,7 @@ def history(
     )
     rows_per_page = _limit(limit)
     form = _choice("--format", fmt, HISTORY_FORMATS)
-    lost_s = _seconds("--lost-after", lost_after)
+    lost_s = seconds_option("--lost-after", lost_after)
     if after is not None:
         from taskmon.store.queries import CursorError, decode_cursor
 
@@ -275,7 +276,7 @@ def stats(
         status=status, task=task, since=since, until=until, error=error, worker=worker, query=query
     )
     form = _choice("--format", fmt, STATS_FORMATS)
-    lost_s = _seconds("--lost-after", lost_after)
+    lost_s = seconds_option("--lost-after", lost_after)
 
     async def go() -> Any:
         from taskmon.config import resolve_dsn

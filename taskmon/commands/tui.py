@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from taskmon.commands.common import DsnOption, fail
+from taskmon.commands.history import LostAfterOption, seconds_option
 
 __all__ = ["tui"]
 
@@ -25,7 +26,10 @@ def tui(
     hub_token: Annotated[
         str | None,
         typer.Option(
-            "--hub-token", help="The hub's token. Default: $TASKMON_HUB_TOKEN.", show_default=False
+            "--token",
+            "--hub-token",
+            help="The hub's token. Default: $TASKMON_HUB_TOKEN.",
+            show_default=False,
         ),
     ] = None,
     redis_url: Annotated[
@@ -44,15 +48,10 @@ def tui(
         str,
         typer.Option("--query", "-q", help='Initial filter, e.g. "status:failed task:extract*".'),
     ] = "",
-    lost_after: Annotated[
-        float,
-        typer.Option(
-            "--lost-after",
-            help="Seconds after which a running attempt without a timeout counts as lost.",
-        ),
-    ] = 3600.0,
+    lost_after: LostAfterOption = "1h",
 ) -> None:
     """Watch metrics, history and live events in a terminal UI (keys: press ?)."""
+    lost_after_s = seconds_option("--lost-after", lost_after)
     from taskmon.config import ConfigError, resolve_dsn, resolve_setting
     from taskmon.filters import FilterError
     from taskmon.tui.app import make_app
@@ -74,7 +73,9 @@ def tui(
         HubLiveSource(hub, token=token) if hub else InProcessHubSource(url, redis_url=redis)
     )
     try:
-        app = make_app(PgDataSource(url, lost_after_s=lost_after), live, window=since, query=query)
+        app = make_app(
+            PgDataSource(url, lost_after_s=lost_after_s), live, window=since, query=query
+        )
     except (FilterError, ValueError) as exc:
         fail(str(exc))
     app.run()
