@@ -128,6 +128,8 @@ def _merge(old: AttemptRecord, new: AttemptRecord) -> AttemptRecord:
 class _Pending:
     record: AttemptRecord
     events: list[AttemptRecord]
+    since: float
+    """When the attempt entered the buffer (monotonic): it is written by since + flush_interval."""
     """Each state submitted, to announce; encoded by the writer, off the task's path."""
 
 
@@ -182,6 +184,8 @@ class Recorder:
         self.stats = RecorderStats()
         self._pending: dict[tuple[str, int], _Pending] = {}
         self._wake = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._hurry = False
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._conn: asyncpg.Connection[Any] | None = None
@@ -204,8 +208,13 @@ class Recorder:
             publish = self.publisher is not None
             entry = self._pending.get(record.key)
             if entry is None:
-                self._pending[record.key] = _Pending(record, [record] if publish else [])
+                first = not self._pending
+                self._pending[record.key] = _Pending(
+                    record, [record] if publish else [], time.monotonic()
+                )
                 self._bound()
+                if first:
+                    self._wake.set()  # the writer now knows when this one is due
             else:
                 entry.record = _merge(entry.record, record)
                 if publish:
@@ -236,6 +245,7 @@ class Recorder:
         """Start the writer; optionally wait up to `wait_connected` s for its first connection."""
         if self._task is None:
             self._stopping = False
+            self._stopped.clear()
             self._task = asyncio.create_task(self._run(), name="taskmon-writer")
         if wait_connected > 0:
             with contextlib.suppress(TimeoutError):
@@ -247,6 +257,7 @@ class Recorder:
         if task is None:
             return
         self._stopping = True
+        self._stopped.set()
         self._wake.set()
         try:
             await asyncio.wait_for(asyncio.shield(task), timeout)
@@ -270,6 +281,7 @@ class Recorder:
         while self._pending or self._busy:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{len(self._pending)} task records still buffered")
+            self._hurry = True
             self._wake.set()
             await asyncio.sleep(0.01)
 
@@ -284,12 +296,19 @@ class Recorder:
         backoff = 0.1
         while True:
             if not self._pending:
+                self._hurry = False
                 if self._stopping:
                     return
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.flush_interval)
-                self._wake.clear()
+                await self._wait_wake(None)  # until an attempt arrives (or stop)
                 continue
+            if len(self._pending) < self.batch_size and not (self._stopping or self._hurry):
+                # let a burst accumulate, but write each attempt within flush_interval
+                # of its arrival
+                oldest = next(iter(self._pending.values())).since
+                delay = oldest + self.flush_interval - time.monotonic()
+                if delay > 0:
+                    await self._wait_wake(delay)
+                    continue
             keys = list(self._pending)[: self.batch_size]
             batch = [self._pending.pop(k) for k in keys]
             self._busy = True
@@ -299,34 +318,35 @@ class Recorder:
                 self._requeue(batch)
                 await self._close()
                 self._note_outage(exc)
-                if self._stopping and not self._connected.is_set():
-                    # no point spinning through the shutdown budget against a dead server
-                    await asyncio.sleep(min(backoff, 0.5))
-                else:
-                    await self._sleep(backoff)
+                await self._pause(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
                 continue
             except Exception:
                 logger.exception("taskmon: unexpected error while writing task records")
                 self._requeue(batch)
                 await self._close()
-                await self._sleep(backoff)
+                await self._pause(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
                 continue
             finally:
                 self._busy = False
             backoff = 0.1
             self._note_recovery()
-            if len(self._pending) < self.batch_size and not self._stopping:
-                # let a burst accumulate instead of writing one row at a time
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.flush_interval)
-                self._wake.clear()
 
-    async def _sleep(self, seconds: float) -> None:
+    async def _wait_wake(self, timeout: float | None) -> None:
+        """Wait for a submit that changes the plan (first arrival, full batch) or a stop."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+            await asyncio.wait_for(self._wake.wait(), timeout)
         self._wake.clear()
+
+    async def _pause(self, seconds: float) -> None:
+        """Back off after a failed write. New submits do not cut it short; stop() does,
+        but then retries still come at most every 0.5 s until the drain budget ends."""
+        if self._stopping:
+            await asyncio.sleep(min(seconds, 0.5))
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopped.wait(), seconds)
 
     def _requeue(self, batch: list[_Pending]) -> None:
         """Put a failed batch back in front; newer states of the same attempts win."""

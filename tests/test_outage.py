@@ -205,3 +205,33 @@ def _record(task_id: str) -> AttemptRecord:
         finished_at=now,
         duration_ms=1.0,
     )
+
+
+async def test_reconnects_are_paced_by_backoff_not_by_incoming_tasks() -> None:
+    # given a "database" that accepts connections and drops them at once
+    accepted = 0
+
+    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        writer.close()
+
+    server = await asyncio.start_server(drop, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    recorder = Recorder(
+        f"postgresql://postgres@127.0.0.1:{port}/x", batch_size=10, flush_interval=0.01
+    )
+    await recorder.start()
+
+    # when a steady stream of attempts arrives during the outage (far beyond a batch)
+    for i in range(300):
+        recorder.submit(_record(f"t{i}"))
+        await asyncio.sleep(0.005)
+
+    # then the writer retried on its backoff schedule (0.1, 0.2, 0.4, 0.8 s ...),
+    # not once per submit, and kept every attempt
+    assert accepted <= 10, accepted
+    assert recorder.pending == 300
+    await recorder.stop(timeout=1.0)
+    server.close()
+    await server.wait_closed()
