@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from taskmon import __version__
-from taskmon.commands import db
+from taskmon.commands import cleanup, db, demo, history, live, tui
 
 app = typer.Typer(
     name="taskmon",
@@ -16,6 +16,13 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(db.app, name="db")
+app.command("demo")(demo.demo)
+app.command("cleanup")(cleanup.cleanup)
+app.command("serve")(live.serve)
+app.command("tail")(live.tail)
+app.command("tui")(tui.tui)
+app.command("history")(history.history)
+app.command("stats")(history.stats)
 
 
 def _version(value: bool) -> None:

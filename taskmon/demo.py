@@ -103,7 +103,7 @@ async def _kick_one(tasks: dict[str, Any], rng: random.Random, n: int) -> None:
 
 
 async def _load(tasks: dict[str, Any], rng: random.Random, rate: float, stop: asyncio.Event) -> int:
-    """Kick tasks at `rate` per second, with a burst of 5× every 20 s. Returns the count."""
+    """Kick tasks at `rate` per second, with a burst of 5x every 20 s. Returns the count."""
     n = 0
     started = time.monotonic()
     while not stop.is_set():

@@ -16,6 +16,7 @@ CORE = [
     "taskmon.store.migrations",
     "taskmon.bus.postgres",
     "taskmon.bus.redis",
+    "taskmon.retention",
 ]
 OPTIONAL_CORE = ["taskmon.filters", "taskmon.store.queries", "taskmon.hub", "taskmon.client"]
 

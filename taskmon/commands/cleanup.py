@@ -1,0 +1,155 @@
+"""`taskmon cleanup`: mark lost attempts, archive and delete old rows, trim old rollups."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from taskmon.commands.common import DsnOption, fail, run
+
+if TYPE_CHECKING:
+    from taskmon.retention import Archive, CleanupResult
+
+
+def _age(option: str, text: str) -> timedelta:
+    from taskmon.filters import FilterError, parse_window
+
+    try:
+        return parse_window(text.strip())
+    except FilterError as exc:
+        fail(f"{option}: {exc}")
+
+
+def _describe(age: timedelta) -> str:
+    seconds = age.total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def _report(result: CleanupResult, older_than: timedelta, archive: Path | None) -> None:
+    would = "would " if result.dry_run else ""
+    cutoff = result.cutoff.isoformat(timespec="seconds")
+    typer.echo(
+        f"{would}mark {result.marked_lost:,} running attempts lost"
+        if result.dry_run
+        else f"marked {result.marked_lost:,} running attempts lost"
+    )
+    verb = "delete" if result.dry_run else "deleted"
+    typer.echo(
+        f"{would}{verb} {result.deleted:,} attempts older than {_describe(older_than)} "
+        f"(created before {cutoff})" + ("" if result.dry_run else f" in {result.batches:,} batches")
+    )
+    if archive is not None and not result.dry_run:
+        typer.echo(f"archived {result.archived:,} rows to {archive}")
+    for table, n in result.rollups_deleted.items():
+        typer.echo(f"{would}{verb} {n:,} rows of {table}")
+    if not result.dry_run:
+        typer.echo(f"done in {result.seconds:.1f}s")
+
+
+def cleanup(
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            "--older-than",
+            help="Delete attempts older than this (e.g. 30d, 12h). "
+            "Default: $TASK_LOG_RETENTION_DAYS days, else 30d.",
+            show_default=False,
+        ),
+    ] = None,
+    archive: Annotated[
+        Path | None,
+        typer.Option(
+            "--archive",
+            help="Append every deleted row to this gzip JSON-lines file before deleting it.",
+            show_default=False,
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only count what would be marked and deleted.")
+    ] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Rows per transaction.")] = 5000,
+    rollups_older_than: Annotated[
+        str,
+        typer.Option(
+            "--rollups-older-than",
+            help="Delete hour rollups older than this ('never' keeps them). Minute "
+            "rollups go with the raw rows of the same time.",
+        ),
+    ] = "400d",
+    lost_after: Annotated[
+        str,
+        typer.Option(
+            "--lost-after",
+            help="A running attempt without a timeout label is lost after this "
+            "(with one: after twice its timeout).",
+        ),
+    ] = "1h",
+    dsn: DsnOption = None,
+) -> None:
+    """Mark lost attempts, then delete (optionally archive) old rows and old rollups."""
+    from taskmon.retention import Archive, retention_days_setting
+
+    if older_than is None:
+        try:
+            age = timedelta(days=retention_days_setting())
+        except ValueError as exc:
+            fail(str(exc))
+    else:
+        age = _age("--older-than", older_than)
+    rollup_age = (
+        None
+        if rollups_older_than.strip().lower() == "never"
+        else _age("--rollups-older-than", rollups_older_than)
+    )
+    lost_after_s = _age("--lost-after", lost_after).total_seconds()
+    if batch_size < 1:
+        fail(f"--batch-size must be at least 1, not {batch_size}")
+
+    # open the archive before touching the database: an unwritable path must
+    # fail before anything is deleted
+    sink: Archive | None = None
+    if archive is not None and not dry_run:
+        try:
+            sink = Archive(archive)
+        except OSError as exc:
+            fail(f"cannot write the archive {archive}: {exc.strerror or exc}")
+
+    async def go() -> CleanupResult | str:
+        from taskmon.config import resolve_dsn
+        from taskmon.retention import ArchiveError
+        from taskmon.retention import cleanup as run_cleanup
+        from taskmon.store.db import connect
+
+        conn = await connect(resolve_dsn(dsn))
+        try:
+            return await run_cleanup(
+                conn,
+                older_than=age,
+                rollups_older_than=rollup_age,
+                batch_size=batch_size,
+                archive=sink,
+                dry_run=dry_run,
+                lost_after_s=lost_after_s,
+            )
+        except ArchiveError as exc:
+            return str(exc)
+        finally:
+            await conn.close()
+
+    try:
+        result = run(go())
+    finally:
+        if sink is not None:
+            try:
+                sink.close()
+            except OSError as exc:
+                fail(f"cannot finish the archive {archive}: {exc.strerror or exc}", code=1)
+    if isinstance(result, str):
+        fail(result, code=1)
+    _report(result, age, archive)
