@@ -57,9 +57,15 @@ ON CONFLICT (task_id, attempt) DO UPDATE SET
     queue = coalesce(EXCLUDED.queue, t.queue),
     labels = EXCLUDED.labels,
     params = coalesce(EXCLUDED.params, t.params),
-    error_type = coalesce(EXCLUDED.error_type, t.error_type),
-    error_message = coalesce(EXCLUDED.error_message, t.error_message),
-    traceback = coalesce(EXCLUDED.traceback, t.traceback),
+    -- an outcome arriving after cleanup marked the attempt lost replaces the
+    -- "no outcome recorded" error with its own (none, for a success)
+    error_type = CASE WHEN t.status = 'lost' AND EXCLUDED.status NOT IN ('running', 'pending')
+                 THEN EXCLUDED.error_type ELSE coalesce(EXCLUDED.error_type, t.error_type) END,
+    error_message = CASE WHEN t.status = 'lost' AND EXCLUDED.status NOT IN ('running', 'pending')
+                 THEN EXCLUDED.error_message
+                 ELSE coalesce(EXCLUDED.error_message, t.error_message) END,
+    traceback = CASE WHEN t.status = 'lost' AND EXCLUDED.status NOT IN ('running', 'pending')
+                 THEN EXCLUDED.traceback ELSE coalesce(EXCLUDED.traceback, t.traceback) END,
     timeout_s = coalesce(EXCLUDED.timeout_s, t.timeout_s),
     enqueued_at = coalesce(t.enqueued_at, EXCLUDED.enqueued_at),
     started_at = coalesce(t.started_at, EXCLUDED.started_at),
