@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from taskmon.recorder import Recorder
 from taskmon.store import migrations
 from taskmon.store.db import connect
 
@@ -134,3 +135,14 @@ def redis_url() -> Iterator[str]:
     yield url
     client.flushdb()
     client.close()
+
+
+@pytest.fixture
+async def pg_recorder(dsn: str) -> AsyncIterator[Recorder]:
+    """A real writer on the test database, publishing events with NOTIFY."""
+    from taskmon.bus.postgres import PgNotifyPublisher
+
+    rec = Recorder(dsn, publisher=PgNotifyPublisher(), flush_interval=0.01)
+    await rec.start(wait_connected=5)
+    yield rec
+    await rec.stop()

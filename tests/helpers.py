@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from taskmon.events import AttemptRecord
+    from taskmon.recorder import Recorder
 
 
 async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
@@ -19,3 +23,10 @@ async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s (last value: {value!r})")
         await asyncio.sleep(interval)
+
+
+async def publish(rec: Recorder, records: list[AttemptRecord]) -> None:
+    """Record `records` through the real writer and wait until they are committed."""
+    for r in records:
+        rec.submit(r)
+    await rec.flush()

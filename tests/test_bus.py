@@ -12,9 +12,9 @@ from typing import Any
 import asyncpg
 import pytest
 import redis.asyncio
-from helpers import wait_for
+from helpers import publish, wait_for
 
-from taskmon.bus.postgres import MAX_PAYLOAD, PgNotifyPublisher, PgNotifySubscriber
+from taskmon.bus.postgres import MAX_PAYLOAD, PgNotifySubscriber
 from taskmon.bus.redis import STREAM, RedisStreamPublisher, RedisStreamSubscriber
 from taskmon.bus.subscriber import BusEvents, BusGap, BusItem, BusState, Subscriber
 from taskmon.events import AttemptRecord, Status
@@ -64,25 +64,11 @@ class Collector:
 
 
 @pytest.fixture
-async def pg_recorder(dsn: str) -> AsyncIterator[Recorder]:
-    rec = Recorder(dsn, publisher=PgNotifyPublisher(), flush_interval=0.01)
-    await rec.start(wait_connected=5)
-    yield rec
-    await rec.stop()
-
-
-@pytest.fixture
 async def redis_recorder(dsn: str, redis_url: str) -> AsyncIterator[Recorder]:
     rec = Recorder(dsn, publisher=RedisStreamPublisher(redis_url), flush_interval=0.01)
     await rec.start(wait_connected=5)
     yield rec
     await rec.stop()
-
-
-async def publish(rec: Recorder, records: list[AttemptRecord]) -> None:
-    for r in records:
-        rec.submit(r)
-    await rec.flush()
 
 
 async def test_notify_subscriber_receives_committed_batches_split_under_the_limit(

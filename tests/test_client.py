@@ -7,15 +7,14 @@ import contextlib
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import wait_for
+from helpers import publish, wait_for
 
-from taskmon.bus.postgres import PgNotifyPublisher
 from taskmon.client import ClientMessage, Connected, Disconnected, EventReceived, Gap, subscribe
 from taskmon.events import AttemptRecord, Status
 from taskmon.filters import parse
@@ -87,22 +86,8 @@ class Follower:
             await self.task
 
 
-@pytest.fixture
-async def recorder(dsn: str) -> AsyncIterator[Recorder]:
-    rec = Recorder(dsn, publisher=PgNotifyPublisher(), flush_interval=0.01)
-    await rec.start(wait_connected=5)
-    yield rec
-    await rec.stop()
-
-
-async def publish(rec: Recorder, records: list[AttemptRecord]) -> None:
-    for r in records:
-        rec.submit(r)
-    await rec.flush()
-
-
 async def test_subscribe_yields_connected_then_filtered_events(
-    dsn: str, recorder: Recorder
+    dsn: str, pg_recorder: Recorder
 ) -> None:
     hub = Hub(dsn=dsn)
     url = await hub.start()
@@ -110,7 +95,7 @@ async def test_subscribe_yields_connected_then_filtered_events(
         follower = Follower(url, filters=parse("status:failed"))
         await wait_for(lambda: follower.of(Connected))
 
-        await publish(recorder, [record(1), record(2, Status.FAILED), record(3)])
+        await publish(pg_recorder, [record(1), record(2, Status.FAILED), record(3)])
 
         await wait_for(lambda: follower.of(EventReceived))
         await asyncio.sleep(0.1)
@@ -124,11 +109,11 @@ async def test_subscribe_yields_connected_then_filtered_events(
         await hub.stop()
 
 
-async def test_since_seq_replays_first(dsn: str, recorder: Recorder) -> None:
+async def test_since_seq_replays_first(dsn: str, pg_recorder: Recorder) -> None:
     hub = Hub(dsn=dsn)
     url = await hub.start()
     try:
-        await publish(recorder, [record(i) for i in range(6)])
+        await publish(pg_recorder, [record(i) for i in range(6)])
         await wait_for(lambda: hub.stats.events == 6)
 
         follower = Follower(url, since_seq=3)

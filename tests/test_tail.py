@@ -9,14 +9,12 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from helpers import wait_for
+from helpers import publish, wait_for
 
-from taskmon.bus.postgres import PgNotifyPublisher
 from taskmon.events import AttemptRecord, Status
 from taskmon.hub import Hub
 from taskmon.recorder import Recorder
@@ -87,22 +85,8 @@ async def taskmon(*args: str) -> Proc:
     return Proc(proc)
 
 
-@pytest.fixture
-async def recorder(dsn: str) -> AsyncIterator[Recorder]:
-    rec = Recorder(dsn, publisher=PgNotifyPublisher(), flush_interval=0.01)
-    await rec.start(wait_connected=5)
-    yield rec
-    await rec.stop()
-
-
-async def publish(rec: Recorder, records: list[AttemptRecord]) -> None:
-    for r in records:
-        rec.submit(r)
-    await rec.flush()
-
-
 async def test_tail_prints_matching_events_and_survives_a_hub_restart(
-    dsn: str, recorder: Recorder
+    dsn: str, pg_recorder: Recorder
 ) -> None:
     # given
     hub = Hub(dsn=dsn, token="tok")
@@ -115,7 +99,7 @@ async def test_tail_prints_matching_events_and_survives_a_hub_restart(
         await wait_for(lambda: any("following" in line for line in tail.err), timeout=20)
 
         # when
-        await publish(recorder, [record(1), record(2, Status.FAILED), record(3)])
+        await publish(pg_recorder, [record(1), record(2, Status.FAILED), record(3)])
 
         # then: one JSON line per matching event
         await wait_for(lambda: len(tail.out) == 1)
@@ -125,10 +109,10 @@ async def test_tail_prints_matching_events_and_survives_a_hub_restart(
         # when the hub restarts (NOTIFY keeps nothing meanwhile)
         await hub.stop()
         await wait_for(lambda: any("lost the hub" in line for line in tail.err))
-        await publish(recorder, [record(4, Status.FAILED)])
+        await publish(pg_recorder, [record(4, Status.FAILED)])
         hub = Hub(dsn=dsn, token="tok")
         await hub.start(port=port)
-        await publish(recorder, [record(5, Status.FAILED)])
+        await publish(pg_recorder, [record(5, Status.FAILED)])
 
         # then it says once that it reconnected and what may be missing, and goes on
         await wait_for(lambda: len(tail.out) == 2, timeout=20)
@@ -142,13 +126,13 @@ async def test_tail_prints_matching_events_and_survives_a_hub_restart(
         await hub.stop()
 
 
-async def test_tail_without_a_hub_runs_one_in_process(dsn: str, recorder: Recorder) -> None:
+async def test_tail_without_a_hub_runs_one_in_process(dsn: str, pg_recorder: Recorder) -> None:
     tail = await taskmon("tail", "--dsn", dsn, "--task", "app:shown*")
     try:
         await wait_for(lambda: any("following" in line for line in tail.err), timeout=20)
 
         await publish(
-            recorder,
+            pg_recorder,
             [record(1, task="app:hidden"), record(2, Status.FAILED, task="app:shown-here")],
         )
 

@@ -14,9 +14,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from taskmon.commands.common import DsnOption, fail, run
+from taskmon.commands.filter_options import (
+    ErrorOption,
+    QueryOption,
+    StatusOption,
+    TaskOption,
+    UntilOption,
+    WorkerOption,
+    build_filter,
+)
 
 if TYPE_CHECKING:
-    from taskmon.filters import TaskFilter
+    pass
 
 __all__ = ["history", "rebuild_rollups", "stats"]
 
@@ -24,45 +33,6 @@ HISTORY_FORMATS = ("table", "json", "jsonl", "csv")
 STATS_FORMATS = ("table", "json")
 MAX_LIMIT = 10_000
 
-StatusOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--status",
-        "-s",
-        help="pending, running, success, failed, retrying or lost; repeat or use a comma list.",
-        show_default=False,
-    ),
-]
-TaskOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--task",
-        "-t",
-        help="Task name: a substring, or a glob such as 'extract*'.",
-        show_default=False,
-    ),
-]
-ErrorOption = Annotated[
-    list[str] | None,
-    typer.Option("--error", "-e", help="Text in the error type or message.", show_default=False),
-]
-WorkerOption = Annotated[
-    list[str] | None,
-    typer.Option("--worker", "-w", help="Text in the worker name (host:pid).", show_default=False),
-]
-UntilOption = Annotated[
-    str | None,
-    typer.Option("--until", help="Window end: 1h (ago) or an ISO date/time.", show_default=False),
-]
-QueryOption = Annotated[
-    str | None,
-    typer.Option(
-        "--query",
-        "-q",
-        help="Filter language, e.g. 'status:failed task:extract* error:\"timed out\"'.",
-        show_default=False,
-    ),
-]
 LostAfterOption = Annotated[
     str,
     typer.Option(
@@ -70,46 +40,6 @@ LostAfterOption = Annotated[
         help="A running attempt without a timeout counts as lost after this long.",
     ),
 ]
-
-
-def _build_filter(
-    *,
-    status: list[str] | None,
-    task: list[str] | None,
-    since: str | None,
-    until: str | None,
-    error: list[str] | None,
-    worker: list[str] | None,
-    query: str | None,
-) -> TaskFilter:
-    """One filter from the flags and the query text (the query's single values win)."""
-    from taskmon.filters import FilterError, TaskFilter, parse
-
-    flt = TaskFilter()
-    flags: list[tuple[str, str, Any]] = [
-        ("--status", "status", status),
-        ("--task", "task", task),
-        ("--since", "since", since),
-        ("--until", "until", until),
-        ("--error", "error", error),
-        ("--worker", "worker", worker),
-    ]
-    for flag, key, value in flags:
-        if value is None or value == []:
-            continue
-        try:
-            flt = flt.merge(TaskFilter.from_dict({key: value}))
-        except FilterError as exc:
-            message = str(exc).removeprefix(f"{key}: ")
-            fail(f"{flag}: {message}")
-    if query:
-        try:
-            flt = flt.merge(parse(query))
-        except FilterError as exc:
-            fail(f"--query: {exc}")
-    if flt.since is not None and flt.until is not None and flt.since > flt.until:
-        fail(f"since {flt.since.isoformat()} is later than until {flt.until.isoformat()}")
-    return flt
 
 
 def _choice(flag: str, value: str, accepted: tuple[str, ...]) -> str:
@@ -170,7 +100,7 @@ def history(
     With json, jsonl and csv the next page's cursor goes to stderr
     ("next page: --after CURSOR") so stdout stays machine-readable.
     """
-    flt = _build_filter(
+    flt = build_filter(
         status=status, task=task, since=since, until=until, error=error, worker=worker, query=query
     )
     rows_per_page = _limit(limit)
@@ -272,7 +202,7 @@ def stats(
     attempts are shown apart. Percentiles come from histograms, within the
     relative error printed with them.
     """
-    flt = _build_filter(
+    flt = build_filter(
         status=status, task=task, since=since, until=until, error=error, worker=worker, query=query
     )
     form = _choice("--format", fmt, STATS_FORMATS)

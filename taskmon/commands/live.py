@@ -14,10 +14,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from taskmon.commands.common import DsnOption, fail, run
+from taskmon.commands.filter_options import (
+    ErrorOption,
+    QueryOption,
+    StatusOption,
+    TaskOption,
+    WorkerOption,
+    build_filter,
+)
 
 if TYPE_CHECKING:
     from taskmon.client import ClientMessage
-    from taskmon.filters import TaskFilter
 
 __all__ = ["serve", "tail"]
 
@@ -134,78 +141,12 @@ def serve(
     run(go())
 
 
-def _build_filter(
-    status: list[str] | None,
-    task: list[str] | None,
-    error: list[str] | None,
-    worker: list[str] | None,
-    query: str | None,
-) -> TaskFilter:
-    """The flags and the query text as one filter (the same flags as `history`)."""
-    from taskmon.filters import FilterError, TaskFilter, parse
-
-    flt = TaskFilter()
-    flags: list[tuple[str, str, list[str] | None]] = [
-        ("--status", "status", status),
-        ("--task", "task", task),
-        ("--error", "error", error),
-        ("--worker", "worker", worker),
-    ]
-    for flag, key, value in flags:
-        if not value:
-            continue
-        try:
-            flt = flt.merge(TaskFilter.from_dict({key: value}))
-        except FilterError as exc:
-            fail(f"{flag}: {str(exc).removeprefix(f'{key}: ')}")
-    if query:
-        try:
-            flt = flt.merge(parse(query))
-        except FilterError as exc:
-            fail(f"--query: {exc}")
-    return flt
-
-
 def tail(
-    status: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--status",
-            "-s",
-            help="pending, running, success, failed, retrying or lost; repeat or use a comma list.",
-            show_default=False,
-        ),
-    ] = None,
-    task: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--task",
-            "-t",
-            help="Task name: a substring, or a glob such as 'extract*'.",
-            show_default=False,
-        ),
-    ] = None,
-    error: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--error", "-e", help="Text in the error type or message.", show_default=False
-        ),
-    ] = None,
-    worker: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--worker", "-w", help="Text in the worker name (host:pid).", show_default=False
-        ),
-    ] = None,
-    query: Annotated[
-        str | None,
-        typer.Option(
-            "--query",
-            "-q",
-            help="Filter language, e.g. 'status:failed task:extract* error:\"timed out\"'.",
-            show_default=False,
-        ),
-    ] = None,
+    status: StatusOption = None,
+    task: TaskOption = None,
+    error: ErrorOption = None,
+    worker: WorkerOption = None,
+    query: QueryOption = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="text or jsonl.")] = "text",
     hub_url: Annotated[
         str | None,
@@ -226,7 +167,7 @@ def tail(
     itself. Survives hub restarts, saying on stderr that it reconnected and
     whether events were missed (`taskmon history` has them all).
     """
-    flt = _build_filter(status, task, error, worker, query)
+    flt = build_filter(status=status, task=task, error=error, worker=worker, query=query)
     form = fmt.lower()
     if form not in TAIL_FORMATS:
         fail(f"--format: {fmt!r} is not a format (accepted: {', '.join(TAIL_FORMATS)})")
