@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 from test_rollups import insert
 
-from taskmon.filters import TaskFilter, parse
+from taskmon.filters import STATUSES, TaskFilter, parse
 from taskmon.store import queries
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -164,3 +164,98 @@ def test_history_json_imports_neither_textual_nor_rich(dsn: str) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+# -- branch-per-status pages agree with the plain filter ---------------------------------
+
+
+async def seed_statuses(conn: asyncpg.Connection[Any]) -> None:
+    """Every status over 14 task names, with created_at ties across statuses.
+
+    Running rows lie on both sides of the lost rule, with and without a timeout.
+    """
+    statuses = ("success", "failed", "retrying", "lost", "pending", "running")
+    spread = [
+        {"task_id": f"s{i}", "task_name": f"app.t{i % 14:02d}:job", "status": statuses[i % 6],
+         "worker": f"host-{i % 3}:1", "error_type": "KeyError" if i % 4 == 0 else None,
+         # a running row is fresh here: only the rows below are stale
+         "created_at": NOW - timedelta(seconds=10 * (i // 7))}
+        for i in range(180)
+    ]  # fmt: skip
+    stale = NOW - timedelta(hours=2)
+    rows: list[dict[str, Any]] = [
+        {"task_id": "stale-no-timeout", "task_name": "app.t01:job", "status": "running",
+         "created_at": stale},
+        {"task_id": "stale-by-timeout", "task_name": "app.t02:job", "status": "running",
+         "timeout_s": 1.0, "created_at": NOW - timedelta(seconds=30)},
+        {"task_id": "fresh-long-timeout", "task_name": "app.t03:job", "status": "running",
+         "timeout_s": 7200.0, "created_at": stale},
+        {"task_id": "lost-tie", "task_name": "app.t01:job", "status": "lost",
+         "created_at": stale},
+    ]  # fmt: skip
+    await insert(conn, spread + rows)
+
+
+async def expected(conn: asyncpg.Connection[Any], flt: TaskFilter) -> list[tuple[int, str]]:
+    """(id, shown status) of every matching row, newest first, by one plain statement."""
+    params: list[object] = []
+    cond = flt.to_sql(params, alias="r")
+    rows = await conn.fetch(
+        "SELECT r.id, CASE WHEN r.status = 'running' AND r.created_at < now() - "
+        "make_interval(secs => coalesce(r.timeout_s * 2, 3600)) THEN 'lost' ELSE r.status END "
+        f"FROM task_execution_logs r WHERE {cond} ORDER BY r.created_at DESC, r.id DESC",
+        *params,
+    )
+    return [(r[0], r[1]) for r in rows]
+
+
+async def assert_same_pages(
+    conn: asyncpg.Connection[Any], flt: TaskFilter, limit: int
+) -> tuple[tuple[int, str], ...]:
+    got = [(r["id"], r["status"]) for r in await all_pages(conn, flt, limit)]
+    assert got == await expected(conn, flt), flt.to_query()
+    return tuple(got)
+
+
+async def test_every_status_combination_pages_like_the_plain_filter(
+    db: asyncpg.Connection[Any],
+) -> None:
+    await seed_statuses(db)
+    results = set()
+    for mask in range(64):  # every subset of the six statuses, the empty one included
+        statuses = frozenset(s for bit, s in enumerate(STATUSES) if mask >> bit & 1)
+        results.add(await assert_same_pages(db, TaskFilter(statuses=statuses), limit=16))
+    assert len(results) == 63  # each subset selects other rows (none = all six)
+    lost = [r["task_id"] for r in await all_pages(db, parse("status:lost"), limit=2)]
+    assert {"stale-no-timeout", "stale-by-timeout", "lost-tie"} <= set(lost)
+    assert "fresh-long-timeout" not in lost
+    running = [r["task_id"] for r in await all_pages(db, parse("status:running"), limit=5)]
+    assert "fresh-long-timeout" in running and "stale-by-timeout" not in running
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "task:app.t03:job",  # one name: a branch per (name, status)
+        "task:app.t0* status:failed",  # 10 names x 1 status: a branch per name
+        "task:app.t0* status:failed,lost",  # too many (name, status) pairs: name = ANY
+        "task:app.* status:running,lost,pending",
+        "task:app.t1* status:lost worker:host-0",
+        "task:app.t1*",
+        "task:app.*",
+        f"status:failed,lost,success since:{(NOW - timedelta(minutes=2)).isoformat()}",
+        'status:success,retrying error:"keyerror"',
+        "task:nothing-is-called-this status:failed",
+    ],
+)
+async def test_task_and_status_pages_like_the_plain_filter(
+    db: asyncpg.Connection[Any], text: str
+) -> None:
+    await seed_statuses(db)
+    flt = parse(text)
+    n = len(await assert_same_pages(db, flt, limit=6))
+    assert (n == 0) == ("nothing" in text)
+    # a page boundary between rows that share created_at
+    if n > 6:
+        page = await queries.fetch_history(db, flt, limit=6)
+        assert page.next_cursor is not None and len(page.rows) == 6

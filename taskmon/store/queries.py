@@ -1,7 +1,9 @@
 """Every read statement: history pages, attempts of a task, and window metrics.
 
 History is a keyset scan on ``(created_at, id)`` newest first, so any page
-costs the same as the first. Metrics come from the rollups of
+costs the same as the first; with status or task filters a page is merged
+from one ordered index scan per status (and task name), so a rare status
+costs no more than a common one. Metrics come from the rollups of
 ``sql/0002_rollups.sql`` and do not grow with the number of rows: a window is
 split into whole hours (hour rollups), whole minutes at its edges (minute
 rollups) and the partial minutes at its edges (raw rows), so counts are exact;
@@ -18,14 +20,14 @@ import base64
 import binascii
 import dataclasses
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 
-from taskmon.filters import TaskFilter
+from taskmon.filters import STATUSES, TaskFilter
 
 __all__ = [
     "RELATIVE_ERROR",
@@ -208,6 +210,96 @@ async def _filter_sql(
     return f"{cond} AND r.task_name = ANY(${len(params)}::text[])"
 
 
+# A page with status or task filters is a UNION ALL of one branch per status
+# (x per task name when there are few), each an ordered index scan that stops
+# after one page. Each branch costs some 0.1-0.3 ms to plan and start, so
+# beyond this many the task names are one `= ANY` condition in each status branch.
+_MAX_BRANCHES = 12
+# When a 'running' row started before this, it counts as lost ($1 is lost_after_s in
+# every history statement); the same rule as TaskFilter.to_sql and _COLUMNS.
+_CUTOFF = "now() - make_interval(secs => coalesce(r.timeout_s * 2, $1::double precision))"
+
+
+def _status_branches(statuses: frozenset[str], arg: Callable[[object], str]) -> list[str]:
+    """One condition per branch, together selecting exactly the rows `statuses` selects.
+
+    A condition is an equality on ``status`` (so the branch can read the
+    ``(status, created_at, id)`` or ``(task_name, status, created_at, id)``
+    index in order), narrowed for ``running`` rows by the lost rule: ``lost``
+    is ``status = 'lost'`` plus the stale running rows, ``running`` only the
+    others. The 'running' literal is a schema constant, inline so the planner
+    may use the partial index on running rows.
+    """
+    wanted = statuses or frozenset(STATUSES)
+    branches: list[str] = []
+    for status in STATUSES:
+        if status not in wanted:
+            continue
+        if status == "running":
+            if "lost" in wanted:
+                branches.append("r.status = 'running'")
+            else:
+                branches.append(f"r.status = 'running' AND r.created_at >= {_CUTOFF}")
+            continue
+        branches.append(f"r.status = {arg(status)}")
+        if status == "lost" and "running" not in wanted:
+            branches.append(f"r.status = 'running' AND r.created_at < {_CUTOFF}")
+    return branches
+
+
+def _history_sql(
+    flt: TaskFilter,
+    names: list[str] | None,
+    params: list[object],
+    keyset: tuple[str, ...],
+    limit: int,
+    lost_after_s: float,
+) -> str:
+    """The page statement for `flt`, its task patterns already resolved to `names`.
+
+    Without status or task filters one scan of the ``(created_at, id)`` index
+    serves any page. With them, a single scan of that index would read past
+    every non-matching row (most of the table for a rare status), so the page
+    is merged from branches that each read one index range in order and stop
+    after ``LIMIT`` rows: PostgreSQL merges them (Merge Append), reading about
+    one page plus one row per branch whatever the depth or the selectivity.
+    `keyset` holds the cursor condition, if any; `limit` is the row count to fetch.
+    """
+
+    def arg(value: object) -> str:
+        params.append(value)
+        return f"${len(params)}"
+
+    if not flt.statuses and names is None:  # the created_at index alone
+        where = " AND ".join((flt.to_sql(params, lost_after_s=lost_after_s, alias="r"), *keyset))
+        return (
+            f"SELECT {_COLUMNS} FROM task_execution_logs r WHERE {where} "
+            f"ORDER BY r.created_at DESC, r.id DESC LIMIT {arg(limit)}"
+        )
+    rest = dataclasses.replace(flt, statuses=frozenset(), tasks=()).to_sql(
+        params, lost_after_s=lost_after_s, alias="r"
+    )
+    status_conds = _status_branches(flt.statuses, arg)
+    if names is not None and len(names) * len(status_conds) <= _MAX_BRANCHES:
+        name_conds = [f"r.task_name = {arg(name)}" for name in names]
+    elif names is not None:
+        name_conds = [f"r.task_name = ANY({arg(names)}::text[])"]
+    else:
+        name_conds = ["TRUE"]
+    n = arg(limit)
+    branches = [
+        f"(SELECT {_COLUMNS} FROM task_execution_logs r "
+        f"WHERE {' AND '.join((name, status, rest, *keyset))} "
+        f"ORDER BY r.created_at DESC, r.id DESC LIMIT {n})"
+        for name in name_conds
+        for status in status_conds
+    ]
+    return (
+        f"SELECT * FROM ({' UNION ALL '.join(branches)}) AS page "
+        f"ORDER BY created_at DESC, id DESC LIMIT {n}"
+    )
+
+
 async def fetch_history(
     conn: asyncpg.Connection[Any],
     flt: TaskFilter,
@@ -217,6 +309,10 @@ async def fetch_history(
     lost_after_s: float = 3600.0,
 ) -> HistoryPage:
     """One page of attempts matching `flt`, newest first by ``(created_at, id)``.
+
+    Every page, filtered or deep, reads about one page of index entries (see
+    :func:`_history_sql`); only filters that no index serves (worker, error
+    text, words, durations) read past the rows they reject.
 
     Args:
         conn: a connection from :func:`taskmon.store.db.connect`.
@@ -233,16 +329,16 @@ async def fetch_history(
     if limit < 1:
         raise ValueError(f"limit must be at least 1, not {limit}")
     params: list[object] = [float(lost_after_s)]
-    where = [await _filter_sql(conn, flt, params, lost_after_s)]
+    keyset: tuple[str, ...] = ()
     if after is not None:
         created_at, row_id = decode_cursor(after)
         params += [created_at, row_id]
-        where.append(f"(r.created_at, r.id) < (${len(params) - 1}, ${len(params)})")
-    params.append(limit + 1)
-    sql = (
-        f"SELECT {_COLUMNS} FROM task_execution_logs r WHERE {' AND '.join(where)} "
-        f"ORDER BY r.created_at DESC, r.id DESC LIMIT ${len(params)}"
-    )
+        keyset = ("(r.created_at, r.id) < ($2, $3)",)
+    names = await resolve_task_names(conn, flt.tasks) if flt.tasks else None
+    if names == []:  # no recorded task name matches
+        return HistoryPage(rows=[], next_cursor=None)
+    # one row more than the page tells whether there is a next page
+    sql = _history_sql(flt, names, params, keyset, limit + 1, lost_after_s)
     records = await conn.fetch(sql, *params)
     rows = [dict(r) for r in records[:limit]]
     next_cursor = None
