@@ -17,22 +17,16 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from helpers import with_database
 
 from taskmon.recorder import Recorder
 from taskmon.store import migrations
 from taskmon.store.db import connect
 
 TEMPLATE = f"taskmon_tmpl_{os.getpid()}"
-
-
-def with_database(dsn: str, database: str) -> str:
-    """`dsn` pointing at another database on the same server."""
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path=f"/{database}"))
 
 
 @pytest.fixture(scope="session")

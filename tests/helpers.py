@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 if TYPE_CHECKING:
     from taskmon.events import AttemptRecord
@@ -30,3 +31,9 @@ async def publish(rec: Recorder, records: list[AttemptRecord]) -> None:
     for r in records:
         rec.submit(r)
     await rec.flush()
+
+
+def with_database(dsn: str, database: str) -> str:
+    """`dsn` pointing at another database on the same server."""
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path=f"/{database}"))

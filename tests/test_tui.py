@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from helpers import wait_for
+from helpers import wait_for, with_database
 
 from taskmon.bus.postgres import PgNotifyPublisher
 from taskmon.events import AttemptRecord, Status
@@ -297,7 +297,7 @@ async def test_hub_restart_reconnects_and_fills_the_gap(dsn: str, recorder: Reco
 
 async def test_database_errors_are_shown_and_the_app_keeps_running(server_dsn: str) -> None:
     # a database that does not exist: every read fails
-    bad = server_dsn.rsplit("/", 1)[0] + "/taskmon_no_such_db"
+    bad = with_database(server_dsn, "taskmon_no_such_db")
     app = make_app(PgDataSource(bad), None)
     async with app.run_test(size=SIZE, notifications=True) as pilot:
         bar = app.main.query_one(StatusBar)
