@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Coroutine
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -37,6 +36,8 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run `coro`; turn the errors a user can cause into one line instead of a traceback."""
+    import asyncio  # here, not at the top: `--help` and bad flags need no event loop
+
     from taskmon.config import ConfigError
 
     try:

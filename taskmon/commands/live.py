@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -105,6 +104,8 @@ def serve(
     redis = _setting(redis_url, "TASKMON_REDIS_URL", "redis_url")
 
     async def go() -> None:
+        import asyncio
+
         from taskmon.config import resolve_dsn
         from taskmon.hub import Hub, HubError
         from taskmon.store.db import redact_dsn
