@@ -13,8 +13,6 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-import platformdirs
-
 __all__ = [
     "ConfigError",
     "config_path",
@@ -32,6 +30,8 @@ def config_path() -> Path:
     explicit = os.environ.get("TASKMON_CONFIG")
     if explicit:
         return Path(explicit)
+    import platformdirs  # only when no explicit path: keeps `taskmon history` quick to start
+
     return Path(platformdirs.user_config_dir("taskmon")) / "config.toml"
 
 
@@ -60,7 +60,11 @@ def resolve_setting(flag: str | None, env: str, key: str) -> str | None:
 def embedded_data_dir() -> Path:
     """The user's shared embedded PostgreSQL cluster (``TASKMON_DATA_DIR`` overrides)."""
     explicit = os.environ.get("TASKMON_DATA_DIR")
-    base = Path(explicit) if explicit else Path(platformdirs.user_data_dir("taskmon"))
+    if explicit:
+        return Path(explicit) / "pg"
+    import platformdirs
+
+    base = Path(platformdirs.user_data_dir("taskmon"))
     return base / "pg"
 
 
