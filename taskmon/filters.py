@@ -17,7 +17,7 @@ import functools
 import math
 import operator
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, TypeGuard, TypeVar
@@ -31,6 +31,7 @@ __all__ = [
     "parse_statuses",
     "parse_time",
     "parse_window",
+    "word_task_names_sql",
 ]
 
 STATUSES: tuple[str, ...] = ("pending", "running", "success", "failed", "retrying", "lost")
@@ -414,17 +415,34 @@ class TaskFilter:
 
     # -- SQL ------------------------------------------------------------------
 
-    def to_sql(self, params: list[object], *, lost_after_s: float = 3600.0, alias: str = "") -> str:
+    def to_sql(
+        self,
+        params: list[object],
+        *,
+        lost_after_s: float = 3600.0,
+        alias: str = "",
+        word_task_names: Mapping[str, Sequence[str]] | None = None,
+    ) -> str:
         """Compile to a boolean SQL expression over ``task_execution_logs``.
 
         Every value is appended to ``params`` and referenced as ``$N`` (its 1-based
         position), so ``params`` may already hold the caller's own parameters.
+
+        Error texts and words are ``ILIKE`` substrings, which the trigram indexes
+        of ``sql/0003_error_search.sql`` serve on the error columns. A word's
+        ``task_name`` part has no such index; given `word_task_names` (from
+        :func:`word_task_names_sql`) it becomes ``task_name = ANY(names)``, which
+        the ``(task_name, ...)`` index serves, so a rare word is found through
+        indexes instead of by reading the whole table.
 
         Args:
             params: the query's parameter list, extended in place.
             lost_after_s: how long a ``running`` row without ``timeout_s`` may run
                 before it counts as ``lost`` (with a timeout: twice the timeout).
             alias: table alias to prefix the columns with.
+            word_task_names: for some of :attr:`words`, every recorded task name
+                that the word matches (case-insensitive substring). A word
+                missing from it is matched against ``task_name`` with ``ILIKE``.
 
         Returns:
             The expression, ``TRUE`` for an empty filter.
@@ -452,11 +470,20 @@ class TaskFilter:
         if self.workers:
             likes = (arg(_contains(worker)) for worker in self.workers)
             clauses.append(_any(like("worker", n) for n in likes))
-        substrings: list[tuple[str, tuple[str, ...]]] = [(e, _ERROR_COLUMNS) for e in self.errors]
-        substrings += [(w, _WORD_COLUMNS) for w in self.words]
-        for text, columns in substrings:  # each must match (AND), in any of its columns
+        for text in self.errors:  # each must match (AND), in either column
             n = arg(_contains(text))  # one parameter, referenced once per column
-            clauses.append(_any(like(c, n, "ILIKE") for c in columns))
+            clauses.append(_any(like(c, n, "ILIKE") for c in _ERROR_COLUMNS))
+        resolved = word_task_names or {}
+        for word in self.words:  # likewise, in the task name or either error column
+            n = arg(_contains(word))
+            arms = [like(c, n, "ILIKE") for c in _WORD_COLUMNS]
+            names = resolved.get(word)
+            if isinstance(names, str):  # a str is a Sequence[str] too, of its letters
+                raise TypeError(f"word_task_names[{word!r}] must be a list of names, not a str")
+            if names is not None:
+                # `list` also copies a tuple or another sequence into what asyncpg takes
+                arms[0] = f"{col('task_name')} = ANY({arg(list(names))}::text[])"
+            clauses.append(_any(arms))
         if self.task_id is not None:
             clauses.append(f"{col('task_id')} = {arg(self.task_id)}")
         if self.since is not None:
@@ -718,6 +745,38 @@ def parse(text: str, *, now: datetime | None = None) -> TaskFilter:
             raise FilterError(f"unknown filter key {token.key!r} (known: {', '.join(_KEYS)})")
         builder.add(key, token.value)
     return builder.build()
+
+
+def word_task_names_sql(words: Sequence[str], params: list[object]) -> str:
+    """A statement resolving free words to the recorded task names each one matches.
+
+    It reads the ``task_names`` table (every task name ever recorded, see
+    ``sql/0002_rollups.sql``) with the very condition :meth:`TaskFilter.to_sql`
+    puts on ``task_name`` for a word, and returns one row per word: ``word``
+    (text) and ``task_names`` (text[], sorted, empty when none matches).
+    ``{row["word"]: row["task_names"]}`` is what ``to_sql(word_task_names=...)``
+    takes.
+
+    Args:
+        words: the words, e.g. :attr:`TaskFilter.words`.
+        params: the statement's parameter list, extended in place (``$N`` as in
+            :meth:`TaskFilter.to_sql`).
+
+    Returns:
+        The statement (a ``SELECT``).
+    """
+    words = list(dict.fromkeys(words))
+    params.append(words)
+    word_arg = f"${len(params)}"
+    params.append([_contains(word) for word in words])
+    pattern_arg = f"${len(params)}"
+    return (
+        "SELECT w.word, coalesce(array_agg(n.task_name ORDER BY n.task_name)"
+        " FILTER (WHERE n.task_name IS NOT NULL), '{}'::text[]) AS task_names"
+        f" FROM unnest({word_arg}::text[], {pattern_arg}::text[]) AS w(word, pattern)"
+        " LEFT JOIN task_names n ON n.task_name ILIKE w.pattern ESCAPE '\\'"
+        " GROUP BY w.word"
+    )
 
 
 # ---------------------------------------------------------------------------

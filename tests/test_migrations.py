@@ -78,3 +78,41 @@ def test_unreachable_database_is_one_line_not_a_traceback() -> None:
     assert out.returncode == 1
     assert out.stderr.startswith("taskmon: error:") and out.stderr.count("\n") == 1
     assert "Traceback" not in out.stderr
+
+
+def test_search_indexes_command_builds_what_the_migration_skipped(dsn: str) -> None:
+    # given a database whose error-search indexes are missing (as after migrating a large table)
+    async def drop() -> None:
+        conn = await connect(dsn)
+        try:
+            for name in (
+                "idx_task_logs_errors_status",
+                "idx_task_logs_error_message_trgm",
+                "idx_task_logs_error_type_trgm",
+            ):
+                await conn.execute(f"DROP INDEX IF EXISTS {name}")
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+    # when
+    out = _cli("db", "search-indexes", dsn=dsn)
+
+    # then all three are built, valid, and a second run finds them present
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count(": built") == 3
+
+    async def valid() -> int:
+        conn = await connect(dsn)
+        try:
+            n: int = await conn.fetchval(
+                "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                "WHERE c.relname LIKE 'idx_task_logs_error%' AND i.indisvalid"
+            )
+            return n
+        finally:
+            await conn.close()
+
+    assert asyncio.run(valid()) == 3
+    assert _cli("db", "search-indexes", dsn=dsn).stdout.count(": present") == 3

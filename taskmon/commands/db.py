@@ -66,3 +66,49 @@ def stop() -> None:
 
     path = embedded_data_dir()
     typer.echo("stopped" if stop_embedded(path) else f"not running ({path})")
+
+
+_SEARCH_INDEXES = {
+    "idx_task_logs_errors_status": "ON task_execution_logs (status, created_at DESC, id DESC) "
+    "WHERE error_message IS NOT NULL OR error_type IS NOT NULL",
+    "idx_task_logs_error_message_trgm": "ON task_execution_logs "
+    "USING gin (error_message gin_trgm_ops) WHERE error_message IS NOT NULL",
+    "idx_task_logs_error_type_trgm": "ON task_execution_logs "
+    "USING gin (error_type gin_trgm_ops) WHERE error_type IS NOT NULL",
+}
+
+
+@app.command("search-indexes")
+def search_indexes(dsn: DsnOption = None) -> None:
+    """Build the error-search indexes without blocking writers (CREATE INDEX CONCURRENTLY).
+
+    Migration 0003 skips them on a table that is already large, since inside a
+    migration they would lock out inserts for the whole build. Safe to re-run:
+    an index left invalid by an interrupted build is dropped and built again.
+    """
+
+    async def go() -> None:
+        from taskmon.config import resolve_dsn
+        from taskmon.store.db import connect
+
+        conn = await connect(resolve_dsn(dsn), command_timeout=None)
+        try:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+            for name, definition in _SEARCH_INDEXES.items():
+                valid = await conn.fetchval(
+                    "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                    "WHERE c.relname = $1",
+                    name,
+                )
+                if valid:
+                    typer.echo(f"{name}: present")
+                    continue
+                if valid is not None:  # left INVALID by an interrupted build
+                    await conn.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"')
+                typer.echo(f"{name}: building…")
+                await conn.execute(f'CREATE INDEX CONCURRENTLY "{name}" {definition}')
+                typer.echo(f"{name}: built")
+        finally:
+            await conn.close()
+
+    run(go())
