@@ -89,16 +89,8 @@ def print_history(rows: list[dict[str, Any]], next_cursor: str | None, flt: Task
     """A table of attempts that fits the terminal, then the next page's cursor."""
     console = Console()
     now = datetime.now(UTC)
-    table = Table(box=None, header_style="bold", pad_edge=False, expand=False)
-    table.add_column("started", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    table.add_column("task", overflow="ellipsis", no_wrap=True, ratio=2)
-    table.add_column("#", justify="right", no_wrap=True)
-    table.add_column("duration", justify="right", no_wrap=True)
-    table.add_column("worker", overflow="ellipsis", no_wrap=True, ratio=1)
-    table.add_column("error", overflow="ellipsis", no_wrap=True, ratio=3)
-    for row in rows:
-        table.add_row(
+    cells = [
+        (
             _when(row["created_at"], now),
             status_text(row["status"]),
             row["task_name"],
@@ -107,6 +99,23 @@ def print_history(rows: list[dict[str, Any]], next_cursor: str | None, flt: Task
             row.get("worker") or "-",
             Text(_error(row), style="red" if row["status"] in ("failed", "retrying") else ""),
         )
+        for row in rows
+    ]
+
+    def widest(i: int, header: str) -> int:
+        return max([len(header), *(len(str(c[i])) for c in cells)])
+
+    # the short columns keep their full width; task, worker and error share the rest
+    table = Table(box=None, header_style="bold", pad_edge=False, expand=True)
+    table.add_column("started", no_wrap=True, min_width=widest(0, "started"))
+    table.add_column("status", no_wrap=True, min_width=widest(1, "status"))
+    table.add_column("task", overflow="ellipsis", no_wrap=True, ratio=2, min_width=12)
+    table.add_column("#", justify="right", no_wrap=True, min_width=widest(3, "#"))
+    table.add_column("duration", justify="right", no_wrap=True, min_width=widest(4, "duration"))
+    table.add_column("worker", overflow="ellipsis", no_wrap=True, ratio=1, min_width=8)
+    table.add_column("error", overflow="ellipsis", no_wrap=True, ratio=3, min_width=10)
+    for cell in cells:
+        table.add_row(*cell)
     if rows:
         console.print(table)
     else:
