@@ -130,7 +130,8 @@ def print_history(rows: list[dict[str, Any]], next_cursor: str | None, flt: Task
 def print_stats(stats: Stats, flt: TaskFilter) -> None:
     """The window's summary, throughput, per-task table and error groups."""
     console = Console()
-    span = f"{_when(stats.since, stats.since)} → {_when(stats.until, stats.since)}"
+    now = datetime.now(UTC)
+    span = f"{_when(stats.since, now)} → {_when(stats.until, now)}"
     header = Text(f"{span} · {stats.total} attempts · failure rate ", style="bold")
     header.append(f"{stats.failure_rate:.1%}", style="red" if stats.failure_rate else "green")
     query = flt.to_query()
