@@ -11,7 +11,11 @@
 -- hours + minute rows for the whole minutes at the edges + raw rows (index on
 -- created_at) for the partial minutes at the edges. Histograms are kept per
 -- hour and per 5 minutes (the edges), raw rows filling the partial 5 minutes;
--- percentiles come from them with a relative error of at most alpha (below). "running" rows are
+-- percentiles come from them with a relative error of at most alpha (below).
+-- Histograms and error groups are also kept per day (UTC): a window of days
+-- reads whole days there, and hours, 5 minutes (or minutes) and raw rows only
+-- at its edges. Counts need no day level: the throughput buckets of any
+-- window shorter than 96 days are hours or less. "running" rows are
 -- not rolled up: they change status, and the partial index on them answers
 -- "running now" and "lost" directly.
 --
@@ -55,6 +59,14 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     END
 $$;
 
+-- A metrics statement reads a few thousand rollup rows: starting parallel
+-- workers for that costs more than it saves (some 10 ms on a busy machine),
+-- yet the planner picks them once the tables are large. Calling this function
+-- in a statement rules parallel plans out for it (the planner checks parallel
+-- safety before it inlines the call, then folds it to true at no cost).
+CREATE FUNCTION taskmon_serial() RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL UNSAFE AS $$ SELECT true $$;
+
 CREATE TABLE task_rollup_minute (
     bucket            timestamptz      NOT NULL,
     task_name         text             NOT NULL,
@@ -86,6 +98,8 @@ CREATE TABLE task_hist_5min (
 
 CREATE TABLE task_hist_hour (LIKE task_hist_5min INCLUDING ALL);
 
+CREATE TABLE task_hist_day (LIKE task_hist_5min INCLUDING ALL);
+
 -- error_type '' stands for "none recorded" (a primary key column cannot be NULL)
 CREATE TABLE task_error_minute (
     bucket     timestamptz NOT NULL,
@@ -99,6 +113,8 @@ CREATE TABLE task_error_minute (
 );
 
 CREATE TABLE task_error_hour (LIKE task_error_minute INCLUDING ALL);
+
+CREATE TABLE task_error_day (LIKE task_error_minute INCLUDING ALL);
 
 -- Every task name ever recorded (running ones included), so that a task
 -- pattern can be resolved to exact names and use the composite index.
@@ -190,6 +206,15 @@ h_hour AS (
     ORDER BY hour, task_name, status, metric
     ON CONFLICT (bucket, task_name, status, metric) DO UPDATE SET h = r.h + EXCLUDED.h
 ),
+h_day AS (
+    INSERT INTO task_hist_day AS r (bucket, task_name, status, metric, h)
+    SELECT date_bin('1 day', b5, '2000-01-01 00:00:00+00') AS day,
+           task_name, status, metric, sum(h)
+    FROM h GROUP BY day, task_name, status, metric
+    HAVING sum(h) <> 0
+    ORDER BY day, task_name, status, metric
+    ON CONFLICT (bucket, task_name, status, metric) DO UPDATE SET h = r.h + EXCLUDED.h
+),
 e AS (
     SELECT minute, task_name, status, error_type, sum(sign) AS n,
            max(created_at) FILTER (WHERE sign > 0) AS last_seen,
@@ -216,6 +241,20 @@ e_hour AS (
     FROM e GROUP BY hour, task_name, status, error_type
     HAVING sum(n) <> 0
     ORDER BY hour, task_name, status, error_type
+    ON CONFLICT (bucket, task_name, status, error_type) DO UPDATE SET
+        n = r.n + EXCLUDED.n,
+        last_seen = greatest(r.last_seen, EXCLUDED.last_seen),
+        example = CASE WHEN r.last_seen IS NULL OR EXCLUDED.last_seen >= r.last_seen
+                       THEN coalesce(EXCLUDED.example, r.example) ELSE r.example END
+),
+e_day AS (
+    INSERT INTO task_error_day AS r (bucket, task_name, status, error_type, n, last_seen, example)
+    SELECT date_bin('1 day', minute, '2000-01-01 00:00:00+00') AS day,
+           task_name, status, error_type, sum(n), max(last_seen),
+           (array_agg(example ORDER BY last_seen DESC NULLS LAST))[1]
+    FROM e GROUP BY day, task_name, status, error_type
+    HAVING sum(n) <> 0
+    ORDER BY day, task_name, status, error_type
     ON CONFLICT (bucket, task_name, status, error_type) DO UPDATE SET
         n = r.n + EXCLUDED.n,
         last_seen = greatest(r.last_seen, EXCLUDED.last_seen),
@@ -274,8 +313,8 @@ CREATE FUNCTION taskmon_rebuild_rollups() RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     LOCK TABLE task_execution_logs IN SHARE MODE;
-    TRUNCATE task_rollup_minute, task_rollup_hour, task_hist_5min, task_hist_hour,
-             task_error_minute, task_error_hour;
+    TRUNCATE task_rollup_minute, task_rollup_hour, task_hist_5min, task_hist_hour, task_hist_day,
+             task_error_minute, task_error_hour, task_error_day;
     INSERT INTO task_names (task_name)
     SELECT DISTINCT task_name FROM task_execution_logs
     ON CONFLICT (task_name) DO NOTHING;

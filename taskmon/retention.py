@@ -82,7 +82,14 @@ MINUTE_ROLLUP_TABLES: tuple[str, ...] = (
     "task_hist_5min",
     "task_error_minute",
 )
-HOUR_ROLLUP_TABLES: tuple[str, ...] = ("task_rollup_hour", "task_hist_hour", "task_error_hour")
+# hour and day tables answer long windows, so they share the longer retention
+HOUR_ROLLUP_TABLES: tuple[str, ...] = (
+    "task_rollup_hour",
+    "task_hist_hour",
+    "task_error_hour",
+    "task_hist_day",
+    "task_error_day",
+)
 
 # Same rule as every reader (taskmon.store.queries, taskmon.filters): with a
 # timeout label, twice the timeout; without, `lost_after_s` ($1).

@@ -212,3 +212,70 @@ async def test_percentiles_within_bound_and_counts_exact_at_window_edges(
         assert t.queue_wait_p95_ms is not None
         assert abs(t.queue_wait_p95_ms - r["q"]) / r["q"] <= BOUND
     assert stats.relative_error == queries.RELATIVE_ERROR
+
+
+RAW_HIST_DAY = """
+SELECT date_bin('1 day', created_at, '2000-01-01 00:00:00+00') AS bucket, task_name, status,
+       metric, sum(unit) AS h
+FROM (
+    SELECT created_at, task_name, status, 0 AS metric, taskmon_hist_unit(duration_ms) AS unit
+    FROM task_execution_logs WHERE duration_ms IS NOT NULL
+    UNION ALL
+    SELECT created_at, task_name, status, 1, taskmon_hist_unit(queue_wait_ms)
+    FROM task_execution_logs WHERE queue_wait_ms IS NOT NULL
+) AS s
+WHERE status IN ('success', 'failed', 'retrying', 'lost')
+GROUP BY 1, 2, 3, 4 HAVING sum(unit) <> 0
+"""
+RAW_ERROR_DAY = """
+SELECT date_bin('1 day', created_at, '2000-01-01 00:00:00+00') AS bucket, task_name, status,
+       coalesce(error_type, '') AS error_type, count(*) AS n, max(created_at) AS last_seen,
+       (array_agg(error_message ORDER BY created_at DESC))[1] AS example
+FROM task_execution_logs WHERE status IN ('failed', 'retrying', 'lost')
+GROUP BY 1, 2, 3, 4
+"""
+
+
+async def day_rollups(
+    conn: asyncpg.Connection[Any], *, last_seen: bool
+) -> tuple[set[tuple[Any, ...]], set[tuple[Any, ...]]]:
+    """(histogram rows, error rows) of the day rollups and the same computed from raw rows."""
+    cols = "bucket, task_name, status, error_type, n" + (
+        ", last_seen, example" if last_seen else ""
+    )
+    hist = {tuple(r) for r in await conn.fetch("SELECT * FROM task_hist_day WHERE h <> 0")}
+    errors = {tuple(r) for r in await conn.fetch(f"SELECT {cols} FROM task_error_day WHERE n <> 0")}
+    raw_hist = {tuple(r) for r in await conn.fetch(RAW_HIST_DAY)}
+    raw_errors = {tuple(r) for r in await conn.fetch(f"SELECT {cols} FROM ({RAW_ERROR_DAY}) AS e")}
+    assert hist == raw_hist
+    assert errors == raw_errors
+    return hist, errors
+
+
+async def test_day_rollups_follow_inserts_updates_and_rebuild(db: asyncpg.Connection[Any]) -> None:
+    # given: attempts over three UTC days (from 2026-03-01 10:00), recorded in two batches
+    rows = [
+        {"task_id": f"d{i}", "task_name": f"app:job{i % 2}",
+         "status": ("success", "failed", "retrying", "lost")[i % 4],
+         "duration_ms": None if i % 4 == 3 else 3.0 * (i % 50 + 1), "queue_wait_ms": float(i % 7),
+         "error_type": ("ValueError", None)[i % 3 % 2] if i % 4 in (1, 2) else None,
+         "error_message": f"bad {i}" if i % 4 in (1, 2) else None,
+         "created_at": T0 + timedelta(minutes=47 * i)}
+        for i in range(150)
+    ]  # fmt: skip
+    await insert(db, rows[:70])
+    await insert(db, rows[70:])
+    hist, errors = await day_rollups(db, last_seen=True)
+    assert len({r[0] for r in hist}) == 6 and errors  # days 2026-03-01 .. 03-06
+
+    # when: status changes and a move across midnight, each one UPDATE statement
+    await db.execute("UPDATE task_execution_logs SET status = 'failed' WHERE task_id LIKE 'd1%'")
+    await db.execute(
+        "UPDATE task_execution_logs SET created_at = created_at + interval '13 hours' "
+        "WHERE task_id LIKE 'd2%'"
+    )
+    # then: counts and histograms follow (last_seen only grows, as in the hour rollups)
+    await day_rollups(db, last_seen=False)
+    # and a rebuild recomputes the same, examples included
+    await queries.rebuild_rollups(db)
+    await day_rollups(db, last_seen=True)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
+import math
 import os
+import random
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import pytest
 from test_rollups import insert
 
 from taskmon.filters import TaskFilter, parse
@@ -107,3 +112,145 @@ def test_cli_stats_json_and_bad_input(dsn: str) -> None:
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1
+
+
+# Three days of attempts, one every 97 s from 2026-03-01 10:00 UTC, every error message
+# distinct, so that a wrong example or an edge counted twice shows.
+T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
+BOUND = queries.RELATIVE_ERROR + 1e-9
+
+
+async def seed_days(conn: asyncpg.Connection[Any]) -> None:
+    rng = random.Random(11)
+    rows = []
+    for i in range(3 * 86_400 // 97):
+        status = ("success", "success", "failed", "success", "retrying", "lost", "success")[i % 7]
+        failed = status in ("failed", "retrying")
+        rows.append(
+            {"task_id": f"d{i}", "task_name": ("app:mail", "app:report", "app:sync")[i % 3],
+             "status": status, "worker": f"w{i % 2}:1",
+             "duration_ms": None if status == "lost" else 50.0 * math.exp(rng.gauss(0, 1.2)),
+             "queue_wait_ms": 3.0 * math.exp(rng.gauss(0, 1.0)),
+             "error_type": ("TimeoutError", "KeyError", None)[i % 3] if failed else None,
+             "error_message": f"boom {i}" if failed else None,
+             "created_at": T0 + timedelta(seconds=97 * i)}
+        )  # fmt: skip
+    for start in range(0, len(rows), 500):
+        await insert(conn, rows[start : start + 500])
+
+
+async def assert_matches_raw(
+    conn: asyncpg.Connection[Any], stats: queries.Stats, where: str, *args: Any
+) -> None:
+    """`stats` against count(*), percentile_cont and the error rows of the raw rows."""
+    window = f"created_at >= $1 AND created_at < $2 AND {where}"
+    since, until = stats.since, stats.until
+    exact = dict(
+        await conn.fetch(
+            f"SELECT status, count(*) FROM task_execution_logs WHERE {window} GROUP BY 1",
+            since, until, *args,
+        )
+    )  # fmt: skip
+    assert {k: v for k, v in stats.by_status.items() if v} == exact
+    step = timedelta(seconds=stats.bucket_seconds)
+    series = dict(
+        await conn.fetch(
+            "SELECT date_bin($3, created_at, '2000-01-01 00:00:00+00'), count(*) "
+            f"FROM task_execution_logs WHERE {window.replace('$3', '$4')} GROUP BY 1",
+            since, until, step, *args,
+        )
+    )  # fmt: skip
+    assert {t: n for t, n in stats.throughput if n} == series
+    per_task = await conn.fetch(
+        f"""SELECT task_name, count(*) AS n, avg(duration_ms) AS mean,
+                   count(*) FILTER (WHERE status IN ('failed', 'lost')) AS failures,
+                   percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY duration_ms) AS d,
+                   percentile_cont(0.95) WITHIN GROUP (ORDER BY queue_wait_ms) AS q
+            FROM task_execution_logs WHERE {window} GROUP BY 1""",
+        since, until, *args,
+    )  # fmt: skip
+    mine = {t.task_name: t for t in stats.tasks}
+    assert set(mine) == {r["task_name"] for r in per_task}
+    for r in per_task:
+        t = mine[r["task_name"]]
+        assert (t.count, t.failures) == (r["n"], r["failures"])
+        assert t.mean_ms == pytest.approx(r["mean"], rel=1e-9)
+        for got, want in zip((t.p50_ms, t.p95_ms, t.p99_ms), r["d"] or [None] * 3, strict=True):
+            if want is None:  # lost attempts only: no duration
+                assert got is None
+            else:
+                assert got is not None and abs(got - want) / want <= BOUND, (t, want)
+        assert t.queue_wait_p95_ms is not None
+        assert abs(t.queue_wait_p95_ms - r["q"]) / r["q"] <= BOUND
+    errors = await conn.fetch(
+        f"""SELECT DISTINCT ON (error_type) error_type,
+                   count(*) OVER (PARTITION BY error_type) AS n,
+                   created_at AS last_seen, error_message AS example
+            FROM task_execution_logs WHERE {window} AND status <> 'success'
+            ORDER BY error_type, created_at DESC""",
+        since, until, *args,
+    )  # fmt: skip
+    got_errors = {e.error_type: (e.count, e.last_seen, e.example) for e in stats.errors}
+    assert got_errors == {r["error_type"]: tuple(r)[1:] for r in errors}
+    assert [e.count for e in stats.errors] == sorted((e.count for e in stats.errors), reverse=True)
+
+
+@pytest.mark.parametrize(
+    ("since", "until"),
+    [
+        # whole days inside; hours, 5 minutes, minutes and seconds at both edges
+        (T0 + timedelta(hours=7, minutes=13, seconds=5.5),
+         T0 + timedelta(days=2, hours=17, minutes=58, seconds=47.25)),
+        # exactly two UTC days: no edges at all
+        (datetime(2026, 3, 2, tzinfo=UTC), datetime(2026, 3, 4, tzinfo=UTC)),
+        # 30 hours starting on an hour: hour and minute buckets only
+        (datetime(2026, 3, 2, 5, tzinfo=UTC), datetime(2026, 3, 3, 11, 2, 30, tzinfo=UTC)),
+        # 100 minutes (5-minute throughput buckets from minute rollups), and 3 minutes
+        (T0 + timedelta(hours=30, minutes=2, seconds=1), T0 + timedelta(hours=31, minutes=42)),
+        (T0 + timedelta(hours=5, minutes=1, seconds=1), T0 + timedelta(hours=5, minutes=4)),
+    ],
+)  # fmt: skip
+async def test_windows_of_days_match_the_raw_rows(
+    db: asyncpg.Connection[Any], since: datetime, until: datetime
+) -> None:
+    await seed_days(db)
+    stats = await queries.fetch_stats(db, TaskFilter(), since=since, until=until)
+    assert stats.total > 0
+    await assert_matches_raw(db, stats, "TRUE")
+    # the status and task filters read the same rollups
+    flt = parse("status:failed,retrying task:report")
+    stats = await queries.fetch_stats(db, flt, since=since, until=until)
+    await assert_matches_raw(
+        db, stats, "status IN ('failed', 'retrying') AND task_name = $3", "app:report"
+    )
+    # and the raw path (a worker filter) gives the same answer
+    slow = await queries.fetch_stats(db, flt.merge(TaskFilter(workers=(":1",))), since=since,
+                                     until=until)  # fmt: skip
+    assert dataclasses.replace(slow, tasks=[]) == dataclasses.replace(stats, tasks=[])
+    assert [dataclasses.replace(t, mean_ms=None) for t in slow.tasks] == [
+        dataclasses.replace(t, mean_ms=None) for t in stats.tasks
+    ]
+
+
+def test_split_covers_the_window_once_on_each_level_s_boundaries() -> None:
+    rng = random.Random(5)
+    steps = (timedelta(minutes=5), timedelta(hours=1), timedelta(days=1))
+    for _ in range(2000):
+        since = T0 + timedelta(seconds=rng.choice([0, rng.uniform(0, 4 * 86_400)]))
+        since = since.replace(microsecond=0) if rng.random() < 0.3 else since
+        length = rng.choice([0, 60, 300, 3600, 86_400, rng.uniform(0, 5 * 86_400)])
+        until = since + timedelta(seconds=length)
+        levels, raw = queries._split(since, until, steps)
+        spans = [s for s in raw if s[0] < s[1]]
+        for step, pair in zip(steps, levels, strict=True):
+            for a, b in pair:
+                if a < b:
+                    assert queries._floor(a, step) == a and queries._floor(b, step) == b
+                    spans.append((a, b))
+        spans.sort()
+        # disjoint and gapless: together exactly [since, until)
+        assert all(x[1] == y[0] for x, y in itertools.pairwise(spans))
+        if spans:
+            assert (spans[0][0], spans[-1][1]) == (since, until)
+        else:
+            assert since == until

@@ -5,11 +5,12 @@ costs the same as the first; with status or task filters a page is merged
 from one ordered index scan per status (and task name), so a rare status
 costs no more than a common one. Metrics come from the rollups of
 ``sql/0002_rollups.sql`` and do not grow with the number of rows: a window is
-split into whole hours (hour rollups), whole minutes at its edges (minute
-rollups) and the partial minutes at its edges (raw rows), so counts are exact;
-percentiles come from log-scale histograms, within :data:`RELATIVE_ERROR` of
-the exact value. Filters the rollups do not carry (worker, error text, words,
-durations, attempt, task id) are answered from the raw rows instead.
+split into whole days and hours (day and hour rollups), whole 5 minutes at its
+edges (minute and 5-minute rollups) and the partial 5 minutes at its edges
+(raw rows), so counts are exact; percentiles come from log-scale histograms,
+within :data:`RELATIVE_ERROR` of the exact value. Filters the rollups do not
+carry (worker, error text, words, durations, attempt, task id) are answered
+from the raw rows instead. Either way a call is one statement.
 
 No textual, typer or rich here: the TUI and the CLI both call this module.
 """
@@ -20,14 +21,17 @@ import base64
 import binascii
 import dataclasses
 import math
-from collections.abc import Callable, Iterable, Sequence
+import operator
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import accumulate
 from typing import Any
 
 import asyncpg
 
-from taskmon.filters import STATUSES, TaskFilter
+from taskmon.filters import STATUSES, TaskFilter, word_task_names_sql
 
 __all__ = [
     "RELATIVE_ERROR",
@@ -45,6 +49,7 @@ __all__ = [
     "fetch_stats",
     "rebuild_rollups",
     "resolve_task_names",
+    "resolve_word_task_names",
 ]
 
 RELATIVE_ERROR = 0.02
@@ -58,7 +63,7 @@ _FIVE_MINUTES = timedelta(minutes=5)
 _HOUR = timedelta(hours=1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CURSOR_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-_ERROR_GROUPS = 20
+_MAX_ERROR_GROUPS = 20
 
 _COLUMNS = """
     r.id, r.task_id, r.task_name,
@@ -96,25 +101,21 @@ def bin_value(index: int) -> float:
     return 2 * _GAMMA**index / (_GAMMA + 1)
 
 
-def _quantiles(bins: Iterable[tuple[int, int]], qs: Sequence[float]) -> list[float | None]:
-    """Quantiles of a histogram, interpolated like ``percentile_cont``.
+def _quantiles(lanes: Sequence[int], qs: Sequence[float]) -> list[float | None]:
+    """Quantiles of a histogram given as counts per lane, interpolated like ``percentile_cont``.
 
     ``percentile_cont(q)`` interpolates between the values of ranks
     ``floor(q * (n - 1))`` and the next; each is estimated from its bin (within
     RELATIVE_ERROR), so their interpolation is within RELATIVE_ERROR as well.
     """
-    ordered = sorted((b, n) for b, n in bins if n > 0)
-    total = sum(n for _, n in ordered)
-    if total == 0:
+    cumulative = list(accumulate(lanes))
+    total = cumulative[-1] if cumulative else 0
+    if total <= 0:
         return [None for _ in qs]
 
     def value_at(rank: int) -> float:
-        cum = 0
-        for b, n in ordered:
-            cum += n
-            if cum > rank:
-                return bin_value(b)
-        return bin_value(ordered[-1][0])
+        # the first lane whose cumulative count passes `rank` holds the value of that rank
+        return bin_value(_lane_bin(bisect_right(cumulative, rank)))
 
     out: list[float | None] = []
     for q in qs:
@@ -197,15 +198,33 @@ async def resolve_task_names(conn: asyncpg.Connection[Any], patterns: Sequence[s
     return [r["task_name"] for r in rows]
 
 
+async def resolve_word_task_names(
+    conn: asyncpg.Connection[Any], words: Sequence[str]
+) -> dict[str, list[str]]:
+    """For each free word, the recorded task names it matches (a substring, any case).
+
+    With them a word's ``task_name`` condition is an equality the
+    ``(task_name, ...)`` index serves, and its error columns have trigram
+    indexes (``sql/0003_error_search.sql``): a rare word is then found through
+    indexes instead of by reading every row (see ``TaskFilter.to_sql``).
+    """
+    if not words:
+        return {}
+    params: list[object] = []
+    rows = await conn.fetch(word_task_names_sql(words, params), *params)
+    return {r["word"]: list(r["task_names"]) for r in rows}
+
+
 async def _filter_sql(
     conn: asyncpg.Connection[Any], flt: TaskFilter, params: list[object], lost_after_s: float
 ) -> str:
-    """`flt` as SQL over alias ``r``, with task patterns resolved to exact names."""
+    """`flt` as SQL over alias ``r``, with task patterns and words resolved to exact names."""
+    words = await resolve_word_task_names(conn, flt.words)
     if not flt.tasks:
-        return flt.to_sql(params, lost_after_s=lost_after_s, alias="r")
+        return flt.to_sql(params, lost_after_s=lost_after_s, alias="r", word_task_names=words)
     names = await resolve_task_names(conn, flt.tasks)
     rest = dataclasses.replace(flt, tasks=())
-    cond = rest.to_sql(params, lost_after_s=lost_after_s, alias="r")
+    cond = rest.to_sql(params, lost_after_s=lost_after_s, alias="r", word_task_names=words)
     params.append(names)
     return f"{cond} AND r.task_name = ANY(${len(params)}::text[])"
 
@@ -254,6 +273,7 @@ def _history_sql(
     keyset: tuple[str, ...],
     limit: int,
     lost_after_s: float,
+    word_names: Mapping[str, Sequence[str]] | None = None,
 ) -> str:
     """The page statement for `flt`, its task patterns already resolved to `names`.
 
@@ -263,7 +283,8 @@ def _history_sql(
     is merged from branches that each read one index range in order and stop
     after ``LIMIT`` rows: PostgreSQL merges them (Merge Append), reading about
     one page plus one row per branch whatever the depth or the selectivity.
-    `keyset` holds the cursor condition, if any; `limit` is the row count to fetch.
+    `keyset` holds the cursor condition, if any; `limit` is the row count to fetch;
+    `word_names` are the words' task names (:func:`resolve_word_task_names`).
     """
 
     def arg(value: object) -> str:
@@ -271,13 +292,14 @@ def _history_sql(
         return f"${len(params)}"
 
     if not flt.statuses and names is None:  # the created_at index alone
-        where = " AND ".join((flt.to_sql(params, lost_after_s=lost_after_s, alias="r"), *keyset))
+        cond = flt.to_sql(params, lost_after_s=lost_after_s, alias="r", word_task_names=word_names)
+        where = " AND ".join((cond, *keyset))
         return (
             f"SELECT {_COLUMNS} FROM task_execution_logs r WHERE {where} "
             f"ORDER BY r.created_at DESC, r.id DESC LIMIT {arg(limit)}"
         )
     rest = dataclasses.replace(flt, statuses=frozenset(), tasks=()).to_sql(
-        params, lost_after_s=lost_after_s, alias="r"
+        params, lost_after_s=lost_after_s, alias="r", word_task_names=word_names
     )
     status_conds = _status_branches(flt.statuses, arg)
     if names is not None and len(names) * len(status_conds) <= _MAX_BRANCHES:
@@ -337,8 +359,9 @@ async def fetch_history(
     names = await resolve_task_names(conn, flt.tasks) if flt.tasks else None
     if names == []:  # no recorded task name matches
         return HistoryPage(rows=[], next_cursor=None)
+    word_names = await resolve_word_task_names(conn, flt.words)
     # one row more than the page tells whether there is a next page
-    sql = _history_sql(flt, names, params, keyset, limit + 1, lost_after_s)
+    sql = _history_sql(flt, names, params, keyset, limit + 1, lost_after_s, word_names)
     records = await conn.fetch(sql, *params)
     rows = [dict(r) for r in records[:limit]]
     next_cursor = None
@@ -473,105 +496,186 @@ def _ceil(t: datetime, step: timedelta) -> datetime:
     return floor if floor == t else floor + step
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """Which source answers which part of a window (half-open ranges, maybe empty)."""
-
-    hours: tuple[datetime, datetime]
-    minutes: tuple[tuple[datetime, datetime], tuple[datetime, datetime]]
-    raw: tuple[tuple[datetime, datetime], tuple[datetime, datetime]]
+_Span = tuple[datetime, datetime]
 
 
-def _plan(since: datetime, until: datetime, *, small: timedelta, big: timedelta | None) -> _Plan:
-    """Split a window: `big` buckets inside, `small` buckets at the edges, raw rows between.
+def _split(
+    since: datetime, until: datetime, steps: Sequence[timedelta]
+) -> tuple[list[tuple[_Span, _Span]], tuple[_Span, _Span]]:
+    """Split a window over rollup levels of growing `steps`, each a multiple of the one before.
 
-    ``_Plan.minutes`` holds the `small` ranges (minutes, or 5 minutes for histograms).
+    The coarsest level with a whole bucket inside the window answers its middle,
+    each finer level the two stretches between the next coarser level's bounds
+    and its own, and raw rows the partial buckets of the finest step at the edges.
+
+    Returns:
+        Per level (finest first) its two half-open ranges, maybe empty, and the two raw ranges.
     """
-    m0, m1 = _ceil(since, small), _floor(until, small)
-    if m0 >= m1:
-        none = (since, since)
-        return _Plan(none, (none, none), ((since, until), (until, until)))
-    raw = ((since, m0), (m1, until))
-    if big is not None:
-        h0, h1 = _ceil(since, big), _floor(until, big)
-        if h0 < h1:
-            return _Plan((h0, h1), ((m0, h0), (h1, m1)), raw)
-    return _Plan((m0, m0), ((m0, m1), (m1, m1)), raw)
+    none = (since, since)
+    bounds = [(_ceil(since, step), _floor(until, step)) for step in steps]
+    usable = [i for i, (lo, hi) in enumerate(bounds) if lo < hi]
+    if not usable:
+        return [(none, none) for _ in steps], ((since, until), (until, until))
+    top = usable[-1]  # every finer level is usable too: the steps are aligned multiples
+    levels: list[tuple[_Span, _Span]] = []
+    for i, (lo, hi) in enumerate(bounds):
+        if i < top:
+            levels.append(((lo, bounds[i + 1][0]), (bounds[i + 1][1], hi)))
+        elif i == top:
+            levels.append(((lo, hi), none))
+        else:
+            levels.append((none, none))
+    return levels, ((since, bounds[0][0]), (bounds[0][1], until))
 
 
 _LANE_DIGITS = 12
 _LANE_MIN_BIN, _LANE_MAX_BIN, _LANE_OFFSET = -179, 520, 180
+_LANES = _LANE_MAX_BIN + _LANE_OFFSET + 1
+# The lane of a packed histogram that keeps bin {0} (bins beyond its lanes go to the end ones)
+_LANE_SQL = (
+    f"CASE WHEN {{0}} = {_ZERO_BIN} THEN 0 "
+    f"ELSE least(greatest({{0}}, {_LANE_MIN_BIN}), {_LANE_MAX_BIN}) + {_LANE_OFFSET} END"
+)
 
 
-def _clamp_bin(index: int) -> int:
-    """The bin a packed histogram keeps `index` in (values beyond its lanes go to the ends)."""
-    if index == _ZERO_BIN:
-        return index
-    return min(max(index, _LANE_MIN_BIN), _LANE_MAX_BIN)
+def _lane_bin(lane: int) -> int:
+    return _ZERO_BIN if lane == 0 else lane - _LANE_OFFSET
 
 
-def _unpack(packed: str) -> list[tuple[int, int]]:
-    """The (bin, count) pairs of a packed histogram (see taskmon_hist_unit in SQL)."""
+def _unpack(packed: str) -> list[int]:
+    """The counts per lane (lane 0 first, all :data:`_LANES` of them) of a packed histogram.
+
+    See taskmon_hist_unit in SQL. A histogram arrives as text of up to 8 400
+    digits, some 400 lanes for a typical task: this runs for every task and
+    metric of every call, so it stays a slice and an ``int`` per lane.
+    """
     digits = packed.partition(".")[0].lstrip("+")
     if digits.startswith("-"):  # cannot happen unless the rollups were edited by hand
-        return []
+        return [0] * _LANES
     digits = "0" * (-len(digits) % _LANE_DIGITS) + digits
-    top = len(digits) // _LANE_DIGITS - 1  # the lane of the leftmost chunk
-    zero = "0" * _LANE_DIGITS
-    out = []
-    for i in range(top + 1):
-        chunk = digits[i * _LANE_DIGITS : (i + 1) * _LANE_DIGITS]
-        if chunk != zero:
-            lane = top - i
-            out.append((_ZERO_BIN if lane == 0 else lane - _LANE_OFFSET, int(chunk)))
-    return out
+    lanes = list(
+        map(int, [digits[i : i + _LANE_DIGITS] for i in range(0, len(digits), _LANE_DIGITS)])
+    )
+    lanes.reverse()
+    if len(lanes) > _LANES:  # likewise: lanes end at _LANES
+        lanes[_LANES - 1] += sum(lanes[_LANES:])
+        del lanes[_LANES:]
+    return lanes + [0] * (_LANES - len(lanes))
 
 
-# (kind, level) -> columns selected from a rollup table or the raw table (alias r)
-_ROLLUP_COLUMNS = {
-    "counts": "r.bucket AS ts, r.task_name, r.status, r.n, r.duration_sum_ms AS ds, "
-    "r.duration_n AS dn, r.queue_wait_sum_ms AS qs, r.queue_wait_n AS qn",
-    "hist": "r.task_name, r.metric, r.h",
-    "errors": "r.error_type, r.n, r.last_seen, r.example",
-}
-_TABLES = {
-    "counts": ("task_rollup_hour", "task_rollup_minute"),
-    "hist": ("task_hist_hour", "task_hist_5min"),
-    "errors": ("task_error_hour", "task_error_minute"),
-}
+# One statement answers a whole fetch_stats call: one round trip, one snapshot (so
+# the parts add up without a transaction), one plan. Its rows are tagged by `kind`:
+#   c  per (task, status): n, duration sum ds and count dn
+#   t  per throughput bucket ts: n
+#   h  per (task, metric): packed histogram h (rollups), as text
+#   b  per (task, metric): histogram lanes and their counts (raw rows)
+#   e  per error type (name): n, last_seen (ts), example, rank (pos)
+#   l  per (task, running|pending, stale): n (attempts not finished)
+# Only the first branch casts its NULLs: UNION resolves the other branches' NULLs to them.
 _FINITE = "CASE WHEN r.{0} > '-Infinity' AND r.{0} < 'Infinity' THEN r.{0} END"
-_DUR, _QW = _FINITE.format("duration_ms"), _FINITE.format("queue_wait_ms")
-_RAW_SELECTS = {
-    "counts": [
-        f"r.created_at AS ts, r.task_name, r.status, 1 AS n, coalesce({_DUR}, 0) AS ds, "
-        f"({_DUR} IS NOT NULL)::int AS dn, coalesce({_QW}, 0) AS qs, ({_QW} IS NOT NULL)::int AS qn"
-    ],
-    "hist": [
-        f"r.task_name, 0::smallint AS metric, taskmon_bin({_DUR}) AS bin, 1 AS n",
-        f"r.task_name, 1::smallint AS metric, taskmon_bin({_QW}) AS bin, 1 AS n",
-    ],
-    "errors": [
-        "coalesce(r.error_type, '') AS error_type, 1 AS n, r.created_at AS last_seen, "
-        "left(r.error_message, 500) AS example"
-    ],
-}
-_OUTER = {
-    "counts": "SELECT date_bin({step}, ts, '2000-01-01 00:00:00+00') AS tb, task_name, status, "
-    "sum(n)::bigint AS n, sum(ds) AS ds, sum(dn)::bigint AS dn, sum(qs) AS qs, "
-    "sum(qn)::bigint AS qn FROM src GROUP BY 1, 2, 3",
-    "hist": "SELECT task_name, metric, bin, sum(n)::bigint AS n FROM src "
-    "WHERE bin IS NOT NULL GROUP BY 1, 2, 3",
-    "hist_packed": "SELECT task_name, metric, sum(h)::text AS h FROM src GROUP BY 1, 2",
-    "errors": "SELECT nullif(error_type, '') AS error_type, sum(n)::bigint AS n, "
-    "max(last_seen) AS last_seen, "
-    "(array_agg(example ORDER BY last_seen DESC NULLS LAST))[1] AS example "
-    f"FROM src GROUP BY error_type HAVING sum(n) > 0 ORDER BY 2 DESC, 1 LIMIT {_ERROR_GROUPS}",
-}
+_STATS_SQL = """
+WITH raw AS {raw_mode} (
+    SELECT created_at, task_name, status, dur, taskmon_bin(dur) AS dur_bin,
+           taskmon_bin(qw) AS qw_bin, error_type, error_message
+    FROM (
+        SELECT r.created_at, r.task_name, r.status, {dur} AS dur, {qw} AS qw, r.error_type,
+               r.error_message
+        FROM task_execution_logs r WHERE {raw_where}
+    ) AS r
+),
+counts AS (
+    {count_rollups}SELECT created_at AS ts, task_name, status, 1 AS n, coalesce(dur, 0) AS ds,
+           (dur IS NOT NULL)::int AS dn
+    FROM raw
+),
+errors AS {raw_mode} (
+    {error_rollups}SELECT coalesce(error_type, '') AS error_type, 1 AS n, created_at AS last_seen,
+           left(error_message, 500) AS example
+    FROM raw WHERE status <> 'success'
+),
+top_errors AS (
+    SELECT error_type, sum(n) AS n, max(last_seen) AS last_seen,
+           row_number() OVER (ORDER BY sum(n) DESC, nullif(error_type, '')) AS pos
+    FROM errors GROUP BY error_type HAVING sum(n) > 0
+    ORDER BY pos LIMIT {max_errors}
+)
+SELECT CASE WHEN grouping(task_name) = 0 THEN 'c' ELSE 't' END AS kind, tb AS ts,
+       task_name AS name, status, NULL::smallint AS metric, sum(n)::bigint AS n,
+       sum(ds)::float8 AS ds, sum(dn)::bigint AS dn, NULL::text AS h, NULL::int[] AS lanes,
+       NULL::bigint[] AS counts, NULL::text AS example, NULL::bool AS stale, NULL::bigint AS pos
+FROM (SELECT date_bin({step}, ts, '2000-01-01 00:00:00+00') AS tb, * FROM counts) AS c
+GROUP BY GROUPING SETS ((task_name, status), (tb))
+{hist_rollups}UNION ALL
+SELECT 'b', NULL, task_name, NULL, metric, NULL, NULL, NULL, NULL, array_agg(lane), array_agg(n),
+       NULL, NULL, NULL
+FROM (
+    SELECT task_name, 0::smallint AS metric, {lane_of_dur} AS lane, count(*) AS n
+    FROM raw WHERE dur_bin IS NOT NULL GROUP BY 1, 3
+    UNION ALL
+    SELECT task_name, 1::smallint, {lane_of_qw}, count(*)
+    FROM raw WHERE qw_bin IS NOT NULL GROUP BY 1, 3
+) AS b
+GROUP BY task_name, metric
+UNION ALL
+{error_groups}
+UNION ALL
+SELECT 'l', NULL, r.task_name, 'running', NULL, count(*), NULL, NULL, NULL, NULL, NULL, NULL,
+       r.created_at < now() - make_interval(secs => coalesce(r.timeout_s * 2, {lost_after})),
+       NULL
+FROM task_execution_logs r
+WHERE r.status = 'running' AND {live_where}
+GROUP BY 3, 13
+UNION ALL
+SELECT 'l', NULL, r.task_name, 'pending', NULL, count(*), NULL, NULL, NULL, NULL, NULL, NULL,
+       FALSE, NULL
+FROM task_execution_logs r
+WHERE r.status = 'pending' AND {live_where}
+GROUP BY 3
+"""
+# The example of an error group is that of its newest row: a row of the (kept) errors
+# with the group's last_seen, or on the raw path (millions of rows, not kept) the
+# raw row created then, found through the created_at index.
+_ERROR_GROUPS = """(
+ SELECT DISTINCT ON (t.pos) 'e', t.last_seen, nullif(t.error_type, ''), NULL, NULL,
+        t.n::bigint, NULL, NULL, NULL, NULL, NULL, e.example, NULL, t.pos
+ FROM top_errors t
+ LEFT JOIN errors e ON e.error_type = t.error_type AND e.last_seen = t.last_seen
+ ORDER BY t.pos, e.example)"""
+_RAW_ERROR_GROUPS = """
+SELECT 'e', t.last_seen, nullif(t.error_type, ''), NULL, NULL, t.n::bigint, NULL, NULL, NULL,
+       NULL, NULL,
+       (SELECT min(left(r.error_message, 500)) FROM task_execution_logs r
+        WHERE r.created_at = t.last_seen AND coalesce(r.error_type, '') = t.error_type
+          AND r.status <> 'success' AND {raw_where}),
+       NULL, t.pos
+FROM top_errors t"""
+_HIST_ROLLUPS = """UNION ALL
+SELECT 'h', NULL, task_name, NULL, metric, NULL, NULL, NULL, sum(h)::text, NULL, NULL, NULL, NULL,
+       NULL
+FROM ({parts}) AS h
+GROUP BY task_name, metric
+"""
+# (columns, tables finest first) of the rollup parts of each kind; alias r
+_COUNT_SOURCES = (
+    "r.bucket AS ts, r.task_name, r.status, r.n, r.duration_sum_ms AS ds, r.duration_n AS dn",
+    ("task_rollup_minute", "task_rollup_hour"),
+)
+_HIST_SOURCES = (
+    "r.task_name, r.metric, r.h",
+    ("task_hist_5min", "task_hist_hour", "task_hist_day"),
+)
+_ERROR_SOURCES = (
+    "r.error_type, r.n, r.last_seen, r.example",
+    ("task_error_minute", "task_error_hour", "task_error_day"),
+)
+# every part splits a window at the same 5-minute edges, so that the raw rows of the
+# partial 5 minutes are read once; minute rollups answer any whole 5 minutes
+_LEVELS = (_FIVE_MINUTES, _HOUR, timedelta(days=1))
 
 
 @dataclass
 class _Query:
-    """Builds one metrics statement; every value is a ``$N`` parameter."""
+    """Builds the metrics statement; every value is a ``$N`` parameter."""
 
     params: list[object] = dataclasses.field(default_factory=list)
 
@@ -580,6 +684,11 @@ class _Query:
         return f"${len(self.params)}{cast}"
 
     def ranges(self, column: str, spans: Iterable[tuple[datetime, datetime]]) -> str:
+        """`column` in any of the non-empty `spans`.
+
+        Empty spans are left out: an empty range OR'ed to a real one makes the
+        planner misjudge the rows and prefer a sequential scan.
+        """
         parts = [
             f"(r.{column} >= {self.arg(a)} AND r.{column} < {self.arg(b)})"
             for a, b in spans
@@ -588,76 +697,62 @@ class _Query:
         return "(" + " OR ".join(parts) + ")" if parts else "FALSE"
 
 
-def _rollup_sql(
-    kind: str,
-    plan: _Plan,
-    q: _Query,
-    statuses: list[str],
-    names: list[str] | None,
-    step: timedelta,
+def _rollup_parts(
+    q: _Query, source: tuple[str, tuple[str, ...]], levels: list[tuple[_Span, _Span]], sel: str
 ) -> str:
-    """The statement for `kind` over a rollup plan (status/task filters only)."""
-    status = f"r.status = ANY({q.arg(statuses, '::text[]')})"
-    task = f" AND r.task_name = ANY({q.arg(names, '::text[]')})" if names is not None else ""
-    hour_table, minute_table = _TABLES[kind]
-    parts: list[str] = []
-    cols = _ROLLUP_COLUMNS[kind]
-    if plan.hours[0] < plan.hours[1]:
-        where = q.ranges("bucket", [plan.hours])
-        parts.append(f"SELECT {cols} FROM {hour_table} r WHERE {where} AND {status}{task}")
-    if any(a < b for a, b in plan.minutes):
-        where = q.ranges("bucket", plan.minutes)
-        parts.append(f"SELECT {cols} FROM {minute_table} r WHERE {where} AND {status}{task}")
-    if kind == "hist":
-        # packed rollups and raw edge rows are merged in Python
-        if not parts:
-            parts.append(f"SELECT {cols} FROM {hour_table} r WHERE FALSE")
-        return _with_outer("hist_packed", parts, q, step)
-    parts += _raw_edges(kind, plan, q, status, task)
-    return _with_outer(kind, parts, q, step)
-
-
-def _raw_edges(kind: str, plan: _Plan, q: _Query, status: str, task: str) -> list[str]:
-    raw_where = q.ranges("created_at", plan.raw)
-    extra = " AND r.status <> 'success'" if kind == "errors" else ""
-    return [
-        f"SELECT {select} FROM task_execution_logs r WHERE {raw_where} AND {status}{task}{extra}"
-        for select in _RAW_SELECTS[kind]
-    ]
-
-
-def _raw_edge_hist_sql(plan: _Plan, q: _Query, statuses: list[str], names: list[str] | None) -> str:
-    """Histogram cells of the raw rows at the edges of a histogram plan."""
-    status = f"r.status = ANY({q.arg(statuses, '::text[]')})"
-    task = f" AND r.task_name = ANY({q.arg(names, '::text[]')})" if names is not None else ""
-    return _with_outer("hist", _raw_edges("hist", plan, q, status, task), q, _MINUTE)
-
-
-def _raw_sql(
-    kind: str,
-    since: datetime,
-    until: datetime,
-    q: _Query,
-    statuses: list[str],
-    cond: str,
-    step: timedelta,
-) -> str:
-    """The statement for `kind` straight from the raw rows (any filter)."""
-    where = (
-        f"r.created_at >= {q.arg(since)} AND r.created_at < {q.arg(until)} "
-        f"AND r.status = ANY({q.arg(statuses, '::text[]')}) AND {cond}"
+    """One SELECT per rollup level of `source` with a range to read, each ending in UNION ALL."""
+    cols, tables = source
+    return "".join(
+        f"SELECT {cols} FROM {table} r WHERE {q.ranges('bucket', spans)} AND {sel} UNION ALL "
+        for table, spans in zip(tables, levels, strict=False)
+        if any(a < b for a, b in spans)
     )
-    if kind == "errors":
-        where += " AND r.status <> 'success'"
-    parts = [f"SELECT {s} FROM task_execution_logs r WHERE {where}" for s in _RAW_SELECTS[kind]]
-    return _with_outer(kind, parts, q, step)
 
 
-def _with_outer(kind: str, parts: list[str], q: _Query, step: timedelta) -> str:
-    outer = _OUTER[kind]
-    if kind == "counts":
-        outer = outer.format(step=q.arg(step, "::interval"))
-    return f"WITH src AS ({' UNION ALL '.join(parts)}) {outer}"
+def _stats_sql(
+    q: _Query,
+    *,
+    raw_where: str,
+    rollups: tuple[list[tuple[_Span, _Span]], list[tuple[_Span, _Span]], str] | None,
+    live_where: str,
+    lost_after: str,
+    step: timedelta,
+) -> str:
+    """The one statement of :func:`fetch_stats` (see _STATS_SQL).
+
+    `rollups` is ``(count levels, histogram and error levels, status/task condition)``
+    (levels from :func:`_split`), the rollup tables answering all but `raw_where`;
+    None reads the raw rows alone.
+    """
+    count_rollups = error_rollups = hist_rollups = ""
+    if rollups is not None:
+        count_levels, levels, sel = rollups
+        count_rollups = _rollup_parts(q, _COUNT_SOURCES, count_levels, sel)
+        error_rollups = _rollup_parts(q, _ERROR_SOURCES, levels, sel)
+        hist_parts = _rollup_parts(q, _HIST_SOURCES, levels, sel)
+        if hist_parts:
+            hist_rollups = _HIST_ROLLUPS.format(parts=hist_parts.removesuffix(" UNION ALL "))
+    return _STATS_SQL.format(
+        # the rollup path reads a few minutes of raw rows (and a few thousand error
+        # rollups) once and keeps them; the raw path may read millions, which each
+        # part aggregates as it goes rather than keep them all
+        raw_mode="MATERIALIZED" if rollups is not None else "NOT MATERIALIZED",
+        dur=_FINITE.format("duration_ms"),
+        qw=_FINITE.format("queue_wait_ms"),
+        raw_where=raw_where,
+        count_rollups=count_rollups,
+        error_rollups=error_rollups,
+        hist_rollups=hist_rollups,
+        max_errors=_MAX_ERROR_GROUPS,
+        error_groups=(_ERROR_GROUPS if rollups is not None else _RAW_ERROR_GROUPS).format(
+            raw_where=raw_where
+        ),
+        lane_of_dur=_LANE_SQL.format("dur_bin"),
+        lane_of_qw=_LANE_SQL.format("qw_bin"),
+        step=q.arg(step, "::interval"),
+        lost_after=lost_after,
+        live_where=live_where,
+    )
 
 
 def _bucket_step(window: timedelta) -> timedelta:
@@ -702,7 +797,8 @@ async def fetch_stats(
     arguments, else the 24 hours before `now`. Counts are exact; percentiles
     are within :data:`RELATIVE_ERROR` (relative). Status and task filters are
     answered from the rollups; any other filter reads the raw rows of the
-    window (correct, but its cost grows with the window).
+    window (correct, but its cost grows with the window). Either way it is one
+    statement (one round trip, one snapshot), plus one to resolve task patterns.
 
     Failure rate: (failed + lost) / (success + failed + lost). A ``retrying``
     attempt failed but was retried, so the task's fate is decided by a later
@@ -725,88 +821,51 @@ async def fetch_stats(
         raise ValueError(f"since {start.isoformat()} is later than until {end.isoformat()}")
     step = _bucket_step(max(end - start, _MINUTE))
     statuses = [s for s in TERMINAL if not flt.statuses or s in flt.statuses]
+
+    q = _Query()
+    window = f"r.created_at >= {q.arg(start)} AND r.created_at < {q.arg(end)}"
+    lost_after = q.arg(float(lost_after_s), "::float8")
+    status = f"r.status = ANY({q.arg(statuses, '::text[]')})"
     raw = _needs_raw(flt)
-
-    counts_q, hist_q, errors_q, edges_q = _Query(), _Query(), _Query(), _Query()
-    edges_sql = None
     if raw:
-        sqls = []
-        for kind, q in (("counts", counts_q), ("hist", hist_q), ("errors", errors_q)):
-            cond = flt.to_sql(q.params, lost_after_s=lost_after_s, alias="r")
-            sqls.append(_raw_sql(kind, start, end, q, statuses, cond, step))
-        counts_sql, hist_sql, errors_sql = sqls
+        cond = await _filter_sql(conn, flt, q.params, lost_after_s)
+        sql = _stats_sql(
+            q,
+            raw_where=f"{window} AND {status} AND {cond}",
+            rollups=None,
+            live_where=f"{window} AND {cond}",
+            lost_after=lost_after,
+            step=step,
+        )
     else:
-        names = await resolve_task_names(conn, flt.tasks) if flt.tasks else None
-        big = _HOUR if step >= _HOUR else None
-        count_plan = _plan(start, end, small=_MINUTE, big=big)
-        hist_plan = _plan(start, end, small=_FIVE_MINUTES, big=_HOUR)
-        error_plan = _plan(start, end, small=_MINUTE, big=_HOUR)
-        counts_sql = _rollup_sql("counts", count_plan, counts_q, statuses, names, step)
-        hist_sql = _rollup_sql("hist", hist_plan, hist_q, statuses, names, step)
-        edges_sql = _raw_edge_hist_sql(hist_plan, edges_q, statuses, names)
-        errors_sql = _rollup_sql("errors", error_plan, errors_q, statuses, names, step)
-
-    # one snapshot for every statement, so the parts add up; the rollup statements
-    # read a few thousand rows, where starting parallel workers costs more than it saves
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
-        if not raw:
-            await conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
-        count_rows = await conn.fetch(counts_sql, *counts_q.params)
-        hist_rows = await conn.fetch(hist_sql, *hist_q.params)
-        cells: dict[tuple[str, int], dict[int, int]] = {}
-        if edges_sql is None:
-            _add_cells(cells, ((r["task_name"], r["metric"], r["bin"], r["n"]) for r in hist_rows))
-        else:
-            packed = (
-                (r["task_name"], r["metric"], b, n) for r in hist_rows for b, n in _unpack(r["h"])
-            )
-            _add_cells(cells, packed)
-            edge_rows = await conn.fetch(edges_sql, *edges_q.params)
-            _add_cells(cells, ((r["task_name"], r["metric"], r["bin"], r["n"]) for r in edge_rows))
-        error_rows = await conn.fetch(errors_sql, *errors_q.params)
-        live_rows = await _live_rows(conn, flt, start, end, lost_after_s)
-    return _assemble(start, end, step, count_rows, cells, error_rows, live_rows)
-
-
-def _add_cells(
-    cells: dict[tuple[str, int], dict[int, int]], rows: Iterable[tuple[str, int, int, int]]
-) -> None:
-    for task_name, metric, index, n in rows:
-        hist = cells.setdefault((task_name, metric), {})
-        key = _clamp_bin(index)
-        hist[key] = hist.get(key, 0) + int(n)
-
-
-async def _live_rows(
-    conn: asyncpg.Connection[Any],
-    flt: TaskFilter,
-    start: datetime,
-    end: datetime,
-    lost_after_s: float,
-) -> list[asyncpg.Record]:
-    """Attempts of the window not yet finished, per task: pending, running, stale (lost).
-
-    ``status = 'running'`` as its own branch lets the planner use the partial
-    index on running rows.
-    """
-    params: list[object] = [start, end, float(lost_after_s)]
-    cond = await _filter_sql(conn, flt, params, lost_after_s)
-    window = "r.created_at >= $1 AND r.created_at < $2"
-    sql = f"""
-        SELECT r.task_name, 'running' AS status,
-               r.created_at < now() - make_interval(secs => coalesce(r.timeout_s * 2, $3))
-                   AS stale,
-               count(*) AS n
-        FROM task_execution_logs r
-        WHERE r.status = 'running' AND {window} AND {cond}
-        GROUP BY 1, 2, 3
-        UNION ALL
-        SELECT r.task_name, 'pending', FALSE, count(*)
-        FROM task_execution_logs r
-        WHERE r.status = 'pending' AND {window} AND {cond}
-        GROUP BY 1, 2, 3
-    """
-    return await conn.fetch(sql, *params)
+        # the rollups carry only status and task name; task patterns become exact names
+        cond = dataclasses.replace(flt, tasks=()).to_sql(
+            q.params, lost_after_s=lost_after_s, alias="r"
+        )
+        sel = status
+        if flt.tasks:
+            names = await resolve_task_names(conn, flt.tasks)
+            tasks = f"r.task_name = ANY({q.arg(names, '::text[]')})"
+            sel, cond = f"{sel} AND {tasks}", f"{cond} AND {tasks}"
+        # counts have throughput buckets to fill: hour rollups only for hour buckets
+        count_levels, _ = _split(start, end, _LEVELS[: 2 if step >= _HOUR else 1])
+        levels, raw_spans = _split(start, end, _LEVELS)
+        sql = _stats_sql(
+            q,
+            # taskmon_serial(): no parallel workers for a few thousand rollup rows
+            raw_where=f"{q.ranges('created_at', raw_spans)} AND {sel} AND taskmon_serial()",
+            rollups=(count_levels, levels, sel),
+            live_where=f"{window} AND {cond}",
+            lost_after=lost_after,
+            step=step,
+        )
+    if not raw:
+        return _assemble(start, end, step, await conn.fetch(sql, *q.params))
+    async with conn.transaction(readonly=True):
+        # over the raw rows the statement's estimated cost is high enough for JIT
+        # to inline and optimise its ~130 expressions: seconds, more than it saves
+        await conn.execute("SET LOCAL jit = off")
+        return _assemble(start, end, step, await conn.fetch(sql, *q.params))
 
 
 def _task_totals() -> dict[str, float]:
@@ -814,38 +873,53 @@ def _task_totals() -> dict[str, float]:
 
 
 def _assemble(
-    start: datetime,
-    end: datetime,
-    step: timedelta,
-    count_rows: Sequence[asyncpg.Record],
-    cells: dict[tuple[str, int], dict[int, int]],
-    error_rows: Sequence[asyncpg.Record],
-    live_rows: Sequence[asyncpg.Record],
+    start: datetime, end: datetime, step: timedelta, rows: Sequence[asyncpg.Record]
 ) -> Stats:
+    """Stats from the rows of the statement of :func:`_stats_sql`."""
     by_status = dict.fromkeys(("success", "failed", "retrying", "lost", "running", "pending"), 0)
     per_task: dict[str, dict[str, float]] = {}
     series: dict[datetime, int] = {}
-    for row in count_rows:
-        n = int(row["n"])
-        by_status[row["status"]] += n
-        t = per_task.setdefault(row["task_name"], _task_totals())
-        t[row["status"]] += n
-        t["ds"] += row["ds"] or 0.0
-        t["dn"] += row["dn"] or 0
-        series[row["tb"]] = series.get(row["tb"], 0) + n
+    hists: dict[tuple[str, int], list[int]] = {}  # (task, metric) -> counts per lane
+    error_rows: list[asyncpg.Record] = []
     running = 0
-    for row in live_rows:
-        n = int(row["n"])
-        status = "lost" if row["stale"] else row["status"]
-        by_status[status] += n
-        if status == "running":
-            running += n
-        if status == "lost":
-            t = per_task.setdefault(row["task_name"], _task_totals())
-            t["lost"] += n
+    for row in rows:
+        kind = row["kind"]
+        if kind == "c":
+            n = int(row["n"])
+            by_status[row["status"]] += n
+            t = per_task.setdefault(row["name"], _task_totals())
+            t[row["status"]] += n
+            t["ds"] += row["ds"] or 0.0
+            t["dn"] += row["dn"] or 0
+        elif kind == "t":
+            series[row["ts"]] = int(row["n"])
+        elif kind == "h":
+            key = (row["name"], row["metric"])
+            lanes = _unpack(row["h"])
+            hists[key] = list(map(operator.add, hists[key], lanes)) if key in hists else lanes
+        elif kind == "b":
+            key = (row["name"], row["metric"])
+            if key not in hists:
+                hists[key] = [0] * _LANES
+            hist = hists[key]
+            for lane, count in zip(row["lanes"], row["counts"], strict=True):
+                hist[lane] += count
+        elif kind == "e":
+            error_rows.append(row)
+        else:  # "l": attempts not finished
+            n = int(row["n"])
+            status = "lost" if row["stale"] else row["status"]
+            by_status[status] += n
+            if status == "running":
+                running += n
+            if status == "lost":
+                t = per_task.setdefault(row["name"], _task_totals())
+                t["lost"] += n
 
-    hists = {key: list(hist.items()) for key, hist in cells.items()}
-    all_durations = [cell for (_, metric), h in hists.items() if metric == 0 for cell in h]
+    all_durations = [0] * _LANES
+    for (_, metric), lanes in hists.items():
+        if metric == 0:
+            all_durations = list(map(operator.add, all_durations, lanes))
 
     tasks = []
     for name, t in per_task.items():
@@ -876,9 +950,8 @@ def _assemble(
     while tick < end:
         throughput.append((tick, series.get(tick, 0)))
         tick += step
-    errors = [
-        ErrorGroup(r["error_type"], int(r["n"]), r["last_seen"], r["example"]) for r in error_rows
-    ]
+    error_rows.sort(key=lambda r: int(r["pos"]))
+    errors = [ErrorGroup(r["name"], int(r["n"]), r["ts"], r["example"]) for r in error_rows]
     (p95_all,) = _quantiles(all_durations, (0.95,))
     return Stats(
         since=start,
