@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import os
 import signal
 import subprocess
@@ -16,7 +15,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from helpers import wait_for
+from helpers import app_client, wait_for
 
 from taskmon.bus.postgres import CHANNEL, unpack_payload
 from taskmon.filters import TaskFilter
@@ -166,18 +165,8 @@ def worker(worker_env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Po
 
 @pytest.fixture
 async def client(worker_env: dict[str, str]) -> AsyncIterator[Any]:
-    old = dict(os.environ)
-    os.environ.update(worker_env)
-    sys.path.insert(0, str(HERE))
-    import lost_worker_app
-
-    importlib.reload(lost_worker_app)  # pick up this test's queue name
-    await lost_worker_app.broker.startup()
-    yield lost_worker_app
-    await lost_worker_app.broker.shutdown()
-    sys.path.remove(str(HERE))
-    os.environ.clear()
-    os.environ.update(old)
+    async with app_client("lost_worker_app", worker_env) as app:
+        yield app
 
 
 @pytest.mark.slow

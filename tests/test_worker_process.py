@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 import psutil
 import pytest
-from helpers import wait_for
+from helpers import app_client, wait_for
 
 HERE = Path(__file__).parent
 
@@ -66,20 +66,8 @@ def worker(worker_env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Po
 @pytest.fixture
 async def client(worker_env: dict[str, str]) -> AsyncIterator[Any]:
     # the test process is a TaskIQ client of the same app (pre_send stamps the enqueue time)
-    old = dict(os.environ)
-    os.environ.update(worker_env)
-    sys.path.insert(0, str(HERE))
-    import importlib
-
-    import worker_app
-
-    importlib.reload(worker_app)  # pick up this test's queue name
-    await worker_app.broker.startup()
-    yield worker_app
-    await worker_app.broker.shutdown()
-    sys.path.remove(str(HERE))
-    os.environ.clear()
-    os.environ.update(old)
+    async with app_client("worker_app", worker_env) as app:
+        yield app
 
 
 async def _final_rows(db: asyncpg.Connection[Any], expected: int) -> list[asyncpg.Record]:
