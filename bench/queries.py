@@ -273,9 +273,15 @@ async def median_ms(fn: Callable[[], Awaitable[Any]], repeat: int) -> float:
     return statistics.median(times)
 
 
+# the same "lost" rule as the readers (default --lost-after 1h): a running
+# attempt past 2 x its timeout, or past an hour without one, counts as lost
 RAW_COUNTS = """
-SELECT status, count(*) FROM task_execution_logs
-WHERE created_at >= $1 AND created_at < $2 GROUP BY status
+SELECT CASE WHEN status = 'running'
+             AND created_at < now() - make_interval(secs => coalesce(timeout_s * 2, 3600))
+            THEN 'lost' ELSE status END AS status,
+       count(*)
+FROM task_execution_logs
+WHERE created_at >= $1 AND created_at < $2 GROUP BY 1
 """
 RAW_PERCENTILES = """
 SELECT task_name,
