@@ -53,6 +53,7 @@ def template_db(server_dsn: str) -> Iterator[str]:
     async def create() -> None:
         admin = await _admin(server_dsn)
         try:
+            await _drop_orphans(admin)
             await admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
             await admin.execute(f'CREATE DATABASE "{TEMPLATE}"')
         finally:
@@ -73,6 +74,25 @@ def template_db(server_dsn: str) -> Iterator[str]:
     asyncio.run(create())
     yield TEMPLATE
     asyncio.run(drop())
+
+
+async def _drop_orphans(admin: asyncpg.Connection[Any]) -> None:
+    """Drop the templates of test sessions that were killed before their teardown."""
+    names = await admin.fetch("SELECT datname FROM pg_database WHERE datname LIKE 'taskmon_tmpl_%'")
+    for (name,) in names:
+        pid = name.removeprefix("taskmon_tmpl_")
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 async def _fresh_database(server_dsn: str, template: str | None) -> str:
