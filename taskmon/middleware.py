@@ -127,7 +127,6 @@ class MonitoringMiddleware(TaskiqMiddleware):
     def _make_recorder(self) -> Recorder:
         from taskmon.config import resolve_dsn, resolve_setting
 
-        dsn = resolve_dsn(self._dsn)
         publisher: Publisher | None = None
         if self.publish_events:
             redis_url = resolve_setting(self._redis_url, "TASKMON_REDIS_URL", "redis_url")
@@ -140,7 +139,9 @@ class MonitoringMiddleware(TaskiqMiddleware):
 
                 publisher = PgNotifyPublisher()
         return Recorder(
-            dsn,
+            # with no DSN configured the writer calls resolve_dsn in a thread: it
+            # may start the embedded server, which no hook may wait for
+            resolve_setting(self._dsn, "TASKMON_DSN", "dsn") or resolve_dsn,
             publisher=publisher,
             auto_migrate=self.auto_migrate,
             max_pending=self.max_pending,
@@ -155,10 +156,7 @@ class MonitoringMiddleware(TaskiqMiddleware):
             return
         try:
             if self.recorder is None:
-                import asyncio
-
-                # the embedded server may have to start: keep that off the event loop
-                self.recorder = await asyncio.to_thread(self._make_recorder)
+                self.recorder = self._make_recorder()
             # give migrations a moment so the first tasks land at once; a database
             # that is down is not our worker's problem, the writer keeps retrying
             await self.recorder.start(wait_connected=5.0)

@@ -16,6 +16,7 @@ import copy
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -158,7 +159,9 @@ class Recorder:
     """Buffers attempt records and writes them to PostgreSQL from one background task.
 
     Args:
-        dsn: the database to write to.
+        dsn: the database to write to, or a function that finds it. The writer
+            calls the function once, in a thread, before it first connects: it
+            may block (start the embedded server) without holding up a task.
         publisher: where events go (None: no events).
         auto_migrate: apply pending migrations on (re)connect.
         max_pending: attempts kept while the database is away; beyond it the oldest go.
@@ -169,7 +172,7 @@ class Recorder:
 
     def __init__(
         self,
-        dsn: str,
+        dsn: str | Callable[[], str],
         *,
         publisher: Publisher | None = None,
         auto_migrate: bool = True,
@@ -179,7 +182,8 @@ class Recorder:
         max_backoff: float = 5.0,
         statement_timeout: float = 30.0,
     ) -> None:
-        self.dsn = dsn
+        self.dsn: str | None = dsn if isinstance(dsn, str) else None
+        self._find_dsn = None if isinstance(dsn, str) else dsn
         self.publisher = publisher
         self.auto_migrate = auto_migrate
         self.max_pending = max(1, max_pending)
@@ -377,7 +381,7 @@ class Recorder:
             logger.warning(
                 "taskmon: database %s unreachable (%s: %s); keeping up to %d task records "
                 "and retrying",
-                redact_dsn(self.dsn),
+                "(not yet found)" if self.dsn is None else redact_dsn(self.dsn),
                 type(exc).__name__,
                 exc,
                 self.max_pending,
@@ -396,6 +400,9 @@ class Recorder:
     async def _connection(self) -> asyncpg.Connection[Any]:
         if self._conn is not None and not self._conn.is_closed():
             return self._conn
+        if self.dsn is None:
+            assert self._find_dsn is not None
+            self.dsn = await asyncio.to_thread(self._find_dsn)
         conn = await connect(self.dsn, timeout=5.0, command_timeout=self.statement_timeout)
         try:
             if self.auto_migrate and not self._migrated:

@@ -218,3 +218,45 @@ async def test_a_failing_recorder_never_fails_the_task(dsn: str) -> None:
     assert (await task.wait_result(timeout=5)).return_value == 7
     monitor.recorder = None
     await broker.shutdown()
+
+
+async def test_finding_the_database_never_holds_up_a_task(
+    dsn: str, db: asyncpg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given no DSN configured (finding one means starting the embedded server, which
+    # takes seconds: a slow lookup stands in for it) and a broker whose startup
+    # never ran, so the first hook has to start recording itself
+    monkeypatch.delenv("TASKMON_DSN", raising=False)
+    monkeypatch.setenv("TASKMON_CONFIG", "/nonexistent/taskmon.toml")
+    looked_up = []
+
+    def slow_lookup(flag: str | None = None) -> str:
+        time.sleep(1.0)
+        looked_up.append(flag)
+        return dsn
+
+    monkeypatch.setattr("taskmon.config.resolve_dsn", slow_lookup)
+    monitor = MonitoringMiddleware(flush_interval=0.02)
+    broker = InMemoryBroker(await_inplace=True).with_middlewares(monitor)
+
+    @broker.task(task_name="app:quick")
+    async def quick() -> int:
+        return 1
+
+    # when
+    t0 = time.perf_counter()
+    task = await quick.kiq()
+    result = await task.wait_result(timeout=5)
+    elapsed = time.perf_counter() - t0
+
+    # then the task did not wait for the lookup, and its row still arrives
+    assert result.return_value == 1
+    assert elapsed < 0.5
+    assert monitor.recorder is not None
+    await monitor.recorder.flush()
+    assert looked_up == [None]
+    status = await db.fetchval(
+        "SELECT status FROM task_execution_logs WHERE task_id = $1", task.task_id
+    )
+    assert status == "success"
+    await monitor.shutdown()
