@@ -89,6 +89,12 @@ async def test_attempts_and_bad_cursor(db: asyncpg.Connection[Any]) -> None:
     await seed(db)
     attempts = await queries.fetch_attempts(db, "id1")
     assert [a["attempt"] for a in attempts] == [0, 1]
+    by_key = await queries.fetch_attempts_by_key(db, [("id1", 1), ("stuck", 0), ("nope", 0)])
+    assert {(a["task_id"], a["attempt"], a["status"]) for a in by_key} == {
+        ("id1", 1, attempts[1]["status"]),
+        ("stuck", 0, "lost"),  # the same lost rule as history pages
+    }
+    assert await queries.fetch_attempts_by_key(db, []) == []
     for bad in ("garbage", "", "MTIz", queries.encode_cursor(NOW, 1) + "!"):
         with pytest.raises(queries.CursorError):
             await queries.fetch_history(db, TaskFilter(), after=bad)

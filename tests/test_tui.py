@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -291,6 +292,55 @@ async def test_hub_restart_reconnects_and_fills_the_gap(dsn: str, recorder: Reco
             text = feed_text(app)
             assert text.count("app.tasks:missed") == 3
             assert "live connection lost" in text
+    finally:
+        await hub.stop()
+
+
+async def test_an_attempt_that_ends_while_disconnected_is_shown_ending(
+    dsn: str, recorder: Recorder
+) -> None:
+    # given an attempt the feed showed starting half a minute before the outage
+    hub = Hub(dsn=dsn)
+    url = await hub.start("127.0.0.1", 0)
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    app = make_app(PgDataSource(dsn), HubLiveSource(url, max_backoff=0.3))
+    begun = datetime.now(UTC) - timedelta(seconds=30)
+    running = AttemptRecord(
+        task_id="long-1", attempt=0, task_name="app.tasks:long", status=Status.RUNNING,
+        worker="host-9:9", started_at=begun,
+    )  # fmt: skip
+    try:
+        async with app.run_test(size=SIZE):
+            bar = app.main.query_one(StatusBar)
+            feed = app.main.query_one(LiveFeed)
+            await wait_for(lambda: bar.connection == "live")
+            recorder.submit(running)
+            await recorder.flush()
+            await wait_for(lambda: ("long-1", 0) in feed.open_attempts)
+            recorder.submit(attempt("seen-live"))  # the last event before the outage: now
+            await recorder.flush()
+            await wait_for(lambda: "app.tasks:live" in feed_text(app))
+            # when it fails while the hub is away
+            await hub.stop()
+            await wait_for(lambda: bar.connection in ("reconnecting", "offline"))
+            ended = dataclasses.replace(
+                running,
+                status=Status.FAILED,
+                finished_at=datetime.now(UTC),
+                duration_ms=30_000.0,
+                error_type="ValueError",
+                error_message="gave up",
+            )
+            recorder.submit(ended)
+            await recorder.flush()
+            hub = Hub(dsn=dsn)
+            await hub.start("127.0.0.1", port)
+            # then the fill reads its end, though it began before the gap
+            await wait_for(lambda: "filled" in feed_text(app), timeout=15)
+            lines = feed_text(app).splitlines()
+            [end] = [line for line in lines if "app.tasks:long" in line and "failed" in line]
+            assert "gave up" in end
+            assert ("long-1", 0) not in feed.open_attempts
     finally:
         await hub.stop()
 

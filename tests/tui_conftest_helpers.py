@@ -7,7 +7,7 @@ clock); the functional tests in ``test_tui.py`` use the real PostgreSQL and hub.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -140,6 +140,10 @@ class FakeData:
 
     async def attempts(self, task_id: str) -> list[dict[str, Any]]:
         return [r for r in self.rows if r["task_id"] == task_id]
+
+    async def attempts_by_key(self, keys: Sequence[tuple[str, int]]) -> list[dict[str, Any]]:
+        wanted = set(keys)
+        return [r for r in self.rows if (r["task_id"], r["attempt"]) in wanted]
 
     async def close(self) -> None:
         return None

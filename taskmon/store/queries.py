@@ -382,6 +382,30 @@ async def fetch_attempts(conn: asyncpg.Connection[Any], task_id: str) -> list[di
     return [dict(r) for r in records]
 
 
+async def fetch_attempts_by_key(
+    conn: asyncpg.Connection[Any],
+    keys: Sequence[tuple[str, int]],
+    *,
+    lost_after_s: float = 3600.0,
+) -> list[dict[str, Any]]:
+    """The attempts `keys` names (``(task_id, attempt)``), as :class:`HistoryPage` row dicts.
+
+    Unknown keys are left out; the order is that of ``created_at``. This reads
+    the current state of attempts a live view saw start, once it has missed events.
+    """
+    if not keys:
+        return []
+    records = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM task_execution_logs r "
+        "WHERE (r.task_id, r.attempt) IN (SELECT * FROM unnest($2::text[], $3::int[])) "
+        "ORDER BY r.created_at, r.id",
+        float(lost_after_s),
+        [task_id for task_id, _ in keys],
+        [attempt for _, attempt in keys],
+    )
+    return [dict(r) for r in records]
+
+
 # ---------------------------------------------------------------------------
 # stats
 # ---------------------------------------------------------------------------

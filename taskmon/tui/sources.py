@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -52,6 +52,9 @@ class DataSource(Protocol):
 
     async def attempts(self, task_id: str) -> list[dict[str, Any]]:
         """Every attempt of `task_id`, in attempt order."""
+
+    async def attempts_by_key(self, keys: Sequence[tuple[str, int]]) -> list[dict[str, Any]]:
+        """The current state of the attempts `keys` names (``(task_id, attempt)``)."""
 
     async def close(self) -> None:
         """Release connections."""
@@ -188,6 +191,14 @@ class PgDataSource:
         from taskmon.store import queries
 
         rows: list[dict[str, Any]] = await self._run(queries.fetch_attempts, task_id)
+        return rows
+
+    async def attempts_by_key(self, keys: Sequence[tuple[str, int]]) -> list[dict[str, Any]]:
+        from taskmon.store import queries
+
+        rows: list[dict[str, Any]] = await self._run(
+            queries.fetch_attempts_by_key, keys, lost_after_s=self.lost_after_s
+        )
         return rows
 
     async def close(self) -> None:

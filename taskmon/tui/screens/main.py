@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -44,7 +44,7 @@ from taskmon.tui.sources import (
 from taskmon.tui.view_state import ViewState
 from taskmon.tui.widgets.filter_bar import FilterBar
 from taskmon.tui.widgets.history_table import HistoryTable
-from taskmon.tui.widgets.live_feed import FEED_LINES, LiveFeed
+from taskmon.tui.widgets.live_feed import FEED_LINES, OPEN_STATUSES, LiveFeed
 from taskmon.tui.widgets.metrics_panel import MetricsPanel
 from taskmon.tui.widgets.status_bar import StatusBar
 from taskmon.tui.widgets.task_table import TaskTable
@@ -301,19 +301,39 @@ class MainScreen(Screen[None]):
 
     @work(group="gap", exit_on_error=False)
     async def fill_gap(
-        self, state: ViewState, since: datetime, reason: str, quiet: bool = False
+        self,
+        state: ViewState,
+        since: datetime,
+        reason: str,
+        quiet: bool = False,
+        open_attempts: Sequence[tuple[str, int]] = (),
     ) -> None:
-        """Read the attempts the live stream missed since `since`; post :class:`GapFilled`."""
+        """Read what the live stream missed since `since`; post :class:`GapFilled`.
+
+        That is the attempts begun since then, and the end of those among
+        `open_attempts` (shown running) that ended meanwhile.
+        """
         until = datetime.now(since.tzinfo)
         try:
             flt = state.filter.merge(TaskFilter(since=since))
             page = await self.data.history(flt, limit=FEED_LINES)
+            ended = await self.data.attempts_by_key(open_attempts) if open_attempts else []
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self.post_message(LoadFailed("gap fill", describe_error(exc)))
             return
-        self.post_message(GapFilled(since, until, list(reversed(page.rows)), reason, quiet))
+        rows = list(reversed(page.rows))
+        seen = {row["id"] for row in rows}
+        statuses = state.filter.statuses
+        rows[:0] = [
+            row
+            for row in ended
+            if row["status"] not in OPEN_STATUSES
+            and row["id"] not in seen
+            and (not statuses or row["status"] in statuses)
+        ]
+        self.post_message(GapFilled(since, until, rows, reason, quiet))
 
     # -- results ------------------------------------------------------------------
 
@@ -438,7 +458,9 @@ class MainScreen(Screen[None]):
             # a reconnect and the hub's gap report usually come together: read once
             since, quiet = self._filled_to, True
         self._filled_to = datetime.now(since.tzinfo)
-        self.fill_gap(self.state, since, reason, quiet)
+        # a follow-up reads only what came after the first fill, which asked for these
+        open_attempts = [] if quiet else list(self.query_one(LiveFeed).open_attempts)
+        self.fill_gap(self.state, since, reason, quiet, open_attempts)
 
     @on(GapFilled)
     def _gap_filled(self, message: GapFilled) -> None:
@@ -447,7 +469,8 @@ class MainScreen(Screen[None]):
         tz = self.clock().tzinfo
         span = f"{timestamp(message.since, tz)}–{timestamp(message.until, tz)}"
         self.query_one(LiveFeed).add_note(
-            f"{message.reason}: filled {len(message.rows)} attempts from the database ({span})",
+            f"{message.reason}: filled {len(message.rows)} "
+            f"attempt{'' if len(message.rows) == 1 else 's'} from the database ({span})",
             message.rows,
         )
         self._history_stale = self.page_index == 0

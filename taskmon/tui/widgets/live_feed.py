@@ -23,6 +23,9 @@ __all__ = ["FEED_LINES", "LiveFeed"]
 FEED_LINES = 500
 """Lines the feed keeps; older attempts are in History."""
 
+OPEN_STATUSES = frozenset({"pending", "running"})
+"""Statuses of an attempt that has not ended yet."""
+
 LINE_WIDTH = 160
 """The virtual width of the feed (long error messages are cut there)."""
 
@@ -75,6 +78,8 @@ class LiveFeed(ScrollView, can_focus=True):
         self.tz: tzinfo | None = None
         self.last_event_at: Any = None
         """The timestamp of the newest event received."""
+        self.open_attempts: OrderedDict[tuple[str, int], None] = OrderedDict()
+        """Attempts the feed showed starting and not yet ending (oldest first, bounded)."""
         self._lines: deque[_Line] = deque(maxlen=FEED_LINES)
         self._waiting: deque[_Line] = deque(maxlen=FEED_LINES)
         self._numbers = 0
@@ -119,6 +124,9 @@ class LiveFeed(ScrollView, can_focus=True):
             if matches(event):
                 accepted += 1
                 self._add("event", event)
+                data = event.get("data")
+                if isinstance(data, dict):
+                    self._track(data.get("task_id"), data.get("attempt"), event.get("status"))
         if last is not None:
             self.last_event_at = last
         self.shown += accepted
@@ -132,9 +140,23 @@ class LiveFeed(ScrollView, can_focus=True):
         self._add("note", text)
         for row in rows:
             self._add("row", row)
+            self._track(row.get("task_id"), row.get("attempt"), row.get("status"))
         if self.paused:
             self.new_while_paused += 1
         self._dirty = True
+
+    def _track(self, task_id: Any, attempt: Any, status: Any) -> None:
+        """Keep :attr:`open_attempts` current with one shown attempt's status."""
+        if not isinstance(task_id, str) or not isinstance(attempt, int):
+            return
+        key = (task_id, attempt)
+        if status in OPEN_STATUSES:
+            self.open_attempts[key] = None
+            self.open_attempts.move_to_end(key)
+            while len(self.open_attempts) > FEED_LINES:
+                self.open_attempts.popitem(last=False)
+        else:
+            self.open_attempts.pop(key, None)
 
     # -- formatting ---------------------------------------------------------------
 
