@@ -145,6 +145,37 @@ async def test_startup_shows_metrics_and_history(dsn: str, recorded: Any) -> Non
         assert app.main.query_one(StatusBar).connection == "offline"  # no live source given
 
 
+async def test_connection_state_stays_visible_at_80_columns_with_a_long_database(
+    dsn: str,
+) -> None:
+    # an embedded server's label: a socket path longer than the terminal is wide
+    long_label = (
+        "postgresql://postgres@/taskmon?host=/home/someone/.local/share/taskmon/pg/run&port=5432"
+    )
+    app = make_app(PgDataSource(dsn), None)
+    async with app.run_test(size=(80, 24)) as pilot:
+        bar = app.main.query_one(StatusBar)
+        bar.database = long_label
+        await pilot.pause()
+        lines = bar.render().plain.split("\n")
+        assert len(lines) == 2 and all(len(line) <= bar.content_size.width for line in lines)
+        assert lines[0].startswith("taskmon · ✕ offline · last")
+        assert lines[1].startswith("db postgresql://postgres@/") and lines[1].endswith("port=5432")
+        assert "…" in lines[1]
+        # a database error goes before the label, which gives way
+        bar.error = "connection refused"
+        await pilot.pause()
+        lines = bar.render().plain.split("\n")
+        assert "✕ offline" in lines[0] and lines[1].startswith("db error: connection refused")
+    app = make_app(PgDataSource(dsn), None)
+    async with app.run_test(size=SIZE) as pilot:  # wide enough: one line
+        bar = app.main.query_one(StatusBar)
+        bar.database = "postgresql://postgres@127.0.0.1:5432/app"
+        await pilot.pause()
+        assert bar.render().plain.endswith(" · db postgresql://postgres@127.0.0.1:5432/app")
+        assert "\n" not in bar.render().plain
+
+
 async def test_new_event_appears_in_feed_and_history(
     dsn: str, recorded: Any, recorder: Recorder
 ) -> None:

@@ -55,19 +55,47 @@ class StatusBar(Widget):
         return Text("◌ connecting", style=self.get_component_rich_style("status-bar--reconnecting"))
 
     def render(self) -> Text:
+        """One line when it fits; else the essentials first, the database on a line of its own.
+
+        The connection state must stay visible at 80 columns, and a database
+        label (an embedded server's socket path, say) can be longer than that.
+        """
         label = self.get_component_rich_style("status-bar--label")
-        parts: list[Text] = [
-            Text.assemble(("taskmon ", "bold"), (self.database, "")),
-            self.connection_text(),
-            Text.assemble(("last ", label), self.last_event),
-            Text.assemble(("window ", label), self.window),
-            Text.assemble(("filter ", label), self.filter_text or "none"),
-        ]
-        if self.error:
-            parts.append(
-                Text(
-                    f"db error: {self.error}",
-                    style=self.get_component_rich_style("status-bar--error"),
-                )
+        sep = Text(" · ")
+        essentials = sep.join(
+            [
+                Text("taskmon", style="bold"),
+                self.connection_text(),
+                Text.assemble(("last ", label), self.last_event),
+                Text.assemble(("window ", label), self.window),
+                Text.assemble(("filter ", label), self.filter_text or "none"),
+            ]
+        )
+        error = (
+            Text(
+                f"db error: {self.error}", style=self.get_component_rich_style("status-bar--error")
             )
-        return Text(" · ").join(parts)
+            if self.error
+            else None
+        )
+        width = self.content_size.width
+        where = Text.assemble(("db ", label), self.database)
+        line = sep.join([essentials, *([error] if error else []), where])
+        if width <= 0 or line.cell_len <= width:
+            return line
+        essentials.truncate(width, overflow="ellipsis")
+        room = width - (error.cell_len + len(sep) if error else 0) - len("db ")
+        if room < 16 and error is not None:  # the error matters more than the label
+            return Text("\n").join([essentials, error])
+        where = Text.assemble(("db ", label), _elide(self.database, room))
+        return Text("\n").join([essentials, sep.join([*([error] if error else []), where])])
+
+
+def _elide(text: str, width: int) -> str:
+    """`text` cut in the middle to `width` cells (a path's ends say the most)."""
+    if len(text) <= width:
+        return text
+    if width < 2:
+        return "…"[:width]
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head) :]
