@@ -439,6 +439,16 @@ async def test_help_lists_every_key_and_palette_offers_actions(dsn: str) -> None
             "O",
         ):
             assert key in listed, key
+        # and it shows them: the whole table at 120 columns, wrapped to fit at 80
+        table = screen.query_one("#help-table")
+        for width, height in (SIZE, (80, 24)):
+            await pilot.resize_terminal(width, height)
+            await wait_for(lambda w=width: screen.region.width == w)
+            await pilot.pause()
+            body = screen.query_one("#help-body")
+            assert screen.region.contains_region(body.region)
+            assert table.region.width >= min(92, width - 6)
+            assert table.virtual_size.height >= len(screen.rows)
         await pilot.press("escape")
         titles = {c.title for c in app.get_system_commands(app.screen)}
         assert {
