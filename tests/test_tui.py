@@ -219,6 +219,28 @@ async def test_filter_bar_filters_history(dsn: str, recorded: Any) -> None:
         assert app.main.query_one(StatusBar).filter_text == ""
 
 
+async def test_a_relative_since_in_the_filter_follows_the_clock(
+    dsn: str, recorder: Recorder
+) -> None:
+    # given attempts begun 3 h and 30 min ago, and a screen filtered on since:1h
+    now = datetime.now(UTC)
+    for task_id, ago in (("three-hours", timedelta(hours=3)), ("half-hour", timedelta(minutes=30))):
+        recorder.submit(dataclasses.replace(attempt(task_id), started_at=now - ago))
+    await recorder.flush()
+    clock = [now]
+    app = make_app(PgDataSource(dsn), None, query="since:1h", clock=lambda: clock[0])
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(lambda: [r["task_id"] for r in history_rows(app)] == ["half-hour"])
+        # when the screen's clock is 2.5 h earlier (the same as staying open 2.5 h on
+        # rows that keep coming) and it re-reads
+        clock[0] = now - timedelta(hours=2, minutes=30)
+        await pilot.press("r")
+        # then "since:1h" counts back from then
+        await wait_for(
+            lambda: [r["task_id"] for r in history_rows(app)] == ["half-hour", "three-hours"]
+        )
+
+
 async def test_status_key_cycles_the_status_filter(dsn: str, recorded: Any) -> None:
     app = make_app(PgDataSource(dsn), None)
     async with app.run_test(size=SIZE) as pilot:

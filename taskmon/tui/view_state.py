@@ -6,10 +6,11 @@ how the typed filter and the status key combine) are plain, testable Python.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from taskmon.filters import TaskFilter, parse
+from taskmon.filters import FilterError, TaskFilter, parse
 
 __all__ = ["STATUS_CYCLE", "WINDOWS", "ViewState"]
 
@@ -54,10 +55,29 @@ class ViewState:
 
     @property
     def filter(self) -> TaskFilter:
-        """The typed filter with the status key's choice in place of its statuses."""
+        """The typed filter with the status key's choice in place of its statuses.
+
+        Its relative times (``since:2h``) count back from when the query was
+        typed; what reads the database asks :meth:`filter_at` instead.
+        """
+        return self._with_status(self.typed)
+
+    def filter_at(self, now: datetime | None = None) -> TaskFilter:
+        """:attr:`filter` with the query's relative times counted back from `now`.
+
+        A screen left open on ``since:2h`` keeps showing the last two hours,
+        not the two hours before the query was typed.
+        """
+        typed = self.typed
+        if self.query:
+            with contextlib.suppress(FilterError):  # it parsed when typed; else keep that
+                typed = parse(self.query, now=now)
+        return self._with_status(typed)
+
+    def _with_status(self, typed: TaskFilter) -> TaskFilter:
         if self.status == "all":
-            return self.typed
-        return replace(self.typed, statuses=frozenset({self.status}))
+            return typed
+        return replace(typed, statuses=frozenset({self.status}))
 
     def describe(self) -> str:
         """The active filter as query text (empty when none)."""

@@ -212,7 +212,7 @@ class MainScreen(Screen[None]):
         try:
             now = self.clock()
             stats = await self.data.stats(
-                state.filter, since=now - state.window_delta, until=None, now=now
+                state.filter_at(now), since=now - state.window_delta, until=None, now=now
             )
         except asyncio.CancelledError:
             raise
@@ -230,7 +230,7 @@ class MainScreen(Screen[None]):
         self._history_busy = True
         try:
             page: HistoryPage = await self.data.history(
-                state.filter, limit=self.page_size, after=after
+                state.filter_at(self.clock()), limit=self.page_size, after=after
             )
         except asyncio.CancelledError:
             raise
@@ -315,7 +315,7 @@ class MainScreen(Screen[None]):
         """
         until = datetime.now(since.tzinfo)
         try:
-            flt = state.filter.merge(TaskFilter(since=since))
+            flt = state.filter_at(self.clock()).merge(TaskFilter(since=since))
             page = await self.data.history(flt, limit=FEED_LINES)
             ended = await self.data.attempts_by_key(open_attempts) if open_attempts else []
         except asyncio.CancelledError:
