@@ -6,6 +6,7 @@ with NO_COLOR, on a monochrome terminal or in a copy-paste.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -134,7 +135,8 @@ def print_stats(stats: Stats, flt: TaskFilter) -> None:
     span = f"{_when(stats.since, now)} → {_when(stats.until, now)}"
     header = Text(f"{span} · {stats.total} attempts · failure rate ", style="bold")
     header.append(f"{stats.failure_rate:.1%}", style="red" if stats.failure_rate else "green")
-    query = flt.to_query()
+    # the span above already says since and until
+    query = dataclasses.replace(flt, since=None, until=None).to_query()
     if query:
         header.append(f" · {query}", style="dim")
     console.print(header)

@@ -60,6 +60,13 @@ def _cli(*args: str, dsn: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_db_status_and_upgrade_commands(empty_dsn: str) -> None:
+    # reading a database nothing was recorded in says what to do, in one line
+    for read in (("history",), ("stats",)):
+        out = _cli(*read, dsn=empty_dsn)
+        assert out.returncode == 1
+        assert out.stderr.startswith("taskmon: error: the database has no taskmon tables yet")
+        assert "taskmon db upgrade" in out.stderr and out.stderr.count("\n") == 1
+
     status = _cli("db", "status", dsn=empty_dsn)
     assert status.returncode == 0, status.stderr
     assert "0001_task_execution_logs" in status.stdout and "pending" in status.stdout

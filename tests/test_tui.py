@@ -412,6 +412,14 @@ async def test_database_errors_are_shown_and_the_app_keeps_running(server_dsn: s
         assert app.is_running
 
 
+async def test_a_database_without_tables_says_how_to_create_them(empty_dsn: str) -> None:
+    app = make_app(PgDataSource(empty_dsn), None)
+    async with app.run_test(size=SIZE):
+        bar = app.main.query_one(StatusBar)
+        await wait_for(lambda: bar.error != "")
+        assert bar.error == "no taskmon tables in this database yet: run `taskmon db upgrade`"
+
+
 async def test_too_small_terminal_says_so(dsn: str) -> None:
     app = make_app(PgDataSource(dsn), None)
     async with app.run_test(size=(60, 20)) as pilot:

@@ -51,6 +51,12 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     except Exception as exc:
         import asyncpg
 
+        if isinstance(exc, asyncpg.UndefinedTableError):
+            fail(
+                f"the database has no taskmon tables yet ({exc}): nothing was recorded there; "
+                "run `taskmon db upgrade`, or start a worker with MonitoringMiddleware",
+                code=1,
+            )
         if isinstance(exc, asyncpg.PostgresError):
             fail(f"database error: {exc}", code=1)
         raise
