@@ -178,7 +178,8 @@ def tail(
     if url and not url.startswith(("ws://", "wss://")):
         fail(f"--hub-url: {url!r} is not a ws:// or wss:// URL")
 
-    async def go() -> None:
+    async def go() -> int:
+        import asyncio
         import secrets
 
         from taskmon.client import subscribe
@@ -196,19 +197,48 @@ def tail(
             except HubError as exc:
                 fail(str(exc), code=1)
         printer = _Printer(target, form)
-        try:
+
+        async def follow() -> None:
             async for message in subscribe(target, token=key, filters=flt):
                 printer.show(message)
+
+        # Ctrl-C and SIGTERM end it through an event rather than by cancelling
+        # whatever is running when they come: a cancellation that lands as an
+        # inner wait_for completes can be lost, and the process would stay
+        caught: list[int] = []
+        stopped = asyncio.Event()
+
+        def on_signal(signum: int) -> None:
+            caught.append(signum)
+            stopped.set()
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, int(sig))
+        follower = asyncio.create_task(follow())
+        stopper = asyncio.create_task(stopped.wait())
+        try:
+            await asyncio.wait({follower, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if follower.done():
+                follower.result()  # its error, if it ended on one
         finally:
+            stopper.cancel()
+            while not follower.done():
+                follower.cancel()
+                await asyncio.wait({follower}, timeout=1.0)
             if hub is not None:
                 await hub.stop()
+        return 128 + caught[0] if caught else 0
 
     try:
-        run(go())
+        code = run(go())
     except BrokenPipeError:
         # `taskmon tail | head`: the reader left; leave quietly
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return
+    if code:
+        raise typer.Exit(code)  # 130 after Ctrl-C, as a shell expects
 
 
 class _Printer:
