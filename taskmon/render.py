@@ -106,11 +106,14 @@ def print_history(rows: list[dict[str, Any]], next_cursor: str | None, flt: Task
     def widest(i: int, header: str) -> int:
         return max([len(header), *(len(str(c[i])) for c in cells)])
 
-    # the short columns keep their full width; task, worker and error share the rest
+    # the short columns and the task keep their full width; worker and error share the rest
     table = Table(box=None, header_style="bold", pad_edge=False, expand=True)
     table.add_column("started", no_wrap=True, min_width=widest(0, "started"))
     table.add_column("status", no_wrap=True, min_width=widest(1, "status"))
-    table.add_column("task", overflow="ellipsis", no_wrap=True, ratio=2, min_width=12)
+    # the task name is what a reader scans for: it keeps up to 30 cells before error does
+    table.add_column(
+        "task", overflow="ellipsis", no_wrap=True, min_width=min(30, widest(2, "task"))
+    )
     table.add_column("#", justify="right", no_wrap=True, min_width=widest(3, "#"))
     table.add_column("duration", justify="right", no_wrap=True, min_width=widest(4, "duration"))
     table.add_column("worker", overflow="ellipsis", no_wrap=True, ratio=1, min_width=8)

@@ -101,8 +101,8 @@ async def test_attempts_and_bad_cursor(db: asyncpg.Connection[Any]) -> None:
     assert queries.decode_cursor(queries.encode_cursor(NOW, 42)) == (NOW, 42)
 
 
-def cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, TASKMON_DSN=dsn, NO_COLOR="1", COLUMNS="120")
+def cli(dsn: str, *args: str, columns: int = 120) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, TASKMON_DSN=dsn, NO_COLOR="1", COLUMNS=str(columns))
     return subprocess.run(
         [sys.executable, "-m", "taskmon", "history", *args],
         env=env, capture_output=True, text=True, timeout=60,
@@ -130,6 +130,11 @@ async def test_cli_json_pages_and_formats(dsn: str, db: asyncpg.Connection[Any])
     assert table.returncode == 0, table.stderr
     assert "next page: --after" in table.stdout and "3 rows" in table.stdout
     assert "✓ success" in table.stdout or "✗ failed" in table.stdout
+    # at 80 columns, task names stay whole; the error column gives way
+    narrow = cli(dsn, "--limit", "20", "--task", "app.tasks:*", columns=80).stdout.splitlines()
+    assert all(len(line) <= 80 for line in narrow)
+    assert sum(" app.tasks:extract " in line for line in narrow) >= 5
+    assert any("…" in line for line in narrow)
     csv_out = cli(dsn, "--format", "csv", "--limit", "2")
     assert csv_out.stdout.splitlines()[0].startswith("id,task_id,task_name,status")
 
