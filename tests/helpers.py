@@ -7,13 +7,16 @@ import contextlib
 import importlib
 import os
 import sys
+import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
+from taskmon.events import AttemptRecord, Status
+
 if TYPE_CHECKING:
-    from taskmon.events import AttemptRecord
     from taskmon.recorder import Recorder
 
 
@@ -32,11 +35,59 @@ async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05
         await asyncio.sleep(interval)
 
 
+def record(
+    n: int,
+    status: Status = Status.SUCCESS,
+    task: str = "app:work",
+    *,
+    pad: int = 0,
+    duration_ms: float = 1.0,
+    error: tuple[str, str] = ("ValueError", "bad value"),
+) -> AttemptRecord:
+    """A finished attempt numbered `n` (unique task id), begun and ended now.
+
+    Its params are ``[n]``, or one string of `pad` characters; a failed or
+    retrying one carries `error` (type, message).
+    """
+    now = datetime.now(UTC)
+    failed = status in (Status.FAILED, Status.RETRYING)
+    return AttemptRecord(
+        task_id=f"t{n:05d}-{uuid.uuid4().hex[:6]}",
+        attempt=0,
+        task_name=task,
+        status=status,
+        worker="host-1:42",
+        params={"args": ["x" * pad] if pad else [n], "kwargs": {}},
+        error_type=error[0] if failed else None,
+        error_message=error[1] if failed else None,
+        started_at=now,
+        finished_at=now,
+        duration_ms=duration_ms,
+    )
+
+
 async def publish(rec: Recorder, records: list[AttemptRecord]) -> None:
     """Record `records` through the real writer and wait until they are committed."""
     for r in records:
         rec.submit(r)
     await rec.flush()
+
+
+def worker_env(dsn: str, redis_url: str, **extra: str) -> dict[str, str]:
+    """The environment of a test TaskIQ app (``worker_app``, ``lost_worker_app``).
+
+    Its database, its Redis and a queue of its own, with the tests' folder on
+    the import path so that `taskiq worker` finds the app; `extra` adds to it.
+    """
+    env = dict(os.environ)
+    env.update(
+        TASKMON_DSN=dsn,
+        TEST_REDIS_URL=redis_url,
+        TEST_QUEUE=f"taskmon-test-{uuid.uuid4().hex[:8]}",
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")]),
+        **extra,
+    )
+    return env
 
 
 def with_database(dsn: str, database: str) -> str:

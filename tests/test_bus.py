@@ -4,36 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import pytest
 import redis.asyncio
-from helpers import publish, wait_for
+from helpers import publish, record, wait_for
 
 from taskmon.bus.postgres import MAX_PAYLOAD, PgNotifySubscriber
 from taskmon.bus.redis import STREAM, RedisStreamPublisher, RedisStreamSubscriber
 from taskmon.bus.subscriber import BusEvents, BusGap, BusItem, BusState, Subscriber
-from taskmon.events import AttemptRecord, Status
 from taskmon.recorder import Recorder
-
-
-def record(n: int, pad: int = 0) -> AttemptRecord:
-    now = datetime.now(UTC)
-    return AttemptRecord(
-        task_id=f"t{n:05d}-{uuid.uuid4().hex[:6]}",
-        attempt=0,
-        task_name="app:work",
-        status=Status.SUCCESS,
-        worker="host-1:42",
-        params={"args": ["x" * pad] if pad else [n], "kwargs": {}},
-        started_at=now,
-        finished_at=now,
-        duration_ms=1.0,
-    )
 
 
 class Collector:

@@ -6,17 +6,15 @@ import asyncio
 import contextlib
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import publish, wait_for
+from helpers import publish, record, wait_for
 
 from taskmon.client import ClientMessage, Connected, Disconnected, EventReceived, Gap, subscribe
-from taskmon.events import AttemptRecord, Status
+from taskmon.events import Status
 from taskmon.filters import parse
 from taskmon.hub import Hub
 from taskmon.recorder import Recorder
@@ -46,20 +44,6 @@ async def main(dsn: str, redis_url: str) -> None:
 
 asyncio.run(main(sys.argv[1], sys.argv[2]))
 """
-
-
-def record(n: int, status: Status = Status.SUCCESS) -> AttemptRecord:
-    now = datetime.now(UTC)
-    return AttemptRecord(
-        task_id=f"t{n}-{uuid.uuid4().hex[:6]}",
-        attempt=0,
-        task_name="app:work",
-        status=status,
-        worker="host-1:42",
-        started_at=now,
-        finished_at=now,
-        duration_ms=1.0,
-    )
 
 
 class Follower:

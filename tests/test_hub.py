@@ -5,13 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from helpers import wait_for
+from helpers import record, wait_for
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -21,25 +19,6 @@ from taskmon.events import AttemptRecord, Status, dumps, event_from_record
 from taskmon.hub import Hub, HubError
 from taskmon.recorder import Recorder
 from taskmon.store.db import connect as db_connect
-
-
-def record(
-    n: int, status: Status = Status.SUCCESS, task: str = "app:work", pad: int = 0
-) -> AttemptRecord:
-    now = datetime.now(UTC)
-    return AttemptRecord(
-        task_id=f"t{n:05d}-{uuid.uuid4().hex[:6]}",
-        attempt=0,
-        task_name=task,
-        status=status,
-        worker="host-1:42",
-        params={"args": ["x" * pad] if pad else [n], "kwargs": {}},
-        error_type="ValueError" if status is Status.FAILED else None,
-        error_message="bad value" if status is Status.FAILED else None,
-        started_at=now,
-        finished_at=now,
-        duration_ms=3.0,
-    )
 
 
 class Listener:

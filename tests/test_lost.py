@@ -8,12 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import helpers
 import pytest
 from helpers import app_client, wait_for
 
@@ -22,8 +22,6 @@ from taskmon.filters import TaskFilter
 from taskmon.retention import mark_lost
 from taskmon.store.db import connect
 from taskmon.store.queries import fetch_history, fetch_stats
-
-HERE = Path(__file__).parent
 
 _INSERT = """
 INSERT INTO task_execution_logs
@@ -136,14 +134,7 @@ async def test_mark_lost_honours_the_threshold(db: asyncpg.Connection[Any]) -> N
 
 @pytest.fixture
 def worker_env(dsn: str, redis_url: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        TASKMON_DSN=dsn,
-        TEST_REDIS_URL=redis_url,
-        TEST_QUEUE=f"taskmon-lost-{uuid.uuid4().hex[:8]}",
-        PYTHONPATH=os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")]),
-    )
-    return env
+    return helpers.worker_env(dsn, redis_url)
 
 
 @pytest.fixture

@@ -3,39 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
-import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from helpers import publish, wait_for
+from helpers import record as finished
 
-from taskmon.events import AttemptRecord, Status
+from taskmon.events import Status
 from taskmon.hub import Hub
 from taskmon.recorder import Recorder
 
 ROOT = Path(__file__).resolve().parent.parent
 
-
-def record(n: int, status: Status = Status.SUCCESS, task: str = "app:work") -> AttemptRecord:
-    now = datetime.now(UTC)
-    return AttemptRecord(
-        task_id=f"t{n}-{uuid.uuid4().hex[:6]}",
-        attempt=0,
-        task_name=task,
-        status=status,
-        worker="host-1:42",
-        error_type="KeyError" if status is Status.FAILED else None,
-        error_message="missing\nthing" if status is Status.FAILED else None,
-        started_at=now,
-        finished_at=now,
-        duration_ms=12.0,
-    )
+# failures say "KeyError: missing\nthing" and take 12 ms: the printed lines are checked
+record = functools.partial(finished, duration_ms=12.0, error=("KeyError", "missing\nthing"))
 
 
 class Proc:

@@ -13,24 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import helpers
 import psutil
 import pytest
 from helpers import app_client, wait_for
 
-HERE = Path(__file__).parent
-
 
 @pytest.fixture
 def worker_env(dsn: str, redis_url: str, tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        TASKMON_DSN=dsn,
-        TEST_REDIS_URL=redis_url,
-        TEST_QUEUE=f"taskmon-test-{uuid.uuid4().hex[:8]}",
-        TEST_STATE_DIR=str(tmp_path),
-        PYTHONPATH=os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")]),
-    )
-    return env
+    return helpers.worker_env(dsn, redis_url, TEST_STATE_DIR=str(tmp_path))
 
 
 @pytest.fixture
