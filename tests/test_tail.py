@@ -6,6 +6,7 @@ import asyncio
 import functools
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -138,6 +139,47 @@ async def test_tail_without_a_hub_runs_one_in_process(dsn: str, pg_recorder: Rec
         # a service manager stops it with SIGTERM: it stops its hub and exits 128 + 15
         code = await tail.stop(signal.SIGTERM)
         assert code == 143, "\n".join(tail.err[-40:])
+
+
+async def test_tail_into_a_reader_that_leaves_exits_quietly(
+    dsn: str, pg_recorder: Recorder
+) -> None:
+    # given `taskmon tail | head -n 1`: stdout is a pipe whose reader goes away
+    read_end, write_end = os.pipe()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKMON_")}
+    env["TASKMON_CONFIG"] = str(ROOT / "nonexistent-config.toml")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "taskmon", "tail", "--dsn", dsn,
+        cwd=ROOT, env=env, stdout=write_end, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    os.close(write_end)
+    try:
+        # when one line is read and the reader closes its end
+        await asyncio.sleep(0.5)
+        first = b""
+        for n in range(100):  # events until the tail (still starting) prints one
+            await publish(pg_recorder, [record(n)])
+            ready = await asyncio.to_thread(select.select, [read_end], [], [], 0.2)
+            if ready[0]:
+                first = os.read(read_end, 4096)
+                break
+        assert b"app:work" in first
+        os.close(read_end)
+        read_end = -1
+        for n in range(100, 110):  # the next writes meet a closed pipe
+            await publish(pg_recorder, [record(n)])
+        # then it ends with status 1 and says nothing about the database
+        await asyncio.wait_for(proc.wait(), 20)
+        assert proc.stderr is not None
+        err = (await proc.stderr.read()).decode()
+        assert proc.returncode == 1, err
+        assert "error" not in err and "Traceback" not in err
+    finally:
+        if read_end >= 0:
+            os.close(read_end)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 @pytest.mark.parametrize(

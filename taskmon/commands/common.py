@@ -46,6 +46,8 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         fail(str(exc))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+    except BrokenPipeError:
+        raise  # `taskmon tail | head`: the reader left; the CLI exits 1 quietly, as on any EPIPE
     except OSError as exc:
         fail(f"cannot reach the database or service: {exc}", code=1)
     except Exception as exc:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import sys
 from datetime import datetime
@@ -230,13 +229,7 @@ def tail(
                 await hub.stop()
         return 128 + caught[0] if caught else 0
 
-    try:
-        code = run(go())
-    except BrokenPipeError:
-        # `taskmon tail | head`: the reader left; leave quietly
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return
+    code = run(go())
     if code:
         raise typer.Exit(code)  # 130 after Ctrl-C, as a shell expects
 
