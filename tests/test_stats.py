@@ -232,6 +232,37 @@ async def test_windows_of_days_match_the_raw_rows(
     ]
 
 
+async def test_error_examples_at_a_cut_minute_and_after_minute_rollups_are_deleted(
+    db: asyncpg.Connection[Any],
+) -> None:
+    noon = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+    def failure(i: int, at: datetime, kind: str, message: str) -> dict[str, Any]:
+        return {"task_id": f"e{i}", "task_name": "app:x", "status": "failed",
+                "error_type": kind, "error_message": message, "created_at": at}  # fmt: skip
+
+    await insert(db, [
+        failure(1, noon - timedelta(minutes=90), "KeyError", "old key"),
+        failure(2, noon + timedelta(seconds=10), "TimeoutError", "in the window"),
+        failure(3, noon + timedelta(seconds=50), "TimeoutError", "after the window"),
+    ])  # fmt: skip
+    # retention has deleted the minute rollups of the hours before noon
+    await db.execute("DELETE FROM task_error_minute WHERE bucket < $1", noon)
+    since, until = noon - timedelta(hours=3), noon + timedelta(seconds=30)
+
+    stats = await queries.fetch_stats(db, TaskFilter(), since=since, until=until)
+
+    # the window ends inside the minute of both timeouts: the example is the one in it;
+    # the key error's example comes from its hour, its minute being gone
+    assert {e.error_type: (e.count, e.example) for e in stats.errors} == {
+        "TimeoutError": (1, "in the window"),
+        "KeyError": (1, "old key"),
+    }
+    # a status filter applies to the example too
+    lost = await queries.fetch_stats(db, parse("status:lost"), since=since, until=until)
+    assert lost.errors == []
+
+
 def test_split_covers_the_window_once_on_each_level_s_boundaries() -> None:
     rng = random.Random(5)
     steps = (timedelta(minutes=5), timedelta(hours=1), timedelta(days=1))

@@ -612,9 +612,8 @@ counts AS (
            (dur IS NOT NULL)::int AS dn
     FROM raw
 ),
-errors AS {raw_mode} (
-    {error_rollups}SELECT coalesce(error_type, '') AS error_type, 1 AS n, created_at AS last_seen,
-           left(error_message, 500) AS example
+errors AS (
+    {error_rollups}SELECT coalesce(error_type, '') AS error_type, 1 AS n, created_at AS last_seen
     FROM raw WHERE status <> 'success'
 ),
 top_errors AS (
@@ -656,15 +655,30 @@ FROM task_execution_logs r
 WHERE r.status = 'pending' AND {live_where}
 GROUP BY 3
 """
-# The example of an error group is that of its newest row: a row of the (kept) errors
-# with the group's last_seen, or on the raw path (millions of rows, not kept) the
-# raw row created then, found through the created_at index.
-_ERROR_GROUPS = """(
- SELECT DISTINCT ON (t.pos) 'e', t.last_seen, nullif(t.error_type, ''), NULL, NULL,
-        t.n::bigint, NULL, NULL, NULL, NULL, NULL, e.example, NULL, t.pos
- FROM top_errors t
- LEFT JOIN errors e ON e.error_type = t.error_type AND e.last_seen = t.last_seen
- ORDER BY t.pos, e.example)"""
+# The example of an error group is that of its newest row, looked up for the (at most
+# 20) groups alone rather than carried through the aggregation: a raw row of the edges
+# created at the group's last_seen, else the rollup row whose last_seen it is, in the
+# bucket holding that moment (minute, else hour, else day: retention may have deleted
+# the finer ones). On the raw path (millions of rows, not kept) it is the raw row
+# created then, found through the created_at index.
+_ERROR_GROUPS = """
+SELECT 'e', t.last_seen, nullif(t.error_type, ''), NULL, NULL, t.n::bigint, NULL, NULL, NULL,
+       NULL, NULL,
+       coalesce(
+           (SELECT min(left(r.error_message, 500)) FROM raw r
+            WHERE r.created_at = t.last_seen AND coalesce(r.error_type, '') = t.error_type
+              AND r.status <> 'success'),
+           {rollup_examples}),
+       NULL, t.pos
+FROM top_errors t"""
+_ROLLUP_EXAMPLE = """(SELECT min(r.example) FROM {table} r
+            WHERE r.bucket = date_bin('{step}', t.last_seen, '2000-01-01 00:00:00+00')
+              AND r.error_type = t.error_type AND r.last_seen = t.last_seen AND {sel})"""
+_EXAMPLE_SOURCES = (
+    ("task_error_minute", "1 minute"),
+    ("task_error_hour", "1 hour"),
+    ("task_error_day", "1 day"),
+)
 _RAW_ERROR_GROUPS = """
 SELECT 'e', t.last_seen, nullif(t.error_type, ''), NULL, NULL, t.n::bigint, NULL, NULL, NULL,
        NULL, NULL,
@@ -689,7 +703,7 @@ _HIST_SOURCES = (
     ("task_hist_5min", "task_hist_hour", "task_hist_day"),
 )
 _ERROR_SOURCES = (
-    "r.error_type, r.n, r.last_seen, r.example",
+    "r.error_type, r.n, r.last_seen",
     ("task_error_minute", "task_error_hour", "task_error_day"),
 )
 # every part splits a window at the same 5-minute edges, so that the raw rows of the
@@ -749,6 +763,7 @@ def _stats_sql(
     None reads the raw rows alone.
     """
     count_rollups = error_rollups = hist_rollups = ""
+    error_groups = _RAW_ERROR_GROUPS.format(raw_where=raw_where)
     if rollups is not None:
         count_levels, levels, sel = rollups
         count_rollups = _rollup_parts(q, _COUNT_SOURCES, count_levels, sel)
@@ -756,10 +771,16 @@ def _stats_sql(
         hist_parts = _rollup_parts(q, _HIST_SOURCES, levels, sel)
         if hist_parts:
             hist_rollups = _HIST_ROLLUPS.format(parts=hist_parts.removesuffix(" UNION ALL "))
+        error_groups = _ERROR_GROUPS.format(
+            rollup_examples=",\n           ".join(
+                _ROLLUP_EXAMPLE.format(table=table, step=step, sel=sel)
+                for table, step in _EXAMPLE_SOURCES
+            )
+        )
     return _STATS_SQL.format(
-        # the rollup path reads a few minutes of raw rows (and a few thousand error
-        # rollups) once and keeps them; the raw path may read millions, which each
-        # part aggregates as it goes rather than keep them all
+        # the rollup path reads a few minutes of raw rows once and keeps them; the raw
+        # path may read millions, which each part aggregates as it goes rather than
+        # keep them all
         raw_mode="MATERIALIZED" if rollups is not None else "NOT MATERIALIZED",
         dur=_FINITE.format("duration_ms"),
         qw=_FINITE.format("queue_wait_ms"),
@@ -768,9 +789,7 @@ def _stats_sql(
         error_rollups=error_rollups,
         hist_rollups=hist_rollups,
         max_errors=_MAX_ERROR_GROUPS,
-        error_groups=(_ERROR_GROUPS if rollups is not None else _RAW_ERROR_GROUPS).format(
-            raw_where=raw_where
-        ),
+        error_groups=error_groups,
         lane_of_dur=_LANE_SQL.format("dur_bin"),
         lane_of_qw=_LANE_SQL.format("qw_bin"),
         step=q.arg(step, "::interval"),
