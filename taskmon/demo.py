@@ -15,9 +15,10 @@ import contextlib
 import logging
 import random
 import shutil
+import signal
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,7 +30,7 @@ from taskmon.events import AttemptRecord, Status
 from taskmon.middleware import MonitoringMiddleware
 from taskmon.recorder import Recorder
 
-__all__ = ["DemoSummary", "demo_environment", "run_headless"]
+__all__ = ["DemoSummary", "demo_environment", "ending_on_hangup", "run_headless"]
 
 logger = logging.getLogger("taskmon.demo")
 
@@ -290,6 +291,26 @@ class DemoSummary:
         ]
 
 
+@contextlib.contextmanager
+def ending_on_hangup(end: Callable[[], object]) -> Iterator[None]:
+    """Call `end` on SIGHUP (the SSH session dropped) or SIGTERM, instead of dying.
+
+    Killed by either, the demo would leave its private PostgreSQL running in a
+    temporary directory; ended through `end`, it stops and deletes it as on `q`.
+    """
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGHUP, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, end)
+            installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
 async def run_headless(
     duration: float, *, rate: float = 15.0, seed: int | None = None
 ) -> DemoSummary:
@@ -308,7 +329,9 @@ async def run_headless(
                     delivered += 1
 
         listener = asyncio.create_task(listen())
-        await asyncio.sleep(duration)
+        ended = asyncio.Event()
+        with ending_on_hangup(ended.set), contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ended.wait(), duration)
         env.stop_load()
         kicked = env.kicked()
         await _drain(env.broker)

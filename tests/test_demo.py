@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from taskmon.store.embedded import stop_embedded
 
 
 def test_headless_demo_records_tasks_and_delivers_every_event() -> None:
@@ -43,3 +51,40 @@ def test_demo_rejects_bad_arguments_in_one_line() -> None:
     )
     assert out.returncode == 2
     assert out.stderr.strip() == "taskmon: error: --duration must be positive, got -3"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM])
+def test_a_hangup_or_sigterm_still_removes_the_private_database(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    # given a demo running on its own PostgreSQL under TMPDIR (an SSH session, say)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKMON_")}
+    env["TMPDIR"] = str(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "taskmon", "demo", "--headless", "--duration", "300"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob("taskmon-demo-*/pg/postmaster.pid")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        [root] = tmp_path.glob("taskmon-demo-*")
+
+        # when the session goes away
+        time.sleep(2)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=120)
+
+        # then it ends as after its duration: a summary, the server stopped and deleted
+        assert proc.returncode == 0, err
+        assert "attempts recorded:" in out
+        assert not root.exists()
+        commands = [" ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])]
+        assert not [c for c in commands if str(root) in c]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        for left in tmp_path.glob("taskmon-demo-*"):  # a failed run must not leave a server
+            stop_embedded(left / "pg")
