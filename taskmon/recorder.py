@@ -402,7 +402,12 @@ class Recorder:
             return self._conn
         if self.dsn is None:
             assert self._find_dsn is not None
-            self.dsn = await asyncio.to_thread(self._find_dsn)
+            try:
+                self.dsn = await asyncio.to_thread(self._find_dsn)
+            except Exception as exc:
+                # no database to write to is an outage like any other: said once,
+                # records kept (bounded), and the lookup retried with backoff
+                raise ConnectionError(f"cannot find the database: {exc}") from exc
         conn = await connect(self.dsn, timeout=5.0, command_timeout=self.statement_timeout)
         try:
             if self.auto_migrate and not self._migrated:

@@ -235,3 +235,33 @@ async def test_reconnects_are_paced_by_backoff_not_by_incoming_tasks() -> None:
     await recorder.stop(timeout=1.0)
     server.close()
     await server.wait_closed()
+
+
+async def test_a_database_that_cannot_be_found_yet_is_an_outage(
+    dsn: str, db: asyncpg.Connection[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    # given a DSN lookup (the embedded server starting, say) that fails twice
+    calls = 0
+
+    def find() -> str:
+        nonlocal calls
+        calls += 1
+        if calls <= 2:
+            raise RuntimeError("the embedded server did not start")
+        return dsn
+
+    caplog.set_level(logging.WARNING, logger="taskmon.recorder")
+    recorder = Recorder(find, flush_interval=0.02, max_backoff=0.2)
+    await recorder.start()
+    # when attempts arrive meanwhile
+    for i in range(3):
+        recorder.submit(_record(f"found-{i}"))
+    # then they are kept and written once the lookup succeeds; the outage is said once
+    await recorder.flush(timeout=10)
+    await recorder.stop()
+    assert calls == 3
+    ids = await db.fetch("SELECT task_id FROM task_execution_logs ORDER BY task_id")
+    assert [r["task_id"] for r in ids] == ["found-0", "found-1", "found-2"]
+    said = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(said) == 1 and "cannot find the database" in said[0]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
