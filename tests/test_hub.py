@@ -63,14 +63,6 @@ async def listen(url: str, **kwargs: Any) -> Listener:
 
 
 @pytest.fixture
-async def recorder(dsn: str) -> AsyncIterator[Recorder]:
-    rec = Recorder(dsn, publisher=PgNotifyPublisher(), flush_interval=0.01)
-    await rec.start(wait_connected=5)
-    yield rec
-    await rec.stop()
-
-
-@pytest.fixture
 async def hub(dsn: str) -> AsyncIterator[Hub]:
     hub = Hub(dsn=dsn)
     await hub.start()
@@ -84,13 +76,13 @@ async def publish(rec: Recorder, records: list[AttemptRecord]) -> None:
     await rec.flush()
 
 
-async def test_hello_then_every_event_in_order(hub: Hub, recorder: Recorder) -> None:
+async def test_hello_then_every_event_in_order(hub: Hub, pg_recorder: Recorder) -> None:
     # given
     assert hub.url is not None
     client = await listen(hub.url)
 
     # when
-    await publish(recorder, [record(i) for i in range(20)])
+    await publish(pg_recorder, [record(i) for i in range(20)])
 
     # then
     await wait_for(lambda: len(client.events) == 20)
@@ -103,7 +95,9 @@ async def test_hello_then_every_event_in_order(hub: Hub, recorder: Recorder) -> 
     await client.close()
 
 
-async def test_subscribers_get_only_what_their_filters_match(hub: Hub, recorder: Recorder) -> None:
+async def test_subscribers_get_only_what_their_filters_match(
+    hub: Hub, pg_recorder: Recorder
+) -> None:
     assert hub.url is not None
     everything = await listen(hub.url)
     failed = await listen(hub.url)
@@ -113,7 +107,7 @@ async def test_subscribers_get_only_what_their_filters_match(hub: Hub, recorder:
     await other.subscribe(task="app:other*", status=["success"])
 
     await publish(
-        recorder,
+        pg_recorder,
         [record(i) for i in range(10)]
         + [record(100 + i, Status.FAILED) for i in range(4)]
         + [record(200 + i, task="app:other-thing") for i in range(3)]
@@ -131,9 +125,9 @@ async def test_subscribers_get_only_what_their_filters_match(hub: Hub, recorder:
         await client.close()
 
 
-async def test_resume_replays_what_arrived_after_the_seq(hub: Hub, recorder: Recorder) -> None:
+async def test_resume_replays_what_arrived_after_the_seq(hub: Hub, pg_recorder: Recorder) -> None:
     assert hub.url is not None
-    await publish(recorder, [record(i) for i in range(10)])
+    await publish(pg_recorder, [record(i) for i in range(10)])
     first = await listen(hub.url)
     await wait_for(lambda: hub.stats.events == 10)
 
@@ -145,7 +139,7 @@ async def test_resume_replays_what_arrived_after_the_seq(hub: Hub, recorder: Rec
     assert not first.of("gap")
 
     # a filtered resume replays only what matches, still from the same point
-    await publish(recorder, [record(20, Status.FAILED), record(21)])
+    await publish(pg_recorder, [record(20, Status.FAILED), record(21)])
     second = await listen(hub.url)
     await second.subscribe(since_seq=9, status="failed")
     await wait_for(lambda: len(second.events) == 1)
@@ -155,12 +149,12 @@ async def test_resume_replays_what_arrived_after_the_seq(hub: Hub, recorder: Rec
 
 
 async def test_resume_from_an_unknown_seq_says_gap_then_replays_later_ones(
-    dsn: str, recorder: Recorder
+    dsn: str, pg_recorder: Recorder
 ) -> None:
     hub = Hub(dsn=dsn, ring_size=5)
     url = await hub.start()
     try:
-        await publish(recorder, [record(i) for i in range(8)])
+        await publish(pg_recorder, [record(i) for i in range(8)])
         await wait_for(lambda: hub.stats.events == 8)
         client = await listen(url)
 
@@ -179,7 +173,7 @@ async def test_resume_from_an_unknown_seq_says_gap_then_replays_later_ones(
 
 
 async def test_out_of_order_commits_are_replayed_by_arrival(
-    dsn: str, hub: Hub, recorder: Recorder
+    dsn: str, hub: Hub, pg_recorder: Recorder
 ) -> None:
     """seq 1 commits after seq 2: a client that saw 2 and resumes from it still gets 1."""
     # given: a transaction that takes a seq and notifies, but commits late
@@ -190,7 +184,7 @@ async def test_out_of_order_commits_are_replayed_by_arrival(
     await tx.start()
     late["seq"] = await conn.fetchval("SELECT nextval('taskmon_event_seq')")
     await PgNotifyPublisher().in_transaction(conn, [late])
-    await publish(recorder, [record(2)])
+    await publish(pg_recorder, [record(2)])
     await wait_for(lambda: hub.stats.events == 1)
     first = hub._ring.entries[-1].seq
     assert first == late["seq"] + 1
@@ -211,7 +205,7 @@ async def test_out_of_order_commits_are_replayed_by_arrival(
 
 
 async def test_slow_client_gets_a_gap_and_never_delays_the_others(
-    dsn: str, recorder: Recorder
+    dsn: str, pg_recorder: Recorder
 ) -> None:
     # given: a hub that lets a client fall 50 events behind
     hub = Hub(dsn=dsn, client_queue=50)
@@ -225,7 +219,7 @@ async def test_slow_client_gets_a_gap_and_never_delays_the_others(
         await slow.recv()  # hello; then it stops reading
         # when: a burst of large events
         n = 1500
-        await publish(recorder, [record(i, pad=3000) for i in range(n)])
+        await publish(pg_recorder, [record(i, pad=3000) for i in range(n)])
 
         # then: fast clients get everything, without a gap
         for client in fast:
@@ -241,7 +235,7 @@ async def test_slow_client_gets_a_gap_and_never_delays_the_others(
         gap = next(m for m in received if m["type"] == "gap")
         assert "too slow" in gap["reason"]
         # and then it follows the live stream again
-        await publish(recorder, [record(9999, task="app:after")])
+        await publish(pg_recorder, [record(9999, task="app:after")])
         while True:
             message = json.loads(await asyncio.wait_for(slow.recv(), 10))
             if message.get("task_name") == "app:after":
@@ -253,7 +247,7 @@ async def test_slow_client_gets_a_gap_and_never_delays_the_others(
         await hub.stop()
 
 
-async def test_token_is_required_and_checked(dsn: str, recorder: Recorder) -> None:
+async def test_token_is_required_and_checked(dsn: str, pg_recorder: Recorder) -> None:
     hub = Hub(dsn=dsn, token="s3cret")
     url = await hub.start()
     try:
@@ -267,7 +261,7 @@ async def test_token_is_required_and_checked(dsn: str, recorder: Recorder) -> No
 
         by_header = await listen(url, additional_headers={"Authorization": "Bearer s3cret"})
         by_query = await listen(url + "?token=s3cret")
-        await publish(recorder, [record(1)])
+        await publish(pg_recorder, [record(1)])
         await wait_for(lambda: len(by_header.events) == 1 and len(by_query.events) == 1)
         await by_header.close()
         await by_query.close()
@@ -287,7 +281,7 @@ async def test_unreachable_bus_fails_start() -> None:
 
 
 async def test_bad_messages_get_errors_and_everyone_keeps_going(
-    dsn: str, recorder: Recorder
+    dsn: str, pg_recorder: Recorder
 ) -> None:
     hub = Hub(dsn=dsn, max_frame=1024)
     url = await hub.start()
@@ -306,7 +300,7 @@ async def test_bad_messages_get_errors_and_everyone_keeps_going(
         assert "unknown op 'dance'" in errors[3] and "nope" in errors[4]
 
         # still served, subscription unchanged
-        await publish(recorder, [record(1)])
+        await publish(pg_recorder, [record(1)])
         await wait_for(lambda: len(client.events) == 1 and len(bystander.events) == 1)
 
         # an oversized frame closes that connection only (1009: message too big)
@@ -323,7 +317,7 @@ async def test_bad_messages_get_errors_and_everyone_keeps_going(
         assert noisy.closed is not None and noisy.closed.rcvd is not None
         assert noisy.closed.rcvd.code == 1008
 
-        await publish(recorder, [record(2)])
+        await publish(pg_recorder, [record(2)])
         await wait_for(lambda: len(bystander.events) == 2)
         await bystander.close()
     finally:

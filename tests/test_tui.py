@@ -6,7 +6,6 @@ import dataclasses
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,7 +13,6 @@ import asyncpg
 import pytest
 from helpers import wait_for, with_database
 
-from taskmon.bus.postgres import PgNotifyPublisher
 from taskmon.events import AttemptRecord, Status
 from taskmon.hub import Hub
 from taskmon.recorder import Recorder
@@ -84,14 +82,6 @@ async def recorded(db: asyncpg.Connection[Any]) -> asyncpg.Connection[Any]:
     await insert(db, "retried", age=timedelta(minutes=5), status="retrying")
     await insert(db, "retried", age=timedelta(minutes=4), attempt=1)
     return db
-
-
-@pytest.fixture
-async def recorder(dsn: str) -> AsyncIterator[Recorder]:
-    rec = Recorder(dsn, publisher=PgNotifyPublisher(), auto_migrate=False, flush_interval=0.02)
-    await rec.start(wait_connected=5)
-    yield rec
-    await rec.stop()
 
 
 def attempt(
@@ -177,15 +167,15 @@ async def test_connection_state_stays_visible_at_80_columns_with_a_long_database
 
 
 async def test_new_event_appears_in_feed_and_history(
-    dsn: str, recorded: Any, recorder: Recorder
+    dsn: str, recorded: Any, pg_recorder: Recorder
 ) -> None:
     app = make_app(PgDataSource(dsn), InProcessHubSource(dsn))
     async with app.run_test(size=SIZE):
         await started(app)
         await wait_for(lambda: app.main.query_one(StatusBar).connection == "live")
         # when a worker records an attempt
-        recorder.submit(attempt("fresh-1"))
-        await recorder.flush()
+        pg_recorder.submit(attempt("fresh-1"))
+        await pg_recorder.flush()
         # then it shows in the feed, and the history (first page) re-reads
         await wait_for(lambda: "app.tasks:live" in feed_text(app))
         feed = app.main.query_one(LiveFeed)
@@ -220,13 +210,13 @@ async def test_filter_bar_filters_history(dsn: str, recorded: Any) -> None:
 
 
 async def test_a_relative_since_in_the_filter_follows_the_clock(
-    dsn: str, recorder: Recorder
+    dsn: str, pg_recorder: Recorder
 ) -> None:
     # given attempts begun 3 h and 30 min ago, and a screen filtered on since:1h
     now = datetime.now(UTC)
     for task_id, ago in (("three-hours", timedelta(hours=3)), ("half-hour", timedelta(minutes=30))):
-        recorder.submit(dataclasses.replace(attempt(task_id), started_at=now - ago))
-    await recorder.flush()
+        pg_recorder.submit(dataclasses.replace(attempt(task_id), started_at=now - ago))
+    await pg_recorder.flush()
     clock = [now]
     app = make_app(PgDataSource(dsn), None, query="since:1h", clock=lambda: clock[0])
     async with app.run_test(size=SIZE) as pilot:
@@ -254,20 +244,20 @@ async def test_status_key_cycles_the_status_filter(dsn: str, recorded: Any) -> N
         assert app.main.state.status == "retrying"
 
 
-async def test_pause_and_resume_count_new_events(dsn: str, recorder: Recorder) -> None:
+async def test_pause_and_resume_count_new_events(dsn: str, pg_recorder: Recorder) -> None:
     app = make_app(PgDataSource(dsn), InProcessHubSource(dsn))
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(lambda: app.main.query_one(StatusBar).connection == "live")
         feed = app.main.query_one(LiveFeed)
-        recorder.submit(attempt("before-pause"))
-        await recorder.flush()
+        pg_recorder.submit(attempt("before-pause"))
+        await pg_recorder.flush()
         await wait_for(lambda: "before-pause" in feed_text(app) or feed.line_count == 1)
         # when paused, new events are counted but the panel stands still
         await pilot.press("space")
         assert feed.paused
         for i in range(3):
-            recorder.submit(attempt(f"paused-{i}"))
-        await recorder.flush()
+            pg_recorder.submit(attempt(f"paused-{i}"))
+        await pg_recorder.flush()
         await wait_for(lambda: feed.new_while_paused == 3)
         await pilot.pause(0.2)
         assert feed.line_count == 1
@@ -318,7 +308,7 @@ async def test_window_cycling_changes_the_numbers(dsn: str, recorded: Any) -> No
         assert app.main.query_one(StatusBar).window == "15m"
 
 
-async def test_hub_restart_reconnects_and_fills_the_gap(dsn: str, recorder: Recorder) -> None:
+async def test_hub_restart_reconnects_and_fills_the_gap(dsn: str, pg_recorder: Recorder) -> None:
     hub = Hub(dsn=dsn)
     url = await hub.start("127.0.0.1", 0)
     port = int(url.rsplit(":", 1)[1].strip("/"))
@@ -327,16 +317,16 @@ async def test_hub_restart_reconnects_and_fills_the_gap(dsn: str, recorder: Reco
         async with app.run_test(size=SIZE):
             bar = app.main.query_one(StatusBar)
             await wait_for(lambda: bar.connection == "live")
-            recorder.submit(attempt("seen-live"))
-            await recorder.flush()
+            pg_recorder.submit(attempt("seen-live"))
+            await pg_recorder.flush()
             await wait_for(lambda: "app.tasks:live" in feed_text(app))
             # when the hub goes away, attempts are written meanwhile, and it comes back
             await hub.stop()
             await wait_for(lambda: bar.connection in ("reconnecting", "offline"))
             assert "◌ reconnecting" in str(bar.connection_text()) or bar.connection == "offline"
             for i in range(3):
-                recorder.submit(attempt(f"missed-{i}", task="app.tasks:missed"))
-            await recorder.flush()
+                pg_recorder.submit(attempt(f"missed-{i}", task="app.tasks:missed"))
+            await pg_recorder.flush()
             hub = Hub(dsn=dsn)
             await hub.start("127.0.0.1", port)
             # then the app reconnects and reads the missed attempts from the database
@@ -350,7 +340,7 @@ async def test_hub_restart_reconnects_and_fills_the_gap(dsn: str, recorder: Reco
 
 
 async def test_an_attempt_that_ends_while_disconnected_is_shown_ending(
-    dsn: str, recorder: Recorder
+    dsn: str, pg_recorder: Recorder
 ) -> None:
     # given an attempt the feed showed starting half a minute before the outage
     hub = Hub(dsn=dsn)
@@ -367,11 +357,11 @@ async def test_an_attempt_that_ends_while_disconnected_is_shown_ending(
             bar = app.main.query_one(StatusBar)
             feed = app.main.query_one(LiveFeed)
             await wait_for(lambda: bar.connection == "live")
-            recorder.submit(running)
-            await recorder.flush()
+            pg_recorder.submit(running)
+            await pg_recorder.flush()
             await wait_for(lambda: ("long-1", 0) in feed.open_attempts)
-            recorder.submit(attempt("seen-live"))  # the last event before the outage: now
-            await recorder.flush()
+            pg_recorder.submit(attempt("seen-live"))  # the last event before the outage: now
+            await pg_recorder.flush()
             await wait_for(lambda: "app.tasks:live" in feed_text(app))
             # when it fails while the hub is away
             await hub.stop()
@@ -384,8 +374,8 @@ async def test_an_attempt_that_ends_while_disconnected_is_shown_ending(
                 error_type="ValueError",
                 error_message="gave up",
             )
-            recorder.submit(ended)
-            await recorder.flush()
+            pg_recorder.submit(ended)
+            await pg_recorder.flush()
             hub = Hub(dsn=dsn)
             await hub.start("127.0.0.1", port)
             # then the fill reads its end, though it began before the gap
