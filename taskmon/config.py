@@ -17,6 +17,7 @@ __all__ = [
     "ConfigError",
     "config_path",
     "embedded_data_dir",
+    "embedded_default_dsn",
     "resolve_dsn",
     "resolve_setting",
 ]
@@ -70,9 +71,11 @@ def embedded_data_dir() -> Path:
 
 def resolve_dsn(flag: str | None = None) -> str:
     """The DSN to use; starts (or reuses) the embedded server when nothing is configured."""
-    dsn = resolve_setting(flag, "TASKMON_DSN", "dsn")
-    if dsn:
-        return dsn
+    return resolve_setting(flag, "TASKMON_DSN", "dsn") or embedded_default_dsn()
+
+
+def embedded_default_dsn() -> str:
+    """The DSN of the user's embedded server, started if it is not running (may take seconds)."""
     from taskmon.store.embedded import embedded_dsn
 
     return embedded_dsn(embedded_data_dir())

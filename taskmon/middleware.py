@@ -125,7 +125,7 @@ class MonitoringMiddleware(TaskiqMiddleware):
         )
 
     def _make_recorder(self) -> Recorder:
-        from taskmon.config import resolve_dsn, resolve_setting
+        from taskmon.config import embedded_default_dsn, resolve_setting
 
         publisher: Publisher | None = None
         if self.publish_events:
@@ -139,9 +139,9 @@ class MonitoringMiddleware(TaskiqMiddleware):
 
                 publisher = PgNotifyPublisher()
         return Recorder(
-            # with no DSN configured the writer calls resolve_dsn in a thread: it
-            # may start the embedded server, which no hook may wait for
-            resolve_setting(self._dsn, "TASKMON_DSN", "dsn") or resolve_dsn,
+            # with no DSN configured the writer finds the embedded server in a
+            # thread: it may have to start it, which no hook may wait for
+            resolve_setting(self._dsn, "TASKMON_DSN", "dsn") or embedded_default_dsn,
             publisher=publisher,
             auto_migrate=self.auto_migrate,
             max_pending=self.max_pending,

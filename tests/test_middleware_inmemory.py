@@ -230,12 +230,12 @@ async def test_finding_the_database_never_holds_up_a_task(
     monkeypatch.setenv("TASKMON_CONFIG", "/nonexistent/taskmon.toml")
     looked_up = []
 
-    def slow_lookup(flag: str | None = None) -> str:
+    def slow_lookup() -> str:
         time.sleep(1.0)
-        looked_up.append(flag)
+        looked_up.append(dsn)
         return dsn
 
-    monkeypatch.setattr("taskmon.config.resolve_dsn", slow_lookup)
+    monkeypatch.setattr("taskmon.config.embedded_default_dsn", slow_lookup)
     monitor = MonitoringMiddleware(flush_interval=0.02)
     broker = InMemoryBroker(await_inplace=True).with_middlewares(monitor)
 
@@ -254,7 +254,7 @@ async def test_finding_the_database_never_holds_up_a_task(
     assert elapsed < 0.5
     assert monitor.recorder is not None
     await monitor.recorder.flush()
-    assert looked_up == [None]
+    assert looked_up == [dsn]  # looked up once
     status = await db.fetchval(
         "SELECT status FROM task_execution_logs WHERE task_id = $1", task.task_id
     )
