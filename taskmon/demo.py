@@ -18,7 +18,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,7 +30,7 @@ from taskmon.events import AttemptRecord, Status
 from taskmon.middleware import MonitoringMiddleware
 from taskmon.recorder import Recorder
 
-__all__ = ["DemoSummary", "demo_environment", "ending_on_hangup", "run_headless"]
+__all__ = ["DemoSummary", "demo_environment", "end_on_hangup", "run_headless"]
 
 logger = logging.getLogger("taskmon.demo")
 
@@ -291,24 +291,18 @@ class DemoSummary:
         ]
 
 
-@contextlib.contextmanager
-def ending_on_hangup(end: Callable[[], object]) -> Iterator[None]:
-    """Call `end` on SIGHUP (the SSH session dropped) or SIGTERM, instead of dying.
+def end_on_hangup(end: Callable[[], object]) -> None:
+    """From now on, call `end` on SIGHUP (the SSH session dropped) or SIGTERM, instead of dying.
 
     Killed by either, the demo would leave its private PostgreSQL running in a
     temporary directory; ended through `end`, it stops and deletes it as on `q`.
+    The handlers stay until the event loop closes, so that a second signal during
+    that clean-up calls `end` again rather than killing it halfway.
     """
     loop = asyncio.get_running_loop()
-    installed = []
     for sig in (signal.SIGHUP, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        with contextlib.suppress(NotImplementedError):  # no such signals on Windows
             loop.add_signal_handler(sig, end)
-            installed.append(sig)
-    try:
-        yield
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
 
 
 async def run_headless(
@@ -330,7 +324,8 @@ async def run_headless(
 
         listener = asyncio.create_task(listen())
         ended = asyncio.Event()
-        with ending_on_hangup(ended.set), contextlib.suppress(TimeoutError):
+        end_on_hangup(ended.set)
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ended.wait(), duration)
         env.stop_load()
         kicked = env.kicked()

@@ -50,18 +50,18 @@ def demo(
         import asyncio
         import contextlib
 
-        from taskmon.demo import demo_environment, ending_on_hangup
+        from taskmon.demo import demo_environment, end_on_hangup
         from taskmon.tui.app import make_app
         from taskmon.tui.sources import HubLiveSource, PgDataSource
 
         typer.echo("starting a private PostgreSQL and the demo tasks…", err=True)
         async with demo_environment(rate=rate, seed=seed) as env:
             app = make_app(PgDataSource(env.dsn), HubLiveSource(env.hub_url), window="1h")
-            with ending_on_hangup(app.exit):
-                if duration is None:
-                    await app.run_async()
-                else:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(app.run_async(), duration)
+            end_on_hangup(app.exit)
+            if duration is None:
+                await app.run_async()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(app.run_async(), duration)
 
     run(with_tui())
