@@ -73,6 +73,18 @@ async def publish(rec: Recorder, records: list[AttemptRecord]) -> None:
     await rec.flush()
 
 
+def unconfigured_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any taskmon setting, as on a fresh machine.
+
+    No ``TASKMON_*`` variable, and a config file that does not exist (so the
+    user's own cannot leak in); `extra` adds to it.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKMON_")}
+    env["TASKMON_CONFIG"] = "/nonexistent/taskmon/config.toml"
+    env.update(extra)
+    return env
+
+
 def worker_env(dsn: str, redis_url: str, **extra: str) -> dict[str, str]:
     """The environment of a test TaskIQ app (``worker_app``, ``lost_worker_app``).
 

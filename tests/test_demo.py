@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -12,13 +11,14 @@ from pathlib import Path
 
 import psutil
 import pytest
+from helpers import unconfigured_env
 
 from taskmon.store.embedded import stop_embedded
 
 
 def test_headless_demo_records_tasks_and_delivers_every_event() -> None:
     # given no configuration at all (the demo brings its own PostgreSQL)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKMON_")}
+    env = unconfigured_env()
 
     # when
     out = subprocess.run(
@@ -58,8 +58,7 @@ def test_a_hangup_or_sigterm_still_removes_the_private_database(
     tmp_path: Path, sig: signal.Signals
 ) -> None:
     # given a demo running on its own PostgreSQL under TMPDIR (an SSH session, say)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKMON_")}
-    env["TMPDIR"] = str(tmp_path)
+    env = unconfigured_env(TMPDIR=str(tmp_path))
     proc = subprocess.Popen(
         [sys.executable, "-m", "taskmon", "demo", "--headless", "--duration", "300"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,

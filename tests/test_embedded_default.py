@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+from helpers import unconfigured_env
 
 from taskmon.store.db import connect
 from taskmon.store.embedded import embedded_dsn, stop_embedded
@@ -37,9 +38,7 @@ SCRIPT = textwrap.dedent(
 
 def test_no_dsn_configured_uses_the_embedded_server(tmp_path: Path) -> None:
     # given an environment with no DSN, no config file and a fresh data directory
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKMON_")}
-    env["TASKMON_DATA_DIR"] = str(tmp_path / "data")
-    env["TASKMON_CONFIG"] = str(tmp_path / "absent.toml")
+    env = unconfigured_env(TASKMON_DATA_DIR=str(tmp_path / "data"))
     data_dir = tmp_path / "data" / "pg"
     try:
         # when a process records tasks through the middleware with no arguments

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import publish, wait_for
+from helpers import publish, unconfigured_env, wait_for
 from helpers import record as finished
 
 from taskmon.events import Status
@@ -63,9 +63,7 @@ class Proc:
 
 
 async def taskmon(*args: str) -> Proc:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKMON_")}
-    env["TASKMON_CONFIG"] = str(ROOT / "nonexistent-config.toml")
-    env["PYTHONFAULTHANDLER"] = "1"
+    env = unconfigured_env(PYTHONFAULTHANDLER="1")
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -146,8 +144,7 @@ async def test_tail_into_a_reader_that_leaves_exits_quietly(
 ) -> None:
     # given `taskmon tail | head -n 1`: stdout is a pipe whose reader goes away
     read_end, write_end = os.pipe()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKMON_")}
-    env["TASKMON_CONFIG"] = str(ROOT / "nonexistent-config.toml")
+    env = unconfigured_env()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "taskmon", "tail", "--dsn", dsn,
         cwd=ROOT, env=env, stdout=write_end, stderr=subprocess.PIPE,
