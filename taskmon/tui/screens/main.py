@@ -21,6 +21,7 @@ from textual.containers import Container, Horizontal
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer
 
+from taskmon.events import TERMINAL_STATUSES
 from taskmon.filters import FilterError, TaskFilter
 from taskmon.tui.format import parse_timestamp, timestamp
 from taskmon.tui.messages import (
@@ -44,7 +45,7 @@ from taskmon.tui.sources import (
 from taskmon.tui.view_state import ViewState
 from taskmon.tui.widgets.filter_bar import FilterBar
 from taskmon.tui.widgets.history_table import HistoryTable
-from taskmon.tui.widgets.live_feed import FEED_LINES, OPEN_STATUSES, LiveFeed
+from taskmon.tui.widgets.live_feed import FEED_LINES, LiveFeed
 from taskmon.tui.widgets.metrics_panel import MetricsPanel
 from taskmon.tui.widgets.status_bar import StatusBar
 from taskmon.tui.widgets.task_table import TaskTable
@@ -317,8 +318,8 @@ class MainScreen(Screen[None]):
         """
         until = datetime.now(since.tzinfo)
         try:
-            flt = state.filter_at(self.clock()).merge(TaskFilter(since=since))
-            page = await self.data.history(flt, limit=FEED_LINES)
+            current = state.filter_at(self.clock())
+            page = await self.data.history(current.merge(TaskFilter(since=since)), limit=FEED_LINES)
             ended = await self.data.attempts_by_key(open_attempts) if open_attempts else []
         except asyncio.CancelledError:
             raise
@@ -327,13 +328,12 @@ class MainScreen(Screen[None]):
             return
         rows = list(reversed(page.rows))
         seen = {row["id"] for row in rows}
-        statuses = state.filter.statuses
         rows[:0] = [
             row
             for row in ended
-            if row["status"] not in OPEN_STATUSES
+            if row["status"] in TERMINAL_STATUSES
             and row["id"] not in seen
-            and (not statuses or row["status"] in statuses)
+            and (not current.statuses or row["status"] in current.statuses)
         ]
         self.post_message(GapFilled(since, until, rows, reason, quiet))
 

@@ -15,6 +15,7 @@ from textual.geometry import Size
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from taskmon.events import TERMINAL_STATUSES
 from taskmon.tui.format import count, duration, timestamp
 from taskmon.tui.widgets.status_styles import STATUS_CLASSES, styled_status
 
@@ -22,9 +23,6 @@ __all__ = ["FEED_LINES", "LiveFeed"]
 
 FEED_LINES = 500
 """Lines the feed keeps; older attempts are in History."""
-
-OPEN_STATUSES = frozenset({"pending", "running"})
-"""Statuses of an attempt that has not ended yet."""
 
 LINE_WIDTH = 160
 """The virtual width of the feed (long error messages are cut there)."""
@@ -150,13 +148,13 @@ class LiveFeed(ScrollView, can_focus=True):
         if not isinstance(task_id, str) or not isinstance(attempt, int):
             return
         key = (task_id, attempt)
-        if status in OPEN_STATUSES:
+        if status in TERMINAL_STATUSES:
+            self.open_attempts.pop(key, None)
+        else:
             self.open_attempts[key] = None
             self.open_attempts.move_to_end(key)
             while len(self.open_attempts) > FEED_LINES:
                 self.open_attempts.popitem(last=False)
-        else:
-            self.open_attempts.pop(key, None)
 
     # -- formatting ---------------------------------------------------------------
 
