@@ -763,8 +763,9 @@ def _stats_sql(
     None reads the raw rows alone.
     """
     count_rollups = error_rollups = hist_rollups = ""
-    error_groups = _RAW_ERROR_GROUPS.format(raw_where=raw_where)
-    if rollups is not None:
+    if rollups is None:
+        error_groups = _RAW_ERROR_GROUPS.format(raw_where=raw_where)
+    else:
         count_levels, levels, sel = rollups
         count_rollups = _rollup_parts(q, _COUNT_SOURCES, count_levels, sel)
         error_rollups = _rollup_parts(q, _ERROR_SOURCES, levels, sel)

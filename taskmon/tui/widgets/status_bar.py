@@ -71,24 +71,18 @@ class StatusBar(Widget):
                 Text.assemble(("filter ", label), self.filter_text or "none"),
             ]
         )
-        error = (
-            Text(
-                f"db error: {self.error}", style=self.get_component_rich_style("status-bar--error")
-            )
-            if self.error
-            else None
-        )
+        error_style = self.get_component_rich_style("status-bar--error")
+        notes = [Text(f"db error: {self.error}", style=error_style)] if self.error else []
         width = self.content_size.width
-        where = Text.assemble(("db ", label), self.database)
-        line = sep.join([essentials, *([error] if error else []), where])
+        line = sep.join([essentials, *notes, Text.assemble(("db ", label), self.database)])
         if width <= 0 or line.cell_len <= width:
             return line
         essentials.truncate(width, overflow="ellipsis")
-        room = width - (error.cell_len + len(sep) if error else 0) - len("db ")
-        if room < 16 and error is not None:  # the error matters more than the label
-            return Text("\n").join([essentials, error])
+        room = width - sum(note.cell_len + len(sep) for note in notes) - len("db ")
+        if room < 16 and notes:  # the error matters more than the label
+            return Text("\n").join([essentials, *notes])
         where = Text.assemble(("db ", label), _elide(self.database, room))
-        return Text("\n").join([essentials, sep.join([*([error] if error else []), where])])
+        return Text("\n").join([essentials, sep.join([*notes, where])])
 
 
 def _elide(text: str, width: int) -> str:
