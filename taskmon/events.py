@@ -82,6 +82,11 @@ class AttemptRecord:
     finished_at: datetime | None = None
     duration_ms: float | None = None
     queue_wait_ms: float | None = None
+    raw_params: bytes | None = field(default=None, repr=False, compare=False)
+    """The call's arguments as the middleware captured them (JSON of ``[args, kwargs]``),
+    not yet bound to names, redacted or bounded: the writer turns them into `params`."""
+    exception: BaseException | None = field(default=None, repr=False, compare=False)
+    """The attempt's exception, formatted into the error fields by the writer."""
 
     @property
     def key(self) -> tuple[str, int]:

@@ -340,7 +340,7 @@ class Hub:
         view = event
         if isinstance(data, dict) and "params" in data:
             view = {**event, "data": {k: v for k, v in data.items() if k != "params"}}
-        frame = shrink(event, MAX_EVENT_BYTES).encode()
+        frame = shrink(dumps(event).encode(), MAX_EVENT_BYTES)
         self._fan_out(self._ring.append(seq, view, frame))
 
     def _publish_gap(self, reason: str) -> None:

@@ -5,15 +5,21 @@ Worker side it snapshots each attempt in ``pre_execute``, keeps the real
 exception from ``on_error``, and hands the outcome to the process's
 :class:`~taskmon.recorder.Recorder` in ``post_execute``. No hook awaits the
 database or raises: a failing monitor must never fail a task.
+
+The hooks are the hot path, paid by every task: they only capture what cannot
+be had later (clock readings, the arguments before TaskIQ converts them, the
+exception) into one record per attempt, and submit it once running and once
+finished. Binding arguments to names, redaction, bounds, tracebacks and JSON
+are the writer's work (``taskmon.encode``), done once per attempt.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
 import time
-import traceback as tb
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,8 +34,9 @@ from taskmon.params import (
     DEFAULT_MAX_ROW_BYTES,
     DEFAULT_MAX_VALUE_BYTES,
     DEFAULT_REDACT_KEYS,
+    CallSpec,
     ParamsPolicy,
-    to_jsonable,
+    capture_call,
 )
 from taskmon.recorder import Recorder
 
@@ -38,8 +45,7 @@ __all__ = ["ENQUEUED_LABEL", "MonitoringMiddleware"]
 logger = logging.getLogger("taskmon.middleware")
 
 ENQUEUED_LABEL = "taskmon_enqueued_at"
-"""Label stamped by ``pre_send``: the enqueue time as Unix seconds."""
-_MAX_TRACEBACK = 32 * 1024
+"""Label stamped by ``pre_send``: the enqueue time as Unix seconds, to the millisecond."""
 
 
 def _number(value: object) -> float | None:
@@ -50,8 +56,11 @@ def _number(value: object) -> float | None:
     return number if number == number else None  # NaN is no number here
 
 
-def _attempt(message: TaskiqMessage) -> int:
-    n = _number(message.labels.get("_retries", 0))
+def _attempt(labels: dict[str, Any]) -> int:
+    retries = labels.get("_retries")
+    if retries is None:
+        return 0
+    n = _number(retries)
     return int(n) if n is not None and n >= 0 else 0
 
 
@@ -76,6 +85,9 @@ class MonitoringMiddleware(TaskiqMiddleware):
         redact_keys: key substrings whose values are replaced by ``[REDACTED]``.
         max_value_bytes: bound of one stored parameter value (JSON bytes).
         max_row_bytes: bound of one attempt's stored parameters.
+        stamp_enqueue: stamp the enqueue time on each message sent (label
+            ``taskmon_enqueued_at``, the middleware's one visible change), so the
+            worker knows each attempt's queue wait; off, queue wait is unknown.
         max_pending: attempts kept in memory while the database is unreachable.
         batch_size: attempts per database write.
         flush_interval: seconds between writes when fewer than `batch_size` wait.
@@ -93,6 +105,7 @@ class MonitoringMiddleware(TaskiqMiddleware):
         redact_keys: Iterable[str] = DEFAULT_REDACT_KEYS,
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
         max_row_bytes: int = DEFAULT_MAX_ROW_BYTES,
+        stamp_enqueue: bool = True,
         max_pending: int = 100_000,
         batch_size: int = 500,
         flush_interval: float = 0.1,
@@ -104,6 +117,7 @@ class MonitoringMiddleware(TaskiqMiddleware):
         self.auto_migrate = auto_migrate
         self.publish_events = publish_events
         self.policy = ParamsPolicy(redact_keys, max_value_bytes, max_row_bytes)
+        self.stamp_enqueue = stamp_enqueue
         self.max_pending = max_pending
         self.batch_size = batch_size
         self.flush_interval = flush_interval
@@ -113,6 +127,9 @@ class MonitoringMiddleware(TaskiqMiddleware):
         # keyed by id(message): the same task_id can have two attempts in flight
         # (a retry runs while the failed attempt is still being handled)
         self._running: dict[int, _Running] = {}
+        self._queue: str | None = None
+        self._specs: dict[str, CallSpec | None] = {}
+        self._starting: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -138,11 +155,13 @@ class MonitoringMiddleware(TaskiqMiddleware):
                 from taskmon.bus.postgres import PgNotifyPublisher
 
                 publisher = PgNotifyPublisher()
+        self._queue = getattr(self.broker, "queue_name", None)
         return Recorder(
             # with no DSN configured the writer finds the embedded server in a
             # thread: it may have to start it, which no hook may wait for
             resolve_setting(self._dsn, "TASKMON_DSN", "dsn") or embedded_default_dsn,
             publisher=publisher,
+            policy=self.policy,
             auto_migrate=self.auto_migrate,
             max_pending=self.max_pending,
             batch_size=self.batch_size,
@@ -155,10 +174,12 @@ class MonitoringMiddleware(TaskiqMiddleware):
         if not self._executes_tasks():
             return
         try:
+            for task_name in self.broker.get_all_tasks():
+                self._spec_of(task_name)  # read signatures now, not in the first hooks
             if self.recorder is None:
                 self.recorder = self._make_recorder()
             # give migrations a moment so the first tasks land at once; a database
-            # that is down is not our worker's problem, the writer keeps retrying
+            # that does not answer is not our worker's problem: the writer retries
             await self.recorder.start(wait_connected=5.0)
         except Exception:
             logger.exception("taskmon: monitoring disabled for this process")
@@ -178,25 +199,43 @@ class MonitoringMiddleware(TaskiqMiddleware):
             # tasks run, but startup() was not called (or failed): start writing now,
             # without awaiting anything inside the hook
             try:
-                import asyncio
-
                 self.recorder = self._make_recorder()
-                asyncio.get_running_loop().create_task(self.recorder.start())
+                task = asyncio.get_running_loop().create_task(self.recorder.start())
+                self._starting.add(task)
+                task.add_done_callback(self._started)
             except Exception:
                 logger.exception("taskmon: cannot start recording")
                 self.recorder = None
         return self.recorder
+
+    def _started(self, task: asyncio.Task[None]) -> None:
+        self._starting.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("taskmon: cannot start recording", exc_info=task.exception())
+
+    def _spec_of(self, task_name: str) -> CallSpec | None:
+        """The parameter names of a task registered on the broker (read once per task)."""
+        try:
+            return self._specs[task_name]
+        except KeyError:
+            pass
+        task = self.broker.find_task(task_name) if self.broker is not None else None
+        func = getattr(task, "original_func", None)
+        spec = CallSpec.of(func) if callable(func) else None
+        self._specs[task_name] = spec
+        return spec
 
     # -- client side -----------------------------------------------------------
 
     def pre_send(self, message: TaskiqMessage) -> TaskiqMessage:
         """Stamp the enqueue time; notice retries re-kicked from inside a running attempt."""
         try:
-            message.labels[ENQUEUED_LABEL] = time.time()
+            if self.stamp_enqueue:
+                message.labels[ENQUEUED_LABEL] = round(time.time(), 3)
             if self._running:
                 # a retry middleware re-kicks with the same task_id while the failed
                 # attempt is still being handled: that attempt is "retrying"
-                attempt = _attempt(message)
+                attempt = _attempt(message.labels)
                 for running in self._running.values():
                     record = running.record
                     if record.task_id == message.task_id and record.attempt < attempt:
@@ -216,27 +255,29 @@ class MonitoringMiddleware(TaskiqMiddleware):
         return message
 
     def _start(self, message: TaskiqMessage) -> None:
+        t0 = time.perf_counter()
         now = time.time()
-        labels = dict(message.labels)
+        labels = dict(message.labels)  # a retry middleware rewrites `_retries` in place
         enqueued = _number(labels.pop(ENQUEUED_LABEL, None))
-        timeout = _number(labels.get("timeout"))
-        started_at = datetime.fromtimestamp(now, UTC)
+        timeout = labels.get("timeout")
         record = AttemptRecord(
-            task_id=str(message.task_id),
-            attempt=_attempt(message),
+            task_id=message.task_id,
+            attempt=_attempt(labels),
             task_name=message.task_name,
             status=Status.RUNNING,
             worker=self.worker,
-            queue=getattr(self.broker, "queue_name", None) or labels.get("queue_name"),
-            labels=self.policy.bound(self.policy.redact(to_jsonable(labels))),
-            params=self.policy.snapshot(message.args, message.kwargs),
-            timeout_s=timeout,
+            queue=self._queue or labels.get("queue_name"),
+            labels=labels,
+            timeout_s=None if timeout is None else _number(timeout),
             enqueued_at=datetime.fromtimestamp(enqueued, UTC) if enqueued else None,
-            started_at=started_at,
-            queue_wait_ms=max(0.0, (now - enqueued) * 1000) if enqueued else None,
+            started_at=datetime.fromtimestamp(now, UTC),
+            queue_wait_ms=max(0.0, round((now - enqueued) * 1000, 3)) if enqueued else None,
+            raw_params=capture_call(
+                message.args, message.kwargs, self._spec_of(message.task_name), self.policy
+            ),
         )
-        self._running[id(message)] = _Running(record, time.perf_counter())
-        recorder = self._ensure_recorder()
+        self._running[id(message)] = _Running(record, t0)
+        recorder = self.recorder or self._ensure_recorder()
         if recorder is not None:
             recorder.submit(record)
 
@@ -291,28 +332,13 @@ class MonitoringMiddleware(TaskiqMiddleware):
             # success, or a task that raised NoResultError on purpose (no result to save)
             status = Status.SUCCESS
             exc = None
-        base = running.record
-        record = AttemptRecord(
-            task_id=base.task_id,
-            attempt=base.attempt,
-            task_name=base.task_name,
-            status=status,
-            worker=base.worker,
-            queue=base.queue,
-            labels=base.labels,
-            params=base.params,
-            timeout_s=base.timeout_s,
-            enqueued_at=base.enqueued_at,
-            started_at=base.started_at,
-            finished_at=datetime.now(UTC),
-            duration_ms=round(duration_ms, 3),
-            queue_wait_ms=base.queue_wait_ms,
-        )
-        if exc is not None:
-            record.error_type = type(exc).__qualname__
-            record.error_message = str(exc)[: self.policy.max_value_bytes] or None
-            text = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
-            record.traceback = text[-_MAX_TRACEBACK:]
-        recorder = self._ensure_recorder()
+        # the running state was submitted as this same object: the writer announces
+        # each state, and encodes the attempt once
+        record = running.record
+        record.status = status
+        record.finished_at = datetime.now(UTC)
+        record.duration_ms = round(duration_ms, 3)
+        record.exception = exc
+        recorder = self.recorder or self._ensure_recorder()
         if recorder is not None:
             recorder.submit(record)

@@ -6,17 +6,23 @@ odd input: anything that is not JSON becomes its ``repr``.
 
 from __future__ import annotations
 
+import inspect
 import json
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 __all__ = [
     "DEFAULT_MAX_ROW_BYTES",
     "DEFAULT_MAX_VALUE_BYTES",
     "DEFAULT_REDACT_KEYS",
     "REDACTED",
+    "CallSpec",
     "ParamsPolicy",
+    "capture_call",
+    "dumps",
     "to_jsonable",
 ]
 
@@ -72,8 +78,78 @@ def to_jsonable(obj: object, _depth: int = 0, _seen: set[int] | None = None) -> 
     return _safe_repr(obj)
 
 
+def _orjson_default(obj: object) -> Any:
+    if isinstance(obj, set | frozenset):
+        return list(obj)
+    return _safe_repr(obj)
+
+
+def dumps(value: Any) -> bytes:
+    """Compact UTF-8 JSON of a JSON-safe value, never failing on odd input.
+
+    orjson is fast but refuses integers beyond 64 bits, non-string keys and very
+    deep nesting; those rare values take the slow, general path.
+    """
+    try:
+        return orjson.dumps(value, default=_orjson_default)
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(to_jsonable(value), ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def loads(data: bytes) -> Any:
+    """Decode what :func:`dumps` or :func:`capture_call` wrote."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:  # an integer beyond 64 bits, say
+        return json.loads(data)
+
+
+def capture_call(
+    args: list[Any],
+    kwargs: dict[str, Any],
+    spec: CallSpec | None = None,
+    policy: ParamsPolicy | None = None,
+) -> bytes:
+    """A call's arguments in stored shape, as JSON, taken inside a hook.
+
+    Encoding is the cheapest complete copy: the task may mutate what it was
+    given, and TaskIQ replaces the arguments by their annotated types before it
+    runs. Arguments passed by position are stored under their names when `spec`
+    knows them (see :meth:`ParamsPolicy.bind`); redaction of keys and size bounds
+    are left to the writer (:meth:`ParamsPolicy.encode_captured`).
+    """
+    if spec is not None and args:
+        return dumps((policy or _DEFAULT_POLICY).bind(args, kwargs, spec))
+    return dumps({"args": args, "kwargs": kwargs})
+
+
 def _encoded_size(value: Any) -> int:
-    return len(json.dumps(value, ensure_ascii=False).encode())
+    return len(dumps(value))
+
+
+@dataclass(frozen=True, slots=True)
+class CallSpec:
+    """How a task's positional arguments map to its parameter names.
+
+    Attributes:
+        names: the positional parameters, in order.
+        positional_only: how many of them cannot be passed by keyword.
+    """
+
+    names: tuple[str, ...]
+    positional_only: int = 0
+
+    @classmethod
+    def of(cls, func: Callable[..., Any]) -> CallSpec | None:
+        """The spec of `func`, or None when it has no signature Python can read."""
+        try:
+            signature = inspect.signature(func)
+        except (TypeError, ValueError):
+            return None
+        kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        params = [p for p in signature.parameters.values() if p.kind in kinds]
+        only = sum(1 for p in params if p.kind is inspect.Parameter.POSITIONAL_ONLY)
+        return cls(tuple(p.name for p in params), only)
 
 
 class ParamsPolicy:
@@ -93,24 +169,36 @@ class ParamsPolicy:
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
         max_row_bytes: int = DEFAULT_MAX_ROW_BYTES,
     ) -> None:
-        keys = [k.lower() for k in redact_keys if k]
-        self._pattern = (
-            re.compile("|".join(re.escape(k) for k in keys), re.IGNORECASE) if keys else None
-        )
+        self._words = tuple(dict.fromkeys(k.lower() for k in redact_keys if k))
         self.max_value_bytes = max_value_bytes
         self.max_row_bytes = max_row_bytes
+        self._verdicts: dict[str, bool] = {}
 
     def is_secret(self, key: str) -> bool:
-        return self._pattern is not None and self._pattern.search(key) is not None
+        secret = self._verdicts.get(key)
+        if secret is None:
+            secret = self._mentions_secret(key)
+            if len(self._verdicts) < 4096:  # task code uses few distinct keys
+                self._verdicts[key] = secret
+        return secret
+
+    def _mentions_secret(self, text: str) -> bool:
+        # substring tests on the lowered text: far cheaper than one case-insensitive
+        # regex over it, and a key that holds a word holds it in any text holding the key
+        low = text.lower()
+        return any(word in low for word in self._words)
 
     def redact(self, value: Any) -> Any:
         """Replace the values of secret-looking keys, in nested mappings and lists too."""
         if isinstance(value, dict):
             return {
-                k: (REDACTED if self.is_secret(k) else self.redact(v)) for k, v in value.items()
+                k: REDACTED
+                if self.is_secret(k)
+                else (self.redact(v) if isinstance(v, dict | list) else v)
+                for k, v in value.items()
             }
         if isinstance(value, list):
-            return [self.redact(v) for v in value]
+            return [self.redact(v) if isinstance(v, dict | list) else v for v in value]
         return value
 
     def _truncate(self, value: Any, limit: int) -> Any:
@@ -121,7 +209,7 @@ class ParamsPolicy:
             return {k: self._truncate(v, limit) for k, v in value.items()}
         if isinstance(value, list) and len(value) <= 64:
             return [self._truncate(v, limit) for v in value]
-        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        text = value if isinstance(value, str) else dumps(value).decode()
         return _cut(text, limit)
 
     def snapshot(self, args: Iterable[object], kwargs: Mapping[str, object]) -> dict[str, Any]:
@@ -129,17 +217,64 @@ class ParamsPolicy:
         params = {"args": to_jsonable(list(args)), "kwargs": to_jsonable(dict(kwargs))}
         return self.bound(self.redact(params))
 
+    def bind(self, args: list[Any], kwargs: dict[str, Any], spec: CallSpec) -> dict[str, Any]:
+        """``{"args": [...], "kwargs": {...}}`` with positional arguments under their names.
+
+        An argument passed by position goes into ``kwargs`` under its parameter's
+        name, so it is redacted by that name and shows it; only what has no name
+        (``*args``) or cannot be passed by keyword stays in ``args`` (a secret
+        positional-only argument is redacted there, by its name).
+        """
+        named: dict[str, Any] = {}
+        rest: list[Any] = []
+        for i, value in enumerate(args):
+            name = spec.names[i] if i < len(spec.names) else None
+            if name is None or name in kwargs:
+                rest.append(value)  # *args, or a call TaskIQ will refuse anyway
+            elif i < spec.positional_only:
+                rest.append(REDACTED if self.is_secret(name) else value)
+            else:
+                named[name] = value
+        return {"args": rest, "kwargs": {**named, **kwargs} if named else kwargs}
+
+    def encode_captured(self, raw: bytes) -> bytes:
+        """Stored JSON of arguments captured by :func:`capture_call`: redacted and bounded.
+
+        The common case only reads the text: without any secret-looking word
+        anywhere, and within the bounds, the captured JSON is stored as it is.
+        """
+        if not self._mentions_secret(raw.decode()):
+            if len(raw) <= min(self.max_value_bytes, self.max_row_bytes):
+                return raw
+            return dumps(self.bound(loads(raw)))
+        return self.encode(loads(raw))
+
+    def encode(self, value: dict[str, Any]) -> bytes:
+        """Compact JSON of a JSON-safe mapping, redacted and bounded.
+
+        The common case costs one encoding and one search: a text without any
+        secret-looking word anywhere has no secret key to redact.
+        """
+        data = dumps(value)
+        if self._mentions_secret(data.decode()):
+            value = self.redact(value)
+            data = dumps(value)
+        if len(data) > min(self.max_value_bytes, self.max_row_bytes):
+            data = dumps(self.bound(value))
+        return data
+
     def bound(self, params: dict[str, Any]) -> dict[str, Any]:
         """Apply the per-value and per-row size bounds to an already redacted object."""
-        # the common case, small arguments, costs one encoding (ASCII-escaped JSON is
-        # never shorter than its UTF-8 form, so this size is a safe upper bound)
-        if len(json.dumps(params)) <= min(self.max_value_bytes, self.max_row_bytes):
+        if _encoded_size(params) <= min(self.max_value_bytes, self.max_row_bytes):
             return params
         params = self._truncate(params, self.max_value_bytes)
         if _encoded_size(params) > self.max_row_bytes:
-            text = json.dumps(params, ensure_ascii=False)
+            text = dumps(params).decode()
             params = {"_truncated": _cut(text, self.max_row_bytes - 64)}
         return params
+
+
+_DEFAULT_POLICY = ParamsPolicy()
 
 
 def _cut(text: str, limit: int) -> str:

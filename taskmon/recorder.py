@@ -11,11 +11,13 @@ to ``max_pending`` attempts and retrying with backoff.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import copy
-import json
+import itertools
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
@@ -23,99 +25,22 @@ from typing import Any
 import asyncpg
 
 from taskmon.bus import Publisher
-from taskmon.events import AttemptRecord, Status, event_from_record
-from taskmon.store import migrations
+from taskmon.encode import Prepared, encode_event, prepare, row_of
+from taskmon.events import AttemptRecord, Status
+from taskmon.params import ParamsPolicy
+from taskmon.store import ingest, migrations
 from taskmon.store.db import CONNECTION_ERRORS, connect, redact_dsn
 
 __all__ = ["Recorder", "RecorderStats"]
 
 logger = logging.getLogger("taskmon.recorder")
 
-_UPSERT = """
-INSERT INTO task_execution_logs AS t (
-    task_id, attempt, task_name, status, worker, queue, labels, params,
-    error_type, error_message, traceback, timeout_s,
-    enqueued_at, started_at, finished_at, duration_ms, queue_wait_ms, created_at
-)
-SELECT u.task_id, u.attempt, u.task_name, u.status, u.worker, u.queue,
-       coalesce(u.labels::jsonb, '{}'::jsonb), u.params::jsonb,
-       u.error_type, u.error_message, u.traceback, u.timeout_s,
-       u.enqueued_at, u.started_at, u.finished_at, u.duration_ms, u.queue_wait_ms, u.created_at
-FROM unnest(
-    $1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-    $8::text[], $9::text[], $10::text[], $11::text[], $12::float8[],
-    $13::timestamptz[], $14::timestamptz[], $15::timestamptz[], $16::float8[], $17::float8[],
-    $18::timestamptz[]
-) AS u(task_id, attempt, task_name, status, worker, queue, labels, params,
-       error_type, error_message, traceback, timeout_s,
-       enqueued_at, started_at, finished_at, duration_ms, queue_wait_ms, created_at)
-ON CONFLICT (task_id, attempt) DO UPDATE SET
-    -- a late "running" never overwrites an outcome already recorded
-    status = CASE WHEN EXCLUDED.status IN ('running', 'pending') AND t.status NOT IN
-                  ('running', 'pending') THEN t.status ELSE EXCLUDED.status END,
-    task_name = EXCLUDED.task_name,
-    worker = coalesce(EXCLUDED.worker, t.worker),
-    queue = coalesce(EXCLUDED.queue, t.queue),
-    labels = EXCLUDED.labels,
-    params = coalesce(EXCLUDED.params, t.params),
-    -- an outcome arriving after cleanup marked the attempt lost replaces the
-    -- "no outcome recorded" error with its own (none, for a success)
-    error_type = CASE WHEN t.status = 'lost' AND EXCLUDED.status NOT IN ('running', 'pending')
-                 THEN EXCLUDED.error_type ELSE coalesce(EXCLUDED.error_type, t.error_type) END,
-    error_message = CASE WHEN t.status = 'lost' AND EXCLUDED.status NOT IN ('running', 'pending')
-                 THEN EXCLUDED.error_message
-                 ELSE coalesce(EXCLUDED.error_message, t.error_message) END,
-    traceback = CASE WHEN t.status = 'lost' AND EXCLUDED.status NOT IN ('running', 'pending')
-                 THEN EXCLUDED.traceback ELSE coalesce(EXCLUDED.traceback, t.traceback) END,
-    timeout_s = coalesce(EXCLUDED.timeout_s, t.timeout_s),
-    enqueued_at = coalesce(t.enqueued_at, EXCLUDED.enqueued_at),
-    started_at = coalesce(t.started_at, EXCLUDED.started_at),
-    finished_at = coalesce(EXCLUDED.finished_at, t.finished_at),
-    duration_ms = coalesce(EXCLUDED.duration_ms, t.duration_ms),
-    queue_wait_ms = coalesce(EXCLUDED.queue_wait_ms, t.queue_wait_ms),
-    updated_at = now()
-"""
-
-_SEQS = "SELECT array_agg(nextval('taskmon_event_seq')) FROM generate_series(1, $1::int)"
-
-
-def _text(value: str | None) -> str | None:
-    # PostgreSQL text cannot hold NUL; a task's error message sometimes does
-    return value.replace("\x00", "\ufffd") if value is not None else None
-
-
-def _json(value: Any) -> str | None:
-    if value is None:
-        return None
-    # jsonb rejects \u0000 as well
-    return json.dumps(value, ensure_ascii=False, default=repr).replace("\\u0000", "\\ufffd")
-
-
-def _columns(batch: list[AttemptRecord]) -> list[list[Any]]:
-    return [
-        [r.task_id for r in batch],
-        [r.attempt for r in batch],
-        [_text(r.task_name) for r in batch],
-        [r.status.value for r in batch],
-        [_text(r.worker) for r in batch],
-        [_text(r.queue) for r in batch],
-        [_json(r.labels) for r in batch],
-        [_json(r.params) for r in batch],
-        [_text(r.error_type) for r in batch],
-        [_text(r.error_message) for r in batch],
-        [_text(r.traceback) for r in batch],
-        [r.timeout_s for r in batch],
-        [r.enqueued_at for r in batch],
-        [r.started_at for r in batch],
-        [r.finished_at for r in batch],
-        [r.duration_ms for r in batch],
-        [r.queue_wait_ms for r in batch],
-        [r.created_at for r in batch],
-    ]
-
-
-_FIELDS = [f.name for f in fields(AttemptRecord)]
 _UNFINISHED = (Status.RUNNING, Status.PENDING)
+_FIELDS = [f.name for f in fields(AttemptRecord)]
+_REACH_WAIT = 0.5
+"""How long ``start()`` waits for the database to answer at all: an unreachable one
+must not hold up a worker's start-up (a reachable one may take longer to migrate)."""
+_STOP_RETRY_CONNECT = 1.0
 
 
 def _merge(old: AttemptRecord, new: AttemptRecord) -> AttemptRecord:
@@ -134,10 +59,10 @@ def _merge(old: AttemptRecord, new: AttemptRecord) -> AttemptRecord:
 @dataclass(slots=True)
 class _Pending:
     record: AttemptRecord
-    events: list[AttemptRecord]
+    events: list[tuple[int, Status, AttemptRecord]]
+    """Each state submitted, to announce: (submission order, status, record)."""
     since: float
     """When the attempt entered the buffer (monotonic): it is written by since + flush_interval."""
-    """Each state submitted, to announce; encoded by the writer, off the task's path."""
 
 
 @dataclass(slots=True)
@@ -151,18 +76,36 @@ class RecorderStats:
     """Attempts let go because the buffer was full during an outage."""
     rejected: int = 0
     """Attempts PostgreSQL refused as data (logged with their task id)."""
+    unwritten: int = 0
+    """Attempts still buffered when the writer stopped (logged once)."""
     events_published: int = 0
     outages: int = 0
 
 
+_live: weakref.WeakSet[Recorder] = weakref.WeakSet()
+
+
+@atexit.register
+def _report_unwritten() -> None:
+    """At exit, say what writers that were never stopped still held (their loop ended)."""
+    for recorder in list(_live):
+        recorder._abandon("the process ended without broker.shutdown()")
+
+
 class Recorder:
     """Buffers attempt records and writes them to PostgreSQL from one background task.
+
+    The same :class:`AttemptRecord` object may be submitted once per state (the
+    middleware submits it running, then finished): it is prepared for storage
+    once — labels and parameters redacted, bounded and encoded — and each state
+    is announced as its own event.
 
     Args:
         dsn: the database to write to, or a function that finds it. The writer
             calls the function once, in a thread, before it first connects: it
             may block (start the embedded server) without holding up a task.
         publisher: where events go (None: no events).
+        policy: redaction and size bounds for labels and parameters.
         auto_migrate: apply pending migrations on (re)connect.
         max_pending: attempts kept while the database is away; beyond it the oldest go.
         batch_size: attempts per upsert.
@@ -175,6 +118,7 @@ class Recorder:
         dsn: str | Callable[[], str],
         *,
         publisher: Publisher | None = None,
+        policy: ParamsPolicy | None = None,
         auto_migrate: bool = True,
         max_pending: int = 100_000,
         batch_size: int = 500,
@@ -185,6 +129,7 @@ class Recorder:
         self.dsn: str | None = dsn if isinstance(dsn, str) else None
         self._find_dsn = None if isinstance(dsn, str) else dsn
         self.publisher = publisher
+        self.policy = policy or ParamsPolicy()
         self.auto_migrate = auto_migrate
         self.max_pending = max(1, max_pending)
         self.batch_size = max(1, batch_size)
@@ -193,42 +138,59 @@ class Recorder:
         self.statement_timeout = statement_timeout
         self.stats = RecorderStats()
         self._pending: dict[tuple[str, int], _Pending] = {}
+        self._inflight: list[_Pending] = []
+        self._prepared: dict[tuple[str, int], Prepared] = {}
+        """Attempts written unfinished: their encoding is reused when they finish."""
+        self._order = itertools.count()
         self._wake = asyncio.Event()
         self._stopped = asyncio.Event()
         self._hurry = False
         self._stopping = False
+        self._deadline: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._conn: asyncpg.Connection[Any] | None = None
         self._migrated = False
         self._connected = asyncio.Event()
+        self._answered = asyncio.Event()
+        """Set once the server answered (a connection is open, maybe still migrating)."""
+        self._found = asyncio.Event()
+        """Set once the DSN is known (at once, unless a function must find it)."""
+        if self.dsn is not None:
+            self._found.set()
+        self._tried = asyncio.Event()
+        """Set once the first connection attempt ended, either way."""
         self._dropping = False
         self._outage_since: float | None = None
+        self._outage_logged = False
         self._busy = False
+        self._abandoned = False
 
     # -- producer side (hooks) -------------------------------------------------
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + len(self._inflight)
 
     def submit(self, record: AttemptRecord) -> None:
         """Queue one attempt's state. Never blocks, never raises, does no I/O."""
         try:
             self.stats.submitted += 1
-            publish = self.publisher is not None
-            entry = self._pending.get(record.key)
+            status = record.status
+            key = (record.task_id, record.attempt)
+            entry = self._pending.get(key)
             if entry is None:
                 first = not self._pending
-                self._pending[record.key] = _Pending(
-                    record, [record] if publish else [], time.monotonic()
-                )
-                self._bound()
+                events = [] if self.publisher is None else [(next(self._order), status, record)]
+                self._pending[key] = _Pending(record, events, time.monotonic())
+                if len(self._pending) > self.max_pending:
+                    self._bound()
                 if first:
                     self._wake.set()  # the writer now knows when this one is due
             else:
-                entry.record = _merge(entry.record, record)
-                if publish:
-                    entry.events.append(record)
+                if entry.record is not record:
+                    entry.record = _merge(entry.record, record)
+                if self.publisher is not None:
+                    entry.events.append((next(self._order), status, record))
             if len(self._pending) >= self.batch_size:
                 self._wake.set()
         except Exception:
@@ -238,7 +200,7 @@ class Recorder:
         excess = len(self._pending) - self.max_pending
         if excess <= 0:
             return
-        for key in list(self._pending)[:excess]:
+        for key in list(itertools.islice(self._pending, excess)):
             del self._pending[key]
         self.stats.dropped += excess
         if not self._dropping:
@@ -252,21 +214,45 @@ class Recorder:
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self, wait_connected: float = 0.0) -> None:
-        """Start the writer; optionally wait up to `wait_connected` s for its first connection."""
+        """Start the writer; optionally wait up to `wait_connected` s for its first connection.
+
+        The wait ends early when the first attempt fails, and half a second after
+        the database is known (the embedded server started) when it has not
+        answered at all: an unreachable database never holds up the caller. A
+        server that answers may take the rest of the time to migrate, so that the
+        first tasks land at once.
+        """
         if self._task is None:
             self._stopping = False
+            self._abandoned = False
             self._stopped.clear()
             self._task = asyncio.create_task(self._run(), name="taskmon-writer")
+            # a loop closed without cancelling its tasks must not print "Task was
+            # destroyed but it is pending" for us: what we held is reported at exit
+            with contextlib.suppress(AttributeError):
+                self._task._log_destroy_pending = False  # type: ignore[attr-defined]
+            _live.add(self)
         if wait_connected > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._connected.wait(), wait_connected)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + wait_connected
+            # finding the database may mean starting the embedded server: local work
+            await _first_of(self._found, self._tried, wait_connected)
+            await _first_of(self._answered, self._tried, min(deadline - loop.time(), _REACH_WAIT))
+            if self._answered.is_set():
+                await _first_of(self._connected, self._tried, deadline - loop.time())
 
     async def stop(self, timeout: float = 4.0) -> None:
-        """Flush what is buffered within `timeout` seconds, then close."""
+        """Flush what is buffered within `timeout` seconds, then close.
+
+        Records that could not be written in time (the database is unreachable,
+        or a batch was still being written) are counted in ``stats.unwritten`` and
+        logged once, never dropped in silence.
+        """
         task, self._task = self._task, None
         if task is None:
             return
         self._stopping = True
+        self._deadline = time.monotonic() + timeout
         self._stopped.set()
         self._wake.set()
         try:
@@ -275,15 +261,28 @@ class Recorder:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self._pending:
-            logger.error(
-                "taskmon: shutting down with %d task records not written (database unreachable)",
-                len(self._pending),
-            )
+        _live.discard(self)
+        self._abandon("the database could not be reached in time")
         await self._close()
         if self.publisher is not None:
             with contextlib.suppress(Exception):
                 await self.publisher.close()
+
+    def _abandon(self, why: str) -> None:
+        """Count and log (once) what is still buffered; close the connection without I/O."""
+        if self._abandoned:
+            return
+        self._abandoned = True
+        self._requeue([])  # a batch cut off mid-write counts as unwritten too
+        left = len(self._pending)
+        if left:
+            self.stats.unwritten += left
+            logger.error("taskmon: %d task records were not written: %s", left, why)
+            self._pending.clear()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.terminate()
 
     async def flush(self, timeout: float = 10.0) -> None:
         """Wait until everything submitted so far is written (tests, demos)."""
@@ -299,10 +298,31 @@ class Recorder:
 
     async def _run(self) -> None:
         try:
+            await self._loop()
+        except asyncio.CancelledError:
+            if not self._stopping:
+                # the event loop is ending without shutdown() (asyncio.run cancels
+                # what is left): make one last, short attempt to write, then report
+                await self._last_flush()
+            raise
+
+    async def _last_flush(self) -> None:
+        self._stopping = True
+        self._deadline = time.monotonic() + 2.0
+        self._requeue([])
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(self._loop(), 2.0)
+        _live.discard(self)
+        self._abandon("the event loop ended without broker.shutdown()")
+
+    async def _loop(self) -> None:
+        try:
             # connect (and migrate) now, so the first flush does not pay for it
             await self._connection()
         except Exception as exc:
             self._note_outage(exc)
+        finally:
+            self._tried.set()
         backoff = 0.1
         while True:
             if not self._pending:
@@ -319,22 +339,21 @@ class Recorder:
                 if delay > 0:
                     await self._wait_wake(delay)
                     continue
-            keys = list(self._pending)[: self.batch_size]
-            batch = [self._pending.pop(k) for k in keys]
+            keys = list(itertools.islice(self._pending, self.batch_size))
+            self._inflight = [self._pending.pop(k) for k in keys]
             self._busy = True
             try:
-                await self._write(batch)
-            except CONNECTION_ERRORS as exc:
-                self._requeue(batch)
+                await self._write(self._inflight)
+                self._inflight = []
+            except Exception as exc:
+                could_connect = self._conn is not None
+                self._requeue([])
                 await self._close()
                 self._note_outage(exc)
-                await self._pause(backoff)
-                backoff = min(backoff * 2, self.max_backoff)
-                continue
-            except Exception:
-                logger.exception("taskmon: unexpected error while writing task records")
-                self._requeue(batch)
-                await self._close()
+                if self._stopping and not could_connect:
+                    # shutting down and the database does not answer: the records
+                    # are counted and logged by stop(), not retried until it times out
+                    return
                 await self._pause(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
                 continue
@@ -350,16 +369,19 @@ class Recorder:
         self._wake.clear()
 
     async def _pause(self, seconds: float) -> None:
-        """Back off after a failed write. New submits do not cut it short; stop() does,
-        but then retries still come at most every 0.5 s until the drain budget ends."""
+        """Back off after a failed write. New submits do not cut it short; stop() does."""
         if self._stopping:
-            await asyncio.sleep(min(seconds, 0.5))
+            await asyncio.sleep(min(seconds, 0.2))
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopped.wait(), seconds)
 
     def _requeue(self, batch: list[_Pending]) -> None:
-        """Put a failed batch back in front; newer states of the same attempts win."""
+        """Put the batch in flight back in front; newer states of the same attempts win."""
+        batch = [*self._inflight, *batch]
+        self._inflight = []
+        if not batch:
+            return
         newer = self._pending
         self._pending = {}
         for entry in batch:
@@ -369,15 +391,21 @@ class Recorder:
             if old is None:
                 self._pending[key] = entry
             else:
-                old.record = _merge(old.record, entry.record)
+                if old.record is not entry.record:
+                    old.record = _merge(old.record, entry.record)
                 old.events.extend(entry.events)
         self._bound()
 
     def _note_outage(self, exc: BaseException) -> None:
+        connection_error = isinstance(exc, CONNECTION_ERRORS)
         if self._outage_since is None:
             self._outage_since = time.monotonic()
             self.stats.outages += 1
             self._connected.clear()
+        if self._outage_logged:
+            return  # said once per outage: a retry every few seconds must not flood the log
+        self._outage_logged = True
+        if connection_error:
             logger.warning(
                 "taskmon: database %s unreachable (%s: %s); keeping up to %d task records "
                 "and retrying",
@@ -385,6 +413,13 @@ class Recorder:
                 type(exc).__name__,
                 exc,
                 self.max_pending,
+            )
+        else:
+            logger.error(
+                "taskmon: cannot write task records to %s; keeping up to %d and retrying",
+                "(not yet found)" if self.dsn is None else redact_dsn(self.dsn),
+                self.max_pending,
+                exc_info=exc,
             )
 
     def _note_recovery(self) -> None:
@@ -395,7 +430,13 @@ class Recorder:
                 self.stats.dropped,
             )
             self._outage_since = None
+            self._outage_logged = False
         self._dropping = False
+
+    def _connect_timeout(self) -> float:
+        if self._deadline is None:
+            return 5.0
+        return max(0.1, min(_STOP_RETRY_CONNECT, self._deadline - time.monotonic()))
 
     async def _connection(self) -> asyncpg.Connection[Any]:
         if self._conn is not None and not self._conn.is_closed():
@@ -408,15 +449,20 @@ class Recorder:
                 # no database to write to is an outage like any other: said once,
                 # records kept (bounded), and the lookup retried with backoff
                 raise ConnectionError(f"cannot find the database: {exc}") from exc
-        conn = await connect(self.dsn, timeout=5.0, command_timeout=self.statement_timeout)
+            self._found.set()
+        conn = await connect(
+            self.dsn, timeout=self._connect_timeout(), command_timeout=self.statement_timeout
+        )
+        self._answered.set()
         try:
             if self.auto_migrate and not self._migrated:
                 applied = await migrations.upgrade(conn)
                 if applied:
                     logger.info("taskmon: applied migrations %s", [m.version for m in applied])
                 self._migrated = True
+            await ingest.prepare_connection(conn)
         except BaseException:
-            await conn.close()
+            conn.terminate()
             raise
         self._conn = conn
         self._connected.set()
@@ -455,18 +501,54 @@ class Recorder:
             except Exception:
                 logger.exception("taskmon: could not publish events")
 
-    async def _upsert(
-        self, conn: asyncpg.Connection[Any], batch: list[_Pending]
-    ) -> list[dict[str, Any]]:
-        # a stable order keeps concurrent writers from deadlocking on shared rows
-        batch = sorted(batch, key=lambda e: e.record.key)
-        records = [e.record for e in batch]
-        events = [event_from_record(r) for e in batch for r in e.events]
+    def _prepare(self, record: AttemptRecord) -> Prepared:
+        """The attempt's encoded labels and parameters, computed once per attempt."""
+        key = (record.task_id, record.attempt)
+        cached = self._prepared.get(key)
+        if cached is not None and cached.record is record:
+            if record.status not in _UNFINISHED:
+                del self._prepared[key]
+            return cached
+        prepared = prepare(record, self.policy)
+        if record.status in _UNFINISHED:
+            self._prepared[key] = prepared
+            if len(self._prepared) > self.max_pending:  # attempts that never finish
+                del self._prepared[next(iter(self._prepared))]
+        elif cached is not None:
+            del self._prepared[key]
+        return prepared
+
+    async def _upsert(self, conn: asyncpg.Connection[Any], batch: list[_Pending]) -> list[bytes]:
+        max_message = self.policy.max_value_bytes
+        rows = []
+        announce: list[tuple[int, Status, AttemptRecord, bytes | None]] = []
+        for entry in batch:
+            prepared = self._prepare(entry.record)
+            rows.append(row_of(prepared, max_message))
+            for order, status, record in entry.events:
+                announce.append((order, status, record, prepared.params))
+        events: list[bytes] = []
         async with conn.transaction():
-            await conn.execute(_UPSERT, *_columns(records))
-            if events and self.publisher is not None:
-                seqs = await conn.fetchval(_SEQS, len(events))
-                for event, seq in zip(events, seqs, strict=True):
-                    event["seq"] = seq
+            await ingest.upsert(conn, rows)
+            if announce and self.publisher is not None:
+                # announced in the order they happened, whatever the rows' order
+                announce.sort(key=lambda a: a[0])
+                seqs = await ingest.next_seqs(conn, len(announce))
+                events = [
+                    encode_event(record, status, seq, params)
+                    for (_, status, record, params), seq in zip(announce, seqs, strict=True)
+                ]
                 await self.publisher.in_transaction(conn, events)
         return events
+
+
+async def _first_of(a: asyncio.Event, b: asyncio.Event, timeout: float) -> None:
+    """Wait until `a` or `b` is set, at most `timeout` seconds."""
+    if a.is_set() or b.is_set() or timeout <= 0:
+        return
+    waiters = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

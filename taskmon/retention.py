@@ -38,7 +38,9 @@ from typing import IO, TYPE_CHECKING, Any
 import asyncpg
 
 from taskmon.bus import Publisher
-from taskmon.events import AttemptRecord, Status, event_from_record
+from taskmon.encode import encode_record_event
+from taskmon.events import AttemptRecord, Status
+from taskmon.store.ingest import next_seqs
 
 if TYPE_CHECKING:
     from taskiq import AsyncBroker, AsyncTaskiqDecoratedTask
@@ -126,7 +128,6 @@ RETURNING t.task_id, t.attempt, t.task_name, t.worker, t.queue, t.labels, t.para
 
 _COUNT_STALE = f"SELECT count(*) FROM task_execution_logs WHERE {_STALE}"
 
-_SEQS = "SELECT array_agg(nextval('taskmon_event_seq')) FROM generate_series(1, $1::int)"
 
 # A keyset walk up the created_at index: $1 cutoff, $2/$3 the last key deleted
 # (or -infinity/0 at the start), $4 the batch size.
@@ -182,8 +183,8 @@ _EPOCH_START = datetime(1, 1, 1, tzinfo=UTC)
 # ---------------------------------------------------------------------------
 
 
-def _lost_event(row: Mapping[str, Any]) -> dict[str, Any]:
-    record = AttemptRecord(
+def _lost_record(row: Mapping[str, Any]) -> AttemptRecord:
+    return AttemptRecord(
         task_id=row["task_id"],
         attempt=row["attempt"],
         task_name=row["task_name"],
@@ -199,7 +200,6 @@ def _lost_event(row: Mapping[str, Any]) -> dict[str, Any]:
         started_at=row["started_at"] or row["created_at"],
         queue_wait_ms=row["queue_wait_ms"],
     )
-    return event_from_record(record)
 
 
 async def mark_lost(
@@ -235,11 +235,13 @@ async def mark_lost(
     while True:
         async with conn.transaction():
             rows = await conn.fetch(_MARK_LOST, float(lost_after_s), batch_size)
-            events = [_lost_event(row) for row in rows]
-            if events:
-                seqs = await conn.fetchval(_SEQS, len(events))
-                for event, seq in zip(events, seqs, strict=True):
-                    event["seq"] = seq
+            events: list[bytes] = []
+            if rows:
+                seqs = await next_seqs(conn, len(rows))
+                events = [
+                    encode_record_event(_lost_record(row), seq)
+                    for row, seq in zip(rows, seqs, strict=True)
+                ]
                 await publisher.in_transaction(conn, events)
         if events:
             try:

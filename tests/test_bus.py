@@ -61,8 +61,11 @@ async def test_notify_subscriber_receives_committed_batches_split_under_the_limi
     await wait_for(lambda: sub.states())
     assert sub.states()[0].connected
 
-    # when: 60 events of ~1 KB and one far over the NOTIFY limit
-    await publish(pg_recorder, [record(i, pad=1000) for i in range(60)] + [record(60, pad=20_000)])
+    # when: 60 events of ~1 KB and one far over the NOTIFY limit (its params are
+    # within the stored bounds: five values of 3 KB)
+    huge_record = record(60)
+    huge_record.params = {"args": ["x" * 3000 for _ in range(5)], "kwargs": {}}
+    await publish(pg_recorder, [record(i, pad=1000) for i in range(60)] + [huge_record])
 
     # then: all arrive, in seq order, over several notifications
     await wait_for(lambda: len(sub.events) == 61)

@@ -183,7 +183,7 @@ async def test_out_of_order_commits_are_replayed_by_arrival(
     tx = conn.transaction()
     await tx.start()
     late["seq"] = await conn.fetchval("SELECT nextval('taskmon_event_seq')")
-    await PgNotifyPublisher().in_transaction(conn, [late])
+    await PgNotifyPublisher().in_transaction(conn, [dumps(late).encode()])
     await publish(pg_recorder, [record(2)])
     await wait_for(lambda: hub.stats.events == 1)
     first = hub._ring.entries[-1].seq

@@ -56,7 +56,8 @@ async def test_success_is_one_row_with_duration_and_params(
     assert row["status"] == "success"
     assert row["attempt"] == 0
     assert row["task_name"] == "app:add"
-    assert row["params"] == {"args": [1], "kwargs": {"b": 2}}
+    # the positional `a` is stored under its name, as if passed by keyword
+    assert row["params"] == {"args": [], "kwargs": {"a": 1, "b": 2}}
     assert 45 <= row["duration_ms"] < 2000
     assert row["queue_wait_ms"] is not None and row["queue_wait_ms"] >= 0
     assert row["worker"].endswith(f":{__import__('os').getpid()}")
@@ -110,7 +111,7 @@ async def test_sync_task_is_recorded(broker: InMemoryBroker, db: asyncpg.Connect
     assert (await task.wait_result(timeout=5)).return_value == 42
     [row] = await _rows(broker, db)
     assert row["status"] == "success"
-    assert row["params"] == {"args": [21], "kwargs": {}}
+    assert row["params"] == {"args": [], "kwargs": {"n": 21}}
 
 
 async def test_retries_are_one_row_per_attempt(
@@ -189,7 +190,7 @@ async def test_huge_and_odd_params_are_truncated_not_lost(
 
     [row] = await _rows(broker, db)
     assert row["status"] == "success"
-    stored = row["params"]["args"][0]
+    stored = row["params"]["kwargs"]["blob"]
     assert stored.startswith("xxxx") and "truncated" in stored
     assert len(stored.encode()) <= 4 * 1024
     assert row["params"]["kwargs"]["note"].startswith("nul")

@@ -13,14 +13,18 @@ __all__ = ["Publisher"]
 
 
 class Publisher(Protocol):
-    """Sends a batch of events for rows the recorder is writing."""
+    """Sends a batch of events for rows the recorder is writing.
+
+    Events arrive encoded (compact UTF-8 JSON objects, see ``taskmon.encode``):
+    a publisher forwards them without parsing them again.
+    """
 
     name: str
 
-    async def in_transaction(self, conn: Any, events: list[dict[str, Any]]) -> None:
+    async def in_transaction(self, conn: Any, events: list[bytes]) -> None:
         """Called inside the batch's transaction, after its rows were written."""
 
-    async def after_commit(self, events: list[dict[str, Any]]) -> None:
+    async def after_commit(self, events: list[bytes]) -> None:
         """Called once the batch's transaction committed."""
 
     async def close(self) -> None:

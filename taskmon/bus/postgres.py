@@ -29,37 +29,37 @@ CHANNEL = "taskmon_events"
 MAX_PAYLOAD = 7900
 
 
-def shrink(event: dict[str, Any], limit: int = MAX_PAYLOAD) -> str:
-    """Encode one event under `limit` bytes, dropping its params (then error text) if needed."""
-    text = dumps(event)
-    if len(text.encode()) < limit:
-        return text
-    data = event.get("data")
+def shrink(event: bytes, limit: int = MAX_PAYLOAD) -> bytes:
+    """One encoded event under `limit` bytes, dropping its params (then error text) if needed."""
+    if len(event) < limit:
+        return event
+    decoded = json.loads(event)
+    data = decoded.get("data") if isinstance(decoded, dict) else None
     if not isinstance(data, dict):
-        return text
-    event = {**event, "data": {**data, "params": {"_omitted": "too large; see history"}}}
-    text = dumps(event)
-    if len(text.encode()) < limit:
+        return event
+    decoded = {**decoded, "data": {**data, "params": {"_omitted": "too large; see history"}}}
+    text = dumps(decoded).encode()
+    if len(text) < limit:
         return text
     message = str(data.get("error_message") or "")[:1000]
-    event["data"] = {**event["data"], "error_message": message}
-    return dumps(event)
+    decoded["data"] = {**decoded["data"], "error_message": message}
+    return dumps(decoded).encode()
 
 
-def pack_payloads(events: list[dict[str, Any]]) -> Iterator[str]:
-    """Group events into JSON arrays, each payload under PostgreSQL's limit."""
-    batch: list[str] = []
+def pack_payloads(events: list[bytes]) -> Iterator[str]:
+    """Group encoded events into JSON arrays, each payload under PostgreSQL's limit."""
+    batch: list[bytes] = []
     size = 2
     for event in events:
-        text = shrink(event)
-        n = len(text.encode()) + 1
+        event = shrink(event)
+        n = len(event) + 1
         if batch and size + n > MAX_PAYLOAD:
-            yield "[" + ",".join(batch) + "]"
+            yield (b"[" + b",".join(batch) + b"]").decode()
             batch, size = [], 2
-        batch.append(text)
+        batch.append(event)
         size += n
     if batch:
-        yield "[" + ",".join(batch) + "]"
+        yield (b"[" + b",".join(batch) + b"]").decode()
 
 
 def unpack_payload(payload: str) -> list[dict[str, Any]]:
@@ -81,14 +81,14 @@ class PgNotifyPublisher:
     def __init__(self, channel: str = CHANNEL) -> None:
         self.channel = channel
 
-    async def in_transaction(self, conn: Any, events: list[dict[str, Any]]) -> None:
+    async def in_transaction(self, conn: Any, events: list[bytes]) -> None:
         payloads = list(pack_payloads(events))
         if payloads:
             await conn.execute(
                 "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", self.channel, payloads
             )
 
-    async def after_commit(self, events: list[dict[str, Any]]) -> None:
+    async def after_commit(self, events: list[bytes]) -> None:
         return None
 
     async def close(self) -> None:

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from taskmon.bus.subscriber import Backoff, BusEvents, BusGap, BusItem, BusState
-from taskmon.events import dumps
 
 __all__ = ["STREAM", "RedisStreamPublisher", "RedisStreamSubscriber", "stream_id"]
 
@@ -39,10 +38,10 @@ class RedisStreamPublisher:
         self.failed = 0
         self._down = False
 
-    async def in_transaction(self, conn: Any, events: list[dict[str, Any]]) -> None:
+    async def in_transaction(self, conn: Any, events: list[bytes]) -> None:
         return None
 
-    async def after_commit(self, events: list[dict[str, Any]]) -> None:
+    async def after_commit(self, events: list[bytes]) -> None:
         if not events:
             return
         from redis.exceptions import ConnectionError as RedisConnectionError
@@ -66,10 +65,10 @@ class RedisStreamPublisher:
                 "taskmon: Redis reachable again; %d events were not published", self.failed
             )
 
-    async def _send(self, events: list[dict[str, Any]]) -> None:
+    async def _send(self, events: list[bytes]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
             for event in events:
-                pipe.xadd(self.stream, {"e": dumps(event)}, maxlen=self.maxlen, approximate=True)
+                pipe.xadd(self.stream, {"e": event}, maxlen=self.maxlen, approximate=True)
             await pipe.execute()
 
     async def close(self) -> None:

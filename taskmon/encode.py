@@ -1,0 +1,152 @@
+"""From captured attempts to stored rows and wire events, once per attempt, in the writer.
+
+The middleware's hooks only capture (clock readings, the arguments as JSON, the
+exception); everything that costs more — binding arguments to names, redaction,
+size bounds, formatting tracebacks, JSON for the row and for the events — is
+done here, by the background writer, off the task's path.
+"""
+
+from __future__ import annotations
+
+import traceback as tb
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from taskmon.events import EVENT_VERSION, AttemptRecord, Status, event_type_for
+from taskmon.params import ParamsPolicy, dumps
+
+__all__ = [
+    "MAX_TRACEBACK",
+    "Prepared",
+    "encode_event",
+    "encode_record_event",
+    "prepare",
+    "row_of",
+]
+
+MAX_TRACEBACK = 32 * 1024
+_UNFINISHED = (Status.RUNNING, Status.PENDING)
+_EMPTY = b"{}"
+_TYPES = {status: event_type_for(status).value for status in Status}
+
+
+def _text(value: str | None) -> str | None:
+    # PostgreSQL text cannot hold NUL; a task's error message sometimes does
+    if value is not None and "\x00" in value:
+        return value.replace("\x00", "\ufffd")
+    return value
+
+
+def _jsonb(data: bytes) -> str:
+    # jsonb refuses \u0000 as well
+    text = data.decode()
+    return text.replace("\\u0000", "\\ufffd") if "\\u0000" in text else text
+
+
+@dataclass(slots=True)
+class Prepared:
+    """What one attempt costs to encode, computed once and reused for each of its states."""
+
+    record: AttemptRecord
+    labels: str
+    params: bytes | None
+
+
+def prepare(record: AttemptRecord, policy: ParamsPolicy) -> Prepared:
+    """Redact, bound and encode `record`'s labels and parameters.
+
+    Args:
+        record: the attempt; its ``raw_params`` (from the middleware) take precedence
+            over ``params`` (from other writers).
+        policy: redaction and size bounds.
+    """
+    labels = policy.encode(record.labels) if record.labels else _EMPTY
+    if record.raw_params is not None:
+        params: bytes | None = policy.encode_captured(record.raw_params)
+    elif record.params is not None:
+        params = policy.encode(record.params)
+    else:
+        params = None
+    return Prepared(record, _jsonb(labels), params)
+
+
+def _fill_error(record: AttemptRecord, max_message: int) -> None:
+    """Format the captured exception into the record's error fields (once)."""
+    exc, record.exception = record.exception, None
+    if exc is None or record.error_type is not None:
+        return
+    record.error_type = type(exc).__qualname__
+    try:
+        record.error_message = str(exc)[:max_message] or None
+    except Exception:  # a broken __str__ must not lose the attempt
+        record.error_message = f"<unprintable {type(exc).__name__}>"
+    text = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+    record.traceback = text[-MAX_TRACEBACK:]
+
+
+def row_of(prepared: Prepared, max_message: int) -> tuple[Any, ...]:
+    """The upsert's columns for the attempt's current state (see ``store.ingest``)."""
+    r = prepared.record
+    if r.exception is not None:
+        _fill_error(r, max_message)
+    params = prepared.params
+    return (
+        _text(r.task_id),
+        r.attempt,
+        _text(r.task_name),
+        r.status,
+        _text(r.worker),
+        _text(r.queue),
+        prepared.labels,
+        None if params is None else _jsonb(params),
+        _text(r.error_type),
+        _text(r.error_message),
+        _text(r.traceback),
+        r.timeout_s,
+        r.enqueued_at,
+        r.started_at,
+        r.finished_at,
+        r.duration_ms,
+        r.queue_wait_ms,
+        r.created_at,
+    )
+
+
+def encode_event(record: AttemptRecord, status: Status, seq: int, params: bytes | None) -> bytes:
+    """The wire form of the event announcing `record` in `status` (DESIGN.md, "Live events").
+
+    An event of an unfinished state carries nothing of the outcome, even when the
+    record (shared by the attempt's states) has meanwhile finished.
+    """
+    finished = status not in _UNFINISHED
+    timestamp = (record.finished_at if finished else None) or record.started_at
+    return orjson.dumps(
+        {
+            "v": EVENT_VERSION,
+            "seq": seq,
+            "type": _TYPES[status],
+            "task_name": record.task_name,
+            "status": status,
+            "timestamp": timestamp or datetime.now(UTC),
+            "data": {
+                "task_id": record.task_id,
+                "attempt": record.attempt,
+                "worker": record.worker,
+                "duration_ms": record.duration_ms if finished else None,
+                "queue_wait_ms": record.queue_wait_ms,
+                "error_type": record.error_type if finished else None,
+                "error_message": record.error_message if finished else None,
+                "params": None if params is None else orjson.Fragment(params),
+            },
+        },
+        option=orjson.OPT_NAIVE_UTC,
+    )
+
+
+def encode_record_event(record: AttemptRecord, seq: int) -> bytes:
+    """The event of a record whose ``params`` are already in stored form (cleanup's lost events)."""
+    params = None if record.params is None else dumps(record.params)
+    return encode_event(record, record.status, seq, params)
