@@ -88,12 +88,6 @@ def test_migrations_are_numbered_without_gaps() -> None:
     assert versions == list(range(1, len(versions) + 1))
 
 
-def test_shipped_migrations_are_for_workers() -> None:
-    # a manual one would stop every worker's upgrade of a fresh database until an
-    # operator runs `taskmon db upgrade`: a single machine needs no set-up
-    assert not [m.filename for m in SHIPPED if m.manual]
-
-
 # -- markers ---------------------------------------------------------------------
 
 
