@@ -401,8 +401,7 @@ class _Plan:
     apply: list[Migration]
     waiting: list[Migration]
     unfilled: list[Migration]  # applied before checksums were recorded
-    edited: Migration | None
-    edited_message: str | None
+    edited_message: str | None  # an applied file was edited: why nothing may be applied
 
 
 def _plan(known: Sequence[Migration], done: Mapping[int, str | None], worker: bool) -> _Plan:
@@ -420,11 +419,11 @@ def _plan(known: Sequence[Migration], done: Mapping[int, str | None], worker: bo
     pending = [m for m in known if m.version not in done]
     unfilled = [m for m in known if m.version in done and done[m.version] is None]
     if not worker:
-        return _Plan(pending, [], unfilled, edited, message)
+        return _Plan(pending, [], unfilled, message)
     if edited is not None:
-        return _Plan([], pending, [], edited, message)
+        return _Plan([], pending, [], message)
     stop = next((i for i, m in enumerate(pending) if m.manual), len(pending))
-    return _Plan(pending[:stop], pending[stop:], unfilled, None, None)
+    return _Plan(pending[:stop], pending[stop:], unfilled, None)
 
 
 async def upgrade(
