@@ -13,16 +13,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import shutil
 import signal
+import socket
+import stat
+import sys
 import tempfile
+import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from taskiq import AsyncBroker, InMemoryBroker, SimpleRetryMiddleware
 
@@ -30,9 +35,18 @@ from taskmon.events import AttemptRecord, Status
 from taskmon.middleware import MonitoringMiddleware
 from taskmon.recorder import Recorder
 
-__all__ = ["DemoSummary", "demo_environment", "end_on_hangup", "run_headless"]
+__all__ = [
+    "DemoStop",
+    "DemoStopped",
+    "DemoSummary",
+    "backfill",
+    "demo_environment",
+    "run_headless",
+    "until_stopped",
+]
 
 logger = logging.getLogger("taskmon.demo")
+T = TypeVar("T")
 
 
 class CardDeclinedError(Exception):
@@ -135,7 +149,23 @@ async def backfill(dsn: str, *, hours: int = 24, count: int = 3000, seed: int = 
         "media:resize_image": ("OSError", "cannot identify image file"),
     }
     recorder = Recorder(dsn, flush_interval=0.05)
-    await recorder.start(wait_connected=30)
+    try:
+        await recorder.start(wait_connected=30)
+        _submit_past(recorder, rng, names, errors, hours, count)
+        await recorder.flush(timeout=120)
+    finally:
+        # also when a signal ends the demo during start-up: no writer left behind
+        await recorder.stop(timeout=1)
+
+
+def _submit_past(
+    recorder: Recorder,
+    rng: random.Random,
+    names: list[tuple[str, float, float]],
+    errors: dict[str, tuple[str, str]],
+    hours: int,
+    count: int,
+) -> None:
     now = datetime.now(UTC)
     for i in range(count):
         name, fail_rate, median_ms = rng.choice(names)
@@ -163,8 +193,165 @@ async def backfill(dsn: str, *, hours: int = 24, count: int = 3000, seed: int = 
                 queue_wait_ms=rng.expovariate(1 / 20),
             )
         )
-    await recorder.flush(timeout=120)
-    await recorder.stop()
+
+
+class DemoStopped(Exception):
+    """A signal ended the demo before it had started; everything it started is removed."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(f"{signal_name} during start-up")
+        self.signal_name = signal_name
+
+
+class DemoStop:
+    """Ends the demo cleanly on SIGHUP (the SSH session dropped) or SIGTERM, in any phase.
+
+    Killed by either, the demo would leave its private PostgreSQL running in a
+    temporary directory. Installed before anything is started, the handlers
+    turn the first signal into an orderly end: during start-up (see
+    :meth:`starting`) it cancels the start-up, whose clean-up then removes
+    whatever was started; afterwards it sets :attr:`ended`. Later signals do
+    nothing more, so a second one cannot kill the clean-up halfway.
+
+    After SIGHUP the terminal is gone: file descriptors 1 and 2, where they are
+    a terminal, are pointed at ``/dev/null`` at once, so that no write (the
+    TUI's, a summary) can fail or block on it. Should the event loop still not
+    finish within `grace` seconds of the signal (something blocked it), a
+    watchdog thread removes the private PostgreSQL itself and ends the process.
+    """
+
+    def __init__(self, *, grace: float = 60.0) -> None:
+        self.ended = asyncio.Event()
+        """Set in the event loop by the first signal that arrives after start-up."""
+        self.signal_name: str | None = None
+        """``"SIGHUP"`` or ``"SIGTERM"`` once one arrived."""
+        self.root: Path | None = None
+        """The demo's temporary directory, for the watchdog (set by :func:`demo_environment`)."""
+        self._grace = grace
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._starting: asyncio.Task[Any] | None = None
+        self._cancelled_start = False
+        self._signalled = threading.Event()
+        self._finished = threading.Event()
+        self._wakeup: tuple[socket.socket, socket.socket] | None = None
+        self._old_wakeup_fd = -1
+
+    def install(self) -> None:
+        """Handle SIGHUP and SIGTERM from now on (call it in the running event loop, first)."""
+        loop = self._loop = asyncio.get_running_loop()
+        # Handlers run in the main thread between two bytecodes, even when the event loop
+        # is blocked; the wake-up socket makes a signal that another thread received wake
+        # the loop's select() at once instead of at its next timer.
+        reader, writer = socket.socketpair()
+        reader.setblocking(False)
+        writer.setblocking(False)
+        self._wakeup = (reader, writer)
+        self._old_wakeup_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        loop.add_reader(reader.fileno(), self._drain_wakeup)
+        for sig in (signal.SIGHUP, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+        threading.Thread(target=self._watch, name="taskmon-demo-watchdog", daemon=True).start()
+
+    def finished(self) -> None:
+        """Clean-up is done: the watchdog stands down. The handlers stay until exit."""
+        self._finished.set()
+        if self._wakeup is not None and self._loop is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self._wakeup[0].fileno())
+            signal.set_wakeup_fd(self._old_wakeup_fd)
+            for sock in self._wakeup:
+                sock.close()
+            self._wakeup = None
+
+    @contextlib.contextmanager
+    def starting(self) -> Iterator[None]:
+        """While inside, a signal cancels the current task; leaving raises :class:`DemoStopped`."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._starting = task
+        try:
+            yield
+        except asyncio.CancelledError:
+            if self._cancelled_start and task.uncancel() == 0:
+                # a plain exception, not a cancellation, so that the clean-up that
+                # follows runs in a task that is no longer being cancelled
+                raise DemoStopped(self.signal_name or "a signal") from None
+            raise
+        finally:
+            self._starting = None
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if signum == signal.SIGHUP:
+            _silence_terminal()
+        if self._signalled.is_set():
+            return  # already ending: a second signal must not disturb the clean-up
+        self.signal_name = signal.Signals(signum).name
+        self._signalled.set()
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to end
+                self._loop.call_soon_threadsafe(self._end)
+
+    def _end(self) -> None:
+        # runs in the event loop, so the phase it sees is the one the demo is in
+        if self._starting is not None:
+            self._cancelled_start = True
+            self._starting.cancel()
+        else:
+            self.ended.set()
+
+    def _drain_wakeup(self) -> None:
+        if self._wakeup is not None:
+            with contextlib.suppress(OSError):
+                self._wakeup[0].recv(256)
+
+    def _watch(self) -> None:
+        self._signalled.wait()
+        if self._finished.wait(self._grace):
+            return
+        with contextlib.suppress(Exception):
+            sys.stderr.write(
+                f"taskmon: the demo did not stop within {self._grace:g} s of "
+                f"{self.signal_name}; removing its PostgreSQL and leaving\n"
+            )
+            sys.stderr.flush()
+        if self.root is not None:
+            _remove_cluster(self.root / "pg")
+            shutil.rmtree(self.root, ignore_errors=True)
+        os._exit(1)
+
+
+def _silence_terminal() -> None:
+    """Point stdout and stderr, where they are a terminal, at /dev/null.
+
+    After a hang-up, writes to the terminal fail (and a writer that fails can
+    leave others waiting on it); a pipe or a file still has its reader.
+    """
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for fd in (1, 2):
+            # S_ISCHR, not isatty: a terminal that has hung up no longer answers isatty
+            with contextlib.suppress(OSError):
+                if stat.S_ISCHR(os.fstat(fd).st_mode):
+                    os.dup2(devnull, fd)
+        os.close(devnull)
+
+
+async def until_stopped(
+    main: Callable[[DemoStop], Awaitable[T]], *, grace: float = 60.0
+) -> T | DemoStopped:
+    """Run `main` with SIGHUP and SIGTERM handled by a :class:`DemoStop` installed first.
+
+    Returns what `main` returns, or the :class:`DemoStopped` that a signal during
+    start-up raised (after everything started so far was removed).
+    """
+    stop = DemoStop(grace=grace)
+    stop.install()
+    try:
+        return await main(stop)
+    except DemoStopped as stopped:
+        return stopped
+    finally:
+        stop.finished()
 
 
 @dataclass
@@ -178,48 +365,86 @@ class DemoEnvironment:
     kicked: Callable[[], int]
     stop_load: Callable[[], None]
     data_dir: Path
+    ready_at: float
+    """``time.monotonic()`` when start-up ended and the task load began."""
     _extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _say(line: str) -> None:
+    # start-up takes seconds: say on stderr what the wait is for
+    with contextlib.suppress(OSError):
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
 
 
 @contextlib.asynccontextmanager
 async def demo_environment(
-    *, rate: float = 15.0, seed: int | None = None, data_dir: Path | None = None
+    *,
+    rate: float = 15.0,
+    seed: int | None = None,
+    data_dir: Path | None = None,
+    stop: DemoStop | None = None,
+    progress: Callable[[str], None] = _say,
 ) -> AsyncIterator[DemoEnvironment]:
-    """Start the private database, the hub, the broker and the task load; stop them on exit."""
+    """Start the private database, the hub, the broker and the task load; stop them on exit.
+
+    With `stop`, a signal during start-up raises :class:`DemoStopped` out of the
+    ``async with`` once everything started so far is stopped and deleted.
+    """
     from taskmon.hub import Hub
     from taskmon.store.embedded import embedded_dsn
 
+    stop = stop or DemoStop()
     # the demo's tasks fail on purpose: TaskIQ would print each traceback on stderr
     logging.getLogger("taskiq").setLevel(logging.CRITICAL)
     own_dir = data_dir is None
     root = data_dir or Path(tempfile.mkdtemp(prefix="taskmon-demo-"))
-    dsn = await asyncio.to_thread(embedded_dsn, root / "pg", keep=False)
-    hub = Hub(dsn=dsn)
+    stop.root = root
+    loop = asyncio.get_running_loop()
+    server: asyncio.Future[str] | None = None
+    hub: Hub | None = None
     broker: InMemoryBroker | None = None
-    stop = asyncio.Event()
+    halt = asyncio.Event()
     load: asyncio.Task[int] | None = None
     counter = {"n": 0}
     try:
-        await backfill(dsn)
-        hub_url = await hub.start("127.0.0.1", 0)
-        monitor = MonitoringMiddleware(dsn=dsn, flush_interval=0.1)
-        broker = InMemoryBroker(max_async_tasks=200).with_middlewares(
-            SimpleRetryMiddleware(default_retry_count=3), monitor
-        )
-        await broker.startup()
+        with stop.starting():
+            progress("starting a private PostgreSQL…")
+            server = loop.run_in_executor(None, lambda: embedded_dsn(root / "pg", keep=False))
+            # shielded: a signal must not abandon the thread that is starting the server
+            dsn = await asyncio.shield(server)
+            progress("recording a day of past tasks…")
+            await backfill(dsn)
+            progress("starting the event hub and the demo tasks…")
+            hub = Hub(dsn=dsn)
+            hub_url = await hub.start("127.0.0.1", 0)
+            monitor = MonitoringMiddleware(dsn=dsn, flush_interval=0.1)
+            broker = InMemoryBroker(max_async_tasks=200).with_middlewares(
+                SimpleRetryMiddleware(default_retry_count=3), monitor
+            )
+            await broker.startup()
         rng = random.Random(seed)
         tasks = _register_tasks(broker, rng)
 
         async def counted_load() -> int:
             n = 0
             with contextlib.suppress(asyncio.CancelledError):
-                n = await _load(_Counting(tasks, counter), rng, rate, stop)
+                n = await _load(_Counting(tasks, counter), rng, rate, halt)
             return n
 
         load = asyncio.create_task(counted_load(), name="taskmon-demo-load")
-        yield DemoEnvironment(dsn, hub_url, broker, monitor, lambda: counter["n"], stop.set, root)
+        yield DemoEnvironment(
+            dsn,
+            hub_url,
+            broker,
+            monitor,
+            lambda: counter["n"],
+            halt.set,
+            root,
+            ready_at=time.monotonic(),
+        )
     finally:
-        stop.set()
+        halt.set()
         if load is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(load, 5)
@@ -228,8 +453,15 @@ async def demo_environment(
                 await asyncio.wait_for(_drain(broker), 10)
             with contextlib.suppress(Exception):
                 await broker.shutdown()
-        with contextlib.suppress(Exception):
-            await hub.stop()
+        if hub is not None:
+            with contextlib.suppress(Exception):
+                await hub.stop()
+        if server is not None and not server.done():
+            # a signal came while the server was starting: let the start finish, then
+            # stop it (its failure, say pg_ctl killed by the same hang-up, changes nothing)
+            await asyncio.wait([server])
+        if server is not None and server.done() and not server.cancelled():
+            server.exception()  # retrieved: a failed start is cleaned up below like any
         await asyncio.to_thread(_remove_cluster, root / "pg")
         if own_dir:
             shutil.rmtree(root, ignore_errors=True)
@@ -265,7 +497,30 @@ def _remove_cluster(pgdata: Path) -> None:
     from taskmon.store.embedded import stop_embedded
 
     stop_embedded(pgdata)
+    _kill_leftover_postgres(pgdata)
     shutil.rmtree(pgdata, ignore_errors=True)
+
+
+def _kill_leftover_postgres(pgdata: Path) -> None:
+    """End any server still running on `pgdata` that ``pg_ctl stop`` could not stop.
+
+    A hang-up reaches ``pg_ctl start`` too (it runs in the terminal's process
+    group) while the server it launched, in a session of its own, lives on
+    before it has written the ``postmaster.pid`` that ``pg_ctl stop`` needs.
+    """
+    import psutil  # type: ignore[import-untyped]
+
+    leftovers = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if proc.info["name"] == "postgres" and str(pgdata) in cmdline:
+            with contextlib.suppress(psutil.Error):
+                proc.terminate()
+                leftovers.append(proc)
+    _, alive = psutil.wait_procs(leftovers, timeout=10)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
 
 
 @dataclass(frozen=True)
@@ -273,6 +528,8 @@ class DemoSummary:
     """What a headless demo run did."""
 
     seconds: float
+    """How long the task load ran (start-up not included)."""
+    startup_seconds: float
     kicked: int
     attempts_recorded: int
     by_status: dict[str, int]
@@ -280,40 +537,39 @@ class DemoSummary:
     retries: int
     events_delivered: int
     dsn: str
+    ended_by: str | None = None
+    """The signal that ended the run early, if one did."""
 
     def lines(self) -> list[str]:
         statuses = ", ".join(f"{k} {v}" for k, v in sorted(self.by_status.items()))
+        ended = f", ended by {self.ended_by}" if self.ended_by else ""
         return [
-            f"demo ran {self.seconds:.1f} s: {self.kicked} tasks kicked",
+            f"demo ran {self.seconds:.1f} s{ended} (after {self.startup_seconds:.1f} s of "
+            f"start-up): {self.kicked} tasks kicked",
             f"attempts recorded: {self.attempts_recorded} ({statuses})",
             f"failures: {self.failures}, retried attempts: {self.retries}",
             f"events delivered to a live subscriber: {self.events_delivered}",
         ]
 
 
-def end_on_hangup(end: Callable[[], object]) -> None:
-    """From now on, call `end` on SIGHUP (the SSH session dropped) or SIGTERM, instead of dying.
-
-    Killed by either, the demo would leave its private PostgreSQL running in a
-    temporary directory; ended through `end`, it stops and deletes it as on `q`.
-    The handlers stay until the event loop closes, so that a second signal during
-    that clean-up calls `end` again rather than killing it halfway.
-    """
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGHUP, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):  # no such signals on Windows
-            loop.add_signal_handler(sig, end)
-
-
 async def run_headless(
-    duration: float, *, rate: float = 15.0, seed: int | None = None
+    duration: float,
+    *,
+    rate: float = 15.0,
+    seed: int | None = None,
+    stop: DemoStop | None = None,
 ) -> DemoSummary:
-    """Run the demo without the TUI for `duration` seconds and summarise it."""
+    """Run the demo without the TUI for `duration` seconds and summarise it.
+
+    With `stop`, its signal ends the load early (the summary says so), or, during
+    start-up, raises :class:`DemoStopped`.
+    """
     from taskmon.client import EventReceived, subscribe
     from taskmon.store.db import connect
 
+    stop = stop or DemoStop()
     started = time.monotonic()
-    async with demo_environment(rate=rate, seed=seed) as env:
+    async with demo_environment(rate=rate, seed=seed, stop=stop) as env:
         delivered = 0
 
         async def listen() -> None:
@@ -323,13 +579,13 @@ async def run_headless(
                     delivered += 1
 
         listener = asyncio.create_task(listen())
-        ended = asyncio.Event()
-        end_on_hangup(ended.set)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(ended.wait(), duration)
+            await asyncio.wait_for(stop.ended.wait(), duration)
         env.stop_load()
+        ran = time.monotonic() - env.ready_at
         kicked = env.kicked()
-        await _drain(env.broker)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(_drain(env.broker), 20)
         assert env.monitor.recorder is not None
         await env.monitor.recorder.flush(timeout=30)
         await asyncio.sleep(0.5)  # let the last events cross the hub
@@ -346,7 +602,8 @@ async def run_headless(
             await conn.close()
         by_status = {r["status"]: r["n"] for r in rows}
         return DemoSummary(
-            seconds=time.monotonic() - started,
+            seconds=ran,
+            startup_seconds=env.ready_at - started,
             kicked=kicked,
             attempts_recorded=sum(by_status.values()),
             by_status=by_status,
@@ -354,4 +611,5 @@ async def run_headless(
             retries=by_status.get("retrying", 0),
             events_delivered=delivered,
             dsn=env.dsn,
+            ended_by=stop.signal_name if stop.ended.is_set() else None,
         )

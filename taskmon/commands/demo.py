@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from taskmon.commands.common import fail, run
 
+if TYPE_CHECKING:
+    from taskmon.demo import DemoStop, DemoStopped
+
 __all__ = ["demo"]
+
+APP_EXIT_SECONDS = 5.0
+"""How long the TUI may take to leave once asked, before the demo is cleaned up anyway."""
 
 
 def demo(
@@ -38,30 +44,63 @@ def demo(
         fail(f"--duration must be positive, got {duration:g}")
     if rate <= 0 or rate > 2000:
         fail(f"--rate must be between 0 and 2000 tasks per second, got {rate:g}")
+    from taskmon.demo import DemoStopped, until_stopped
+
     if headless:
         from taskmon.demo import run_headless
 
-        summary = run(run_headless(duration or 10.0, rate=rate, seed=seed))
+        summary = run(
+            until_stopped(
+                lambda stop: run_headless(duration or 10.0, rate=rate, seed=seed, stop=stop)
+            )
+        )
+        if isinstance(summary, DemoStopped):
+            _stopped_before_start(summary)
+            return
         for line in summary.lines():
             typer.echo(line)
         return
 
-    async def with_tui() -> None:
-        import asyncio
-        import contextlib
+    ended = run(
+        until_stopped(lambda stop: _with_tui(stop, rate=rate, seed=seed, duration=duration))
+    )
+    if isinstance(ended, DemoStopped):
+        _stopped_before_start(ended)
 
-        from taskmon.demo import demo_environment, end_on_hangup
-        from taskmon.tui.app import make_app
-        from taskmon.tui.sources import HubLiveSource, PgDataSource
 
-        typer.echo("starting a private PostgreSQL and the demo tasks…", err=True)
-        async with demo_environment(rate=rate, seed=seed) as env:
-            app = make_app(PgDataSource(env.dsn), HubLiveSource(env.hub_url), window="1h")
-            end_on_hangup(app.exit)
-            if duration is None:
-                await app.run_async()
-            else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(app.run_async(), duration)
+def _stopped_before_start(stopped: DemoStopped) -> None:
+    # not an error: the user (or their terminal) asked the demo to end, and it did cleanly
+    typer.echo(
+        f"taskmon: demo ended by {stopped.signal_name} while starting; "
+        "its private PostgreSQL is removed",
+        err=True,
+    )
 
-    run(with_tui())
+
+async def _with_tui(
+    stop: DemoStop, *, rate: float, seed: int | None, duration: float | None
+) -> None:
+    import asyncio
+
+    from taskmon.demo import demo_environment
+    from taskmon.tui.app import make_app
+    from taskmon.tui.sources import HubLiveSource, PgDataSource
+
+    async with demo_environment(rate=rate, seed=seed, stop=stop) as env:
+        app = make_app(PgDataSource(env.dsn), HubLiveSource(env.hub_url), window="1h")
+        shown = asyncio.create_task(app.run_async(), name="taskmon-demo-tui")
+        ended = asyncio.create_task(stop.ended.wait())
+        await asyncio.wait({shown, ended}, timeout=duration, return_when="FIRST_COMPLETED")
+        ended.cancel()
+        if not shown.done():
+            # a signal or --duration: ask the app to leave, but never wait on it for
+            # long: after a hang-up nothing it does on the terminal matters any more
+            app.exit()
+            await asyncio.wait({shown}, timeout=APP_EXIT_SECONDS)
+        if not shown.done():
+            shown.cancel()
+            await asyncio.wait({shown}, timeout=APP_EXIT_SECONDS)
+        failure = shown.exception() if shown.done() and not shown.cancelled() else None
+        if failure is not None:
+            raise failure
+        typer.echo("stopping the demo tasks and removing the private PostgreSQL…", err=True)
