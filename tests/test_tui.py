@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 from helpers import wait_for, with_database
+from tui_conftest_helpers import screen_text
 
 from taskmon.events import AttemptRecord, Status
 from taskmon.hub import Hub
@@ -286,6 +287,45 @@ async def test_detail_screen_opens_and_closes(dsn: str, recorded: Any) -> None:
         await pilot.press("escape")
         await wait_for(lambda: not isinstance(app.screen, DetailScreen))
         assert app.screen is app.main
+
+
+LONG_TRACEBACK = """Traceback (most recent call last):
+  File "/srv/app/worker.py", line 88, in run
+    result = await task(*args)
+  File "/srv/app/tasks.py", line 42, in extract
+    rows = await source.fetch(batch)
+  File "/srv/app/source.py", line 17, in fetch
+    async with session.get(url) as response:
+  File "/srv/app/http.py", line 230, in get
+    return await self._request("GET", url)
+  File "/srv/app/http.py", line 301, in _request
+    raise TimeoutError("upstream timed out after 30s")
+TimeoutError: upstream timed out after 30s"""
+
+
+async def test_a_failure_opens_on_its_error_and_traceback_at_80x24(
+    dsn: str, recorded: asyncpg.Connection[Any]
+) -> None:
+    # given a failure with a twelve-line traceback, the newest failure recorded
+    created = datetime.now(UTC) - timedelta(minutes=1)
+    await recorded.execute(
+        _INSERT, "slow-source", 0, "app.tasks:extract", "failed", "{}", "TimeoutError",
+        "upstream timed out after 30s", LONG_TRACEBACK, created, created, 30_000.0,
+    )  # fmt: skip
+    app = make_app(PgDataSource(dsn), None)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await started(app)
+        # when the user shows failures and opens the newest
+        await pilot.press("s")
+        await wait_for(lambda: [r["task_id"] for r in history_rows(app)][:1] == ["slow-source"])
+        await pilot.press("enter")
+        await wait_for(lambda: isinstance(app.screen, DetailScreen))
+        await pilot.pause()
+        # then the error and the whole traceback are on screen without scrolling
+        text = screen_text(app)
+        assert "TimeoutError: upstream timed out after 30s" in text.splitlines()[1]
+        for line in LONG_TRACEBACK.splitlines():
+            assert line in text, line
 
 
 async def test_window_cycling_changes_the_numbers(dsn: str, recorded: Any) -> None:
