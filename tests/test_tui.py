@@ -328,6 +328,39 @@ async def test_a_failure_opens_on_its_error_and_traceback_at_80x24(
             assert line in text, line
 
 
+LONG_ERROR = "upstream timed out after 30s while reading batch 17 of s3://bucket/extract/2026"
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 36)], ids=["80x24", "120x36"])
+async def test_history_columns_fit_the_width_error_included(
+    dsn: str, recorded: asyncpg.Connection[Any], size: tuple[int, int]
+) -> None:
+    # given a failure whose error is longer than any terminal is wide
+    created = datetime.now(UTC) - timedelta(minutes=1)
+    await recorded.execute(
+        _INSERT, "long-error", 0, "app.tasks:extract", "failed", "{}", "TimeoutError",
+        LONG_ERROR, None, created, created, 30_000.0,
+    )  # fmt: skip
+    app = make_app(PgDataSource(dsn), None)
+    async with app.run_test(size=size) as pilot:
+        await started(app)
+        await pilot.pause()
+        table = app.main.query_one(HistoryTable)
+        # then every column fits: there is nothing to scroll sideways to
+        labels = [str(c.label) for c in table.columns.values()]
+        assert labels[-1] == "error", labels
+        used = sum(c.get_render_width(table) for c in table.columns.values())
+        assert used <= table.scrollable_content_region.width
+        assert table.max_scroll_x == 0
+        # and the error shows, cut at a word with an ellipsis, never mid-word
+        full = f"TimeoutError {LONG_ERROR}"
+        assert history_rows(app)[0]["task_id"] == "long-error"
+        shown = table.get_row_at(0)[-1].plain
+        assert shown.endswith("…") and len(shown) >= 12, shown
+        assert full.startswith(shown[:-1]) and full[len(shown) - 1] == " ", shown
+        assert shown in screen_text(app)
+
+
 async def test_window_cycling_changes_the_numbers(dsn: str, recorded: Any) -> None:
     app = make_app(PgDataSource(dsn), None, window="15m")
     async with app.run_test(size=SIZE) as pilot:

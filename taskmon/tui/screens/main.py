@@ -162,7 +162,9 @@ class MainScreen(Screen[None]):
 
     def on_mount(self) -> None:
         tz = self.clock().tzinfo
-        self.query_one(HistoryTable).tz = tz
+        history = self.query_one(HistoryTable)
+        history.tz = tz
+        history.clock = self.clock
         self.query_one(LiveFeed).tz = tz
         bar = self.query_one(StatusBar)
         bar.database = self.data.label
