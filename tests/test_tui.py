@@ -245,6 +245,48 @@ async def test_status_key_cycles_the_status_filter(dsn: str, recorded: Any) -> N
         assert app.main.state.status == "retrying"
 
 
+async def test_a_typed_relative_since_is_shown_as_typed_and_is_the_window(
+    dsn: str, recorded: Any
+) -> None:
+    app = make_app(PgDataSource(dsn), None, window="1h")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await started(app)
+        # when the user types a relative since
+        await pilot.press("slash", *"since:2m", "enter")
+        # then the status bar shows it as typed, and the window is those two minutes
+        bar = app.main.query_one(StatusBar)
+        metrics = app.main.query_one("#metrics")
+        await wait_for(lambda: app.main.stats is not None and app.main.stats.total == 0)
+        await wait_for(lambda: str(metrics.border_title) == "Metrics · last 2m")
+        assert (bar.filter_text, bar.window) == ("since:2m", "2m")
+        assert "window 2m · filter since:2m" in screen_text(app)
+        assert app.main.stats.until - app.main.stats.since == timedelta(minutes=2)
+
+
+async def test_the_status_key_goes_on_from_a_typed_status(dsn: str, recorded: Any) -> None:
+    # given a screen filtered on a typed status:failed
+    app = make_app(PgDataSource(dsn), None, query="status:failed")
+    async with app.run_test(size=SIZE) as pilot:
+        await started(app)
+        assert {r["status"] for r in history_rows(app)} == {"failed"}
+        statuses = []
+        for _ in range(4):
+            # when s is pressed, each press shows something else
+            await pilot.press("s")
+            await wait_for(lambda: not app.main._history_busy and not app.main.workers)
+            state = app.main.state
+            statuses.append((state.status, app.main.query_one(StatusBar).filter_text))
+        assert statuses == [
+            ("running", "status:running"),
+            ("retrying", "status:retrying"),
+            ("lost", "status:lost"),
+            ("all", ""),
+        ]
+        # and "all" lists every status, not the typed one again
+        await wait_for(lambda: len(history_rows(app)) == 25)
+        assert {"failed", "success", "retrying"} <= {r["status"] for r in history_rows(app)}
+
+
 async def test_pause_and_resume_count_new_events(dsn: str, pg_recorder: Recorder) -> None:
     app = make_app(PgDataSource(dsn), InProcessHubSource(dsn))
     async with app.run_test(size=SIZE) as pilot:
