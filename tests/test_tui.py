@@ -312,6 +312,36 @@ async def test_pause_and_resume_count_new_events(dsn: str, pg_recorder: Recorder
         assert feed.received == 4
 
 
+async def test_feed_lines_run_in_time_order_whatever_the_batch_order(
+    dsn: str, pg_recorder: Recorder
+) -> None:
+    app = make_app(PgDataSource(dsn), InProcessHubSource(dsn))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(lambda: app.main.query_one(StatusBar).connection == "live")
+        feed = app.main.query_one(LiveFeed)
+        await pilot.press("space")  # what arrives waits, then shows at once
+        # given three attempts written in one batch, whose task ids sort against their times
+        now = datetime.now(UTC)
+        for task_id, ago_s in (("a-last", 0), ("b-middle", 1), ("c-first", 2)):
+            record = attempt(task_id, task=f"app.tasks:{task_id}")
+            ended = now - timedelta(seconds=ago_s)
+            pg_recorder.submit(
+                dataclasses.replace(
+                    record, started_at=ended - timedelta(milliseconds=50), finished_at=ended
+                )
+            )
+        await pg_recorder.flush()
+        await wait_for(lambda: feed.new_while_paused == 3)
+        # when they are shown
+        await pilot.press("space")
+        await wait_for(lambda: feed.line_count == 3)
+        # then the oldest comes first: times never run backwards
+        names = [line.split()[3] for line in feed.plain_lines()]
+        assert names == ["app.tasks:c-first", "app.tasks:b-middle", "app.tasks:a-last"]
+        # and the newest event is the last one seen, whichever came last
+        assert datetime.fromisoformat(feed.last_event_at) == now
+
+
 async def test_detail_screen_opens_and_closes(dsn: str, recorded: Any) -> None:
     app = make_app(PgDataSource(dsn), None)
     async with app.run_test(size=SIZE) as pilot:
@@ -450,6 +480,9 @@ async def test_hub_restart_reconnects_and_fills_the_gap(dsn: str, pg_recorder: R
             text = feed_text(app)
             assert text.count("app.tasks:missed") == 3
             assert "live connection lost" in text
+            # each filled line names the attempt's worker, as a live line does
+            filled = [line for line in text.splitlines() if "app.tasks:missed" in line]
+            assert all("  host-9:9" in line for line in filled), filled
     finally:
         await hub.stop()
 
