@@ -153,11 +153,13 @@ async def test_connection_state_stays_visible_at_80_columns_with_a_long_database
         assert lines[0].startswith("taskmon · ✕ offline · last")
         assert lines[1].startswith("db postgresql://postgres@/") and lines[1].endswith("port=5432")
         assert "…" in lines[1]
-        # a database error goes before the label, which gives way
+        # a database error is the state, first; what does not fit moves down, the label last
         bar.error = "connection refused"
         await pilot.pause()
         lines = bar.render().plain.split("\n")
-        assert "✕ offline" in lines[0] and lines[1].startswith("db error: connection refused")
+        assert lines[0].startswith("taskmon · ✕ db: connection refused · ✕ offline · last")
+        assert lines[1].startswith("filter none · db postgresql://")
+        assert all(len(line) <= bar.content_size.width for line in lines)
     app = make_app(PgDataSource(dsn), None)
     async with app.run_test(size=SIZE) as pilot:  # wide enough: one line
         bar = app.main.query_one(StatusBar)
@@ -550,12 +552,18 @@ async def test_database_errors_are_shown_and_the_app_keeps_running(server_dsn: s
         assert app.is_running
 
 
-async def test_a_database_without_tables_says_how_to_create_them(empty_dsn: str) -> None:
-    app = make_app(PgDataSource(empty_dsn), None)
-    async with app.run_test(size=SIZE):
+async def test_a_database_without_tables_is_the_state_not_live(empty_dsn: str) -> None:
+    # given a database with no taskmon tables, and a live feed that connects
+    app = make_app(PgDataSource(empty_dsn), InProcessHubSource(empty_dsn))
+    async with app.run_test(size=(80, 24)) as pilot:
         bar = app.main.query_one(StatusBar)
-        await wait_for(lambda: bar.error != "")
-        assert bar.error == "no taskmon tables in this database yet: run `taskmon db upgrade`"
+        await wait_for(lambda: bar.error != "" and bar.connection == "live")
+        await pilot.pause()
+        # then the status bar's state is the database's problem and how to fix it
+        assert bar.error == "no taskmon tables — run taskmon db upgrade"
+        first = screen_text(app).splitlines()[0]
+        assert first.startswith(" taskmon · ✕ db: no taskmon tables — run taskmon db upgrade")
+        assert "● live" not in screen_text(app)
 
 
 async def test_too_small_terminal_says_so(dsn: str) -> None:

@@ -75,7 +75,7 @@ OFFLINE_AFTER = 5
 def describe_error(exc: BaseException) -> str:
     """One line for the status bar."""
     if type(exc).__name__ == "UndefinedTableError":  # asyncpg's, not imported here for it
-        return "no taskmon tables in this database yet: run `taskmon db upgrade`"
+        return "no taskmon tables — run taskmon db upgrade"
     text = " ".join(str(exc).split()) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"[:200]
 
