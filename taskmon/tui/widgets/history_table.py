@@ -25,8 +25,9 @@ TASK_MIN = 12
 """A task name is cut no shorter than this to make room for the error."""
 WORKER_MAX = 24
 """A worker (host:pid) is cut beyond this."""
-ERROR_MIN = 20
-"""The error column's room before the worker column is dropped and the task is cut."""
+ERROR_MIN = 16
+"""The error column's room before the worker column goes, times lose their seconds
+and, last, the task name is cut."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +117,7 @@ class HistoryTable(DataTable[Text]):
         self._fill()
 
     def on_resize(self, event: events.Resize) -> None:
-        if self._fit(self._cells(self._rows)) != self._widths:
+        if self._fit_cells()[1] != self._widths:
             self._fill()
 
     def show(self, rows: list[dict[str, Any]]) -> None:
@@ -142,8 +143,26 @@ class HistoryTable(DataTable[Text]):
         now = self.clock()
         return (now.astimezone(self.tz) if self.tz is not None else now).date()
 
-    def _cells(self, rows: Sequence[dict[str, Any]]) -> list[dict[str, Text]]:
-        """Each row's cells at their full width, by column key."""
+    def _fit_cells(self) -> tuple[list[dict[str, Text]], dict[str, int]]:
+        """The page's cells and the column widths they get.
+
+        When the task name would be cut to make room for the error, dated times
+        drop their seconds first (the detail screen has them).
+        """
+        cells = self._cells(self._rows)
+        widths = self._fit(cells)
+        longest = max((c["task"].cell_len for c in cells), default=0)
+        if widths["task"] < min(TASK_MAX, longest):
+            compact = self._cells(self._rows, compact=True)
+            compact_widths = self._fit(compact)
+            if compact_widths["time"] < widths["time"]:
+                return compact, compact_widths
+        return cells, widths
+
+    def _cells(
+        self, rows: Sequence[dict[str, Any]], *, compact: bool = False
+    ) -> list[dict[str, Text]]:
+        """Each row's cells at their full width, by column key (`compact`: no seconds)."""
         error_style = self.get_component_rich_style("history-table--error", partial=True)
         today = self._today()
 
@@ -160,7 +179,7 @@ class HistoryTable(DataTable[Text]):
             error = " ".join(str(p) for p in (row.get("error_type"), row.get("error_message")) if p)
             cells.append(
                 {
-                    "time": Text(timestamp(row.get("created_at"), self.tz, short_date=dated)),
+                    "time": Text(self._time(row.get("created_at"), dated, compact)),
                     "status": styled_status(self, str(row.get("status")), width=10),
                     "task": Text(str(row.get("task_name", ""))),
                     "attempt": Text(str(row.get("attempt", 0)), justify="right"),
@@ -171,11 +190,15 @@ class HistoryTable(DataTable[Text]):
             )
         return cells
 
+    def _time(self, value: Any, dated: bool, compact: bool) -> str:
+        text = timestamp(value, self.tz, short_date=dated)
+        # "11-28 12:00:03" → "11-28 12:00"; a time without its date keeps its seconds
+        return text[:-3] if dated and compact and text != "-" else text
+
     def _fill(self) -> None:
         selected = self.selected_row()
         selected_key = str(selected["id"]) if selected else None
-        cells = self._cells(self._rows)
-        widths = self._fit(cells)
+        cells, widths = self._fit_cells()
         self._widths = widths
         self.clear(columns=True)
         self.rows_by_key = {}
