@@ -429,10 +429,54 @@ async def test_history_columns_fit_the_width_error_included(
         # and the error shows, cut at a word with an ellipsis, never mid-word
         full = f"TimeoutError {LONG_ERROR}"
         assert history_rows(app)[0]["task_id"] == "long-error"
+        assert table.get_row_at(0)[2].plain == "app.tasks:extract"  # the name stays whole
         shown = table.get_row_at(0)[-1].plain
         assert shown.endswith("…") and len(shown) >= 12, shown
         assert full.startswith(shown[:-1]) and full[len(shown) - 1] == " ", shown
         assert shown in screen_text(app)
+
+
+async def test_80x24_without_colour_reads_in_words_and_works_from_the_keyboard(
+    dsn: str, recorded: Any, pg_recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NO_COLOR", "1")
+    app = make_app(PgDataSource(dsn), InProcessHubSource(dsn))
+    async with app.run_test(size=(80, 24)) as pilot:
+        assert app.no_color
+        await started(app)
+        bar = app.main.query_one(StatusBar)
+        await wait_for(lambda: bar.connection == "live")
+        # given a live failure whose error is longer than the feed is wide
+        failed = attempt("live-failure", Status.FAILED)
+        pg_recorder.submit(dataclasses.replace(failed, error_message=LONG_ERROR))
+        await pg_recorder.flush()
+        feed = app.main.query_one(LiveFeed)
+        await wait_for(lambda: feed.line_count == 1)
+        await pilot.pause()
+        lines = screen_text(app).splitlines()
+        # then the state and every status read as symbol and word
+        assert lines[0].startswith(" taskmon · ● live · last")
+        assert any("✕ failed" in line and "app.tasks:extract" in line for line in lines)
+        # and the feed's line fits the panel, its error cut at a word
+        feed_top = next(i for i, line in enumerate(lines) if line[1:].startswith("Live ·"))
+        [live] = [line for line in lines[feed_top:] if "app.tasks:live" in line]
+        assert "✕ failed" in live and "ValueError upstream" in live
+        assert live.rstrip().endswith("…") and len(live) <= 80
+        # the keyboard reaches every panel; the focused one is marked by its border's shape
+        await pilot.press("tab")
+        assert app.focused is feed
+        assert any(line.startswith("▀Live") for line in screen_text(app).splitlines())
+        await pilot.press("tab")
+        assert isinstance(app.focused, TaskTable)
+        await pilot.press("enter")  # the busiest task in the window
+        await wait_for(lambda: bar.filter_text == "task:app.tasks:extract")
+        await wait_for(lambda: {r["task_name"] for r in history_rows(app)} == {"app.tasks:extract"})
+        await pilot.press("tab", "enter")
+        await wait_for(lambda: isinstance(app.screen, DetailScreen))
+        await pilot.press("escape", "question_mark")
+        await wait_for(lambda: isinstance(app.screen, HelpScreen))
+        await pilot.press("escape")
+        await wait_for(lambda: app.screen is app.main)
 
 
 async def test_window_cycling_changes_the_numbers(dsn: str, recorded: Any) -> None:

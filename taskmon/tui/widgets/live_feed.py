@@ -16,7 +16,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from taskmon.events import TERMINAL_STATUSES
-from taskmon.tui.format import count, duration, parse_timestamp, timestamp
+from taskmon.tui.format import clip, count, duration, parse_timestamp, timestamp
 from taskmon.tui.widgets.status_styles import STATUS_CLASSES, styled_status
 
 __all__ = ["FEED_LINES", "LiveFeed"]
@@ -25,7 +25,7 @@ FEED_LINES = 500
 """Lines the feed keeps; older attempts are in History."""
 
 LINE_WIDTH = 160
-"""The virtual width of the feed (long error messages are cut there)."""
+"""The longest a feed line gets; lines are fitted to the panel's width below that."""
 
 
 def _event_order(event: dict[str, Any]) -> tuple[float, int]:
@@ -182,46 +182,45 @@ class LiveFeed(ScrollView, can_focus=True):
 
     # -- formatting ---------------------------------------------------------------
 
-    def _text(self, line: _Line) -> Text:
+    def _text(self, line: _Line, width: int = LINE_WIDTH) -> Text:
         if line.kind == "note":
             style = self.get_component_rich_style("live-feed--note", partial=True)
             return Text(f"── {line.payload} ──", style=style)
         if line.kind == "row":
-            return self.row_line(line.payload)
-        return self.event_line(line.payload)
+            return self.row_line(line.payload, width)
+        return self.event_line(line.payload, width)
 
-    def event_line(self, event: dict[str, Any]) -> Text:
+    def event_line(self, event: dict[str, Any], width: int = LINE_WIDTH) -> Text:
+        """A live event: time, status, task, attempt, duration, worker, error."""
         data = event.get("data") or {}
+        return self._line(event.get("timestamp"), event.get("status"), event, data, width)
+
+    def row_line(self, row: dict[str, Any], width: int = LINE_WIDTH) -> Text:
+        """An attempt read from the database, shown like an event (the note above says whence)."""
+        when = row.get("finished_at") or row.get("started_at") or row.get("created_at")
+        return self._line(when, row.get("status"), row, row, width)
+
+    def _line(
+        self, when: Any, status: Any, top: dict[str, Any], data: dict[str, Any], width: int
+    ) -> Text:
+        """One line in `width` cells: the error, last, is cut at a word with ``…``."""
         error = " ".join(str(p) for p in (data.get("error_type"), data.get("error_message")) if p)
         took = data.get("duration_ms")
-        return Text.assemble(
-            timestamp(event.get("timestamp"), self.tz),
+        text = Text.assemble(
+            timestamp(when, self.tz),
             " ",
-            styled_status(self, str(event.get("status") or ""), width=10),
+            styled_status(self, str(status or ""), width=10),
             " ",
-            (str(event.get("task_name", "")), "bold"),
+            (str(top.get("task_name", "")), "bold"),
             f"  #{data.get('attempt', 0)}",
             f"  {duration(took)}" if took is not None else "",
             f"  {data.get('worker') or ''}",
-            f"  {error[:120]}" if error else "",
         )
-
-    def row_line(self, row: dict[str, Any]) -> Text:
-        """An attempt read from the database, shown like an event (the note above says whence)."""
-        when = row.get("finished_at") or row.get("started_at") or row.get("created_at")
-        error = " ".join(str(p) for p in (row.get("error_type"), row.get("error_message")) if p)
-        took = row.get("duration_ms")
-        return Text.assemble(
-            timestamp(when, self.tz),
-            " ",
-            styled_status(self, str(row.get("status")), width=10),
-            " ",
-            (str(row.get("task_name", "")), "bold"),
-            f"  #{row.get('attempt', 0)}",
-            f"  {duration(took)}" if took is not None else "",
-            f"  {row.get('worker') or ''}",
-            f"  {error[:120]}" if error else "",
-        )
+        room = width - text.cell_len - 2
+        if error and room > 0:
+            text.append("  " + clip(" ".join(error.split()), room))
+        text.truncate(width, overflow="ellipsis")
+        return text
 
     def plain_lines(self) -> list[str]:
         """The panel's lines as plain text (tests, screen readers of logs)."""
@@ -230,9 +229,10 @@ class LiveFeed(ScrollView, can_focus=True):
     def _strip(self, line: _Line) -> Strip:
         strip = self._strips.get(line.number)
         if strip is None:
-            text = self._text(line)
+            # fitted to the panel: nothing is left off to the right, out of the keys' reach
+            width = self.scrollable_content_region.width or LINE_WIDTH
+            text = self._text(line, min(width, LINE_WIDTH))
             text.no_wrap = True
-            text.truncate(LINE_WIDTH)
             segments = list(text.render(self.app.console))
             strip = Strip(Segment.apply_style(segments, self.rich_style), text.cell_len)
             self._strips[line.number] = strip
@@ -273,6 +273,7 @@ class LiveFeed(ScrollView, can_focus=True):
         self.refresh()
 
     def on_resize(self) -> None:
+        self._strips.clear()  # the lines are fitted to the width
         # a panel that shrinks (the filter bar opened) keeps showing the newest lines
         if self._follow:
             self.call_after_refresh(self._scroll_to_end)
