@@ -1,4 +1,7 @@
-"""The rules of what `s`, `w`, the filter bar and a task row do to the question asked."""
+"""ViewState: what the TUI asks the database, as plain Python.
+
+The rules of what `s`, `w`, the filter bar and a task row do to the question asked.
+"""
 
 from __future__ import annotations
 
@@ -79,3 +82,27 @@ def test_a_task_row_replaces_the_typed_task_and_keeps_the_rest_as_typed() -> Non
 def test_a_bad_query_still_raises() -> None:
     with pytest.raises(FilterError):
         ViewState.initial(query="status:bogus", now=NOW)
+
+
+def test_relative_times_slide_with_the_clock() -> None:
+    state = ViewState.initial(query="since:2h until:30m task:app.*", now=NOW)
+    later = NOW + timedelta(hours=5)
+
+    flt = state.filter_at(later)
+
+    assert flt.since == later - timedelta(hours=2)
+    assert flt.until == later - timedelta(minutes=30)
+    assert flt.tasks == ("app.*",)
+    # the typed reading stays as it was (live events are matched against it)
+    assert state.filter.since == NOW - timedelta(hours=2)
+
+
+def test_absolute_times_and_the_status_key_hold() -> None:
+    state = ViewState.initial(query="since:2026-11-01 error:timeout", now=NOW).next_status()
+
+    flt = state.filter_at(NOW + timedelta(days=3))
+
+    assert flt.since == datetime(2026, 11, 1, tzinfo=UTC)
+    assert flt.statuses == frozenset({"failed"})
+    assert flt.errors == ("timeout",)
+    assert ViewState().filter_at(NOW).is_empty()
