@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 from helpers import wait_for, with_database
+from tui_conftest_helpers import screen_text
 
 from taskmon.events import AttemptRecord, Status
 from taskmon.hub import Hub
@@ -152,11 +153,13 @@ async def test_connection_state_stays_visible_at_80_columns_with_a_long_database
         assert lines[0].startswith("taskmon · ✕ offline · last")
         assert lines[1].startswith("db postgresql://postgres@/") and lines[1].endswith("port=5432")
         assert "…" in lines[1]
-        # a database error goes before the label, which gives way
+        # a database error is the state, first; what does not fit moves down, the label last
         bar.error = "connection refused"
         await pilot.pause()
         lines = bar.render().plain.split("\n")
-        assert "✕ offline" in lines[0] and lines[1].startswith("db error: connection refused")
+        assert lines[0].startswith("taskmon · ✕ db: connection refused · ✕ offline · last")
+        assert lines[1].startswith("filter none · db postgresql://")
+        assert all(len(line) <= bar.content_size.width for line in lines)
     app = make_app(PgDataSource(dsn), None)
     async with app.run_test(size=SIZE) as pilot:  # wide enough: one line
         bar = app.main.query_one(StatusBar)
@@ -244,6 +247,48 @@ async def test_status_key_cycles_the_status_filter(dsn: str, recorded: Any) -> N
         assert app.main.state.status == "retrying"
 
 
+async def test_a_typed_relative_since_is_shown_as_typed_and_is_the_window(
+    dsn: str, recorded: Any
+) -> None:
+    app = make_app(PgDataSource(dsn), None, window="1h")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await started(app)
+        # when the user types a relative since
+        await pilot.press("slash", *"since:2m", "enter")
+        # then the status bar shows it as typed, and the window is those two minutes
+        bar = app.main.query_one(StatusBar)
+        metrics = app.main.query_one("#metrics")
+        await wait_for(lambda: app.main.stats is not None and app.main.stats.total == 0)
+        await wait_for(lambda: str(metrics.border_title) == "Metrics · last 2m")
+        assert (bar.filter_text, bar.window) == ("since:2m", "2m")
+        assert "window 2m · filter since:2m" in screen_text(app)
+        assert app.main.stats.until - app.main.stats.since == timedelta(minutes=2)
+
+
+async def test_the_status_key_goes_on_from_a_typed_status(dsn: str, recorded: Any) -> None:
+    # given a screen filtered on a typed status:failed
+    app = make_app(PgDataSource(dsn), None, query="status:failed")
+    async with app.run_test(size=SIZE) as pilot:
+        await started(app)
+        assert {r["status"] for r in history_rows(app)} == {"failed"}
+        statuses = []
+        for _ in range(4):
+            # when s is pressed, each press shows something else
+            await pilot.press("s")
+            await wait_for(lambda: not app.main._history_busy and not app.main.workers)
+            state = app.main.state
+            statuses.append((state.status, app.main.query_one(StatusBar).filter_text))
+        assert statuses == [
+            ("running", "status:running"),
+            ("retrying", "status:retrying"),
+            ("lost", "status:lost"),
+            ("all", ""),
+        ]
+        # and "all" lists every status, not the typed one again
+        await wait_for(lambda: len(history_rows(app)) == 25)
+        assert {"failed", "success", "retrying"} <= {r["status"] for r in history_rows(app)}
+
+
 async def test_pause_and_resume_count_new_events(dsn: str, pg_recorder: Recorder) -> None:
     app = make_app(PgDataSource(dsn), InProcessHubSource(dsn))
     async with app.run_test(size=SIZE) as pilot:
@@ -269,6 +314,36 @@ async def test_pause_and_resume_count_new_events(dsn: str, pg_recorder: Recorder
         assert feed.received == 4
 
 
+async def test_feed_lines_run_in_time_order_whatever_the_batch_order(
+    dsn: str, pg_recorder: Recorder
+) -> None:
+    app = make_app(PgDataSource(dsn), InProcessHubSource(dsn))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(lambda: app.main.query_one(StatusBar).connection == "live")
+        feed = app.main.query_one(LiveFeed)
+        await pilot.press("space")  # what arrives waits, then shows at once
+        # given three attempts written in one batch, whose task ids sort against their times
+        now = datetime.now(UTC)
+        for task_id, ago_s in (("a-last", 0), ("b-middle", 1), ("c-first", 2)):
+            record = attempt(task_id, task=f"app.tasks:{task_id}")
+            ended = now - timedelta(seconds=ago_s)
+            pg_recorder.submit(
+                dataclasses.replace(
+                    record, started_at=ended - timedelta(milliseconds=50), finished_at=ended
+                )
+            )
+        await pg_recorder.flush()
+        await wait_for(lambda: feed.new_while_paused == 3)
+        # when they are shown
+        await pilot.press("space")
+        await wait_for(lambda: feed.line_count == 3)
+        # then the oldest comes first: times never run backwards
+        names = [line.split()[3] for line in feed.plain_lines()]
+        assert names == ["app.tasks:c-first", "app.tasks:b-middle", "app.tasks:a-last"]
+        # and the newest event is the last one seen, whichever came last
+        assert datetime.fromisoformat(feed.last_event_at) == now
+
+
 async def test_detail_screen_opens_and_closes(dsn: str, recorded: Any) -> None:
     app = make_app(PgDataSource(dsn), None)
     async with app.run_test(size=SIZE) as pilot:
@@ -286,6 +361,122 @@ async def test_detail_screen_opens_and_closes(dsn: str, recorded: Any) -> None:
         await pilot.press("escape")
         await wait_for(lambda: not isinstance(app.screen, DetailScreen))
         assert app.screen is app.main
+
+
+LONG_TRACEBACK = """Traceback (most recent call last):
+  File "/srv/app/worker.py", line 88, in run
+    result = await task(*args)
+  File "/srv/app/tasks.py", line 42, in extract
+    rows = await source.fetch(batch)
+  File "/srv/app/source.py", line 17, in fetch
+    async with session.get(url) as response:
+  File "/srv/app/http.py", line 230, in get
+    return await self._request("GET", url)
+  File "/srv/app/http.py", line 301, in _request
+    raise TimeoutError("upstream timed out after 30s")
+TimeoutError: upstream timed out after 30s"""
+
+
+async def test_a_failure_opens_on_its_error_and_traceback_at_80x24(
+    dsn: str, recorded: asyncpg.Connection[Any]
+) -> None:
+    # given a failure with a twelve-line traceback, the newest failure recorded
+    created = datetime.now(UTC) - timedelta(minutes=1)
+    await recorded.execute(
+        _INSERT, "slow-source", 0, "app.tasks:extract", "failed", "{}", "TimeoutError",
+        "upstream timed out after 30s", LONG_TRACEBACK, created, created, 30_000.0,
+    )  # fmt: skip
+    app = make_app(PgDataSource(dsn), None)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await started(app)
+        # when the user shows failures and opens the newest
+        await pilot.press("s")
+        await wait_for(lambda: [r["task_id"] for r in history_rows(app)][:1] == ["slow-source"])
+        await pilot.press("enter")
+        await wait_for(lambda: isinstance(app.screen, DetailScreen))
+        await pilot.pause()
+        # then the error and the whole traceback are on screen without scrolling
+        text = screen_text(app)
+        assert "TimeoutError: upstream timed out after 30s" in text.splitlines()[1]
+        for line in LONG_TRACEBACK.splitlines():
+            assert line in text, line
+
+
+LONG_ERROR = "upstream timed out after 30s while reading batch 17 of s3://bucket/extract/2026"
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 36)], ids=["80x24", "120x36"])
+async def test_history_columns_fit_the_width_error_included(
+    dsn: str, recorded: asyncpg.Connection[Any], size: tuple[int, int]
+) -> None:
+    # given a failure whose error is longer than any terminal is wide
+    created = datetime.now(UTC) - timedelta(minutes=1)
+    await recorded.execute(
+        _INSERT, "long-error", 0, "app.tasks:extract", "failed", "{}", "TimeoutError",
+        LONG_ERROR, None, created, created, 30_000.0,
+    )  # fmt: skip
+    app = make_app(PgDataSource(dsn), None)
+    async with app.run_test(size=size) as pilot:
+        await started(app)
+        await pilot.pause()
+        table = app.main.query_one(HistoryTable)
+        # then every column fits: there is nothing to scroll sideways to
+        labels = [str(c.label) for c in table.columns.values()]
+        assert labels[-1] == "error", labels
+        used = sum(c.get_render_width(table) for c in table.columns.values())
+        assert used <= table.scrollable_content_region.width
+        assert table.max_scroll_x == 0
+        # and the error shows, cut at a word with an ellipsis, never mid-word
+        full = f"TimeoutError {LONG_ERROR}"
+        assert history_rows(app)[0]["task_id"] == "long-error"
+        assert table.get_row_at(0)[2].plain == "app.tasks:extract"  # the name stays whole
+        shown = table.get_row_at(0)[-1].plain
+        assert shown.endswith("…") and len(shown) >= 12, shown
+        assert full.startswith(shown[:-1]) and full[len(shown) - 1] == " ", shown
+        assert shown in screen_text(app)
+
+
+async def test_80x24_without_colour_reads_in_words_and_works_from_the_keyboard(
+    dsn: str, recorded: Any, pg_recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NO_COLOR", "1")
+    app = make_app(PgDataSource(dsn), InProcessHubSource(dsn))
+    async with app.run_test(size=(80, 24)) as pilot:
+        assert app.no_color
+        await started(app)
+        bar = app.main.query_one(StatusBar)
+        await wait_for(lambda: bar.connection == "live")
+        # given a live failure whose error is longer than the feed is wide
+        failed = attempt("live-failure", Status.FAILED)
+        pg_recorder.submit(dataclasses.replace(failed, error_message=LONG_ERROR))
+        await pg_recorder.flush()
+        feed = app.main.query_one(LiveFeed)
+        await wait_for(lambda: feed.line_count == 1)
+        await pilot.pause()
+        lines = screen_text(app).splitlines()
+        # then the state and every status read as symbol and word
+        assert lines[0].startswith(" taskmon · ● live · last")
+        assert any("✕ failed" in line and "app.tasks:extract" in line for line in lines)
+        # and the feed's line fits the panel, its error cut at a word
+        feed_top = next(i for i, line in enumerate(lines) if line[1:].startswith("Live ·"))
+        [live] = [line for line in lines[feed_top:] if "app.tasks:live" in line]
+        assert "✕ failed" in live and "ValueError upstream" in live
+        assert live.rstrip().endswith("…") and len(live) <= 80
+        # the keyboard reaches every panel; the focused one is marked by its border's shape
+        await pilot.press("tab")
+        assert app.focused is feed
+        assert any(line.startswith("▀Live") for line in screen_text(app).splitlines())
+        await pilot.press("tab")
+        assert isinstance(app.focused, TaskTable)
+        await pilot.press("enter")  # the busiest task in the window
+        await wait_for(lambda: bar.filter_text == "task:app.tasks:extract")
+        await wait_for(lambda: {r["task_name"] for r in history_rows(app)} == {"app.tasks:extract"})
+        await pilot.press("tab", "enter")
+        await wait_for(lambda: isinstance(app.screen, DetailScreen))
+        await pilot.press("escape", "question_mark")
+        await wait_for(lambda: isinstance(app.screen, HelpScreen))
+        await pilot.press("escape")
+        await wait_for(lambda: app.screen is app.main)
 
 
 async def test_window_cycling_changes_the_numbers(dsn: str, recorded: Any) -> None:
@@ -335,6 +526,9 @@ async def test_hub_restart_reconnects_and_fills_the_gap(dsn: str, pg_recorder: R
             text = feed_text(app)
             assert text.count("app.tasks:missed") == 3
             assert "live connection lost" in text
+            # each filled line names the attempt's worker, as a live line does
+            filled = [line for line in text.splitlines() if "app.tasks:missed" in line]
+            assert all("  host-9:9" in line for line in filled), filled
     finally:
         await hub.stop()
 
@@ -402,12 +596,18 @@ async def test_database_errors_are_shown_and_the_app_keeps_running(server_dsn: s
         assert app.is_running
 
 
-async def test_a_database_without_tables_says_how_to_create_them(empty_dsn: str) -> None:
-    app = make_app(PgDataSource(empty_dsn), None)
-    async with app.run_test(size=SIZE):
+async def test_a_database_without_tables_is_the_state_not_live(empty_dsn: str) -> None:
+    # given a database with no taskmon tables, and a live feed that connects
+    app = make_app(PgDataSource(empty_dsn), InProcessHubSource(empty_dsn))
+    async with app.run_test(size=(80, 24)) as pilot:
         bar = app.main.query_one(StatusBar)
-        await wait_for(lambda: bar.error != "")
-        assert bar.error == "no taskmon tables in this database yet: run `taskmon db upgrade`"
+        await wait_for(lambda: bar.error != "" and bar.connection == "live")
+        await pilot.pause()
+        # then the status bar's state is the database's problem and how to fix it
+        assert bar.error == "no taskmon tables — run taskmon db upgrade"
+        first = screen_text(app).splitlines()[0]
+        assert first.startswith(" taskmon · ✕ db: no taskmon tables — run taskmon db upgrade")
+        assert "● live" not in screen_text(app)
 
 
 async def test_too_small_terminal_says_so(dsn: str) -> None:

@@ -7,9 +7,13 @@ clock); the functional tests in ``test_tui.py`` use the real PostgreSQL and hub.
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from rich.console import Console
+from textual.app import App
 
 from taskmon.filters import TaskFilter
 from taskmon.store.queries import HistoryPage, Stats, TaskStats
@@ -30,6 +34,27 @@ TimeoutError: upstream timed out after 30s"""
 
 def frozen_clock() -> datetime:
     return FROZEN_NOW
+
+
+def screen_text(app: App[Any]) -> str:
+    """What the terminal shows right now, as plain text (one line per row).
+
+    Asserting on it checks what a user can read without scrolling, which a
+    widget's own state (its full content, scrolled or not) cannot.
+    """
+    width, height = app.size
+    console = Console(
+        width=width,
+        height=height,
+        file=io.StringIO(),
+        force_terminal=True,
+        color_system=None,
+        record=True,
+        legacy_windows=False,
+        safe_box=False,
+    )
+    console.print(app.screen._compositor.render_update(full=True))
+    return console.export_text(styles=False)
 
 
 def sample_rows(n: int = 60) -> list[dict[str, Any]]:

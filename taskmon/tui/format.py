@@ -9,8 +9,11 @@ from __future__ import annotations
 from datetime import datetime, tzinfo
 from typing import Any
 
+from rich.cells import cell_len, set_cell_size
+
 __all__ = [
     "STATUS_SYMBOLS",
+    "clip",
     "count",
     "duration",
     "event_status",
@@ -88,3 +91,19 @@ def timestamp(
 def event_status(event: dict[str, Any]) -> str:
     """The status a live event announces."""
     return str(event.get("status") or "")
+
+
+def clip(text: str, width: int) -> str:
+    """`text` in at most `width` cells: cut after a whole word with ``…`` when it is longer.
+
+    A word is only cut when cutting at a space would leave less than half the room.
+    """
+    if cell_len(text) <= width:
+        return text
+    if width <= 1:
+        return "…"[:width]
+    head = set_cell_size(text, width - 1).rstrip()
+    space = head.rfind(" ")
+    if space >= width // 2 and not text[len(head) : len(head) + 1].isspace():
+        head = head[:space].rstrip()
+    return head + "…"

@@ -1,4 +1,4 @@
-"""One attempt in full: every field, the task's other attempts, params, traceback."""
+"""One attempt in full: its error and traceback first, then every field, the attempts, params."""
 
 from __future__ import annotations
 
@@ -44,6 +44,10 @@ _FIELDS = (
 class DetailScreen(Screen[None]):
     """Everything recorded about one attempt, scrollable.
 
+    A failure opens on its error and traceback, the reason to open it, so they
+    are read without scrolling at 80x24; the fields, the task's attempts and the
+    params follow.
+
     | Key | Description |
     | :- | :- |
     | y | Copy the task id (OSC 52, where the terminal allows it). |
@@ -72,21 +76,30 @@ class DetailScreen(Screen[None]):
     def task_id(self) -> str:
         return str(self.row.get("task_id", ""))
 
+    @property
+    def error_text(self) -> str:
+        """``TimeoutError: upstream timed out after 30s`` (empty when the attempt has none)."""
+        kind, message = self.row.get("error_type"), self.row.get("error_message")
+        return ": ".join(str(p) for p in (kind, message) if p)
+
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="detail-body"):
+            if self.error_text or self.row.get("traceback"):
+                yield Static(self._error(), id="detail-error")
+                yield Static(self._traceback(), id="detail-traceback")
+                yield Static("Fields", classes="detail-heading")
             yield Static(self._fields(), id="detail-fields")
             yield Static("Attempts of this task", classes="detail-heading")
             yield DataTable(id="detail-attempts", cursor_type="row")
             yield Static("Params", classes="detail-heading")
             yield Static(self._params(), id="detail-params")
-            yield Static("Traceback", classes="detail-heading")
-            yield Static(self._traceback(), id="detail-traceback")
         yield Footer()
 
     def on_mount(self) -> None:
         body = self.query_one("#detail-body", VerticalScroll)
         body.border_title = (
             f"{self.row.get('task_name', '')} · attempt {self.row.get('attempt', 0)}"
+            f" · {self._value('status')}"
         )
         body.focus()
         table: DataTable[str] = self.query_one("#detail-attempts", DataTable)
@@ -104,6 +117,12 @@ class DetailScreen(Screen[None]):
         if name == "status":
             return status_label(str(value))
         return str(value)
+
+    def _error(self) -> Text:
+        # the status word goes with the colour, so the line reads the same without it
+        return Text.assemble(
+            (self._value("status"), "bold"), "  ", (self.error_text or "-", "bold")
+        )
 
     def _fields(self) -> Table:
         table = Table.grid(padding=(0, 2))

@@ -75,7 +75,7 @@ OFFLINE_AFTER = 5
 def describe_error(exc: BaseException) -> str:
     """One line for the status bar."""
     if type(exc).__name__ == "UndefinedTableError":  # asyncpg's, not imported here for it
-        return "no taskmon tables in this database yet: run `taskmon db upgrade`"
+        return "no taskmon tables — run taskmon db upgrade"
     text = " ".join(str(exc).split()) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"[:200]
 
@@ -162,7 +162,9 @@ class MainScreen(Screen[None]):
 
     def on_mount(self) -> None:
         tz = self.clock().tzinfo
-        self.query_one(HistoryTable).tz = tz
+        history = self.query_one(HistoryTable)
+        history.tz = tz
+        history.clock = self.clock
         self.query_one(LiveFeed).tz = tz
         bar = self.query_one(StatusBar)
         bar.database = self.data.label
@@ -200,7 +202,7 @@ class MainScreen(Screen[None]):
 
     def _sync_titles(self) -> None:
         bar = self.query_one(StatusBar)
-        bar.window = self.state.window
+        bar.window = self.state.window_label
         bar.filter_text = self.state.describe()
         history = self.query_one(HistoryTable)
         history.border_title = f"History · page {self.page_index + 1}"
@@ -214,9 +216,10 @@ class MainScreen(Screen[None]):
         self._metrics_busy = True
         try:
             now = self.clock()
-            stats = await self.data.stats(
-                state.filter_at(now), since=now - state.window_delta, until=None, now=now
-            )
+            flt = state.filter_at(now)
+            # a typed since: is the window (the statistics read it first); say so to the source
+            since = flt.since or now - state.window_delta
+            stats = await self.data.stats(flt, since=since, until=None, now=now)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -345,7 +348,7 @@ class MainScreen(Screen[None]):
             return  # an answer to an older question
         self._clear_error()
         self.stats = message.stats
-        self.query_one(MetricsPanel).show(message.stats, self.state.window)
+        self.query_one(MetricsPanel).show(message.stats, self.state.window_title)
         tasks = self.query_one(TaskTable)
         tasks.show(message.stats.tasks)
         tasks.border_title = f"Tasks · {len(message.stats.tasks)}"
@@ -481,7 +484,8 @@ class MainScreen(Screen[None]):
     # -- actions --------------------------------------------------------------------
 
     def action_open_filter(self) -> None:
-        self.query_one(FilterBar).open(self.state.query)
+        # what the status bar shows is what is edited, the status key's choice included
+        self.query_one(FilterBar).open(self.state.describe())
 
     @on(FilterBar.Applied)
     def _filter_applied(self, message: FilterBar.Applied) -> None:
@@ -546,6 +550,4 @@ class MainScreen(Screen[None]):
     @on(DataTable.RowSelected, "#tasks")
     def _task_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
-        name = str(event.row_key.value)
-        typed = self.state.typed.merge(TaskFilter(tasks=(name,)))
-        self.set_state(self.state.with_query(typed.to_query()))
+        self.set_state(self.state.with_task(str(event.row_key.value), now=self.clock()))

@@ -2,21 +2,88 @@
 
 from __future__ import annotations
 
-from datetime import tzinfo
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, tzinfo
 from typing import Any, ClassVar
 
+from rich.cells import cell_len
+from rich.style import Style
 from rich.text import Text
+from textual import events
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable
 
-from taskmon.tui.format import duration, timestamp
+from taskmon.tui.format import clip, duration, parse_timestamp, timestamp
 from taskmon.tui.widgets.status_styles import STATUS_CLASSES, styled_status
 
-__all__ = ["HistoryTable"]
+__all__ = ["HistoryTable", "fit_widths"]
+
+TASK_MAX = 30
+"""A task name keeps up to this many cells before the error gives way."""
+TASK_MIN = 12
+"""A task name is cut no shorter than this to make room for the error."""
+WORKER_MAX = 24
+"""A worker (host:pid) is cut beyond this."""
+ERROR_MIN = 16
+"""The error column's room before the worker column goes, times lose their seconds
+and, last, the task name is cut."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Column:
+    key: str
+    header: str
+    right: bool = False
+
+
+_COLUMNS = (
+    _Column("time", "time"),
+    _Column("status", "status"),
+    _Column("task", "task"),
+    _Column("attempt", "#", right=True),
+    _Column("duration", "duration", right=True),
+    _Column("worker", "worker"),
+    _Column("error", "error"),
+)
+
+
+def fit_widths(available: int, natural: Mapping[str, int], *, gap: int = 2) -> dict[str, int]:
+    """The width of each shown column so that together they fit `available` cells.
+
+    The short columns (time, status, #, duration) keep their natural width; the
+    error column takes what is left, at least :data:`ERROR_MIN` if it can: to
+    make that room the worker column is dropped first, then the task name is
+    cut (down to :data:`TASK_MIN`). A column missing from the result is hidden.
+
+    Args:
+        available: the cells the table has (scrollbar excluded).
+        natural: each column's widest cell or header.
+        gap: the cells each column adds around its content (cell padding).
+    """
+    widths = {c.key: natural.get(c.key, len(c.header)) for c in _COLUMNS}
+    widths["task"] = min(widths["task"], TASK_MAX)
+    widths["worker"] = min(widths["worker"], WORKER_MAX)
+    wanted_error = widths.pop("error")
+    error_min = min(wanted_error, ERROR_MIN)
+
+    def room() -> int:
+        return available - sum(widths.values()) - gap * (len(widths) + 1)
+
+    if room() < error_min:
+        del widths["worker"]
+    if room() < error_min:
+        widths["task"] = max(TASK_MIN, widths["task"] - (error_min - room()))
+    widths["error"] = max(1, min(wanted_error, room()))
+    return widths
 
 
 class HistoryTable(DataTable[Text]):
     """A page of attempts. ``enter`` opens the detail screen (the screen handles it).
+
+    The columns are fitted to the width (:func:`fit_widths`), so the error is
+    always on screen and nothing scrolls sideways; what does not fit is cut at
+    a word with ``…`` (the detail screen has it whole).
 
     | Key | Description |
     | :- | :- |
@@ -41,37 +108,108 @@ class HistoryTable(DataTable[Text]):
         """The page's rows by row key (the attempt's id), for the detail screen."""
         self.tz: tzinfo | None = None
         """The zone times are shown in (the viewer's)."""
+        self.clock: Callable[[], datetime] | None = None
+        """Now: a page that is all from today shows times without the date."""
+        self._rows: list[dict[str, Any]] = []
+        self._widths: dict[str, int] = {}
 
     def on_mount(self) -> None:
-        self.add_column("time", key="time")
-        self.add_column("status", key="status")
-        self.add_column("task", key="task")
-        self.add_column(Text("#", justify="right"), key="attempt")
-        self.add_column(Text("duration", justify="right"), key="duration")
-        self.add_column("worker", key="worker")
-        self.add_column("error", key="error")
+        self._fill()
+
+    def on_resize(self, event: events.Resize) -> None:
+        if self._fit_cells()[1] != self._widths:
+            self._fill()
 
     def show(self, rows: list[dict[str, Any]]) -> None:
         """Replace the page, keeping the cursor on the same attempt when it is still there."""
+        self._rows = list(rows)
+        self._fill()
+
+    def _available(self) -> int:
+        # the vertical scrollbar's room is kept whether or not it shows, so that
+        # rows arriving (and the scrollbar appearing) never push a column out
+        return self.content_region.width - self.styles.scrollbar_size_vertical
+
+    def _fit(self, cells: Sequence[Mapping[str, Text]]) -> dict[str, int]:
+        natural = {
+            c.key: max([cell_len(c.header), *(row[c.key].cell_len for row in cells)])
+            for c in _COLUMNS
+        }
+        return fit_widths(self._available(), natural, gap=2 * self.cell_padding)
+
+    def _today(self) -> date | None:
+        if self.clock is None:
+            return None
+        now = self.clock()
+        return (now.astimezone(self.tz) if self.tz is not None else now).date()
+
+    def _fit_cells(self) -> tuple[list[dict[str, Text]], dict[str, int]]:
+        """The page's cells and the column widths they get.
+
+        When the task name would be cut to make room for the error, dated times
+        drop their seconds first (the detail screen has them).
+        """
+        cells = self._cells(self._rows)
+        widths = self._fit(cells)
+        longest = max((c["task"].cell_len for c in cells), default=0)
+        if widths["task"] < min(TASK_MAX, longest):
+            compact = self._cells(self._rows, compact=True)
+            compact_widths = self._fit(compact)
+            if compact_widths["time"] < widths["time"]:
+                return compact, compact_widths
+        return cells, widths
+
+    def _cells(
+        self, rows: Sequence[dict[str, Any]], *, compact: bool = False
+    ) -> list[dict[str, Text]]:
+        """Each row's cells at their full width, by column key (`compact`: no seconds)."""
+        error_style = self.get_component_rich_style("history-table--error", partial=True)
+        today = self._today()
+
+        def day(value: Any) -> date | None:
+            when = parse_timestamp(value)
+            if when is None:
+                return None
+            return (when.astimezone(self.tz) if self.tz and when.tzinfo else when).date()
+
+        # a page that is all from today needs no date: its room goes to the error
+        dated = today is None or any(day(r.get("created_at")) != today for r in rows)
+        cells = []
+        for row in rows:
+            error = " ".join(str(p) for p in (row.get("error_type"), row.get("error_message")) if p)
+            cells.append(
+                {
+                    "time": Text(self._time(row.get("created_at"), dated, compact)),
+                    "status": styled_status(self, str(row.get("status")), width=10),
+                    "task": Text(str(row.get("task_name", ""))),
+                    "attempt": Text(str(row.get("attempt", 0)), justify="right"),
+                    "duration": Text(duration(row.get("duration_ms")), justify="right"),
+                    "worker": Text(str(row.get("worker") or "-")),
+                    "error": Text(" ".join(error.split()), style=error_style),
+                }
+            )
+        return cells
+
+    def _time(self, value: Any, dated: bool, compact: bool) -> str:
+        text = timestamp(value, self.tz, short_date=dated)
+        # "11-28 12:00:03" → "11-28 12:00"; a time without its date keeps its seconds
+        return text[:-3] if dated and compact and text != "-" else text
+
+    def _fill(self) -> None:
         selected = self.selected_row()
         selected_key = str(selected["id"]) if selected else None
-        self.clear()
+        cells, widths = self._fit_cells()
+        self._widths = widths
+        self.clear(columns=True)
         self.rows_by_key = {}
-        error_style = self.get_component_rich_style("history-table--error", partial=True)
-        for row in rows:
+        shown = [c for c in _COLUMNS if c.key in widths]
+        for column in shown:
+            label = Text(column.header, justify="right" if column.right else "left")
+            self.add_column(label, key=column.key, width=widths[column.key])
+        for row, cell in zip(self._rows, cells, strict=True):
             key = str(row["id"])
             self.rows_by_key[key] = row
-            error = " ".join(str(p) for p in (row.get("error_type"), row.get("error_message")) if p)
-            self.add_row(
-                Text(timestamp(row.get("created_at"), self.tz, short_date=True)),
-                styled_status(self, str(row.get("status")), width=10),
-                Text(str(row.get("task_name", ""))),
-                Text(str(row.get("attempt", 0)), justify="right"),
-                Text(duration(row.get("duration_ms")), justify="right"),
-                Text(str(row.get("worker") or "-")),
-                Text(error[:80], style=error_style),
-                key=key,
-            )
+            self.add_row(*(_clipped(cell[c.key], widths[c.key]) for c in shown), key=key)
         if selected_key in self.rows_by_key:
             self.move_cursor(row=self.get_row_index(selected_key), animate=False, scroll=False)
 
@@ -84,3 +222,11 @@ class HistoryTable(DataTable[Text]):
         except Exception:
             return None
         return self.rows_by_key.get(str(key))
+
+
+def _clipped(text: Text, width: int) -> Text:
+    """`text` cut to `width` cells at a word, with ``…`` (its style kept)."""
+    if text.cell_len <= width:
+        return text
+    style = text.style if isinstance(text.style, Style | str) else ""
+    return Text(clip(text.plain, width), style=style, justify=text.justify)

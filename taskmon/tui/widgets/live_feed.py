@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import tzinfo
+from datetime import UTC, tzinfo
 from typing import Any, ClassVar
 
 from rich.segment import Segment
@@ -16,7 +16,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from taskmon.events import TERMINAL_STATUSES
-from taskmon.tui.format import count, duration, timestamp
+from taskmon.tui.format import clip, count, duration, parse_timestamp, timestamp
 from taskmon.tui.widgets.status_styles import STATUS_CLASSES, styled_status
 
 __all__ = ["FEED_LINES", "LiveFeed"]
@@ -25,7 +25,22 @@ FEED_LINES = 500
 """Lines the feed keeps; older attempts are in History."""
 
 LINE_WIDTH = 160
-"""The virtual width of the feed (long error messages are cut there)."""
+"""The longest a feed line gets; lines are fitted to the panel's width below that."""
+
+
+def _event_order(event: dict[str, Any]) -> tuple[float, int]:
+    """When an event happened, then its seq: the order feed lines are shown in.
+
+    A writer's batch is published in task-id order (its seqs too), so arrival
+    order can run backwards in time. An event without a time sorts last.
+    """
+    when = parse_timestamp(event.get("timestamp"))
+    if when is None:
+        at = float("inf")
+    else:
+        at = (when if when.tzinfo is not None else when.replace(tzinfo=UTC)).timestamp()
+    seq = event.get("seq")
+    return at, seq if isinstance(seq, int) else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +58,10 @@ class LiveFeed(ScrollView, can_focus=True):
 
     A storm of events costs little: an event is stored as it came and turned
     into text only when a repaint shows it, and arrivals are written at most
-    ten times a second (:meth:`flush`). While paused the panel stays still
-    and counts what arrives; resuming shows the newest :data:`FEED_LINES`.
+    ten times a second (:meth:`flush`). Events that arrive together are shown
+    in the order they happened (:func:`_event_order`), not the order a writer
+    published them. While paused the panel stays still and counts what
+    arrives; resuming shows the newest :data:`FEED_LINES`.
 
     | Key | Description |
     | :- | :- |
@@ -62,7 +79,7 @@ class LiveFeed(ScrollView, can_focus=True):
         Binding("pagedown", "page_down", "Page down", show=False),
     ]
 
-    COMPONENT_CLASSES: ClassVar[set[str]] = STATUS_CLASSES | {"live-feed--note", "live-feed--dim"}
+    COMPONENT_CLASSES: ClassVar[set[str]] = STATUS_CLASSES | {"live-feed--note"}
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
@@ -76,6 +93,7 @@ class LiveFeed(ScrollView, can_focus=True):
         self.tz: tzinfo | None = None
         self.last_event_at: Any = None
         """The timestamp of the newest event received."""
+        self._last_event: dict[str, Any] | None = None
         self.open_attempts: OrderedDict[tuple[str, int], None] = OrderedDict()
         """Attempts the feed showed starting and not yet ending (oldest first, bounded)."""
         self._lines: deque[_Line] = deque(maxlen=FEED_LINES)
@@ -118,15 +136,21 @@ class LiveFeed(ScrollView, can_focus=True):
         last = None
         for event in events:
             self.received += 1
-            last = event.get("timestamp") or last
+            if event.get("timestamp") and (
+                last is None or _event_order(event) > _event_order(last)
+            ):
+                last = event
             if matches(event):
                 accepted += 1
                 self._add("event", event)
                 data = event.get("data")
                 if isinstance(data, dict):
                     self._track(data.get("task_id"), data.get("attempt"), event.get("status"))
-        if last is not None:
-            self.last_event_at = last
+        if last is not None and (
+            self._last_event is None or _event_order(last) > _event_order(self._last_event)
+        ):
+            self._last_event = last
+            self.last_event_at = last.get("timestamp")
         self.shown += accepted
         if self.paused:
             self.new_while_paused += accepted
@@ -158,47 +182,45 @@ class LiveFeed(ScrollView, can_focus=True):
 
     # -- formatting ---------------------------------------------------------------
 
-    def _text(self, line: _Line) -> Text:
+    def _text(self, line: _Line, width: int = LINE_WIDTH) -> Text:
         if line.kind == "note":
             style = self.get_component_rich_style("live-feed--note", partial=True)
             return Text(f"── {line.payload} ──", style=style)
         if line.kind == "row":
-            return self.row_line(line.payload)
-        return self.event_line(line.payload)
+            return self.row_line(line.payload, width)
+        return self.event_line(line.payload, width)
 
-    def event_line(self, event: dict[str, Any]) -> Text:
+    def event_line(self, event: dict[str, Any], width: int = LINE_WIDTH) -> Text:
+        """A live event: time, status, task, attempt, duration, worker, error."""
         data = event.get("data") or {}
+        return self._line(event.get("timestamp"), event.get("status"), event, data, width)
+
+    def row_line(self, row: dict[str, Any], width: int = LINE_WIDTH) -> Text:
+        """An attempt read from the database, shown like an event (the note above says whence)."""
+        when = row.get("finished_at") or row.get("started_at") or row.get("created_at")
+        return self._line(when, row.get("status"), row, row, width)
+
+    def _line(
+        self, when: Any, status: Any, top: dict[str, Any], data: dict[str, Any], width: int
+    ) -> Text:
+        """One line in `width` cells: the error, last, is cut at a word with ``…``."""
         error = " ".join(str(p) for p in (data.get("error_type"), data.get("error_message")) if p)
         took = data.get("duration_ms")
-        return Text.assemble(
-            timestamp(event.get("timestamp"), self.tz),
+        text = Text.assemble(
+            timestamp(when, self.tz),
             " ",
-            styled_status(self, str(event.get("status") or ""), width=10),
+            styled_status(self, str(status or ""), width=10),
             " ",
-            (str(event.get("task_name", "")), "bold"),
+            (str(top.get("task_name", "")), "bold"),
             f"  #{data.get('attempt', 0)}",
             f"  {duration(took)}" if took is not None else "",
             f"  {data.get('worker') or ''}",
-            f"  {error[:120]}" if error else "",
         )
-
-    def row_line(self, row: dict[str, Any]) -> Text:
-        """An attempt read from the database, marked ``db``."""
-        dim = self.get_component_rich_style("live-feed--dim", partial=True)
-        when = row.get("finished_at") or row.get("started_at") or row.get("created_at")
-        error = " ".join(str(p) for p in (row.get("error_type"), row.get("error_message")) if p)
-        took = row.get("duration_ms")
-        return Text.assemble(
-            timestamp(when, self.tz),
-            " ",
-            styled_status(self, str(row.get("status")), width=10),
-            " ",
-            (str(row.get("task_name", "")), "bold"),
-            f"  #{row.get('attempt', 0)}",
-            f"  {duration(took)}" if took is not None else "",
-            ("  db", dim),
-            f"  {error[:120]}" if error else "",
-        )
+        room = width - text.cell_len - 2
+        if error and room > 0:
+            text.append("  " + clip(" ".join(error.split()), room))
+        text.truncate(width, overflow="ellipsis")
+        return text
 
     def plain_lines(self) -> list[str]:
         """The panel's lines as plain text (tests, screen readers of logs)."""
@@ -207,9 +229,10 @@ class LiveFeed(ScrollView, can_focus=True):
     def _strip(self, line: _Line) -> Strip:
         strip = self._strips.get(line.number)
         if strip is None:
-            text = self._text(line)
+            # fitted to the panel: nothing is left off to the right, out of the keys' reach
+            width = self.scrollable_content_region.width or LINE_WIDTH
+            text = self._text(line, min(width, LINE_WIDTH))
             text.no_wrap = True
-            text.truncate(LINE_WIDTH)
             segments = list(text.render(self.app.console))
             strip = Strip(Segment.apply_style(segments, self.rich_style), text.cell_len)
             self._strips[line.number] = strip
@@ -240,7 +263,7 @@ class LiveFeed(ScrollView, can_focus=True):
         self._update_title()
         if self.paused or not self._waiting:
             return
-        self._lines.extend(self._waiting)
+        self._lines.extend(_in_time_order(self._waiting))
         self._waiting.clear()
         self.virtual_size = Size(LINE_WIDTH, len(self._lines))
         if self._follow:
@@ -250,6 +273,7 @@ class LiveFeed(ScrollView, can_focus=True):
         self.refresh()
 
     def on_resize(self) -> None:
+        self._strips.clear()  # the lines are fitted to the width
         # a panel that shrinks (the filter bar opened) keeps showing the newest lines
         if self._follow:
             self.call_after_refresh(self._scroll_to_end)
@@ -283,3 +307,22 @@ class LiveFeed(ScrollView, can_focus=True):
             self.border_subtitle = f"PAUSED · +{count(self.new_while_paused)} new"
         else:
             self.border_subtitle = "space: pause"
+
+
+def _in_time_order(lines: Iterable[_Line]) -> list[_Line]:
+    """`lines` with each run of events sorted by :func:`_event_order`.
+
+    Notes and the attempts read after them stay where they are: they say
+    where a gap was.
+    """
+    result: list[_Line] = []
+    run: list[_Line] = []
+    for line in lines:
+        if line.kind == "event":
+            run.append(line)
+            continue
+        result += sorted(run, key=lambda e: _event_order(e.payload))
+        run = []
+        result.append(line)
+    result += sorted(run, key=lambda e: _event_order(e.payload))
+    return result

@@ -34,7 +34,7 @@ class MetricsPanel(Vertical):
         yield Sparkline([], id="metrics-sparkline")
 
     def show(self, stats: Stats, window: str) -> None:
-        """Display `stats`, computed for the window named `window`."""
+        """Display `stats`, computed for the window `window` names (``last 1h``, ``since …``)."""
         by_status = stats.by_status
         label = self.get_component_rich_style("metrics-panel--label")
 
@@ -65,5 +65,5 @@ class MetricsPanel(Vertical):
             float(n) for _, n in stats.throughput
         ]
         bucket = duration(stats.bucket_seconds * 1000.0)
-        self.border_title = f"Metrics · last {window}"
+        self.border_title = f"Metrics · {window}"
         self.border_subtitle = f"throughput per {bucket}"

@@ -14,8 +14,9 @@ __all__ = ["StatusBar"]
 class StatusBar(Widget):
     """Says where the data comes from and how fresh it is.
 
-    The connection state is a symbol *and* a word (``● live``,
-    ``◌ reconnecting (2)``, ``✕ offline``) so it reads without colour.
+    The state is a symbol *and* words (``● live``, ``◌ reconnecting (2)``,
+    ``✕ offline``, ``✕ db: no taskmon tables — run taskmon db upgrade``) so it
+    reads without colour.
     """
 
     COMPONENT_CLASSES: ClassVar[set[str]] = {
@@ -42,6 +43,7 @@ class StatusBar(Widget):
     """The newest database error, cleared by the next good read."""
 
     def connection_text(self) -> Text:
+        """The live connection's state: a symbol and a word."""
         state = self.connection
         if state == "live":
             return Text("● live", style=self.get_component_rich_style("status-bar--live"))
@@ -54,35 +56,65 @@ class StatusBar(Widget):
             return Text("✕ offline", style=self.get_component_rich_style("status-bar--offline"))
         return Text("◌ connecting", style=self.get_component_rich_style("status-bar--reconnecting"))
 
-    def render(self) -> Text:
-        """One line when it fits; else the essentials first, the database on a line of its own.
+    def state_text(self, *, brief: bool = False) -> Text:
+        """What the screen can be trusted for: a database error first, else the live state.
 
-        The connection state must stay visible at 80 columns, and a database
-        label (an embedded server's socket path, say) can be longer than that.
+        "● live" next to a failing database would say the opposite of the
+        truth: the database is what the screen shows, the feed only speeds it.
+        A live feed that is down as well is said after the error.
+
+        Args:
+            brief: say "✕ db error" without the error (it goes on the next line).
+        """
+        if not self.error:
+            return self.connection_text()
+        text = "✕ db error" if brief else f"✕ db: {self.error}"
+        problem = Text(text, style=self.get_component_rich_style("status-bar--error"))
+        if self.connection == "live":
+            return problem
+        return Text(" · ").join([problem, self.connection_text()])
+
+    def render(self) -> Text:
+        """One line when it fits; else two, the state always first on the first.
+
+        The state must stay visible at 80 columns, and a database label (an
+        embedded server's socket path, say) can be longer than that: what does
+        not fit on the first line goes to the second, the label last, cut in
+        the middle.
         """
         label = self.get_component_rich_style("status-bar--label")
         sep = Text(" · ")
-        essentials = sep.join(
-            [
-                Text("taskmon", style="bold"),
-                self.connection_text(),
-                Text.assemble(("last ", label), self.last_event),
-                Text.assemble(("window ", label), self.window),
-                Text.assemble(("filter ", label), self.filter_text or "none"),
-            ]
-        )
-        error_style = self.get_component_rich_style("status-bar--error")
-        notes = [Text(f"db error: {self.error}", style=error_style)] if self.error else []
+        head = Text.assemble(Text("taskmon", style="bold"), sep, self.state_text())
+        rest = [
+            Text.assemble(("last ", label), self.last_event),
+            Text.assemble(("window ", label), self.window),
+            Text.assemble(("filter ", label), self.filter_text or "none"),
+        ]
+        where = Text.assemble(("db ", label), self.database)
         width = self.content_size.width
-        line = sep.join([essentials, *notes, Text.assemble(("db ", label), self.database)])
+        line = sep.join([head, *rest, where])
         if width <= 0 or line.cell_len <= width:
             return line
-        essentials.truncate(width, overflow="ellipsis")
-        room = width - sum(note.cell_len + len(sep) for note in notes) - len("db ")
-        if room < 16 and notes:  # the error matters more than the label
-            return Text("\n").join([essentials, *notes])
-        where = Text.assemble(("db ", label), _elide(self.database, room))
-        return Text("\n").join([essentials, sep.join([*notes, where])])
+        second: list[Text] = []
+        if head.cell_len > width and self.error:
+            # a long error would push the rest out of sight: it gets the second line
+            head = Text.assemble(Text("taskmon", style="bold"), sep, self.state_text(brief=True))
+            error_style = self.get_component_rich_style("status-bar--error")
+            second.append(Text(f"db error: {self.error}", style=error_style))
+        first, spilled = head, False
+        for part in rest:  # in order: once one moves down, the rest follow it
+            spilled = spilled or first.cell_len + len(sep) + part.cell_len > width
+            if spilled:
+                second.append(part)
+            else:
+                first = sep.join([first, part])
+        first.truncate(width, overflow="ellipsis")
+        room = width - sum(p.cell_len + len(sep) for p in second) - len("db ")
+        if room >= 16 or not second:  # a label cut shorter says nothing
+            second.append(Text.assemble(("db ", label), _elide(self.database, max(room, 1))))
+        line2 = sep.join(second)
+        line2.truncate(width, overflow="ellipsis")
+        return Text("\n").join([first, line2])
 
 
 def _elide(text: str, width: int) -> str:
