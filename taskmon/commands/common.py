@@ -8,7 +8,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
-__all__ = ["DsnOption", "UsageError", "fail", "run"]
+__all__ = ["DsnOption", "UsageError", "database_url", "fail", "run"]
 
 T = TypeVar("T")
 
@@ -32,6 +32,21 @@ def fail(message: str, code: int = 2) -> NoReturn:
     line = " ".join(str(message).split())
     sys.stderr.write(f"taskmon: error: {line}\n")
     raise typer.Exit(code)
+
+
+def database_url(flag: str | None) -> str:
+    """The DSN to use (flag, environment, config file, embedded default), checked.
+
+    A malformed DSN or config file ends the command here, exit status 2,
+    before anything is started with it.
+    """
+    from taskmon.config import ConfigError, resolve_dsn
+    from taskmon.store.db import DsnError, check_dsn
+
+    try:
+        return check_dsn(resolve_dsn(flag))
+    except (ConfigError, DsnError) as exc:
+        fail(str(exc))
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from taskmon.commands.common import DsnOption, fail, run
+from taskmon.commands.common import DsnOption, database_url, fail, run
 from taskmon.commands.filter_options import (
     ErrorOption,
     QueryOption,
@@ -105,12 +105,11 @@ def serve(
     async def go() -> None:
         import asyncio
 
-        from taskmon.config import resolve_dsn
         from taskmon.hub import Hub, HubError
         from taskmon.store.db import redact_dsn
 
         _log_to_stderr()
-        source = None if redis else resolve_dsn(dsn)
+        source = None if redis else database_url(dsn)
         hub = Hub(
             dsn=source,
             redis_url=redis,
@@ -186,11 +185,10 @@ def tail(
         hub: Any = None
         target, key = url, secret
         if target is None:
-            from taskmon.config import resolve_dsn
             from taskmon.hub import Hub, HubError
 
             key = secrets.token_urlsafe(16)  # other local users must not read our feed
-            hub = Hub(dsn=None if redis else resolve_dsn(dsn), redis_url=redis, token=key)
+            hub = Hub(dsn=None if redis else database_url(dsn), redis_url=redis, token=key)
             try:
                 target = await hub.start("127.0.0.1", 0)
             except HubError as exc:

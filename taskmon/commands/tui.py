@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from taskmon.commands.common import DsnOption, fail
+from taskmon.commands.common import DsnOption, database_url, fail
 from taskmon.commands.history import LostAfterOption, seconds_option
 
 __all__ = ["tui"]
@@ -52,7 +52,7 @@ def tui(
 ) -> None:
     """Watch metrics, history and live events in a terminal UI (keys: press ?)."""
     lost_after_s = seconds_option("--lost-after", lost_after)
-    from taskmon.config import ConfigError, resolve_dsn, resolve_setting
+    from taskmon.config import ConfigError, resolve_setting
     from taskmon.filters import FilterError
     from taskmon.tui.app import make_app
     from taskmon.tui.sources import (
@@ -62,8 +62,8 @@ def tui(
         PgDataSource,
     )
 
+    url = database_url(dsn)
     try:
-        url = resolve_dsn(dsn)
         hub = resolve_setting(hub_url, "TASKMON_HUB_URL", "hub_url")
         token = resolve_setting(hub_token, "TASKMON_HUB_TOKEN", "hub_token")
         redis = resolve_setting(redis_url, "TASKMON_REDIS_URL", "redis_url")

@@ -1,0 +1,97 @@
+"""What the command line says when it is used wrongly: one line, the right exit status."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import unconfigured_env
+
+from taskmon.store.db import DsnError, check_dsn, connect
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def taskmon(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as a user does, on a machine with nothing configured."""
+    return subprocess.run(
+        [sys.executable, "-m", "taskmon", *args],
+        cwd=ROOT,
+        env=unconfigured_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def one_error_line(result: subprocess.CompletedProcess[str], code: int = 2) -> str:
+    """The single stderr line of a refused command, after checking the exit status."""
+    lines = result.stderr.splitlines()
+    assert result.returncode == code, (result.returncode, result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("taskmon: error: "), lines[0]
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+# -- DSNs -------------------------------------------------------------------------
+
+BAD_DSNS = [
+    ("postgresql://u:pw@127.0.0.1:99999/x", "port 99999"),
+    ("postgresql://u:pw@127.0.0.1:abc/x", "port 'abc'"),
+    ("postgresql://u:pw@[::1:5432/x", "no closing ']'"),
+    ("postgresql://u@[::1]:0/x", "port 0"),
+    ("postgresql://u@h/x?port=70000", "port 70000"),
+    ("postgresql://u@h1:5432,h2:x/db", "port 'x'"),
+    ("postgresql://u@h/x?sslmode=bogus", "sslmode 'bogus'"),
+    ("mysql://u@h/x", "postgresql://"),
+    ("host=127.0.0.1 port=5432", "postgresql://"),
+]
+
+
+@pytest.mark.parametrize(("dsn", "named"), BAD_DSNS)
+def test_check_dsn_names_what_is_wrong_without_the_password(dsn: str, named: str) -> None:
+    with pytest.raises(DsnError) as caught:
+        check_dsn(dsn)
+    message = str(caught.value)
+    assert named in message
+    assert "pw" not in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://postgres@127.0.0.1:5432/postgres",
+        "postgres://u:p%40ss@[::1]:6543/db?sslmode=prefer",
+        "postgresql://u@h1:5432,h2:5433/db",
+        "postgresql://postgres@/postgres?host=/tmp/pg%20dir&port=5432",
+        "postgresql:///db",
+    ],
+)
+def test_check_dsn_accepts_what_asyncpg_accepts(dsn: str) -> None:
+    assert check_dsn(dsn) == dsn
+
+
+async def test_connect_refuses_a_bad_dsn_as_a_dsn_error() -> None:
+    # asyncpg itself ends in an OverflowError deep in the socket layer for this one
+    with pytest.raises(DsnError, match="port 99999"):
+        await connect("postgresql://u:pw@127.0.0.1:99999/x")
+    # and its own DSN complaints become the same class
+    with pytest.raises(DsnError, match="bad DSN"):
+        await connect("postgresql://u@127.0.0.1:5432/x?target_session_attrs=bogus")
+
+
+@pytest.mark.parametrize(("dsn", "named"), BAD_DSNS[:3])
+@pytest.mark.parametrize("command", ["history", "stats", "cleanup", "tail", "serve", "tui"])
+def test_a_bad_dsn_is_one_line_and_exit_2(command: str, dsn: str, named: str) -> None:
+    line = one_error_line(taskmon(command, "--dsn", dsn))
+    assert named in line and "pw" not in line
+
+
+def test_a_bad_dsn_from_the_environment_is_one_line_too() -> None:
+    line = one_error_line(taskmon("history", TASKMON_DSN="postgresql://u@127.0.0.1:99999/x"))
+    assert "port 99999" in line
