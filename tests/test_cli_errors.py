@@ -95,3 +95,50 @@ def test_a_bad_dsn_is_one_line_and_exit_2(command: str, dsn: str, named: str) ->
 def test_a_bad_dsn_from_the_environment_is_one_line_too() -> None:
     line = one_error_line(taskmon("history", TASKMON_DSN="postgresql://u@127.0.0.1:99999/x"))
     assert "port 99999" in line
+
+
+# -- the parser's own errors ----------------------------------------------------
+
+USAGE_ERRORS = [
+    (["history", "--sinse", "1d"], "no such option: --sinse"),
+    (["histroy"], "no such command 'histroy'"),
+    (["serve", "--port", "abc"], "'--port'"),
+    (["history", "--limit"], "'--limit' requires an argument"),
+    (["tail", "-q"], "'-q' requires an argument"),
+    (["db", "upgrad"], "no such command 'upgrad'"),
+    (["db", "stop", "--dsn", "x"], "no such option: --dsn"),
+    (["--bogus"], "no such option: --bogus"),
+    (["stats", "extra"], "extra"),
+    (["cleanup", "--batch-size", "x"], "'--batch-size'"),
+    (["demo", "--rate", "fast"], "'--rate'"),
+    (["tui", "--lost-after"], "'--lost-after' requires an argument"),
+]
+
+
+@pytest.mark.parametrize(("args", "named"), USAGE_ERRORS)
+def test_every_usage_error_is_one_line_naming_the_option(args: list[str], named: str) -> None:
+    line = one_error_line(taskmon(*args))
+    assert named in line
+    assert "╭" not in line and "Usage:" not in line
+
+
+def test_help_lists_the_commands_in_the_order_a_user_meets_them() -> None:
+    result = taskmon("-h", COLUMNS="100")
+    assert result.returncode == 0, result.stderr
+    listed = [
+        line.split()[1]
+        for line in result.stdout.splitlines()
+        if line.startswith("│ ") and len(line.split()) > 2 and line.split()[1].isalpha()
+    ]
+    commands = ["tui", "history", "stats", "tail", "serve", "cleanup", "db", "demo"]
+    assert [name for name in listed if name in commands] == commands
+    assert "in the order you would use them" in result.stdout
+
+
+def test_tui_takes_token_like_tail_and_still_reads_the_old_spelling() -> None:
+    for command in ("tui", "tail"):
+        shown = taskmon(command, "-h", COLUMNS="120").stdout
+        assert "--token" in shown and "--hub-token" not in shown, command
+    # the old spelling parses (the window is what is refused)
+    line = one_error_line(taskmon("tui", "--hub-token", "s3cret", "--since", "3y"))
+    assert line == "taskmon: error: --since: '3y' is not one of 15m, 1h, 24h, 7d, 30d"

@@ -8,7 +8,15 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
-__all__ = ["DsnOption", "UsageError", "database_url", "fail", "run"]
+__all__ = [
+    "DsnOption",
+    "TokenOption",
+    "UsageError",
+    "database_url",
+    "fail",
+    "run",
+    "usage_error_line",
+]
 
 T = TypeVar("T")
 
@@ -18,6 +26,15 @@ DsnOption = Annotated[
         "--dsn",
         help="PostgreSQL DSN. Default: $TASKMON_DSN, then the config file, "
         "then the embedded PostgreSQL under your data directory.",
+        show_default=False,
+    ),
+]
+
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        help="Shared secret of the hub. Default: $TASKMON_HUB_TOKEN, then the config file.",
         show_default=False,
     ),
 ]
@@ -32,6 +49,20 @@ def fail(message: str, code: int = 2) -> NoReturn:
     line = " ".join(str(message).split())
     sys.stderr.write(f"taskmon: error: {line}\n")
     raise typer.Exit(code)
+
+
+def usage_error_line(exc: Exception) -> str:
+    """One line for an error of the command-line parser (unknown option, bad type, …).
+
+    Args:
+        exc: a click ``ClickException`` (typer's parser).
+    """
+    format_message = getattr(exc, "format_message", None)
+    text = format_message() if callable(format_message) else str(exc)
+    message = " ".join(str(text).split()).rstrip(".")
+    if message[:2].isalpha() and message[0].isupper() and message[1].islower():
+        message = message[0].lower() + message[1:]  # "No such option" → "no such option"
+    return f"taskmon: error: {message}"
 
 
 def database_url(flag: str | None) -> str:

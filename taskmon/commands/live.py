@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from taskmon.commands.common import DsnOption, database_url, fail, run
+from taskmon.commands.common import DsnOption, TokenOption, database_url, fail, run
 from taskmon.commands.filter_options import (
     ErrorOption,
     QueryOption,
@@ -28,14 +28,6 @@ __all__ = ["serve", "tail"]
 
 TAIL_FORMATS = ("text", "jsonl")
 
-TokenOption = Annotated[
-    str | None,
-    typer.Option(
-        "--token",
-        help="Shared secret of the hub. Default: $TASKMON_HUB_TOKEN, then the config file.",
-        show_default=False,
-    ),
-]
 RedisOption = Annotated[
     str | None,
     typer.Option(
