@@ -142,3 +142,66 @@ def test_tui_takes_token_like_tail_and_still_reads_the_old_spelling() -> None:
     # the old spelling parses (the window is what is refused)
     line = one_error_line(taskmon("tui", "--hub-token", "s3cret", "--since", "3y"))
     assert line == "taskmon: error: --since: '3y' is not one of 15m, 1h, 24h, 7d, 30d"
+
+
+# -- the config file --------------------------------------------------------------
+
+BAD_CONFIGS = [
+    (None, "does not exist"),
+    ('dns = "postgresql://x"\n', "unknown key 'dns'"),
+    ("dsn = 5432\n", "dsn must be a string, not a number 5432"),
+    ('retention_days = "30"\n', "retention_days must be a number of days"),
+    ("hub_token = true\n", "hub_token must be a string, not a boolean"),
+    ("alerts = 3\n", "alerts must be an array of tables"),
+    ("[notifiers]\nwebhook = 1\n", "notifiers must be a table of tables"),
+    ("dsn = \n", "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize(("text", "named"), BAD_CONFIGS)
+@pytest.mark.parametrize("how", ["env", "flag"])
+def test_a_bad_config_file_is_one_line_and_exit_2(
+    tmp_path: Path, text: str | None, named: str, how: str
+) -> None:
+    path = tmp_path / "config.toml"
+    if text is not None:
+        path.write_text(text)
+    # a flag that decides the DSN does not make a broken file go unnoticed
+    args = ["history", "--dsn", "postgresql://postgres@127.0.0.1:1/x"]
+    if how == "env":
+        result = taskmon(*args, TASKMON_CONFIG=str(path))
+    else:
+        result = taskmon("--config", str(path), *args)
+    line = one_error_line(result)
+    assert named in line and str(path) in line
+
+
+@pytest.mark.parametrize("command", [["stats"], ["tail"], ["serve"], ["tui"], ["cleanup"]])
+def test_every_command_that_reads_settings_checks_the_config(
+    tmp_path: Path, command: list[str]
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('hub_url = "ws://127.0.0.1:9/"\ncolour = "always"\n')
+    line = one_error_line(taskmon(*command, TASKMON_CONFIG=str(path)))
+    assert "unknown key 'colour'" in line
+
+
+def test_the_config_file_is_read_with_alert_tables_and_flag_precedence(
+    tmp_path: Path, dsn: str
+) -> None:
+    # given a config that names the database and carries alert rules and notifiers
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'dsn = "{dsn}"\nretention_days = 7\n'
+        '[[alerts]]\nname = "failures"\n[notifiers.ops]\nurl = "https://example.invalid/"\n'
+    )
+    # when a command reads it
+    result = taskmon("--config", str(path), "history")
+    # then the DSN came from the file: its (empty) database answered
+    assert result.returncode == 0, result.stderr
+    assert "no attempts recorded yet" in result.stdout
+    # and a flag still wins over it
+    unreachable = taskmon(
+        "--config", str(path), "history", "--dsn", "postgresql://postgres@127.0.0.1:1/x"
+    )
+    assert unreachable.returncode == 1 and "cannot reach" in unreachable.stderr

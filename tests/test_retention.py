@@ -180,7 +180,7 @@ async def test_cleanup_refuses_nonsense(db: asyncpg.Connection[Any]) -> None:
 
 
 def test_retention_days_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("TASKMON_CONFIG", str(tmp_path / "none.toml"))
+    monkeypatch.setenv("TASKMON_CONFIG", os.devnull)
     monkeypatch.delenv("TASK_LOG_RETENTION_DAYS", raising=False)
     assert retention_days_setting() == 30
     monkeypatch.setenv("TASK_LOG_RETENTION_DAYS", "7")
@@ -199,7 +199,7 @@ async def test_registered_task_is_scheduled_and_deletes_old_rows(
     db: asyncpg.Connection[Any], dsn: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # given a broker with the cleanup registered, retention from the environment
-    monkeypatch.setenv("TASKMON_CONFIG", str(tmp_path / "none.toml"))
+    monkeypatch.setenv("TASKMON_CONFIG", os.devnull)
     monkeypatch.setenv("TASK_LOG_RETENTION_DAYS", "35")
     await _seed(db, "old", 40 * DAY, 4)
     await _seed(db, "kept", 32 * DAY, 2)

@@ -93,12 +93,13 @@ def cleanup(
     dsn: DsnOption = None,
 ) -> None:
     """Mark lost attempts, then delete (optionally archive) old rows and old rollups."""
+    from taskmon.config import ConfigError
     from taskmon.retention import Archive, retention_days_setting
 
     if older_than is None:
         try:
             age = timedelta(days=retention_days_setting())
-        except ValueError as exc:
+        except (ValueError, ConfigError) as exc:
             fail(str(exc))
     else:
         age = _age("--older-than", older_than)
