@@ -205,3 +205,52 @@ def test_the_config_file_is_read_with_alert_tables_and_flag_precedence(
         "--config", str(path), "history", "--dsn", "postgresql://postgres@127.0.0.1:1/x"
     )
     assert unreachable.returncode == 1 and "cannot reach" in unreachable.stderr
+
+
+# -- filters ------------------------------------------------------------------------
+
+DSN_DOWN = "postgresql://postgres@127.0.0.1:1/x"  # never reached: input is checked first
+
+FILTER_ERRORS = [
+    (["history", "-q", "since:7d since:1d"], "--query: since: given twice"),
+    (["stats", "-q", "attempt:1 attempt:2"], "--query: attempt: given twice"),
+    (["history", "--since", "7d", "-q", "since:1d"], "--since and since: in --query"),
+    (["stats", "--until", "1d", "-q", "until:2d"], "--until and until: in --query"),
+    (["tail", "-q", "since:1h"], "--query: since: a live tail has no time window"),
+    (["tail", "-q", "status:failed until:1h"], "--query: until: a live tail"),
+    (["tui", "-q", "task_id:a task_id:b"], "--query: task_id: given twice"),
+]
+
+
+@pytest.mark.parametrize(("args", "named"), FILTER_ERRORS)
+def test_repeated_and_unused_filter_keys_are_refused(args: list[str], named: str) -> None:
+    line = one_error_line(taskmon(*args, "--dsn", DSN_DOWN))
+    assert named in line
+
+
+async def test_the_filter_bar_shows_a_repeated_key_inline() -> None:
+    from textual.app import App, ComposeResult
+    from textual.widgets import Static
+
+    from taskmon.tui.widgets.filter_bar import FilterBar
+
+    applied: list[str] = []
+
+    class BarApp(App[None]):
+        def compose(self) -> ComposeResult:
+            yield FilterBar()
+
+        def on_filter_bar_applied(self, message: FilterBar.Applied) -> None:
+            applied.append(message.query)
+
+    app = BarApp()
+    async with app.run_test(size=(100, 10)) as pilot:
+        app.query_one(FilterBar).open("")
+        await pilot.press(*"since:7d since:1d", "enter")
+        await pilot.pause()
+        error = str(app.query_one("#filter-error", Static).render())
+        assert error.startswith("✕ since: given twice")
+        assert applied == []
+        await pilot.press(*["backspace"] * len(" since:1d"), "enter")
+        await pilot.pause()
+        assert applied == ["since:7d"]

@@ -186,8 +186,11 @@ def stats(
     status: StatusOption = None,
     task: TaskOption = None,
     since: Annotated[
-        str, typer.Option("--since", help="Window start: 24h, 7d, 90d or an ISO date/time.")
-    ] = "24h",
+        str | None,
+        typer.Option(
+            "--since", help="Window start: 24h, 7d, 90d or an ISO date/time.  [default: 24h]"
+        ),
+    ] = None,
     until: UntilOption = None,
     error: ErrorOption = None,
     worker: WorkerOption = None,
@@ -203,7 +206,14 @@ def stats(
     relative error printed with them.
     """
     flt = build_filter(
-        status=status, task=task, since=since, until=until, error=error, worker=worker, query=query
+        status=status,
+        task=task,
+        since=since,
+        until=until,
+        error=error,
+        worker=worker,
+        query=query,
+        default_since="24h",
     )
     form = _choice("--format", fmt, STATS_FORMATS)
     lost_s = seconds_option("--lost-after", lost_after)

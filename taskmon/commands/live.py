@@ -158,7 +158,18 @@ def tail(
     itself. Survives hub restarts, saying on stderr that it reconnected and
     whether events were missed (`taskmon history` has them all).
     """
-    flt = build_filter(status=status, task=task, error=error, worker=worker, query=query)
+    flt = build_filter(
+        status=status,
+        task=task,
+        error=error,
+        worker=worker,
+        query=query,
+        ignored=(
+            "since,until",
+            "a live tail has no time window (it shows events as they happen; "
+            "`taskmon history --since` looks back)",
+        ),
+    )
     form = fmt.lower()
     if form not in TAIL_FORMATS:
         fail(f"--format: {fmt!r} is not a format (accepted: {', '.join(TAIL_FORMATS)})")
