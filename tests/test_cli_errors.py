@@ -254,3 +254,35 @@ async def test_the_filter_bar_shows_a_repeated_key_inline() -> None:
         await pilot.press(*["backspace"] * len(" since:1d"), "enter")
         await pilot.pause()
         assert applied == ["since:7d"]
+
+
+# -- the TUI's live side gives up on a hub it never had ------------------------------
+
+
+@pytest.mark.parametrize("case", ["wrong token", "no hub"])
+async def test_the_tui_goes_offline_saying_why_instead_of_retrying(dsn: str, case: str) -> None:
+    from helpers import wait_for
+
+    from taskmon.hub import Hub
+    from taskmon.tui.app import make_app
+    from taskmon.tui.sources import HubLiveSource, PgDataSource
+    from taskmon.tui.widgets.live_feed import LiveFeed
+    from taskmon.tui.widgets.status_bar import StatusBar
+
+    hub = Hub(dsn=dsn, token="right")
+    url = await hub.start()
+    if case == "no hub":
+        await hub.stop()  # the port is free again: nothing answers there
+    live = HubLiveSource(url, token="wrong", max_backoff=0.1)
+    app = make_app(PgDataSource(dsn), live)
+    try:
+        async with app.run_test(size=(120, 36)):
+            bar = app.main.query_one(StatusBar)
+            await wait_for(lambda: bar.connection == "offline", timeout=15)
+            why = "hub refused the token" if case == "wrong token" else "no hub answers at"
+            assert str(bar.connection_text()).startswith(f"✕ offline: {why}")
+            feed = app.main.query_one(LiveFeed)
+            await wait_for(lambda: f"live feed offline: {why}" in "\n".join(feed.plain_lines()))
+            assert "retrying" not in "\n".join(feed.plain_lines())
+    finally:
+        await hub.stop()

@@ -272,6 +272,12 @@ class _Printer:
         elif isinstance(message, Disconnected):
             if message.refused:
                 fail(f"{self.url}: {message.error}; check --token or TASKMON_HUB_TOKEN", code=1)
+            if message.final:
+                fail(
+                    f"cannot reach the hub at {self.url} ({message.error}); "
+                    "is `taskmon serve` running there?",
+                    code=1,
+                )
             if not self.down_said:
                 self.down_said = True
                 self.note(f"lost the hub at {self.url} ({message.error}); reconnecting…")
