@@ -286,3 +286,52 @@ async def test_the_tui_goes_offline_saying_why_instead_of_retrying(dsn: str, cas
             assert "retrying" not in "\n".join(feed.plain_lines())
     finally:
         await hub.stop()
+
+
+# -- output -------------------------------------------------------------------------
+
+
+def test_counts_read_as_english() -> None:
+    from taskmon.commands.common import plural
+
+    assert plural(1, "row") == "1 row"
+    assert plural(0, "row") == "0 rows"
+    assert plural(1, "batch", "batches") == "1 batch"
+    assert plural(1204, "batch", "batches") == "1,204 batches"
+    assert plural(1, "running attempt") == "1 running attempt"
+
+
+def test_round_durations_rounds_only_durations() -> None:
+    from taskmon.commands.common import round_durations
+
+    event = {"seq": 3, "data": {"duration_ms": 30.226469039916992, "attempt": 1,
+             "timeout_s": 2.50001, "params": {"kwargs": {"wait_ms": 0.123456789}}},
+             "tasks": [{"p95_ms": 1.23456}], "failure_rate": 0.123456789}  # fmt: skip
+    assert round_durations(event) == {
+        "seq": 3,
+        "data": {"duration_ms": 30.226, "attempt": 1, "timeout_s": 2.5,
+                 "params": {"kwargs": {"wait_ms": 0.123456789}}},
+        "tasks": [{"p95_ms": 1.235}],
+        "failure_rate": 0.123456789,
+    }  # fmt: skip
+
+
+def test_serve_says_it_is_listening_once() -> None:
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "taskmon", "serve", "--port", "0", "--redis-url",
+         "redis://127.0.0.1:6379/11"],
+        cwd=ROOT, env=unconfigured_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        # the hub logs its start inside start(), before serve writes its own line:
+        # a second report of it could only come first
+        first = proc.stderr.readline()  # blocks until the hub has started (or failed)
+        assert first.startswith("taskmon: hub listening on ws://127.0.0.1:"), first
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=20)
+    assert "listening" not in rest, rest

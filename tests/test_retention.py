@@ -305,7 +305,7 @@ async def test_command_archives_deletes_and_reports(
     # when a dry run, then the real thing, runs
     code, dry, _ = await _taskmon("cleanup", "--older-than", "30d", "--dry-run", dsn=dsn)
     assert code == 0
-    assert "would mark 1 running attempts lost" in dry
+    assert "would mark 1 running attempt lost" in dry
     assert "would delete 3 attempts older than 30d" in dry
     assert await _count(db) == 5
     code, out, err = await _taskmon(
@@ -314,7 +314,7 @@ async def test_command_archives_deletes_and_reports(
 
     # then it reports what it did and did it
     assert (code, err) == (0, "")
-    assert "marked 1 running attempts lost" in out
+    assert "marked 1 running attempt lost" in out
     assert "deleted 3 attempts older than 30d" in out and "in 2 batches" in out
     assert f"archived 3 rows to {target}" in out
     assert await _count(db) == 2

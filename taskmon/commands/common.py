@@ -14,6 +14,8 @@ __all__ = [
     "UsageError",
     "database_url",
     "fail",
+    "plural",
+    "round_durations",
     "run",
     "usage_error_line",
 ]
@@ -49,6 +51,35 @@ def fail(message: str, code: int = 2) -> NoReturn:
     line = " ".join(str(message).split())
     sys.stderr.write(f"taskmon: error: {line}\n")
     raise typer.Exit(code)
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """``1 row``, ``2 rows``, ``1,204 batches`` (`words` for irregular plurals)."""
+    return f"{n:,} {word if n == 1 else words or word + 's'}"
+
+
+_USER_DATA = frozenset(("params", "labels"))
+
+
+def round_durations(value: Any) -> Any:
+    """`value` with every duration (a float under a key ending in ``_ms`` or ``_s``) rounded.
+
+    Three decimals: a microsecond for ``_ms``, which is more than the clocks
+    behind them measure. A task's own ``params`` and ``labels`` are the user's
+    data and stay exact; the rest of the value is returned as it is.
+    """
+    if isinstance(value, dict):
+        return {
+            key: round(item, 3)
+            if isinstance(item, float) and str(key).endswith(("_ms", "_s"))
+            else item
+            if key in _USER_DATA
+            else round_durations(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [round_durations(item) for item in value]
+    return value
 
 
 def usage_error_line(exc: Exception) -> str:

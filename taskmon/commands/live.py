@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from taskmon.commands.common import DsnOption, TokenOption, database_url, fail, run
+from taskmon.commands.common import (
+    DsnOption,
+    TokenOption,
+    database_url,
+    fail,
+    round_durations,
+    run,
+)
 from taskmon.commands.filter_options import (
     ErrorOption,
     QueryOption,
@@ -100,7 +107,6 @@ def serve(
         from taskmon.hub import Hub, HubError
         from taskmon.store.db import redact_dsn
 
-        _log_to_stderr()
         source = None if redis else database_url(dsn)
         hub = Hub(
             dsn=source,
@@ -115,6 +121,9 @@ def serve(
             fail(str(exc), code=1)
         except OSError as exc:
             fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", code=1)
+        # logging starts after the hub did: it logs its start at INFO, and the
+        # line below says the same with the bus and the token, once
+        _log_to_stderr()
         where = redis if redis else redact_dsn(source or "")
         sys.stderr.write(
             f"taskmon: hub listening on {url} (bus: {hub.bus} at {where}; "
@@ -285,7 +294,7 @@ class _Printer:
     def _event(self, event: dict[str, Any]) -> None:
         from taskmon.events import dumps
 
-        line = dumps(event) if self.form == "jsonl" else format_event(event)
+        line = dumps(round_durations(event)) if self.form == "jsonl" else format_event(event)
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
 
