@@ -2,27 +2,85 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+from typer.core import TyperGroup
 
 from taskmon import __version__
 from taskmon.commands import cleanup, db, demo, history, live, tui
+from taskmon.commands.common import usage_error_line
+
+# the order a user meets them in: watch, look back, follow, share the feed,
+# maintain, try it out
+COMMAND_ORDER = ("tui", "history", "stats", "tail", "serve", "cleanup", "db", "demo")
+
+HELP = f"""A terminal monitor for TaskIQ background tasks.
+
+Commands are listed in the order you would use them: watch ({COMMAND_ORDER[0]}),
+look back (history, stats), follow live events (tail), share them (serve),
+maintain (cleanup, db), try it all out (demo).
+"""
+
+
+class _Group(TyperGroup):
+    """The root group: commands in :data:`COMMAND_ORDER`, usage errors in one line."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = super().list_commands(ctx)
+        rank = {name: i for i, name in enumerate(COMMAND_ORDER)}
+        return sorted(names, key=lambda name: rank.get(name, len(rank)))
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
+        # click's own reporting prints a usage block and a framed message: a
+        # user mistake gets one line, like every other error of ours
+        from typer._click.exceptions import Abort, ClickException, NoArgsIsHelpError
+
+        try:
+            code = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
+        except NoArgsIsHelpError as exc:
+            exc.show()  # `taskmon` alone prints the help, as before
+            sys.exit(exc.exit_code)
+        except ClickException as exc:
+            sys.stderr.write(usage_error_line(exc) + "\n")
+            sys.exit(exc.exit_code)
+        except Abort:
+            sys.stderr.write("taskmon: aborted\n")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
 
 app = typer.Typer(
     name="taskmon",
-    help="A terminal monitor for TaskIQ background tasks.",
+    cls=_Group,
+    help=HELP,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-app.add_typer(db.app, name="db")
-app.command("demo")(demo.demo)
-app.command("cleanup")(cleanup.cleanup)
-app.command("serve")(live.serve)
-app.command("tail")(live.tail)
 app.command("tui")(tui.tui)
 app.command("history")(history.history)
 app.command("stats")(history.stats)
+app.command("tail")(live.tail)
+app.command("serve")(live.serve)
+app.command("cleanup")(cleanup.cleanup)
+app.add_typer(db.app, name="db")
+app.command("demo")(demo.demo)
 
 
 def _version(value: bool) -> None:
@@ -33,11 +91,25 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
-    ),
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="The config file (TOML). Default: $TASKMON_CONFIG, "
+            "then ~/.config/taskmon/config.toml.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """A terminal monitor for TaskIQ background tasks."""
+    if config is not None:
+        # the environment carries it to every reader of the config, in this process
+        os.environ["TASKMON_CONFIG"] = str(config)
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""A hub subscriber: an endless async iterator of events that reconnects and resumes.
+"""A hub subscriber: an async iterator of events that reconnects and resumes.
 
 ::
 
@@ -10,7 +10,9 @@
 
 After a disconnection it reconnects with backoff and subscribes again from
 the ``seq`` of the last event it yielded; the hub replays what it still holds
-after it, or says ``gap``.
+after it, or says ``gap``. Reconnecting is for a connection that once
+worked: a hub never reached, or one that refuses the token, ends the
+iterator after a final :class:`Disconnected`.
 """
 
 from __future__ import annotations
@@ -65,18 +67,21 @@ class Connected:
 
 @dataclass(frozen=True, slots=True)
 class Disconnected:
-    """The connection failed or ended; the iterator retries after a pause.
+    """The connection failed or ended; unless `final`, the iterator retries after a pause.
 
     Attributes:
         error: one line saying why.
         attempt: the number of the reconnection attempt that follows (1, 2, …).
         refused: the hub refused the token (HTTP 401 or close code 1008); retrying
             helps only if the hub's token changes.
+        final: the iterator ends after this message: the hub was never reached
+            (wrong URL, nothing listening, not a hub) or it refused the token.
     """
 
     error: str
     attempt: int
     refused: bool = False
+    final: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +114,10 @@ async def subscribe(
     since_seq: int | None = None,
     max_backoff: float = 5.0,
 ) -> AsyncIterator[ClientMessage]:
-    """Yield messages from the hub at `url` forever, reconnecting with backoff.
+    """Yield messages from the hub at `url`, reconnecting with backoff once it has worked.
+
+    A hub that is never reached, or that refuses the token, is not retried:
+    the iterator yields one :class:`Disconnected` with ``final=True`` and ends.
 
     Args:
         url: the hub's ``ws://`` or ``wss://`` URL.
@@ -187,6 +195,10 @@ async def subscribe(
         except (OSError, TimeoutError, WebSocketException, ProtocolError) as exc:
             error = _describe(exc)
         attempt += 1
+        if refused or connections == 0:
+            # nothing will change by waiting: a wrong URL or token is for the user to fix
+            yield Disconnected(error, attempt, refused, final=True)
+            return
         yield Disconnected(error, attempt, refused)
         await asyncio.sleep(backoff.next())
 

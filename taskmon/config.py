@@ -3,7 +3,13 @@
 Precedence: command-line flag > environment (``TASKMON_DSN``,
 ``TASKMON_REDIS_URL``, ``TASKMON_HUB_URL``, ``TASKMON_HUB_TOKEN``,
 ``TASK_LOG_RETENTION_DAYS``) > config file (``$XDG_CONFIG_HOME/taskmon/config.toml``
-or ``TASKMON_CONFIG``) > the embedded PostgreSQL under the user's data directory.
+or ``TASKMON_CONFIG``, which ``taskmon --config`` sets) > the embedded
+PostgreSQL under the user's data directory.
+
+The config file is checked whole each time it is read, whichever setting is
+asked for: a file that ``TASKMON_CONFIG`` names but does not exist, an
+unknown key or a value of the wrong type is a :class:`ConfigError`, never
+ignored.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "CONFIG_KEYS",
     "ConfigError",
     "config_path",
     "embedded_data_dir",
@@ -27,7 +34,31 @@ class ConfigError(Exception):
     """A configuration value is unusable; the message is one line for the user."""
 
 
+# key: (what it must be, a check); alerts and notifiers belong to the alert
+# rules, which read them themselves: here only their shape is checked
+CONFIG_KEYS: dict[str, str] = {
+    "dsn": "a string",
+    "redis_url": "a string",
+    "hub_url": "a string",
+    "hub_token": "a string",
+    "retention_days": "a number of days",
+    "alerts": "an array of tables ([[alerts]])",
+    "notifiers": "a table of tables ([notifiers.NAME])",
+}
+
+
+def _type_ok(key: str, value: object) -> bool:
+    if key in ("dsn", "redis_url", "hub_url", "hub_token"):
+        return isinstance(value, str)
+    if key == "retention_days":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if key == "alerts":
+        return isinstance(value, list) and all(isinstance(v, dict) for v in value)
+    return isinstance(value, dict) and all(isinstance(v, dict) for v in value.values())
+
+
 def config_path() -> Path:
+    """The config file: ``TASKMON_CONFIG`` if set, else the user's config directory's."""
     explicit = os.environ.get("TASKMON_CONFIG")
     if explicit:
         return Path(explicit)
@@ -40,22 +71,68 @@ def _config_file() -> dict[str, Any]:
     path = config_path()
     try:
         with path.open("rb") as fh:
-            return tomllib.load(fh)
+            data = tomllib.load(fh)
     except FileNotFoundError:
-        return {}
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        if os.environ.get("TASKMON_CONFIG"):
+            raise ConfigError(
+                f"config file {path} does not exist (named by --config or TASKMON_CONFIG)"
+            ) from None
+        return {}  # the default place: having none is normal
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    for key, value in data.items():
+        if key not in CONFIG_KEYS:
+            raise ConfigError(
+                f"config file {path}: unknown key {key!r} (known: {', '.join(CONFIG_KEYS)})"
+            )
+        if not _type_ok(key, value):
+            raise ConfigError(
+                f"config file {path}: {key} must be {CONFIG_KEYS[key]}, "
+                f"not {_toml_type(value)} {_short(value)}"
+            )
+    return data
+
+
+def _toml_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return "a date/time"
+
+
+def _short(value: object) -> str:
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 60 else text[:59] + "…"
 
 
 def resolve_setting(flag: str | None, env: str, key: str) -> str | None:
-    """A flag if given, else the environment variable `env`, else `key` in the config file."""
+    """A flag if given, else the environment variable `env`, else `key` in the config file.
+
+    Raises:
+        ConfigError: the config file is named but missing, unreadable or wrong;
+            checked even when a flag or the environment decides, so a broken
+            file is never silently passed over.
+    """
+    config = _config_file()
     if flag:
         return flag
     value = os.environ.get(env)
     if value:
         return value
-    found = _config_file().get(key)
-    return str(found) if found else None
+    found = config.get(key)
+    # 0 is a value (a bad one for retention_days, said by its reader), not "unset"
+    return None if found is None or found == "" else str(found)
 
 
 def embedded_data_dir() -> Path:

@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, TypeGuard, TypeVar
 
 __all__ = [
+    "KEYS",
     "STATUSES",
     "FilterError",
     "TaskFilter",
@@ -49,6 +50,10 @@ _KEYS = (
     "max_duration",
     "attempt",
 )
+# Keys that hold one value: typing one twice is a mistake, not "the last one wins".
+_SINGLE_KEYS = frozenset(("since", "until", "task_id", "min_duration", "max_duration", "attempt"))
+KEYS: tuple[str, ...] = _KEYS
+"""The query keys, in the order error messages list them."""
 _CANONICAL_ORDER = (
     "status",
     "task",
@@ -641,13 +646,20 @@ class _Builder:
     workers: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     words: list[str] = field(default_factory=list)
-    single: dict[str, Any] = field(default_factory=dict)  # last one wins
-    raw: dict[str, str] = field(default_factory=dict)  # since/until as typed
+    single: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, str] = field(default_factory=dict)  # single-valued keys as typed
 
     def add(self, key: str, value: str) -> None:
         """Add one ``key:value`` (key lower-case and known), prefixing errors with the key."""
         if not value:
             raise FilterError(f"{key}: empty value (e.g. {key}:{_EXAMPLES[key]})")
+        if key in _SINGLE_KEYS:
+            if key in self.raw:
+                first, second = _quote(self.raw[key]), _quote(value)
+                raise FilterError(
+                    f"{key}: given twice ({key}:{first} and {key}:{second}); keep one"
+                )
+            self.raw[key] = value
         try:
             self._add(key, value)
         except FilterError as exc:
@@ -662,7 +674,6 @@ class _Builder:
             self.single[key] = value
         elif key in ("since", "until"):
             self.single[key] = parse_time(value, now=self.now)
-            self.raw[key] = value
         elif key in ("min_duration", "max_duration"):
             self.single[key + "_ms"] = parse_duration_ms(value)
         else:  # attempt
@@ -721,12 +732,20 @@ def _require(key: str, value: object, kind: type[_T]) -> _T:
     return value
 
 
-def parse(text: str, *, now: datetime | None = None) -> TaskFilter:
+def parse(
+    text: str, *, now: datetime | None = None, keys: Iterable[str] | None = None
+) -> TaskFilter:
     """Parse a filter query.
+
+    A key that holds one value (since, until, task_id, min_duration,
+    max_duration, attempt) may be given once; status, task, worker and error
+    may repeat.
 
     Args:
         text: e.g. ``status:failed,retrying task:extract* since:7d error:"timed out" boom``.
         now: the reference time for relative since/until; defaults to the current time.
+        keys: the keys the caller acts on (default: all); another known key is
+            refused rather than silently ignored, e.g. ``since`` for a live tail.
 
     Returns:
         The filter (empty for blank text).
@@ -735,6 +754,7 @@ def parse(text: str, *, now: datetime | None = None) -> TaskFilter:
         FilterError: the only exception; its one-line message names the bad token.
     """
     builder = _Builder(_utc_now(now))
+    used = _KEYS if keys is None else tuple(k for k in _KEYS if k in set(keys))
     for token in _tokenize(text):
         if token.key is None:
             if token.value:  # `""` is nothing to search for
@@ -742,7 +762,9 @@ def parse(text: str, *, now: datetime | None = None) -> TaskFilter:
             continue
         key = token.key.lower()
         if key not in _KEYS:
-            raise FilterError(f"unknown filter key {token.key!r} (known: {', '.join(_KEYS)})")
+            raise FilterError(f"unknown filter key {token.key!r} (known: {', '.join(used)})")
+        if key not in used:
+            raise FilterError(f"{key}: has no effect here (used here: {', '.join(used)})")
         builder.add(key, token.value)
     return builder.build()
 

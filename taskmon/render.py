@@ -7,12 +7,16 @@ with NO_COLOR, on a monochrome terminal or in a copy-paste.
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+from taskmon.commands.common import plural
 
 if TYPE_CHECKING:
     from taskmon.filters import TaskFilter
@@ -70,6 +74,22 @@ def sparkline(values: list[int]) -> str:
     return "".join(_BLOCKS[min(len(_BLOCKS) - 1, v * len(_BLOCKS) // (top + 1))] for v in values)
 
 
+# piped output is not cut: a line is as long as its content (grep and cut see it all)
+_PIPE_WIDTH = 4096
+
+
+def _console() -> Console:
+    """A console for stdout: the terminal's width, or no narrower than the content when piped.
+
+    Without a terminal rich assumes 80 columns and would cut task names and
+    errors; ``COLUMNS`` still decides when it is set.
+    """
+    console = Console()
+    if console.is_terminal or os.environ.get("COLUMNS"):
+        return console
+    return Console(width=_PIPE_WIDTH)
+
+
 def _when(value: datetime | None, now: datetime) -> str:
     if value is None:
         return "-"
@@ -88,7 +108,8 @@ def _error(row: dict[str, Any]) -> str:
 
 def print_history(rows: list[dict[str, Any]], next_cursor: str | None, flt: TaskFilter) -> None:
     """A table of attempts that fits the terminal, then the next page's cursor."""
-    console = Console()
+    console = _console()
+    piped = console.width == _PIPE_WIDTH
     now = datetime.now(UTC)
     cells = [
         (
@@ -107,7 +128,7 @@ def print_history(rows: list[dict[str, Any]], next_cursor: str | None, flt: Task
         return max([len(header), *(len(str(c[i])) for c in cells)])
 
     # the short columns and the task keep their full width; worker and error share the rest
-    table = Table(box=None, header_style="bold", pad_edge=False, expand=True)
+    table = Table(box=None, header_style="bold", pad_edge=False, expand=not piped)
     table.add_column("started", no_wrap=True, min_width=widest(0, "started"))
     table.add_column("status", no_wrap=True, min_width=widest(1, "status"))
     # the task name is what a reader scans for: it keeps up to 30 cells before error does
@@ -120,12 +141,17 @@ def print_history(rows: list[dict[str, Any]], next_cursor: str | None, flt: Task
     table.add_column("error", overflow="ellipsis", no_wrap=True, ratio=3, min_width=10)
     for cell in cells:
         table.add_row(*cell)
-    if rows:
+    if rows and piped:
+        # the last column is padded to its widest cell: no trailing blanks in a pipe
+        with console.capture() as captured:
+            console.print(table)
+        sys.stdout.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
+    elif rows:
         console.print(table)
     else:
         what = flt.to_query()
         console.print(f"no attempts{' match ' + what if what else ' recorded yet'}")
-    footer = f"{len(rows)} rows"
+    footer = plural(len(rows), "row")
     if next_cursor:
         footer += f" · next page: --after {next_cursor}"
     console.print(Text(footer, style="dim"))
@@ -136,7 +162,7 @@ def print_stats(stats: Stats, flt: TaskFilter) -> None:
     console = Console()
     now = datetime.now(UTC)
     span = f"{_when(stats.since, now)} → {_when(stats.until, now)}"
-    header = Text(f"{span} · {stats.total} attempts · failure rate ", style="bold")
+    header = Text(f"{span} · {plural(stats.total, 'attempt')} · failure rate ", style="bold")
     header.append(f"{stats.failure_rate:.1%}", style="red" if stats.failure_rate else "green")
     # the span above already says since and until
     query = dataclasses.replace(flt, since=None, until=None).to_query()

@@ -76,11 +76,11 @@ async def publish(rec: Recorder, records: list[AttemptRecord]) -> None:
 def unconfigured_env(**extra: str) -> dict[str, str]:
     """This process's environment without any taskmon setting, as on a fresh machine.
 
-    No ``TASKMON_*`` variable, and a config file that does not exist (so the
-    user's own cannot leak in); `extra` adds to it.
+    No ``TASKMON_*`` variable, and an empty config file (so the user's own
+    cannot leak in); `extra` adds to it.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKMON_")}
-    env["TASKMON_CONFIG"] = "/nonexistent/taskmon/config.toml"
+    env["TASKMON_CONFIG"] = os.devnull  # empty TOML: no settings
     env.update(extra)
     return env
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -114,13 +115,32 @@ async def test_a_wrong_token_is_reported_as_refused(dsn: str) -> None:
     hub = Hub(dsn=dsn, token="right")
     url = await hub.start()
     try:
-        messages = subscribe(url, token="wrong")
+        messages = subscribe(url, token="wrong", max_backoff=0.1)
         first = await anext(messages)
         assert isinstance(first, Disconnected)
         assert first.refused and first.attempt == 1 and "401" in first.error
-        await messages.aclose()  # type: ignore[attr-defined]
+        # retrying cannot fix a token: the iterator ends instead of asking forever
+        assert first.final
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(anext(messages), 5)
     finally:
         await hub.stop()
+
+
+async def test_a_hub_that_was_never_reached_ends_the_iterator() -> None:
+    # given a port nothing listens on (bound, then released)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # when a client subscribes there
+    messages = subscribe(f"ws://127.0.0.1:{port}/", max_backoff=0.1)
+    first = await asyncio.wait_for(anext(messages), 10)
+    # then it says so once, as final, and ends: reconnecting is for what once worked
+    assert isinstance(first, Disconnected)
+    assert first.final and not first.refused and first.attempt == 1
+    assert "ConnectionRefusedError" in first.error
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(anext(messages), 5)
 
 
 @pytest.fixture
@@ -167,6 +187,8 @@ async def test_follows_a_worker_process_across_a_hub_restart(
         await wait_for(lambda: len(follower.seqs) >= seen_before + 20, timeout=20)
         again = follower.of(Connected)[1]
         assert again.reconnected
+        # a hub that once answered is waited for, however long it is away
+        assert not any(d.final for d in follower.of(Disconnected))
         seqs = follower.seqs
         assert len(set(seqs)) == len(seqs), "an event was delivered twice"
         if bus == "redis":

@@ -38,8 +38,8 @@ KEYS = (
 )
 
 
-def p(text: str) -> TaskFilter:
-    return parse(text, now=NOW)
+def p(text: str, **kwargs: Any) -> TaskFilter:
+    return parse(text, now=NOW, **kwargs)
 
 
 def event(**overrides: Any) -> dict[str, Any]:
@@ -144,20 +144,39 @@ def test_quoted_values() -> None:
 
 def test_repeated_keys() -> None:
     f = p(
-        "status:failed status:lost,failed task:a task:b worker:w1 worker:w2 error:x error:y "
-        "since:7d since:1d until:2026-12-01 until:2026-12-02 task_id:1 task_id:2 "
-        "min_duration:1 min_duration:2 max_duration:8 max_duration:9 attempt:>0 attempt:<3 "
-        "task:a"
+        "status:failed status:lost,failed task:a task:b worker:w1 worker:w2 error:x error:y task:a"
     )
     assert f.statuses == {"failed", "lost"}  # union
     assert f.tasks == ("a", "b")  # OR, duplicates dropped
     assert f.workers == ("w1", "w2")
     assert f.errors == ("x", "y")  # AND
-    assert f.since == NOW - timedelta(days=1)  # last wins
-    assert f.until == datetime(2026, 12, 2, tzinfo=UTC)
-    assert f.task_id == "2"
-    assert (f.min_duration_ms, f.max_duration_ms) == (2.0, 9.0)
-    assert f.attempt == ("<", 3)
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("since:7d since:1d", "since: given twice (since:7d and since:1d); keep one"),
+        ("until:2026-12-01 x UNTIL:2026-12-02", "until: given twice"),
+        ('task_id:1 task_id:"2 3"', 'task_id: given twice (task_id:1 and task_id:"2 3")'),
+        ("min_duration:1 min_duration:2", "min_duration: given twice"),
+        ("max_duration:8 max_duration:8", "max_duration: given twice"),
+        ("attempt:>0 attempt:<3", "attempt: given twice (attempt:>0 and attempt:<3)"),
+    ],
+)
+def test_a_single_valued_key_given_twice_is_refused(query: str, message: str) -> None:
+    # "the last one wins" silently dropped what the user typed first
+    with pytest.raises(FilterError) as caught:
+        p(query)
+    assert message in str(caught.value)
+
+
+def test_keys_the_caller_does_not_use_are_refused() -> None:
+    live = ("status", "task", "error", "worker", "task_id", "min_duration", "attempt")
+    assert p("status:failed task:a", keys=live) == p("status:failed task:a")
+    with pytest.raises(FilterError, match=r"^since: has no effect here \(used here: status, "):
+        p("status:failed since:1h", keys=live)
+    with pytest.raises(FilterError, match="unknown filter key 'bogus'"):
+        p("bogus:1", keys=live)
 
 
 @pytest.mark.parametrize(
@@ -336,7 +355,7 @@ def test_merge() -> None:
     base = p("status:failed task:a error:x since:7d attempt:>0 boom")
     other = p("status:lost task:b error:y since:1d")
     merged = base.merge(other)
-    assert merged == p("status:failed task:a error:x since:7d attempt:>0 boom " + other.to_query())
+    assert merged == p("status:failed task:a error:x attempt:>0 boom " + other.to_query())
     assert merged.statuses == {"failed", "lost"}
     assert merged.tasks == ("a", "b")
     assert merged.errors == ("x", "y")
@@ -790,7 +809,7 @@ DB_CASES: dict[str, set[str]] = {
     "min_duration:1s": {"f1"},
     "max_duration:15ms": {"pct", "p1000"},
     "attempt:>0": {"f1", "pct", "lostx"},
-    "attempt:>=2 attempt:<3": {row[0] for row in ROWS} - {"lostx"},  # last one wins
+    "attempt:<3": {row[0] for row in ROWS} - {"lostx"},
     "status:failed task:extract*": {"f1"},
     f'error:"{EVIL}" {EVIL.replace(" ", "")}': set(),
 }

@@ -101,8 +101,10 @@ async def test_attempts_and_bad_cursor(db: asyncpg.Connection[Any]) -> None:
     assert queries.decode_cursor(queries.encode_cursor(NOW, 42)) == (NOW, 42)
 
 
-def cli(dsn: str, *args: str, columns: int = 120) -> subprocess.CompletedProcess[str]:
+def cli(dsn: str, *args: str, columns: int | None = 120) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, TASKMON_DSN=dsn, NO_COLOR="1", COLUMNS=str(columns))
+    if columns is None:  # as in `taskmon history | grep …`: no terminal, no COLUMNS
+        del env["COLUMNS"]
     return subprocess.run(
         [sys.executable, "-m", "taskmon", "history", *args],
         env=env, capture_output=True, text=True, timeout=60,
@@ -137,6 +139,33 @@ async def test_cli_json_pages_and_formats(dsn: str, db: asyncpg.Connection[Any])
     assert any("…" in line for line in narrow)
     csv_out = cli(dsn, "--format", "csv", "--limit", "2")
     assert csv_out.stdout.splitlines()[0].startswith("id,task_id,task_name,status")
+
+
+async def test_cli_piped_table_is_not_cut_and_counts_in_words(
+    dsn: str, db: asyncpg.Connection[Any]
+) -> None:
+    # given one failure whose task name and error are far wider than 80 columns
+    task = "app.reports.quarterly:" + "regenerate_every_dashboard_for_the_board" * 2
+    message = "upstream answered 503 after 3 attempts: " + "service unavailable; " * 5
+    await insert(db, [{"task_id": "wide", "task_name": task, "status": "failed",
+                       "error_type": "HTTPError", "error_message": message.strip(),
+                       "duration_ms": 30.226469039916992, "queue_wait_ms": 12.000000001,
+                       "created_at": NOW - timedelta(minutes=1)}])  # fmt: skip
+    # when the table is piped (stdout is no terminal, COLUMNS unset)
+    out = cli(dsn, columns=None)
+    assert out.returncode == 0, out.stderr
+    # then nothing is cut to 80 columns, and the count reads as English
+    lines = out.stdout.splitlines()
+    assert any(task in line and message.strip() in line for line in lines), out.stdout
+    assert "…" not in out.stdout
+    assert lines[-1] == "1 row"
+    assert all(line == line.rstrip() for line in lines)
+    # and the machine formats round durations to a microsecond
+    [row] = json.loads(cli(dsn, "--format", "json").stdout)
+    assert (row["duration_ms"], row["queue_wait_ms"]) == (30.226, 12.0)
+    [line] = cli(dsn, "--format", "jsonl").stdout.splitlines()
+    assert '"duration_ms": 30.226,' in line
+    assert ",30.226," in cli(dsn, "--format", "csv").stdout
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -228,7 +229,7 @@ async def test_finding_the_database_never_holds_up_a_task(
     # takes seconds: a slow lookup stands in for it) and a broker whose startup
     # never ran, so the first hook has to start recording itself
     monkeypatch.delenv("TASKMON_DSN", raising=False)
-    monkeypatch.setenv("TASKMON_CONFIG", "/nonexistent/taskmon.toml")
+    monkeypatch.setenv("TASKMON_CONFIG", os.devnull)
     looked_up = []
 
     def slow_lookup() -> str:

@@ -180,7 +180,7 @@ async def test_cleanup_refuses_nonsense(db: asyncpg.Connection[Any]) -> None:
 
 
 def test_retention_days_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("TASKMON_CONFIG", str(tmp_path / "none.toml"))
+    monkeypatch.setenv("TASKMON_CONFIG", os.devnull)
     monkeypatch.delenv("TASK_LOG_RETENTION_DAYS", raising=False)
     assert retention_days_setting() == 30
     monkeypatch.setenv("TASK_LOG_RETENTION_DAYS", "7")
@@ -199,7 +199,7 @@ async def test_registered_task_is_scheduled_and_deletes_old_rows(
     db: asyncpg.Connection[Any], dsn: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # given a broker with the cleanup registered, retention from the environment
-    monkeypatch.setenv("TASKMON_CONFIG", str(tmp_path / "none.toml"))
+    monkeypatch.setenv("TASKMON_CONFIG", os.devnull)
     monkeypatch.setenv("TASK_LOG_RETENTION_DAYS", "35")
     await _seed(db, "old", 40 * DAY, 4)
     await _seed(db, "kept", 32 * DAY, 2)
@@ -305,7 +305,7 @@ async def test_command_archives_deletes_and_reports(
     # when a dry run, then the real thing, runs
     code, dry, _ = await _taskmon("cleanup", "--older-than", "30d", "--dry-run", dsn=dsn)
     assert code == 0
-    assert "would mark 1 running attempts lost" in dry
+    assert "would mark 1 running attempt lost" in dry
     assert "would delete 3 attempts older than 30d" in dry
     assert await _count(db) == 5
     code, out, err = await _taskmon(
@@ -314,7 +314,7 @@ async def test_command_archives_deletes_and_reports(
 
     # then it reports what it did and did it
     assert (code, err) == (0, "")
-    assert "marked 1 running attempts lost" in out
+    assert "marked 1 running attempt lost" in out
     assert "deleted 3 attempts older than 30d" in out and "in 2 batches" in out
     assert f"archived 3 rows to {target}" in out
     assert await _count(db) == 2

@@ -8,6 +8,7 @@ import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -210,3 +211,31 @@ async def test_serve_answers_healthz_and_stops_on_sigterm(dsn: str) -> None:
     serve.proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(serve.proc.wait(), 10) == 0
     await asyncio.gather(*serve.readers)
+
+
+async def test_tail_with_no_hub_at_the_url_exits_1_at_once() -> None:
+    # given a port nothing listens on (bound, then released)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # when tail is pointed there, it does not wait for a hub it never had
+    tail = await taskmon("tail", "--hub-url", f"ws://127.0.0.1:{port}")
+    await asyncio.wait_for(tail.proc.wait(), 30)
+    code = await tail.stop()
+    assert code == 1, tail.err
+    [line] = tail.err
+    assert line.startswith(f"taskmon: error: cannot reach the hub at ws://127.0.0.1:{port}")
+    assert "lost the hub" not in line
+
+
+async def test_tail_with_a_wrong_token_exits_1(dsn: str) -> None:
+    hub = Hub(dsn=dsn, token="right")
+    url = await hub.start()
+    try:
+        tail = await taskmon("tail", "--hub-url", url, "--token", "wrong")
+        await asyncio.wait_for(tail.proc.wait(), 30)
+        assert await tail.stop() == 1
+        [line] = tail.err
+        assert "refused the token" in line and "--token" in line
+    finally:
+        await hub.stop()

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from taskmon.commands.common import DsnOption, fail, run
+from taskmon.commands.common import DsnOption, fail, plural, run
 
 if TYPE_CHECKING:
     from taskmon.retention import Archive, CleanupResult
@@ -34,20 +34,18 @@ def _describe(age: timedelta) -> str:
 def _report(result: CleanupResult, older_than: timedelta, archive: Path | None) -> None:
     would = "would " if result.dry_run else ""
     cutoff = result.cutoff.isoformat(timespec="seconds")
-    typer.echo(
-        f"{would}mark {result.marked_lost:,} running attempts lost"
-        if result.dry_run
-        else f"marked {result.marked_lost:,} running attempts lost"
-    )
+    running = plural(result.marked_lost, "running attempt")
+    typer.echo(f"would mark {running} lost" if result.dry_run else f"marked {running} lost")
     verb = "delete" if result.dry_run else "deleted"
     typer.echo(
-        f"{would}{verb} {result.deleted:,} attempts older than {_describe(older_than)} "
-        f"(created before {cutoff})" + ("" if result.dry_run else f" in {result.batches:,} batches")
+        f"{would}{verb} {plural(result.deleted, 'attempt')} older than {_describe(older_than)} "
+        f"(created before {cutoff})"
+        + ("" if result.dry_run else f" in {plural(result.batches, 'batch', 'batches')}")
     )
     if archive is not None and not result.dry_run:
-        typer.echo(f"archived {result.archived:,} rows to {archive}")
+        typer.echo(f"archived {plural(result.archived, 'row')} to {archive}")
     for table, n in result.rollups_deleted.items():
-        typer.echo(f"{would}{verb} {n:,} rows of {table}")
+        typer.echo(f"{would}{verb} {plural(n, 'row')} of {table}")
     if not result.dry_run:
         typer.echo(f"done in {result.seconds:.1f}s")
 
@@ -93,12 +91,13 @@ def cleanup(
     dsn: DsnOption = None,
 ) -> None:
     """Mark lost attempts, then delete (optionally archive) old rows and old rollups."""
+    from taskmon.config import ConfigError
     from taskmon.retention import Archive, retention_days_setting
 
     if older_than is None:
         try:
             age = timedelta(days=retention_days_setting())
-        except ValueError as exc:
+        except (ValueError, ConfigError) as exc:
             fail(str(exc))
     else:
         age = _age("--older-than", older_than)

@@ -8,7 +8,17 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
-__all__ = ["DsnOption", "UsageError", "fail", "run"]
+__all__ = [
+    "DsnOption",
+    "TokenOption",
+    "UsageError",
+    "database_url",
+    "fail",
+    "plural",
+    "round_durations",
+    "run",
+    "usage_error_line",
+]
 
 T = TypeVar("T")
 
@@ -18,6 +28,15 @@ DsnOption = Annotated[
         "--dsn",
         help="PostgreSQL DSN. Default: $TASKMON_DSN, then the config file, "
         "then the embedded PostgreSQL under your data directory.",
+        show_default=False,
+    ),
+]
+
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        help="Shared secret of the hub. Default: $TASKMON_HUB_TOKEN, then the config file.",
         show_default=False,
     ),
 ]
@@ -32,6 +51,64 @@ def fail(message: str, code: int = 2) -> NoReturn:
     line = " ".join(str(message).split())
     sys.stderr.write(f"taskmon: error: {line}\n")
     raise typer.Exit(code)
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """``1 row``, ``2 rows``, ``1,204 batches`` (`words` for irregular plurals)."""
+    return f"{n:,} {word if n == 1 else words or word + 's'}"
+
+
+_USER_DATA = frozenset(("params", "labels"))
+
+
+def round_durations(value: Any) -> Any:
+    """`value` with every duration (a float under a key ending in ``_ms`` or ``_s``) rounded.
+
+    Three decimals: a microsecond for ``_ms``, which is more than the clocks
+    behind them measure. A task's own ``params`` and ``labels`` are the user's
+    data and stay exact; the rest of the value is returned as it is.
+    """
+    if isinstance(value, dict):
+        return {
+            key: round(item, 3)
+            if isinstance(item, float) and str(key).endswith(("_ms", "_s"))
+            else item
+            if key in _USER_DATA
+            else round_durations(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [round_durations(item) for item in value]
+    return value
+
+
+def usage_error_line(exc: Exception) -> str:
+    """One line for an error of the command-line parser (unknown option, bad type, …).
+
+    Args:
+        exc: a click ``ClickException`` (typer's parser).
+    """
+    format_message = getattr(exc, "format_message", None)
+    text = format_message() if callable(format_message) else str(exc)
+    message = " ".join(str(text).split()).rstrip(".")
+    if message[:2].isalpha() and message[0].isupper() and message[1].islower():
+        message = message[0].lower() + message[1:]  # "No such option" → "no such option"
+    return f"taskmon: error: {message}"
+
+
+def database_url(flag: str | None) -> str:
+    """The DSN to use (flag, environment, config file, embedded default), checked.
+
+    A malformed DSN or config file ends the command here, exit status 2,
+    before anything is started with it.
+    """
+    from taskmon.config import ConfigError, resolve_dsn
+    from taskmon.store.db import DsnError, check_dsn
+
+    try:
+        return check_dsn(resolve_dsn(flag))
+    except (ConfigError, DsnError) as exc:
+        fail(str(exc))
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

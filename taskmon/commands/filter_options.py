@@ -71,9 +71,22 @@ def build_filter(
     error: list[str] | None,
     worker: list[str] | None,
     query: str | None,
+    default_since: str | None = None,
+    ignored: tuple[str, str] | None = None,
 ) -> TaskFilter:
-    """One filter from the flags and the query text (the query's single values win)."""
-    from taskmon.filters import FilterError, TaskFilter, parse
+    """One filter from the flags and the query text.
+
+    A value that both a flag and the query set (``--since 7d -q since:1d``)
+    is refused, like a query key given twice.
+
+    Args:
+        status, task, since, until, error, worker: the flags' values.
+        query: the ``--query`` text.
+        default_since: the window start when neither ``--since`` nor the query sets one.
+        ignored: query keys this command does not use, and why: ``("since,until",
+            "a live tail has no time window")``; typing one of them is refused.
+    """
+    from taskmon.filters import KEYS, FilterError, TaskFilter, parse
 
     flt = TaskFilter()
     flags: list[tuple[str, str, Any]] = [
@@ -93,10 +106,23 @@ def build_filter(
             message = str(exc).removeprefix(f"{key}: ")
             fail(f"{flag}: {message}")
     if query:
+        unused = () if ignored is None else tuple(ignored[0].split(","))
         try:
-            flt = flt.merge(parse(query))
+            typed = parse(query, keys=[k for k in KEYS if k not in unused])
+        except FilterError as exc:
+            key = str(exc).partition(":")[0]
+            if ignored is not None and str(exc).startswith(f"{key}: has no effect here"):
+                fail(f"--query: {key}: {ignored[1]}")
+            fail(f"--query: {exc}")
+        for flag, key in (("--since", "since"), ("--until", "until")):
+            if getattr(flt, key) is not None and getattr(typed, key) is not None:
+                fail(f"{flag} and {key}: in --query both set {key}; give one")
+        try:
+            flt = flt.merge(typed)
         except FilterError as exc:
             fail(f"--query: {exc}")
+    if default_since is not None and flt.since is None:
+        flt = flt.merge(TaskFilter.from_dict({"since": default_since}))
     if flt.since is not None and flt.until is not None and flt.since > flt.until:
         fail(f"since {flt.since.isoformat()} is later than until {flt.until.isoformat()}")
     return flt

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from taskmon.commands.common import DsnOption, fail, run
+from taskmon.commands.common import DsnOption, fail, round_durations, run
 from taskmon.commands.filter_options import (
     ErrorOption,
     QueryOption,
@@ -149,10 +149,13 @@ ROW_KEYS = (
 def _json_row(row: dict[str, Any]) -> dict[str, Any]:
     from taskmon.events import iso
 
-    return {
+    data = {
         key: iso(row.get(key)) if isinstance(row.get(key), datetime) else row.get(key)
         for key in ROW_KEYS
     }
+    # durations as measured (30.226469039916992) are noise past a microsecond
+    rounded: dict[str, Any] = round_durations(data)
+    return rounded
 
 
 def _print_rows(rows: list[dict[str, Any]], form: str) -> None:
@@ -186,8 +189,11 @@ def stats(
     status: StatusOption = None,
     task: TaskOption = None,
     since: Annotated[
-        str, typer.Option("--since", help="Window start: 24h, 7d, 90d or an ISO date/time.")
-    ] = "24h",
+        str | None,
+        typer.Option(
+            "--since", help="Window start: 24h, 7d, 90d or an ISO date/time.  [default: 24h]"
+        ),
+    ] = None,
     until: UntilOption = None,
     error: ErrorOption = None,
     worker: WorkerOption = None,
@@ -203,7 +209,14 @@ def stats(
     relative error printed with them.
     """
     flt = build_filter(
-        status=status, task=task, since=since, until=until, error=error, worker=worker, query=query
+        status=status,
+        task=task,
+        since=since,
+        until=until,
+        error=error,
+        worker=worker,
+        query=query,
+        default_since="24h",
     )
     form = _choice("--format", fmt, STATS_FORMATS)
     lost_s = seconds_option("--lost-after", lost_after)
@@ -223,7 +236,8 @@ def stats(
     if form == "json":
         import json
 
-        sys.stdout.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
+        data = round_durations(result.to_dict())
+        sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
         return
     from taskmon.render import print_stats
 

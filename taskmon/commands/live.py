@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from taskmon.commands.common import DsnOption, fail, run
+from taskmon.commands.common import (
+    DsnOption,
+    TokenOption,
+    database_url,
+    fail,
+    round_durations,
+    run,
+)
 from taskmon.commands.filter_options import (
     ErrorOption,
     QueryOption,
@@ -28,14 +35,6 @@ __all__ = ["serve", "tail"]
 
 TAIL_FORMATS = ("text", "jsonl")
 
-TokenOption = Annotated[
-    str | None,
-    typer.Option(
-        "--token",
-        help="Shared secret of the hub. Default: $TASKMON_HUB_TOKEN, then the config file.",
-        show_default=False,
-    ),
-]
 RedisOption = Annotated[
     str | None,
     typer.Option(
@@ -105,12 +104,10 @@ def serve(
     async def go() -> None:
         import asyncio
 
-        from taskmon.config import resolve_dsn
         from taskmon.hub import Hub, HubError
         from taskmon.store.db import redact_dsn
 
-        _log_to_stderr()
-        source = None if redis else resolve_dsn(dsn)
+        source = None if redis else database_url(dsn)
         hub = Hub(
             dsn=source,
             redis_url=redis,
@@ -124,6 +121,9 @@ def serve(
             fail(str(exc), code=1)
         except OSError as exc:
             fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", code=1)
+        # logging starts after the hub did: it logs its start at INFO, and the
+        # line below says the same with the bus and the token, once
+        _log_to_stderr()
         where = redis if redis else redact_dsn(source or "")
         sys.stderr.write(
             f"taskmon: hub listening on {url} (bus: {hub.bus} at {where}; "
@@ -167,7 +167,18 @@ def tail(
     itself. Survives hub restarts, saying on stderr that it reconnected and
     whether events were missed (`taskmon history` has them all).
     """
-    flt = build_filter(status=status, task=task, error=error, worker=worker, query=query)
+    flt = build_filter(
+        status=status,
+        task=task,
+        error=error,
+        worker=worker,
+        query=query,
+        ignored=(
+            "since,until",
+            "a live tail has no time window (it shows events as they happen; "
+            "`taskmon history --since` looks back)",
+        ),
+    )
     form = fmt.lower()
     if form not in TAIL_FORMATS:
         fail(f"--format: {fmt!r} is not a format (accepted: {', '.join(TAIL_FORMATS)})")
@@ -186,11 +197,10 @@ def tail(
         hub: Any = None
         target, key = url, secret
         if target is None:
-            from taskmon.config import resolve_dsn
             from taskmon.hub import Hub, HubError
 
             key = secrets.token_urlsafe(16)  # other local users must not read our feed
-            hub = Hub(dsn=None if redis else resolve_dsn(dsn), redis_url=redis, token=key)
+            hub = Hub(dsn=None if redis else database_url(dsn), redis_url=redis, token=key)
             try:
                 target = await hub.start("127.0.0.1", 0)
             except HubError as exc:
@@ -271,6 +281,12 @@ class _Printer:
         elif isinstance(message, Disconnected):
             if message.refused:
                 fail(f"{self.url}: {message.error}; check --token or TASKMON_HUB_TOKEN", code=1)
+            if message.final:
+                fail(
+                    f"cannot reach the hub at {self.url} ({message.error}); "
+                    "is `taskmon serve` running there?",
+                    code=1,
+                )
             if not self.down_said:
                 self.down_said = True
                 self.note(f"lost the hub at {self.url} ({message.error}); reconnecting…")
@@ -278,7 +294,7 @@ class _Printer:
     def _event(self, event: dict[str, Any]) -> None:
         from taskmon.events import dumps
 
-        line = dumps(event) if self.form == "jsonl" else format_event(event)
+        line = dumps(round_durations(event)) if self.form == "jsonl" else format_event(event)
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from taskmon.commands.common import DsnOption, fail
+from taskmon.commands.common import DsnOption, TokenOption, database_url, fail
 from taskmon.commands.history import LostAfterOption, seconds_option
 
 __all__ = ["tui"]
@@ -23,15 +23,9 @@ def tui(
             show_default=False,
         ),
     ] = None,
-    hub_token: Annotated[
-        str | None,
-        typer.Option(
-            "--token",
-            "--hub-token",
-            help="The hub's token. Default: $TASKMON_HUB_TOKEN.",
-            show_default=False,
-        ),
-    ] = None,
+    token: TokenOption = None,
+    # the spelling of earlier versions, kept working but out of the help
+    old_token: Annotated[str | None, typer.Option("--hub-token", hidden=True)] = None,
     redis_url: Annotated[
         str | None,
         typer.Option(
@@ -52,30 +46,37 @@ def tui(
 ) -> None:
     """Watch metrics, history and live events in a terminal UI (keys: press ?)."""
     lost_after_s = seconds_option("--lost-after", lost_after)
-    from taskmon.config import ConfigError, resolve_dsn, resolve_setting
+    from taskmon.config import ConfigError, resolve_setting
     from taskmon.filters import FilterError
-    from taskmon.tui.app import make_app
-    from taskmon.tui.sources import (
-        HubLiveSource,
-        InProcessHubSource,
-        LiveSource,
-        PgDataSource,
-    )
+    from taskmon.tui.view_state import ViewState
 
+    # bad input is said before anything is started (the embedded server, say)
     try:
-        url = resolve_dsn(dsn)
+        ViewState.initial(window=since, query=query)
+    except FilterError as exc:
+        fail(f"--query: {exc}")
+    except ValueError as exc:
+        fail(f"--since: {str(exc).removeprefix('window: ')}")
+    try:
         hub = resolve_setting(hub_url, "TASKMON_HUB_URL", "hub_url")
-        token = resolve_setting(hub_token, "TASKMON_HUB_TOKEN", "hub_token")
+        secret = resolve_setting(token or old_token, "TASKMON_HUB_TOKEN", "hub_token")
         redis = resolve_setting(redis_url, "TASKMON_REDIS_URL", "redis_url")
     except ConfigError as exc:
         fail(str(exc))
+    if hub and not hub.startswith(("ws://", "wss://")):
+        fail(f"--hub-url: {hub!r} is not a ws:// or wss:// URL")
+    url = database_url(dsn)
+
+    from taskmon.tui.app import make_app
+    from taskmon.tui.sources import HubLiveSource, InProcessHubSource, LiveSource, PgDataSource
+
     live: LiveSource = (
-        HubLiveSource(hub, token=token) if hub else InProcessHubSource(url, redis_url=redis)
+        HubLiveSource(hub, token=secret) if hub else InProcessHubSource(url, redis_url=redis)
     )
     try:
         app = make_app(
             PgDataSource(url, lost_after_s=lost_after_s), live, window=since, query=query
         )
-    except (FilterError, ValueError) as exc:
+    except (FilterError, ValueError) as exc:  # a relative time that went out of range since
         fail(str(exc))
     app.run()

@@ -86,10 +86,14 @@ class HubConnected(Message):
 
 @dataclass
 class HubDisconnected(Message):
-    """The live stream dropped; it retries on its own (`attempt` counts the tries)."""
+    """The live stream dropped; it retries on its own (`attempt` counts the tries).
+
+    With `final` it does not: `error` says why (a refused token, no hub there).
+    """
 
     error: str
     attempt: int
+    final: bool = False
 
 
 @dataclass

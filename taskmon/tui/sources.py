@@ -69,10 +69,11 @@ class LiveConnected:
 
 @dataclass(frozen=True)
 class LiveDisconnected:
-    """The stream dropped and is retrying."""
+    """The stream dropped and is retrying; with `final`, it gave up (the reason is `error`)."""
 
     error: str
     attempt: int
+    final: bool = False
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,10 @@ class PgDataSource:
 class HubLiveSource:
     """Subscribes to a running hub's websocket (``taskmon serve`` or an in-process one).
 
+    A hub that was never reached, or that refuses the token, is not retried:
+    the stream yields a final :class:`LiveDisconnected` saying why, then stays
+    quiet until :meth:`close` (retrying could not help; the app shows offline).
+
     Args:
         url: the hub's ws:// URL.
         token: the hub's token, if it wants one.
@@ -224,6 +229,7 @@ class HubLiveSource:
         self.label = url
         self.token = token
         self.max_backoff = max_backoff
+        self._closed = asyncio.Event()
 
     async def stream(self) -> AsyncIterator[LiveItem]:
         from taskmon import client
@@ -236,13 +242,20 @@ class HubLiveSource:
                 yield LiveEvent(item.event)
             elif isinstance(item, client.Connected):
                 yield LiveConnected(item.reconnected)
+            elif isinstance(item, client.Disconnected) and item.final:
+                # short: the status bar shows it next to "offline" at 80 columns
+                why = "hub refused the token" if item.refused else f"no hub answers at {self.url}"
+                yield LiveDisconnected(why, item.attempt, final=True)
+                # a stream that ended would be started again: wait for the app to close
+                await self._closed.wait()
+                return
             elif isinstance(item, client.Disconnected):
                 yield LiveDisconnected(item.error, item.attempt)
             elif isinstance(item, client.Gap):
                 yield LiveGap(item.reason)
 
     async def close(self) -> None:
-        return None
+        self._closed.set()
 
 
 class InProcessHubSource:

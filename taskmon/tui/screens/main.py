@@ -278,7 +278,7 @@ class MainScreen(Screen[None]):
                             failures = 0
                             self.post_message(HubConnected(item.reconnected))
                         elif isinstance(item, LiveDisconnected):
-                            self.post_message(HubDisconnected(item.error, item.attempt))
+                            self.post_message(HubDisconnected(item.error, item.attempt, item.final))
                         elif isinstance(item, LiveGap):
                             self.post_message(HubGapReported(item.reason))
                 except asyncio.CancelledError:
@@ -439,6 +439,11 @@ class MainScreen(Screen[None]):
     @on(HubDisconnected)
     def _hub_disconnected(self, message: HubDisconnected) -> None:
         bar = self.query_one(StatusBar)
+        if message.final:  # given up: say why instead of counting retries
+            self.connection = bar.connection = "offline"
+            bar.offline_reason = message.error
+            self.query_one(LiveFeed).add_note(f"live feed offline: {message.error}")
+            return
         self.connection = "offline" if message.attempt >= OFFLINE_AFTER else "reconnecting"
         bar.connection = self.connection
         bar.attempt = message.attempt

@@ -41,6 +41,8 @@ class StatusBar(Widget):
     """The active filter as query text."""
     error: reactive[str] = reactive("", layout=True)
     """The newest database error, cleared by the next good read."""
+    offline_reason: reactive[str] = reactive("", layout=True)
+    """Why the live feed gave up (a refused token, no hub), shown after ``offline``."""
 
     def connection_text(self) -> Text:
         """The live connection's state: a symbol and a word."""
@@ -53,7 +55,9 @@ class StatusBar(Widget):
                 style=self.get_component_rich_style("status-bar--reconnecting"),
             )
         if state == "offline":
-            return Text("✕ offline", style=self.get_component_rich_style("status-bar--offline"))
+            reason = f": {self.offline_reason}" if self.offline_reason else ""
+            style = self.get_component_rich_style("status-bar--offline")
+            return Text(f"✕ offline{reason}", style=style)
         return Text("◌ connecting", style=self.get_component_rich_style("status-bar--reconnecting"))
 
     def state_text(self, *, brief: bool = False) -> Text:
