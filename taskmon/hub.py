@@ -34,6 +34,7 @@ import ipaddress
 import json
 import logging
 from collections import deque
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -42,11 +43,12 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from taskmon import __version__
 from taskmon.bus.postgres import shrink
-from taskmon.bus.subscriber import BusEvents, BusGap, BusState, Subscriber
+from taskmon.bus.subscriber import Backoff, BusEvents, BusGap, BusState, Subscriber
 from taskmon.events import EVENT_VERSION, dumps
 from taskmon.filters import FilterError, TaskFilter
 
@@ -145,6 +147,8 @@ class _Client:
     ws: ServerConnection
     cursor: int
     """The last ring position handled for this client (sent, or not wanted)."""
+    subscribed: bool = False
+    """Nothing is sent before the first subscription: it would ignore its filters."""
     filter: TaskFilter | None = None
     replay_end: int = 0
     """Positions up to this one are a replay; the lag limit counts from here."""
@@ -202,6 +206,8 @@ class Hub:
         self._clients: dict[ServerConnection, _Client] = {}
         self._server: Server | None = None
         self._pump: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        """Every other task the hub started (flushers, closings): kept, awaited on stop."""
         self._subscriber = self._make_subscriber()
         self._bus = _BusStatus(self._subscriber.name)
 
@@ -223,7 +229,13 @@ class Hub:
 
     @property
     def bus_connected(self) -> bool:
+        """Whether the hub is reading its bus now (``/healthz`` says the same)."""
         return self._bus.connected
+
+    @property
+    def bus_error(self) -> str | None:
+        """Why the hub is not reading its bus, while it is not."""
+        return None if self._bus.connected else self._bus.error
 
     @property
     def clients(self) -> int:
@@ -250,6 +262,7 @@ class Hub:
         loop = asyncio.get_running_loop()
         self._bus.first = loop.create_future()
         self._pump = asyncio.create_task(self._read_bus(), name="taskmon-hub-bus")
+        self._pump.add_done_callback(self._pump_ended)
         try:
             state = await asyncio.wait_for(asyncio.shield(self._bus.first), bus_timeout)
         except TimeoutError:
@@ -288,46 +301,116 @@ class Hub:
             server.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 5.0)
-        for client in list(self._clients.values()):
-            if client.flusher is not None:
-                client.flusher.cancel()
         self._clients.clear()
         await self._stop_pump()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         self.url = None
 
     async def _stop_pump(self) -> None:
         pump, self._pump = self._pump, None
         if pump is not None:
+            pump.remove_done_callback(self._pump_ended)
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pump
 
+    def _spawn(
+        self,
+        coro: Coroutine[Any, Any, None],
+        name: str,
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> asyncio.Task[None]:
+        """Start a background task the hub keeps until it ends, and log its failure."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._tasks.discard(task)
+            if task.cancelled() or task.exception() is None:
+                return
+            exc = task.exception()
+            assert exc is not None
+            logger.error("taskmon hub: %s failed: %s", name, _describe(exc), exc_info=exc)
+            if on_error is not None:
+                on_error(exc)
+
+        task.add_done_callback(done)
+        return task
+
+    def _pump_ended(self, task: asyncio.Task[None]) -> None:
+        # the pump restarts its reader after any error; it ends only on a BaseException
+        error = "the event bus reader stopped"
+        if not task.cancelled() and task.exception() is not None:
+            error = f"the event bus reader stopped: {_describe(task.exception())}"
+        logger.error("taskmon hub: %s; no more events will be served", error)
+        self._bus_state(BusState(False, error))
+
     # -- the bus -----------------------------------------------------------------
 
     async def _read_bus(self) -> None:
-        async for item in self._subscriber.listen():
+        """Read the bus forever; a reader that fails is reported, then started again."""
+        backoff = Backoff()
+        failed = False
+        while True:
             try:
-                if isinstance(item, BusEvents):
-                    for event in item.events:
-                        self._publish_event(event)
-                elif isinstance(item, BusGap):
-                    self.stats.bus_gaps += 1
-                    self._publish_gap(item.reason)
-                else:
-                    self._bus_state(item)
-            except Exception:
-                logger.exception("taskmon hub: could not fan out an event")
+                async for item in self._subscriber.listen():
+                    if isinstance(item, BusState) and item.connected:
+                        backoff.reset()
+                        if failed:
+                            failed = False
+                            # what was published while no reader ran may be lost (NOTIFY)
+                            self.stats.bus_gaps += 1
+                            self._publish_gap("the event bus reader was restarted")
+                    self._on_bus_item(item)
+                error = "the event bus reader ended"
+            except Exception as exc:
+                error = f"the event bus reader failed: {_describe(exc)}"
+                logger.exception("taskmon hub: %s; restarting it", error)
+            failed = True
+            self._bus_state(BusState(False, error))
+            await asyncio.sleep(backoff.next())
+
+    def _on_bus_item(self, item: BusEvents | BusGap | BusState) -> None:
+        try:
+            if isinstance(item, BusEvents):
+                for event in item.events:
+                    self._publish_event(event)
+            elif isinstance(item, BusGap):
+                self.stats.bus_gaps += 1
+                self._publish_gap(item.reason)
+            else:
+                self._bus_state(item)
+        except Exception:
+            logger.exception("taskmon hub: could not fan out an event")
 
     def _bus_state(self, state: BusState) -> None:
         first = self._bus.first
-        if first is not None and not first.done():
-            first.set_result(state)
-        elif state.connected:
-            logger.warning("taskmon hub: event bus (%s) reachable again", self.bus)
-        else:
-            logger.warning("taskmon hub: lost the event bus (%s): %s", self.bus, state.error)
+        was = self._bus.connected
         self._bus.connected = state.connected
         self._bus.error = state.error
+        if first is not None and not first.done():
+            first.set_result(state)
+            return
+        if state.connected:
+            if not was:
+                logger.warning("taskmon hub: event bus (%s) reachable again", self.bus)
+            return
+        logger.warning("taskmon hub: lost the event bus (%s): %s", self.bus, state.error)
+        # a client left connected would wait for events that cannot come: close it
+        # with the reason; it reconnects (refused with 503 until the bus is back)
+        # and resumes from its last seq
+        reason = _close_reason(f"event bus ({self.bus}) unreachable: {state.error}")
+        for client in list(self._clients.values()):
+            self._close(client, CloseCode.TRY_AGAIN_LATER, reason)
+
+    def _close(self, client: _Client, code: int, reason: str) -> None:
+        self._clients.pop(client.ws, None)
+        if client.flusher is not None and client.flusher is not asyncio.current_task():
+            client.flusher.cancel()
+        self._spawn(client.ws.close(code, reason), "taskmon-hub-close")
 
     def _publish_event(self, event: dict[str, Any]) -> None:
         raw_seq = event.get("seq")
@@ -351,8 +434,8 @@ class Hub:
         ready: list[ServerConnection] = []
         verdicts: dict[TaskFilter, bool] = {}  # each distinct filter is evaluated once
         for client in self._clients.values():
-            if client.lagging:
-                continue  # its flusher sends this entry from the ring
+            if client.lagging or not client.subscribed:
+                continue  # its flusher sends this entry from the ring, or its subscription will
             client.cursor = entry.pos
             if not _wanted(client.filter, entry, verdicts):
                 continue
@@ -370,7 +453,16 @@ class Hub:
     def _lag(self, client: _Client) -> None:
         client.lagging = True
         if client.flusher is None or client.flusher.done():
-            client.flusher = asyncio.create_task(self._flush(client), name="taskmon-hub-client")
+
+            def failed(exc: BaseException) -> None:
+                # what this client has had is unknown now: close it; it
+                # reconnects and resumes from the last seq it received
+                reason = _close_reason(f"hub error: {_describe(exc)}")
+                self._close(client, CloseCode.INTERNAL_ERROR, reason)
+
+            client.flusher = self._spawn(
+                self._flush(client), f"taskmon-hub-client {_peer(client.ws)}", failed
+            )
 
     async def _flush(self, client: _Client) -> None:
         """Send a lagging client what it has not had yet, then hand it back to the fan-out."""
@@ -424,10 +516,12 @@ class Hub:
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
+        if not self._bus.connected:
+            # /healthz, and any client: nothing can be served without the bus
+            text = f"event bus ({self.bus}) unreachable: {self._bus.error}\n"
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, text)
         if url.path.rstrip("/") == "/healthz":
-            if self._bus.connected:
-                return connection.respond(HTTPStatus.OK, "ok\n")
-            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "event bus unreachable\n")
+            return connection.respond(HTTPStatus.OK, "ok\n")
         if self.token is None:
             return None
         presented = _presented_token(request.headers, url.query)
@@ -452,7 +546,7 @@ class Hub:
         }
         try:
             await ws.send(dumps(hello))
-            # everything from now on, unfiltered, until the client subscribes
+            # its first subscription starts here: what arrives meanwhile waits in the ring
             client = _Client(ws, cursor=self._ring.last_pos)
             self._clients[ws] = client
             async for message in ws:
@@ -513,7 +607,9 @@ class Hub:
         resumed: bool | None = None
         client.replay_after_seq = None
         if since is None:
-            client.cursor = ring.last_pos
+            if client.subscribed:
+                client.cursor = ring.last_pos
+            # else: from the hello on, so that nothing falls between hello and subscribe
         else:
             pos = ring.by_seq.get(since)
             if pos is not None:
@@ -524,6 +620,7 @@ class Hub:
                 client.replay_after_seq = since
         client.replay_end = ring.last_pos
         client.filter = None if task_filter.is_empty() else task_filter
+        client.subscribed = True
         self._reply(
             client,
             {
@@ -554,6 +651,22 @@ def _wanted(
 
 def _gap_frame(after_seq: int | None, reason: str) -> bytes:
     return dumps({"type": "gap", "after_seq": after_seq, "reason": reason}).encode()
+
+
+def _describe(exc: BaseException | None) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _close_reason(text: str) -> str:
+    # a close frame's reason is at most 123 bytes of UTF-8
+    data = text.encode()
+    return text if len(data) <= 123 else data[:120].decode(errors="ignore") + "..."
+
+
+def _peer(ws: ServerConnection) -> str:
+    address = ws.remote_address
+    return f"{address[0]}:{address[1]}" if isinstance(address, tuple) else "a client"
 
 
 def _presented_token(headers: Headers, query: str) -> str | None:
