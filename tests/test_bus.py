@@ -160,3 +160,12 @@ async def test_redis_subscriber_resumes_by_stream_id_after_losing_its_connection
     await wait_for(lambda: [e["seq"] for e in resumed.events] == [11, 12])
     await admin.aclose()
     await resumed.stop()
+
+
+async def test_redis_subscriber_reports_a_malformed_url_as_its_first_state() -> None:
+    sub = Collector(RedisStreamSubscriber("rediss-typo://127.0.0.1:6379/0", max_backoff=0.2))
+    await wait_for(lambda: sub.states())
+    first = sub.states()[0]
+    assert not first.connected and "Redis URL must specify" in (first.error or "")
+    assert not sub.task.done()  # and it keeps trying, as after any failure
+    await sub.stop()

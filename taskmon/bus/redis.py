@@ -150,11 +150,15 @@ class RedisStreamSubscriber:
         backoff = Backoff(maximum=self.max_backoff)
         reported_down = False
         while True:
-            client: Any = Redis.from_url(
-                self.url, socket_connect_timeout=5.0, socket_timeout=self.block_ms / 1000 + 5.0
-            )
+            client: Any = None
             try:
                 try:
+                    # a malformed URL is an error to report like any other, not a crash
+                    client = Redis.from_url(
+                        self.url,
+                        socket_connect_timeout=5.0,
+                        socket_timeout=self.block_ms / 1000 + 5.0,
+                    )
                     if self.last_id is None:
                         first = await self._begin(client)
                         gap = None
@@ -190,8 +194,9 @@ class RedisStreamSubscriber:
                     yield BusState(False, _describe(exc))
                     await asyncio.sleep(backoff.next())
             finally:
-                with contextlib.suppress(Exception):
-                    await client.aclose()
+                if client is not None:
+                    with contextlib.suppress(Exception):
+                        await client.aclose()
 
     async def _begin(self, client: Any) -> list[dict[str, Any]]:
         """Resolve where reading starts; the newest `history` events when asked."""
