@@ -3,10 +3,12 @@
 ``taskmon serve`` runs one; the TUI and ``taskmon tail`` can run one in-process.
 The wire protocol is documented in ``docs/protocol.md``. In short:
 
-* on connect the hub sends ``hello``; the client then receives every event
-  until it sends ``{"op": "subscribe", "filters": {...}, "since_seq": N}``,
-  answered by ``subscribed``, then a replay of what the hub still holds after
-  ``N``, then the live stream;
+* on connect the hub sends ``hello``, then nothing until the client sends
+  ``{"op": "subscribe", "filters": {...}, "since_seq": N}``, answered by
+  ``subscribed``, then a replay of what the hub still holds after ``N`` (or,
+  without ``N``, of what arrived since the hello), then the live stream;
+* without its bus the hub answers ``/healthz`` and new connections with 503
+  and closes its clients with 1013, saying why;
 * ``gap`` says that events may be missing (the hub no longer holds what was
   asked, the bus reconnected, or the client was too slow): the client heals
   from the database.
