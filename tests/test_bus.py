@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -168,4 +169,44 @@ async def test_redis_subscriber_reports_a_malformed_url_as_its_first_state() -> 
     first = sub.states()[0]
     assert not first.connected and "Redis URL must specify" in (first.error or "")
     assert not sub.task.done()  # and it keeps trying, as after any failure
+    await sub.stop()
+
+
+async def test_subscribers_hand_along_each_event_as_published(
+    dsn: str, redis_url: str, pg_recorder: Recorder, redis_recorder: Recorder
+) -> None:
+    # given a subscriber on each bus
+    notify = Collector(PgNotifySubscriber(dsn))
+    stream = Collector(RedisStreamSubscriber(redis_url))
+    await wait_for(lambda: notify.states() and stream.states())
+
+    # when events are published on both, with text outside ASCII
+    records = [record(i, task="app:naïve") for i in range(40)]
+    await publish(pg_recorder, records)
+    await publish(redis_recorder, records)
+
+    # then each batch carries each event's JSON text, which decodes to the event
+    for sub in (notify, stream):
+        await wait_for(lambda s=sub: len(s.events) == 40)
+        batches = [i for i in sub.items if isinstance(i, BusEvents)]
+        for batch in batches:
+            assert batch.raw is not None and len(batch.raw) == len(batch.events)
+            assert [json.loads(r) for r in batch.raw] == batch.events
+        assert "naïve".encode() in batches[0].raw[0]  # type: ignore[index]
+        await sub.stop()
+
+
+async def test_a_malformed_notification_is_skipped(
+    dsn: str, db: asyncpg.Connection[Any], pg_recorder: Recorder
+) -> None:
+    sub = Collector(PgNotifySubscriber(dsn))
+    await wait_for(lambda: sub.states())
+
+    for bad in ('[{"seq": 1}', '[{"seq": 1},]', "[" * 7_000, "not json"):
+        await db.execute("SELECT pg_notify('taskmon_events', $1)", bad)
+    await publish(pg_recorder, [record(1)])
+
+    await wait_for(lambda: len(sub.events) == 1)
+    assert sub.events[0]["task_name"] == "app:work"
+    assert [s.connected for s in sub.states()] == [True]
     await sub.stop()
