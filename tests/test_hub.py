@@ -30,12 +30,14 @@ class Listener:
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
         self.messages: list[dict[str, Any]] = []
+        self.raw: list[str] = []
         self.closed: ConnectionClosed | None = None
         self.task = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
         try:
             async for raw in self.ws:
+                self.raw.append(raw if isinstance(raw, str) else raw.decode())
                 self.messages.append(json.loads(raw))
         except ConnectionClosed as exc:
             self.closed = exc
@@ -43,6 +45,11 @@ class Listener:
     @property
     def events(self) -> list[dict[str, Any]]:
         return [m for m in self.messages if str(m.get("type", "")).startswith("task_")]
+
+    @property
+    def raw_events(self) -> list[str]:
+        """The text of each event frame, as received."""
+        return [r for r, m in zip(self.raw, self.messages, strict=True) if m in self.events]
 
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [m for m in self.messages if m.get("type") == kind]
@@ -557,3 +564,60 @@ async def test_the_in_process_hub_of_the_tui_wants_a_token(dsn: str) -> None:
     finally:
         await stream.aclose()  # type: ignore[attr-defined]
         await source.close()
+
+
+async def test_two_hubs_on_one_redis_stream_serve_the_same_events(dsn: str, redis_url: str) -> None:
+    # given two hubs reading one Redis stream (as behind a load balancer)
+    rec = Recorder(dsn, publisher=RedisStreamPublisher(redis_url), flush_interval=0.01)
+    await rec.start(wait_connected=5)
+    hubs = [Hub(redis_url=redis_url), Hub(redis_url=redis_url)]
+    try:
+        clients = []
+        for hub in hubs:
+            client = await listen(await hub.start())
+            await client.subscribe()
+            clients.append(client)
+
+        # when a worker records attempts, one of them with params over the frame limit
+        records = [record(i) for i in range(30)] + [record(30, pad=40_000)]
+        await publish(rec, records)
+
+        # then both hubs send the same events, with the same seqs, byte for byte
+        for client in clients:
+            await wait_for(lambda c=client: len(c.events) == 31)
+        first, second = ([e["seq"] for e in c.events] for c in clients)
+        assert first == second == list(range(1, 32))
+        assert clients[0].events == clients[1].events
+        assert clients[0].raw_events == clients[1].raw_events
+        assert clients[0].events[-1]["data"]["params"] == {"_omitted": "too large; see history"}
+        for client in clients:
+            await client.close()
+    finally:
+        for hub in hubs:
+            await hub.stop()
+        await rec.stop()
+
+
+async def test_events_are_forwarded_as_published(dsn: str, pg_recorder: Recorder) -> None:
+    """The hub sends each event's JSON exactly as the recorder put it on the bus."""
+    # given a client, and a listener on the bus itself
+    hub = Hub(dsn=dsn)
+    url = await hub.start()
+    conn = await db_connect(dsn)
+    payloads: list[str] = []
+    await conn.add_listener("taskmon_events", lambda *args: payloads.append(args[-1]))
+    try:
+        client = await listen(url)
+        await client.subscribe()
+
+        # when events are published, with text outside ASCII
+        await publish(pg_recorder, [record(i, task="app:café") for i in range(5)])
+
+        # then each frame is the event's text from the notification, unchanged
+        await wait_for(lambda: len(client.events) == 5)
+        assert "".join("[" + ",".join(client.raw_events) + "]") == "".join(payloads)
+        assert "café" in client.raw_events[0]
+        await client.close()
+    finally:
+        await conn.close()
+        await hub.stop()
