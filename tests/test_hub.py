@@ -8,6 +8,7 @@ import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import pytest
 from helpers import record, wait_for
 from websockets.asyncio.client import ClientConnection, connect
@@ -621,3 +622,33 @@ async def test_events_are_forwarded_as_published(dsn: str, pg_recorder: Recorder
     finally:
         await conn.close()
         await hub.stop()
+
+
+async def test_a_lost_bus_connection_closes_clients_with_the_reason(
+    hub: Hub, db: asyncpg.Connection[Any], pg_recorder: Recorder
+) -> None:
+    # given a client following the hub
+    assert hub.url is not None
+    client = await listen(hub.url)
+    await client.subscribe()
+    await publish(pg_recorder, [record(1)])
+    await wait_for(lambda: len(client.events) == 1)
+
+    # when the hub's listening connection is killed
+    killed = await db.fetchval(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+    )
+    assert killed == 1
+
+    # then the client is told, and once the hub listens again it resumes, told of the gap
+    await wait_for(lambda: client.closed is not None)
+    assert client.closed is not None and client.closed.rcvd is not None
+    assert client.closed.rcvd.code == 1013
+    assert "event bus (postgres) unreachable" in client.closed.rcvd.reason
+    await wait_for(lambda: hub.bus_connected)
+    again = await listen(hub.url)
+    ack = await again.subscribe(since_seq=1)
+    assert ack["resumed"] is True
+    await wait_for(lambda: again.of("gap"))
+    await again.close()
