@@ -53,7 +53,8 @@ def test_no_dsn_configured_uses_the_embedded_server(tmp_path: Path) -> None:
             conn = await connect(embedded_dsn(data_dir))
             try:
                 rows = await conn.fetch(
-                    "SELECT params->'kwargs'->>'name' AS name, status FROM task_execution_logs ORDER BY 1"
+                    "SELECT params->'kwargs'->>'name' AS name, status"
+                    " FROM task_execution_logs ORDER BY 1"
                 )
             finally:
                 await conn.close()

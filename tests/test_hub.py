@@ -579,9 +579,11 @@ async def test_two_hubs_on_one_redis_stream_serve_the_same_events(dsn: str, redi
             await client.subscribe()
             clients.append(client)
 
-        # when a worker records attempts, one of them with params over the frame limit
-        records = [record(i) for i in range(30)] + [record(30, pad=40_000)]
-        await publish(rec, records)
+        # when a worker records attempts, one of them over the hub's 16 KiB frame limit
+        # (params and error text, each within the bounds the recorder keeps)
+        huge = record(30, Status.FAILED, error=("ValueError", "e" * 4000))
+        huge.params = {"args": ["x" * 3000 for _ in range(5)], "kwargs": {}}
+        await publish(rec, [record(i) for i in range(30)] + [huge])
 
         # then both hubs send the same events, with the same seqs, byte for byte
         for client in clients:
