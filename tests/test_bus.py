@@ -210,3 +210,24 @@ async def test_a_malformed_notification_is_skipped(
     assert sub.events[0]["task_name"] == "app:work"
     assert [s.connected for s in sub.states()] == [True]
     await sub.stop()
+
+
+async def test_redis_subscriber_reads_entries_of_one_event_or_several(redis_url: str) -> None:
+    # given a subscriber at the end of the stream
+    sub = Collector(RedisStreamSubscriber(redis_url, block_ms=200))
+    await wait_for(lambda: sub.states())
+    admin = redis.asyncio.Redis.from_url(redis_url)
+
+    # when entries hold one event, an array of events, and something else
+    await admin.xadd(STREAM, {"e": b'{"seq":1,"task_name":"a"}'})
+    await admin.xadd(STREAM, {"e": b'[{"seq":2,"task_name":"b"}, {"seq":3,"task_name":"c"}]'})
+    await admin.xadd(STREAM, {"e": b'"not an event"'})
+    await admin.xadd(STREAM, {"e": b'{"seq":4,"task_name":"d"}'})
+
+    # then every event arrives with its own text, and the odd entry is skipped
+    await wait_for(lambda: len(sub.events) == 4)
+    assert [e["seq"] for e in sub.events] == [1, 2, 3, 4]
+    raws = [r for i in sub.items if isinstance(i, BusEvents) for r in i.raw or []]
+    assert raws[1:3] == [b'{"seq":2,"task_name":"b"}', b'{"seq":3,"task_name":"c"}']
+    await admin.aclose()
+    await sub.stop()
