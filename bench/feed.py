@@ -115,6 +115,11 @@ class LightSubscriber(asyncio.Protocol):
                 return
             del self.buffer[: end + 4]
             self.handshaken = True
+            # the hub sends no event before a subscription (masked, as a client must;
+            # a zero mask leaves the payload as is)
+            payload = b'{"op":"subscribe"}'
+            assert self.transport is not None
+            self.transport.write(bytes([0x81, 0x80 | len(payload), 0, 0, 0, 0]) + payload)
         buf = self.buffer
         i, n = 0, len(buf)
         while n - i >= 2:
@@ -137,7 +142,7 @@ class LightSubscriber(asyncio.Protocol):
                     self.events += 1
                 elif b'"type":"gap"' in payload:
                     self.gaps += 1
-                elif b'"type":"hello"' in payload and not self.ready.done():
+                elif b'"type":"subscribed"' in payload and not self.ready.done():
                     self.ready.set_result(None)
             elif opcode == 0x9 and self.transport is not None:  # ping: answer with a masked pong
                 self.transport.write(bytes([0x8A, 0x80 | len(payload), 0, 0, 0, 0]) + payload)

@@ -3,20 +3,26 @@
 ``taskmon serve`` runs one; the TUI and ``taskmon tail`` can run one in-process.
 The wire protocol is documented in ``docs/protocol.md``. In short:
 
-* on connect the hub sends ``hello``; the client then receives every event
-  until it sends ``{"op": "subscribe", "filters": {...}, "since_seq": N}``,
-  answered by ``subscribed``, then a replay of what the hub still holds after
-  ``N``, then the live stream;
+* on connect the hub sends ``hello``, then nothing until the client sends
+  ``{"op": "subscribe", "filters": {...}, "since_seq": N}``, answered by
+  ``subscribed``, then a replay of what the hub still holds after ``N`` (or,
+  without ``N``, of what arrived since the hello), then the live stream;
+* without its bus the hub answers ``/healthz`` and new connections with 503
+  and closes its clients with 1013, saying why;
 * ``gap`` says that events may be missing (the hub no longer holds what was
   asked, the bus reconnected, or the client was too slow): the client heals
   from the database.
 
-Memory does not grow with slow clients. Every event is encoded once into a
-ring of recent frames; a client that keeps up gets each frame written straight
-to its socket (one write per client, no per-client copy or task); a client
-whose socket is full falls behind and is fed from the ring by a task of its
-own, at the pace its socket accepts. A client more than ``client_queue``
-events behind skips to the newest event and receives a ``gap``.
+Events are forwarded, not re-encoded: the bus hands over each event's JSON as
+the recorder published it, parsed once for the filters, and the hub wraps it
+once into a websocket frame kept in a ring of recent frames. The events of one
+bus read go out together: every client that keeps up gets one write of the
+concatenated frames it wants (the same bytes for every client with the same
+filter), so a delivery costs a slice of a join, not an encoding and a system
+call. A client whose socket is full falls behind and is fed from the ring by a
+task of its own, at the pace its socket accepts; memory does not grow with it.
+A client more than ``client_queue`` events behind skips to the newest event
+and receives a ``gap``.
 
 Replay follows arrival order, not ``seq`` order. ``NOTIFY`` seqs come from one
 sequence but transactions of different workers commit in their own order, so
@@ -34,6 +40,7 @@ import ipaddress
 import json
 import logging
 from collections import deque
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -42,11 +49,13 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from taskmon import __version__
 from taskmon.bus.postgres import shrink
-from taskmon.bus.subscriber import BusEvents, BusGap, BusState, Subscriber
+from taskmon.bus.subscriber import Backoff, BusEvents, BusGap, BusState, Subscriber
 from taskmon.events import EVENT_VERSION, dumps
 from taskmon.filters import FilterError, TaskFilter
 
@@ -59,8 +68,12 @@ PROTOCOL_VERSION = 1
 MAX_EVENT_BYTES = 16 * 1024
 # a client sending this many bad messages is disconnected (close code 1008)
 MAX_BAD_MESSAGES = 20
-# the flusher of a lagging client yields to the loop after this many writes
-_YIELD_EVERY = 256
+# frames are written to a client in slices of about this many bytes: a bound on
+# what one write adds to a socket's buffer beyond its high-water mark
+_SLICE_BYTES = 64 * 1024
+# a client's socket buffer may hold this much before the client counts as slow
+# (then it is fed from the ring by its own task, at its pace)
+_WRITE_LIMIT = 256 * 1024
 
 
 class HubError(Exception):
@@ -102,6 +115,7 @@ class _Entry:
     view: dict[str, Any] | None
     """The event without its params, for filters; None for a gap marker."""
     frame: bytes
+    """The whole websocket frame (header and JSON), written as is to every client."""
 
 
 class _Ring:
@@ -123,6 +137,7 @@ class _Ring:
         return self.next_pos - 1
 
     def append(self, seq: int | None, view: dict[str, Any] | None, frame: bytes) -> _Entry:
+        """Add an entry; `frame` is the websocket frame to send."""
         if len(self.entries) >= self.size:
             old = self.entries.popleft()
             if old.seq is not None and self.by_seq.get(old.seq) == old.pos:
@@ -145,6 +160,8 @@ class _Client:
     ws: ServerConnection
     cursor: int
     """The last ring position handled for this client (sent, or not wanted)."""
+    subscribed: bool = False
+    """Nothing is sent before the first subscription: it would ignore its filters."""
     filter: TaskFilter | None = None
     replay_end: int = 0
     """Positions up to this one are a replay; the lag limit counts from here."""
@@ -202,6 +219,8 @@ class Hub:
         self._clients: dict[ServerConnection, _Client] = {}
         self._server: Server | None = None
         self._pump: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        """Every other task the hub started (flushers, closings): kept, awaited on stop."""
         self._subscriber = self._make_subscriber()
         self._bus = _BusStatus(self._subscriber.name)
 
@@ -223,7 +242,13 @@ class Hub:
 
     @property
     def bus_connected(self) -> bool:
+        """Whether the hub is reading its bus now (``/healthz`` says the same)."""
         return self._bus.connected
+
+    @property
+    def bus_error(self) -> str | None:
+        """Why the hub is not reading its bus, while it is not."""
+        return None if self._bus.connected else self._bus.error
 
     @property
     def clients(self) -> int:
@@ -250,6 +275,7 @@ class Hub:
         loop = asyncio.get_running_loop()
         self._bus.first = loop.create_future()
         self._pump = asyncio.create_task(self._read_bus(), name="taskmon-hub-bus")
+        self._pump.add_done_callback(self._pump_ended)
         try:
             state = await asyncio.wait_for(asyncio.shield(self._bus.first), bus_timeout)
         except TimeoutError:
@@ -267,6 +293,7 @@ class Hub:
                 # a frame per event is encoded once for all clients: per-client
                 # compression would cost CPU per delivery
                 compression=None,
+                write_limit=_WRITE_LIMIT,
                 ping_interval=20,
                 ping_timeout=20,
                 close_timeout=2,
@@ -288,96 +315,217 @@ class Hub:
             server.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 5.0)
-        for client in list(self._clients.values()):
-            if client.flusher is not None:
-                client.flusher.cancel()
         self._clients.clear()
         await self._stop_pump()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         self.url = None
 
     async def _stop_pump(self) -> None:
         pump, self._pump = self._pump, None
         if pump is not None:
+            pump.remove_done_callback(self._pump_ended)
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pump
 
+    def _spawn(
+        self,
+        coro: Coroutine[Any, Any, None],
+        name: str,
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> asyncio.Task[None]:
+        """Start a background task the hub keeps until it ends, and log its failure."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._tasks.discard(task)
+            if task.cancelled() or task.exception() is None:
+                return
+            exc = task.exception()
+            assert exc is not None
+            if on_error is not None:
+                on_error(exc)  # which says so
+            else:
+                logger.error("taskmon hub: %s failed: %s", name, _describe(exc), exc_info=exc)
+
+        task.add_done_callback(done)
+        return task
+
+    def _pump_ended(self, task: asyncio.Task[None]) -> None:
+        # the pump restarts its reader after any error; it ends only on a BaseException
+        error = "the event bus reader stopped"
+        if not task.cancelled() and task.exception() is not None:
+            error = f"the event bus reader stopped: {_describe(task.exception())}"
+        logger.error("taskmon hub: %s; no more events will be served", error)
+        self._bus_state(BusState(False, error))
+
     # -- the bus -----------------------------------------------------------------
 
     async def _read_bus(self) -> None:
-        async for item in self._subscriber.listen():
+        """Read the bus forever; a reader that fails is reported, then started again."""
+        backoff = Backoff()
+        failed = False
+        while True:
             try:
-                if isinstance(item, BusEvents):
-                    for event in item.events:
-                        self._publish_event(event)
-                elif isinstance(item, BusGap):
-                    self.stats.bus_gaps += 1
-                    self._publish_gap(item.reason)
-                else:
-                    self._bus_state(item)
-            except Exception:
-                logger.exception("taskmon hub: could not fan out an event")
+                async for item in self._subscriber.listen():
+                    if isinstance(item, BusState) and item.connected:
+                        backoff.reset()
+                        if failed:
+                            failed = False
+                            # what was published while no reader ran may be lost (NOTIFY)
+                            self.stats.bus_gaps += 1
+                            self._publish_gap("the event bus reader was restarted")
+                    self._on_bus_item(item)
+                error = "the event bus reader ended"
+            except Exception as exc:
+                error = f"the event bus reader failed: {_describe(exc)}"
+                logger.exception("taskmon hub: %s; restarting it", error)
+            failed = True
+            self._bus_state(BusState(False, error))
+            await asyncio.sleep(backoff.next())
+
+    def _on_bus_item(self, item: BusEvents | BusGap | BusState) -> None:
+        try:
+            if isinstance(item, BusEvents):
+                self._publish_events(item)
+            elif isinstance(item, BusGap):
+                self.stats.bus_gaps += 1
+                self._publish_gap(item.reason)
+            else:
+                self._bus_state(item)
+        except Exception:
+            logger.exception("taskmon hub: could not fan out an event")
 
     def _bus_state(self, state: BusState) -> None:
         first = self._bus.first
-        if first is not None and not first.done():
-            first.set_result(state)
-        elif state.connected:
-            logger.warning("taskmon hub: event bus (%s) reachable again", self.bus)
-        else:
-            logger.warning("taskmon hub: lost the event bus (%s): %s", self.bus, state.error)
+        was = self._bus.connected
         self._bus.connected = state.connected
         self._bus.error = state.error
-
-    def _publish_event(self, event: dict[str, Any]) -> None:
-        raw_seq = event.get("seq")
-        seq = raw_seq if isinstance(raw_seq, int) and not isinstance(raw_seq, bool) else None
-        if seq is not None and seq in self._ring.by_seq:
-            self.stats.duplicates += 1
+        if first is not None and not first.done():
+            first.set_result(state)
             return
-        self.stats.events += 1
-        data = event.get("data")
-        view = event
-        if isinstance(data, dict) and "params" in data:
-            view = {**event, "data": {k: v for k, v in data.items() if k != "params"}}
-        frame = shrink(dumps(event).encode(), MAX_EVENT_BYTES)
-        self._fan_out(self._ring.append(seq, view, frame))
+        if state.connected:
+            if not was:
+                logger.warning("taskmon hub: event bus (%s) reachable again", self.bus)
+            return
+        logger.warning("taskmon hub: lost the event bus (%s): %s", self.bus, state.error)
+        # a client left connected would wait for events that cannot come: close it
+        # with the reason; it reconnects (refused with 503 until the bus is back)
+        # and resumes from its last seq
+        reason = _close_reason(f"event bus ({self.bus}) unreachable: {state.error}")
+        for client in list(self._clients.values()):
+            self._close(client, CloseCode.TRY_AGAIN_LATER, reason)
+
+    def _close(self, client: _Client, code: int, reason: str) -> None:
+        self._clients.pop(client.ws, None)
+        if client.flusher is not None and client.flusher is not asyncio.current_task():
+            client.flusher.cancel()
+        self._spawn(client.ws.close(code, reason), "taskmon-hub-close")
+
+    def _publish_events(self, item: BusEvents) -> None:
+        ring, stats = self._ring, self.stats
+        raws = item.raw
+        entries: list[_Entry] = []
+        size = 0
+        for index, event in enumerate(item.events):
+            raw_seq = event.get("seq")
+            seq = raw_seq if type(raw_seq) is int else None
+            if seq is not None and seq in ring.by_seq:
+                stats.duplicates += 1
+                continue
+            stats.events += 1
+            raw = raws[index] if raws is not None else None
+            if raw is None:
+                raw = dumps(event).encode()
+            if len(raw) >= MAX_EVENT_BYTES:
+                raw = shrink(raw, MAX_EVENT_BYTES)
+            data = event.get("data")
+            if isinstance(data, dict):
+                # filters never read params; the frame keeps them
+                data.pop("params", None)
+            entry = ring.append(seq, event, _text_frame(raw))
+            entries.append(entry)
+            size += len(entry.frame)
+            if size >= _SLICE_BYTES:
+                self._fan_out(entries)
+                entries, size = [], 0
+        if entries:
+            self._fan_out(entries)
 
     def _publish_gap(self, reason: str) -> None:
-        frame = _gap_frame(self._ring.last_seq, reason)
-        self._fan_out(self._ring.append(None, None, frame))
+        frame = _text_frame(_gap_json(self._ring.last_seq, reason))
+        self._fan_out([self._ring.append(None, None, frame)])
 
-    def _fan_out(self, entry: _Entry) -> None:
-        ready: list[ServerConnection] = []
-        verdicts: dict[TaskFilter, bool] = {}  # each distinct filter is evaluated once
-        for client in self._clients.values():
-            if client.lagging:
-                continue  # its flusher sends this entry from the ring
-            client.cursor = entry.pos
-            if not _wanted(client.filter, entry, verdicts):
-                continue
-            if client.ws.paused:
-                # its socket is full: feed it from the ring at its own pace
-                client.cursor = entry.pos - 1
+    def _fan_out(self, entries: list[_Entry]) -> None:
+        """Write `entries` (the newest in the ring) to every client that keeps up."""
+        first = entries[0].pos
+        last = entries[-1].pos
+        # what each distinct filter wants is worked out once: (frames, last seq)
+        wanted: dict[TaskFilter | None, tuple[bytes, int | None]] = {}
+        for client in list(self._clients.values()):
+            if client.lagging or not client.subscribed:
+                continue  # its flusher sends these from the ring, or its subscription will
+            if client.cursor != first - 1 or client.ws.paused:
+                # behind already, or its socket is full: feed it from the ring at its pace
                 self._lag(client)
                 continue
-            ready.append(client.ws)
-            if entry.seq is not None:
-                client.last_seq = entry.seq
-        if ready:
-            broadcast(ready, entry.frame, text=True)
+            try:
+                batch = wanted.get(client.filter)
+                if batch is None:
+                    batch = wanted[client.filter] = _select(client.filter, entries)
+            except Exception as exc:
+                self._failed(client, exc)
+                continue
+            client.cursor = last
+            frames, last_seq = batch
+            if frames and self._write(client, frames) and last_seq is not None:
+                client.last_seq = last_seq
+
+    def _write(self, client: _Client, frames: bytes) -> bool:
+        """Write whole frames to the client's socket; False if it is closing.
+
+        The frames were encoded once for every client, so they go to the
+        transport directly rather than through the connection's ``send``, which
+        would frame (and copy) them again per client. Frames are written whole
+        and in order, between the connection's own (pings, close), so the
+        stream stays valid.
+        """
+        ws = client.ws
+        if ws.protocol.state is not State.OPEN:
+            return False
+        ws.transport.write(frames)
+        return True
+
+    def _failed(self, client: _Client, exc: BaseException) -> None:
+        """Serving `client` failed unexpectedly: log it and close that client only."""
+        logger.error(
+            "taskmon hub: cannot serve %s: %s", _peer(client.ws), _describe(exc), exc_info=exc
+        )
+        # what it has had is unknown now: it reconnects and resumes from its last seq
+        reason = _close_reason(f"hub error: {_describe(exc)}")
+        self._close(client, CloseCode.INTERNAL_ERROR, reason)
 
     def _lag(self, client: _Client) -> None:
         client.lagging = True
         if client.flusher is None or client.flusher.done():
-            client.flusher = asyncio.create_task(self._flush(client), name="taskmon-hub-client")
+            client.flusher = self._spawn(
+                self._flush(client),
+                f"taskmon-hub-client {_peer(client.ws)}",
+                lambda exc: self._failed(client, exc),
+            )
 
     async def _flush(self, client: _Client) -> None:
         """Send a lagging client what it has not had yet, then hand it back to the fan-out."""
         ring, ws = self._ring, client.ws
-        writes = 0
         try:
-            while True:
+            while ws.protocol.state is State.OPEN:
+                if ws.paused:
+                    await ws.drain()  # until its socket takes more
+                    continue
                 if client.cursor >= ring.last_pos:
                     client.lagging = False
                     return
@@ -389,23 +537,24 @@ class Hub:
                     self.stats.slow_gaps += 1
                     self.stats.skipped += skipped
                     reason = f"client too slow: {skipped} events skipped"
-                    await ws.send(_gap_frame(client.last_seq, reason), text=True)
+                    self._write(client, _text_frame(_gap_json(client.last_seq, reason)))
                     continue
-                entry = ring.at(client.cursor + 1)
-                client.cursor += 1
-                if entry is None or not self._replay_wanted(client, entry):
-                    continue
-                if entry.seq is not None:
-                    client.last_seq = entry.seq
-                if ws.paused:
-                    await ws.send(entry.frame, text=True)  # waits until the socket drains
-                else:
-                    broadcast([ws], entry.frame, text=True)
-                    writes += 1
-                    if writes % _YIELD_EVERY == 0:
-                        await asyncio.sleep(0)
-        except ConnectionClosed:
-            return
+                frames: list[bytes] = []
+                size = 0
+                while client.cursor < ring.last_pos and size < _SLICE_BYTES:
+                    entry = ring.at(client.cursor + 1)
+                    client.cursor += 1
+                    if entry is None or not self._replay_wanted(client, entry):
+                        continue
+                    frames.append(entry.frame)
+                    size += len(entry.frame)
+                    if entry.seq is not None:
+                        client.last_seq = entry.seq
+                if frames:
+                    self._write(client, b"".join(frames))
+                await asyncio.sleep(0)  # the pump and the other clients run between slices
+        except (ConnectionClosed, OSError):
+            return  # the connection ended; its handler forgets the client
         finally:
             if client.flusher is asyncio.current_task():
                 client.flusher = None
@@ -424,10 +573,12 @@ class Hub:
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
+        if not self._bus.connected:
+            # /healthz, and any client: nothing can be served without the bus
+            text = f"event bus ({self.bus}) unreachable: {self._bus.error}\n"
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, text)
         if url.path.rstrip("/") == "/healthz":
-            if self._bus.connected:
-                return connection.respond(HTTPStatus.OK, "ok\n")
-            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "event bus unreachable\n")
+            return connection.respond(HTTPStatus.OK, "ok\n")
         if self.token is None:
             return None
         presented = _presented_token(request.headers, url.query)
@@ -452,7 +603,7 @@ class Hub:
         }
         try:
             await ws.send(dumps(hello))
-            # everything from now on, unfiltered, until the client subscribes
+            # its first subscription starts here: what arrives meanwhile waits in the ring
             client = _Client(ws, cursor=self._ring.last_pos)
             self._clients[ws] = client
             async for message in ws:
@@ -513,7 +664,9 @@ class Hub:
         resumed: bool | None = None
         client.replay_after_seq = None
         if since is None:
-            client.cursor = ring.last_pos
+            if client.subscribed:
+                client.cursor = ring.last_pos
+            # else: from the hello on, so that nothing falls between hello and subscribe
         else:
             pos = ring.by_seq.get(since)
             if pos is not None:
@@ -524,6 +677,7 @@ class Hub:
                 client.replay_after_seq = since
         client.replay_end = ring.last_pos
         client.filter = None if task_filter.is_empty() else task_filter
+        client.subscribed = True
         self._reply(
             client,
             {
@@ -536,7 +690,7 @@ class Hub:
         )
         if resumed is False:
             reason = f"the hub does not hold seq {since} (restarted, or older than its last events)"
-            broadcast([client.ws], _gap_frame(since, reason), text=True)
+            self._write(client, _text_frame(_gap_json(since, reason)))
         if client.cursor < ring.last_pos:
             self._lag(client)
 
@@ -552,8 +706,39 @@ def _wanted(
     return verdict
 
 
-def _gap_frame(after_seq: int | None, reason: str) -> bytes:
+def _select(task_filter: TaskFilter | None, entries: list[_Entry]) -> tuple[bytes, int | None]:
+    """The frames of `entries` that `task_filter` wants, joined, and the last seq among them."""
+    if task_filter is None:
+        chosen = entries
+    else:
+        chosen = [e for e in entries if e.view is None or task_filter.matches(e.view)]
+    last_seq = next((e.seq for e in reversed(chosen) if e.seq is not None), None)
+    return b"".join(e.frame for e in chosen), last_seq
+
+
+def _text_frame(payload: bytes) -> bytes:
+    """`payload` (UTF-8 JSON) as one unmasked websocket text frame, as a server sends it."""
+    return Frame(Opcode.TEXT, payload).serialize(mask=False)
+
+
+def _gap_json(after_seq: int | None, reason: str) -> bytes:
     return dumps({"type": "gap", "after_seq": after_seq, "reason": reason}).encode()
+
+
+def _describe(exc: BaseException | None) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _close_reason(text: str) -> str:
+    # a close frame's reason is at most 123 bytes of UTF-8
+    data = text.encode()
+    return text if len(data) <= 123 else data[:120].decode(errors="ignore") + "..."
+
+
+def _peer(ws: ServerConnection) -> str:
+    address = ws.remote_address
+    return f"{address[0]}:{address[1]}" if isinstance(address, tuple) else "a client"
 
 
 def _presented_token(headers: Headers, query: str) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -160,3 +161,73 @@ async def test_redis_subscriber_resumes_by_stream_id_after_losing_its_connection
     await wait_for(lambda: [e["seq"] for e in resumed.events] == [11, 12])
     await admin.aclose()
     await resumed.stop()
+
+
+async def test_redis_subscriber_reports_a_malformed_url_as_its_first_state() -> None:
+    sub = Collector(RedisStreamSubscriber("rediss-typo://127.0.0.1:6379/0", max_backoff=0.2))
+    await wait_for(lambda: sub.states())
+    first = sub.states()[0]
+    assert not first.connected and "Redis URL must specify" in (first.error or "")
+    assert not sub.task.done()  # and it keeps trying, as after any failure
+    await sub.stop()
+
+
+async def test_subscribers_hand_along_each_event_as_published(
+    dsn: str, redis_url: str, pg_recorder: Recorder, redis_recorder: Recorder
+) -> None:
+    # given a subscriber on each bus
+    notify = Collector(PgNotifySubscriber(dsn))
+    stream = Collector(RedisStreamSubscriber(redis_url))
+    await wait_for(lambda: notify.states() and stream.states())
+
+    # when events are published on both, with text outside ASCII
+    records = [record(i, task="app:naïve") for i in range(40)]
+    await publish(pg_recorder, records)
+    await publish(redis_recorder, records)
+
+    # then each batch carries each event's JSON text, which decodes to the event
+    for sub in (notify, stream):
+        await wait_for(lambda s=sub: len(s.events) == 40)
+        batches = [i for i in sub.items if isinstance(i, BusEvents)]
+        for batch in batches:
+            assert batch.raw is not None and len(batch.raw) == len(batch.events)
+            assert [json.loads(r) for r in batch.raw] == batch.events
+        assert "naïve".encode() in batches[0].raw[0]  # type: ignore[index]
+        await sub.stop()
+
+
+async def test_a_malformed_notification_is_skipped(
+    dsn: str, db: asyncpg.Connection[Any], pg_recorder: Recorder
+) -> None:
+    sub = Collector(PgNotifySubscriber(dsn))
+    await wait_for(lambda: sub.states())
+
+    for bad in ('[{"seq": 1}', '[{"seq": 1},]', "[" * 7_000, "not json"):
+        await db.execute("SELECT pg_notify('taskmon_events', $1)", bad)
+    await publish(pg_recorder, [record(1)])
+
+    await wait_for(lambda: len(sub.events) == 1)
+    assert sub.events[0]["task_name"] == "app:work"
+    assert [s.connected for s in sub.states()] == [True]
+    await sub.stop()
+
+
+async def test_redis_subscriber_reads_entries_of_one_event_or_several(redis_url: str) -> None:
+    # given a subscriber at the end of the stream
+    sub = Collector(RedisStreamSubscriber(redis_url, block_ms=200))
+    await wait_for(lambda: sub.states())
+    admin = redis.asyncio.Redis.from_url(redis_url)
+
+    # when entries hold one event, an array of events, and something else
+    await admin.xadd(STREAM, {"e": b'{"seq":1,"task_name":"a"}'})
+    await admin.xadd(STREAM, {"e": b'[{"seq":2,"task_name":"b"}, {"seq":3,"task_name":"c"}]'})
+    await admin.xadd(STREAM, {"e": b'"not an event"'})
+    await admin.xadd(STREAM, {"e": b'{"seq":4,"task_name":"d"}'})
+
+    # then every event arrives with its own text, and the odd entry is skipped
+    await wait_for(lambda: len(sub.events) == 4)
+    assert [e["seq"] for e in sub.events] == [1, 2, 3, 4]
+    raws = [r for i in sub.items if isinstance(i, BusEvents) for r in i.raw or []]
+    assert raws[1:3] == [b'{"seq":2,"task_name":"b"}', b'{"seq":3,"task_name":"c"}']
+    await admin.aclose()
+    await sub.stop()

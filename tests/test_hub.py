@@ -8,17 +8,21 @@ import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import pytest
 from helpers import record, wait_for
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from taskmon.bus.postgres import PgNotifyPublisher
+from taskmon.bus.postgres import PgNotifyPublisher, PgNotifySubscriber
 from taskmon.bus.redis import RedisStreamPublisher
+from taskmon.bus.subscriber import BusEvents, BusItem
 from taskmon.events import AttemptRecord, Status, dumps, event_from_record
+from taskmon.filters import TaskFilter
 from taskmon.hub import Hub, HubError
 from taskmon.recorder import Recorder
 from taskmon.store.db import connect as db_connect
+from taskmon.tui.sources import InProcessHubSource, LiveConnected
 
 
 class Listener:
@@ -27,12 +31,14 @@ class Listener:
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
         self.messages: list[dict[str, Any]] = []
+        self.raw: list[str] = []
         self.closed: ConnectionClosed | None = None
         self.task = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
         try:
             async for raw in self.ws:
+                self.raw.append(raw if isinstance(raw, str) else raw.decode())
                 self.messages.append(json.loads(raw))
         except ConnectionClosed as exc:
             self.closed = exc
@@ -40,6 +46,11 @@ class Listener:
     @property
     def events(self) -> list[dict[str, Any]]:
         return [m for m in self.messages if str(m.get("type", "")).startswith("task_")]
+
+    @property
+    def raw_events(self) -> list[str]:
+        """The text of each event frame, as received."""
+        return [r for r, m in zip(self.raw, self.messages, strict=True) if m in self.events]
 
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [m for m in self.messages if m.get("type") == kind]
@@ -80,6 +91,7 @@ async def test_hello_then_every_event_in_order(hub: Hub, pg_recorder: Recorder) 
     # given
     assert hub.url is not None
     client = await listen(hub.url)
+    await client.subscribe()
 
     # when
     await publish(pg_recorder, [record(i) for i in range(20)])
@@ -211,12 +223,16 @@ async def test_slow_client_gets_a_gap_and_never_delays_the_others(
     hub = Hub(dsn=dsn, client_queue=50)
     url = await hub.start()
     fast = [await listen(url) for _ in range(2)]
+    for client in fast:
+        await client.subscribe()
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills after a few frames
     sock.connect(("127.0.0.1", int(url.rsplit(":", 1)[1].strip("/"))))
     slow = await connect(url, sock=sock, max_queue=1)
     try:
-        await slow.recv()  # hello; then it stops reading
+        await slow.recv()  # hello
+        await slow.send(dumps({"op": "subscribe"}))
+        assert json.loads(await slow.recv())["type"] == "subscribed"  # then it stops reading
         # when: a burst of large events
         n = 1500
         await publish(pg_recorder, [record(i, pad=3000) for i in range(n)])
@@ -261,6 +277,8 @@ async def test_token_is_required_and_checked(dsn: str, pg_recorder: Recorder) ->
 
         by_header = await listen(url, additional_headers={"Authorization": "Bearer s3cret"})
         by_query = await listen(url + "?token=s3cret")
+        await by_header.subscribe()
+        await by_query.subscribe()
         await publish(pg_recorder, [record(1)])
         await wait_for(lambda: len(by_header.events) == 1 and len(by_query.events) == 1)
         await by_header.close()
@@ -288,6 +306,8 @@ async def test_bad_messages_get_errors_and_everyone_keeps_going(
     try:
         bystander = await listen(url)
         client = await listen(url)
+        await bystander.subscribe()
+        await client.subscribe()
         await client.ws.send(b"\x00\x01")
         await client.ws.send("{not json")
         await client.ws.send("[1, 2]")
@@ -343,6 +363,7 @@ async def test_redis_hub_resumes_across_a_restart_without_gap(dsn: str, redis_ur
     try:
         client = await listen(url)
         assert client.messages[0]["bus"] == "redis"
+        await client.subscribe()
         await publish(rec, [record(i) for i in range(5)])
         await wait_for(lambda: len(client.events) == 5)
         last = client.events[-1]["seq"]
@@ -365,3 +386,271 @@ async def test_redis_hub_resumes_across_a_restart_without_gap(dsn: str, redis_ur
     finally:
         await hub.stop()
         await rec.stop()
+
+
+async def test_frames_before_the_subscription_obey_its_filters(
+    hub: Hub, pg_recorder: Recorder
+) -> None:
+    # given a client that has its hello but has not subscribed yet
+    assert hub.url is not None
+    client = await listen(hub.url)
+
+    # when events arrive before its subscription, then more after it
+    await publish(pg_recorder, [record(i) for i in range(10)])
+    await publish(pg_recorder, [record(100 + i, Status.FAILED) for i in range(4)])
+    await wait_for(lambda: hub.stats.events == 14)
+    await client.subscribe(status="failed")
+    await publish(
+        pg_recorder, [record(200), record(201, Status.FAILED), record(202, Status.FAILED)]
+    )
+
+    # then it receives only what matches, including what arrived between hello and subscribe
+    await wait_for(lambda: hub.stats.events == 17)
+    await wait_for(lambda: len(client.events) >= 6)
+    await asyncio.sleep(0.1)  # nothing else trickles in
+    assert [e["status"] for e in client.events] == ["failed"] * 6
+    first_event = client.messages.index(client.events[0])
+    assert client.messages.index(client.of("subscribed")[0]) < first_event
+    await client.close()
+
+
+async def healthz(url: str) -> tuple[int, str]:
+    """The status code and body of ``GET /healthz``."""
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    response = (await asyncio.wait_for(reader.read(), 5)).decode()
+    writer.close()
+    head, _, body = response.partition("\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+class FailingReader:
+    """A real NOTIFY subscriber whose reader raises on an event of task ``app:boom``.
+
+    The way a defect in a reader would: no connection error, an exception out of
+    ``listen()``. Once it has failed, a new reader waits for `restart` before
+    connecting, so the test can look at the hub while none runs.
+    """
+
+    def __init__(self, dsn: str) -> None:
+        self.inner = PgNotifySubscriber(dsn)
+        self.name = self.inner.name
+        self.failed = False
+        self.restart = asyncio.Event()
+
+    async def listen(self) -> AsyncIterator[BusItem]:
+        if self.failed:
+            await self.restart.wait()
+        async for item in self.inner.listen():
+            boom = isinstance(item, BusEvents) and any(
+                e.get("task_name") == "app:boom" for e in item.events
+            )
+            if boom and not self.failed:
+                self.failed = True
+                raise RuntimeError("the reader broke")
+            yield item
+
+
+async def test_a_failing_bus_reader_shows_in_healthz_clients_and_log(
+    dsn: str, pg_recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    # given a hub whose reader will fail, and a client following it
+    hub = Hub(dsn=dsn)
+    reader = FailingReader(dsn)
+    hub._subscriber = reader
+    url = await hub.start()
+    try:
+        client = await listen(url)
+        await client.subscribe()
+        await publish(pg_recorder, [record(1)])
+        await wait_for(lambda: len(client.events) == 1)
+        assert await healthz(url) == (200, "ok\n")
+
+        # when the reader raises
+        await publish(pg_recorder, [record(2, task="app:boom")])
+
+        # then the hub says so: to its clients, on /healthz, in the log
+        await wait_for(lambda: client.closed is not None)
+        assert client.closed is not None and client.closed.rcvd is not None
+        assert client.closed.rcvd.code == 1013
+        assert "the reader broke" in client.closed.rcvd.reason
+        status, body = await healthz(url)
+        assert status == 503 and "RuntimeError: the reader broke" in body
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(url)
+        assert refused.value.response.status_code == 503
+        assert not hub.bus_connected and "the reader broke" in (hub.bus_error or "")
+        logged = [r for r in caplog.records if r.name == "taskmon.hub"]
+        assert any("the reader broke" in r.getMessage() for r in logged)
+
+        # and when a new reader runs, clients come back and are told what they may have missed
+        reader.restart.set()
+        await wait_for(lambda: hub.bus_connected, timeout=10)
+        assert await healthz(url) == (200, "ok\n")
+        again = await listen(url)
+        await again.subscribe(since_seq=1)
+        await publish(pg_recorder, [record(3)])
+        await wait_for(lambda: again.events and again.events[-1]["seq"] == 3)
+        assert again.of("gap")
+        await again.close()
+    finally:
+        await hub.stop()
+
+
+async def test_a_bad_redis_url_fails_start_with_its_own_error() -> None:
+    hub = Hub(redis_url="rediss-typo://127.0.0.1:6379/0")
+    with pytest.raises(HubError) as failed:
+        await hub.start(bus_timeout=3)
+    assert "no answer" not in str(failed.value)
+    assert "Redis URL must specify" in str(failed.value)
+
+
+async def test_a_client_that_cannot_be_served_is_closed_and_logged(
+    hub: Hub,
+    pg_recorder: Recorder,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An unexpected error while sending to one client closes that client, not the others.
+
+    Nothing real raises there today, so the error is injected into the filter.
+    """
+    # given a replay that holds an event the filter cannot take
+    assert hub.url is not None
+    original = TaskFilter.matches
+
+    def matches(self: TaskFilter, event: Any, **kwargs: Any) -> bool:
+        if event.get("task_name") == "app:boom":
+            raise RuntimeError("filter broke")
+        return original(self, event, **kwargs)
+
+    await publish(pg_recorder, [record(1), record(2, task="app:boom"), record(3)])
+    await wait_for(lambda: hub.stats.events == 3)
+    bystander = await listen(hub.url)
+    await bystander.subscribe()
+    monkeypatch.setattr(TaskFilter, "matches", matches)
+    client = await listen(hub.url)
+
+    # when it is replayed to a filtered client
+    await client.subscribe(since_seq=1, status="success")
+
+    # then that client is closed with the reason, the error is logged, the others go on
+    await wait_for(lambda: client.closed is not None)
+    assert client.closed is not None and client.closed.rcvd is not None
+    assert client.closed.rcvd.code == 1011 and "filter broke" in client.closed.rcvd.reason
+    assert any(
+        r.name == "taskmon.hub" and r.exc_info and "filter broke" in str(r.exc_info[1])
+        for r in caplog.records
+    )
+    monkeypatch.setattr(TaskFilter, "matches", original)
+    await publish(pg_recorder, [record(4)])
+    await wait_for(lambda: [e["seq"] for e in bystander.events] == [4])
+    await bystander.close()
+
+
+async def test_the_in_process_hub_of_the_tui_wants_a_token(dsn: str) -> None:
+    # given the TUI's live source, connected
+    source = InProcessHubSource(dsn)
+    stream = source.stream()
+    try:
+        first = await asyncio.wait_for(anext(stream), 10)
+        assert isinstance(first, LiveConnected)
+        url = source._hub.url
+
+        # then another local user cannot read its feed without the token
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(url)
+        assert refused.value.response.status_code == 401
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+        await source.close()
+
+
+async def test_two_hubs_on_one_redis_stream_serve_the_same_events(dsn: str, redis_url: str) -> None:
+    # given two hubs reading one Redis stream (as behind a load balancer)
+    rec = Recorder(dsn, publisher=RedisStreamPublisher(redis_url), flush_interval=0.01)
+    await rec.start(wait_connected=5)
+    hubs = [Hub(redis_url=redis_url), Hub(redis_url=redis_url)]
+    try:
+        clients = []
+        for hub in hubs:
+            client = await listen(await hub.start())
+            await client.subscribe()
+            clients.append(client)
+
+        # when a worker records attempts, one of them over the hub's 16 KiB frame limit
+        # (params and error text, each within the bounds the recorder keeps)
+        huge = record(30, Status.FAILED, error=("ValueError", "e" * 4000))
+        huge.params = {"args": ["x" * 3000 for _ in range(5)], "kwargs": {}}
+        await publish(rec, [record(i) for i in range(30)] + [huge])
+
+        # then both hubs send the same events, with the same seqs, byte for byte
+        for client in clients:
+            await wait_for(lambda c=client: len(c.events) == 31)
+        first, second = ([e["seq"] for e in c.events] for c in clients)
+        assert first == second == list(range(1, 32))
+        assert clients[0].events == clients[1].events
+        assert clients[0].raw_events == clients[1].raw_events
+        assert clients[0].events[-1]["data"]["params"] == {"_omitted": "too large; see history"}
+        for client in clients:
+            await client.close()
+    finally:
+        for hub in hubs:
+            await hub.stop()
+        await rec.stop()
+
+
+async def test_events_are_forwarded_as_published(dsn: str, pg_recorder: Recorder) -> None:
+    """The hub sends each event's JSON exactly as the recorder put it on the bus."""
+    # given a client, and a listener on the bus itself
+    hub = Hub(dsn=dsn)
+    url = await hub.start()
+    conn = await db_connect(dsn)
+    payloads: list[str] = []
+    await conn.add_listener("taskmon_events", lambda *args: payloads.append(args[-1]))
+    try:
+        client = await listen(url)
+        await client.subscribe()
+
+        # when events are published, with text outside ASCII
+        await publish(pg_recorder, [record(i, task="app:café") for i in range(5)])
+
+        # then each frame is the event's text from the notification, unchanged
+        await wait_for(lambda: len(client.events) == 5)
+        assert "".join("[" + ",".join(client.raw_events) + "]") == "".join(payloads)
+        assert "café" in client.raw_events[0]
+        await client.close()
+    finally:
+        await conn.close()
+        await hub.stop()
+
+
+async def test_a_lost_bus_connection_closes_clients_with_the_reason(
+    hub: Hub, db: asyncpg.Connection[Any], pg_recorder: Recorder
+) -> None:
+    # given a client following the hub
+    assert hub.url is not None
+    client = await listen(hub.url)
+    await client.subscribe()
+    await publish(pg_recorder, [record(1)])
+    await wait_for(lambda: len(client.events) == 1)
+
+    # when the hub's listening connection is killed
+    killed = await db.fetchval(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+    )
+    assert killed == 1
+
+    # then the client is told, and once the hub listens again it resumes, told of the gap
+    await wait_for(lambda: client.closed is not None)
+    assert client.closed is not None and client.closed.rcvd is not None
+    assert client.closed.rcvd.code == 1013
+    assert "event bus (postgres) unreachable" in client.closed.rcvd.reason
+    await wait_for(lambda: hub.bus_connected)
+    again = await listen(hub.url)
+    ack = await again.subscribe(since_seq=1)
+    assert ack["resumed"] is True
+    await wait_for(lambda: again.of("gap"))
+    await again.close()

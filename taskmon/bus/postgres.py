@@ -9,7 +9,7 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from taskmon.bus.subscriber import Backoff, BusEvents, BusGap, BusItem, BusState
+from taskmon.bus.subscriber import Backoff, BusEvents, BusGap, BusItem, BusState, split_events
 from taskmon.events import dumps
 
 __all__ = [
@@ -169,20 +169,25 @@ class PgNotifySubscriber:
                     while not inbox.queue.empty():
                         payloads.append(inbox.queue.get_nowait())
                     events: list[dict[str, Any]] = []
+                    raws: list[bytes] = []
                     for item in payloads:
                         if item is None:
                             raise ConnectionError("the listening connection was closed")
                         try:
-                            events += unpack_payload(item)
-                        except ValueError:
+                            # each event's own text, as published: a hub forwards it as is
+                            more, more_raw = split_events(item)
+                        except (ValueError, RecursionError):
                             logger.warning(
                                 "taskmon: ignoring a malformed notification on %s", self.channel
                             )
+                            continue
+                        events += more
+                        raws += more_raw
                     if inbox.overflowed:
                         inbox.overflowed = 0
                         yield BusGap("the reader fell behind the bus; notifications were dropped")
                     if events:
-                        yield BusEvents(events)
+                        yield BusEvents(events, raws)
             except Exception as exc:
                 conn.terminate()
                 reported_down = True

@@ -9,7 +9,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from taskmon.bus.subscriber import Backoff, BusEvents, BusGap, BusItem, BusState
+from taskmon.bus.subscriber import Backoff, BusEvents, BusGap, BusItem, BusState, split_events
 
 __all__ = ["STREAM", "RedisStreamPublisher", "RedisStreamSubscriber", "stream_id"]
 
@@ -82,22 +82,38 @@ def stream_id(value: str | bytes) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def _entry_events(entries: list[Any]) -> tuple[list[dict[str, Any]], str | None]:
-    """Events of ``(id, {b"e": json})`` entries, and the last entry's id."""
+def _entry_events(entries: list[Any]) -> tuple[BusEvents, str | None]:
+    """Events of ``(id, {b"e": json})`` entries, with their JSON, and the last entry's id.
+
+    An entry holds one event (an object) or several (an array of objects).
+    """
     events: list[dict[str, Any]] = []
+    raws: list[bytes] = []
     last: str | None = None
     for entry_id, entry in entries:
         last = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
         raw = entry.get(b"e") if isinstance(entry, dict) else None
-        try:
-            event = json.loads(raw) if raw is not None else None
-        except ValueError:
-            event = None
-        if isinstance(event, dict):
-            events.append(event)
-        else:
-            logger.warning("taskmon: ignoring malformed stream entry %s", last)
-    return events, last
+        if isinstance(raw, bytes) and raw.startswith(b"{"):
+            try:
+                event = json.loads(raw)
+            except (ValueError, RecursionError):
+                event = None
+            if isinstance(event, dict):
+                # the text as published: a hub forwards it as is
+                events.append(event)
+                raws.append(raw)
+                continue
+        elif isinstance(raw, bytes):
+            try:
+                more, more_raw = split_events(raw.decode())
+            except (ValueError, RecursionError):
+                more, more_raw = [], []
+            if more:
+                events += more
+                raws += more_raw
+                continue
+        logger.warning("taskmon: ignoring malformed stream entry %s", last)
+    return BusEvents(events, raws), last
 
 
 class RedisStreamSubscriber:
@@ -150,16 +166,20 @@ class RedisStreamSubscriber:
         backoff = Backoff(maximum=self.max_backoff)
         reported_down = False
         while True:
-            client: Any = Redis.from_url(
-                self.url, socket_connect_timeout=5.0, socket_timeout=self.block_ms / 1000 + 5.0
-            )
+            client: Any = None
             try:
                 try:
+                    # a malformed URL is an error to report like any other, not a crash
+                    client = Redis.from_url(
+                        self.url,
+                        socket_connect_timeout=5.0,
+                        socket_timeout=self.block_ms / 1000 + 5.0,
+                    )
                     if self.last_id is None:
                         first = await self._begin(client)
                         gap = None
                     else:
-                        first = []
+                        first = BusEvents([])
                         gap = await self._check_resume(client)
                 except Exception as exc:
                     if not reported_down:
@@ -172,42 +192,43 @@ class RedisStreamSubscriber:
                 yield BusState(True)
                 if gap:
                     yield BusGap(gap)
-                if first:
-                    yield BusEvents(first)
+                if first.events:
+                    yield first
                 try:
                     while True:
                         reply = await client.xread(
                             {self.stream: self.last_id}, count=self.count, block=self.block_ms
                         )
                         for _stream, entries in reply or ():
-                            events, last = _entry_events(entries)
+                            batch, last = _entry_events(entries)
                             if last is not None:
                                 self.last_id = last
-                            if events:
-                                yield BusEvents(events)
+                            if batch.events:
+                                yield batch
                 except Exception as exc:
                     reported_down = True
                     yield BusState(False, _describe(exc))
                     await asyncio.sleep(backoff.next())
             finally:
-                with contextlib.suppress(Exception):
-                    await client.aclose()
+                if client is not None:
+                    with contextlib.suppress(Exception):
+                        await client.aclose()
 
-    async def _begin(self, client: Any) -> list[dict[str, Any]]:
+    async def _begin(self, client: Any) -> BusEvents:
         """Resolve where reading starts; the newest `history` events when asked."""
         if self.start_id != "$":
             self.last_id = self.start_id
-            return []
+            return BusEvents([])
         newest = await client.xrevrange(self.stream, count=max(1, self.history))
         if not newest:
             # an id, never "$": "$" re-read on each call would skip what arrives in between
             self.last_id = "0-0"
-            return []
+            return BusEvents([])
         self.last_id = newest[0][0].decode()
         if not self.history:
-            return []
-        events, _ = _entry_events(list(reversed(newest)))
-        return events
+            return BusEvents([])
+        batch, _ = _entry_events(list(reversed(newest)))
+        return batch
 
     async def _check_resume(self, client: Any) -> str | None:
         """Why entries after :attr:`last_id` may be missing now, or None."""

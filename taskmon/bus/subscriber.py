@@ -9,12 +9,24 @@ by themselves; they end only when the consumer stops iterating.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["Backoff", "BusEvents", "BusGap", "BusItem", "BusState", "Subscriber"]
+__all__ = [
+    "Backoff",
+    "BusEvents",
+    "BusGap",
+    "BusItem",
+    "BusState",
+    "Subscriber",
+    "split_events",
+]
+
+_DECODER = json.JSONDecoder()
+_SPACE = " \t\n\r"
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +34,12 @@ class BusEvents:
     """Events in the order the bus delivered them (not necessarily by `seq`)."""
 
     events: list[dict[str, Any]]
+    raw: list[bytes] | None = None
+    """Each event's JSON (UTF-8) exactly as published, when the transport has it.
+
+    A hub forwards these bytes rather than encoding the event again; they are
+    parsed once, into `events`, for filtering.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +73,61 @@ class Subscriber(Protocol):
         of the first connection attempt (the iterator keeps retrying after it).
         """
         ...
+
+
+def split_events(text: str) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """The events of a JSON object or array of objects, each with its own JSON text.
+
+    Every item is parsed once; its text is sliced from `text` as it was
+    published, not encoded again. Items that are not objects are skipped.
+
+    Returns:
+        The events, and each one's JSON as UTF-8 bytes, in the same order.
+
+    Raises:
+        ValueError: if `text` is not one JSON value.
+    """
+    events: list[dict[str, Any]] = []
+    raws: list[bytes] = []
+    n = len(text)
+    i = _skip_space(text, 0)
+    try:
+        if text[i] != "[":
+            item, end = _DECODER.raw_decode(text, i)
+            if _skip_space(text, end) != n:
+                raise ValueError("extra data after the JSON value")
+            if isinstance(item, dict):
+                events.append(item)
+                raws.append(text[i:end].encode())
+            return events, raws
+        i = _skip_space(text, i + 1)
+        if text[i] == "]":
+            i += 1
+        else:
+            while True:
+                item, end = _DECODER.raw_decode(text, i)
+                if isinstance(item, dict):
+                    events.append(item)
+                    raws.append(text[i:end].encode())
+                i = _skip_space(text, end)
+                if text[i] == ",":
+                    i = _skip_space(text, i + 1)
+                    continue
+                if text[i] == "]":
+                    i += 1
+                    break
+                raise ValueError(f"expected ',' or ']' at {i}")
+    except IndexError:
+        raise ValueError("the JSON text ends too soon") from None
+    if _skip_space(text, i) != n:
+        raise ValueError("extra data after the JSON array")
+    return events, raws
+
+
+def _skip_space(text: str, i: int) -> int:
+    while i < len(text) and text[i] in _SPACE:
+        i += 1
+    return i
 
 
 class Backoff:

@@ -181,11 +181,16 @@ def rebuild_rollups(dsn: DsnOption = None) -> None:
 @app.command()
 def stop() -> None:
     """Stop the embedded PostgreSQL server, if it runs."""
+    from taskmon.commands.common import fail
     from taskmon.config import embedded_data_dir
-    from taskmon.store.embedded import stop_embedded
+    from taskmon.store.embedded import EmbeddedError, stop_embedded
 
     path = embedded_data_dir()
-    typer.echo("stopped" if stop_embedded(path) else f"not running ({path})")
+    try:
+        stopped = stop_embedded(path)
+    except EmbeddedError as exc:
+        fail(str(exc), code=1)
+    typer.echo("stopped" if stopped else f"not running ({path})")
 
 
 _SEARCH_INDEXES = {

@@ -9,14 +9,21 @@ it exits, like any database server; ``taskmon db stop`` stops it.
 from __future__ import annotations
 
 import logging
+import subprocess
 from pathlib import Path
 from types import ModuleType
 from urllib.parse import quote
 
-__all__ = ["embedded_dsn", "stop_embedded"]
+__all__ = ["EmbeddedError", "embedded_dsn", "stop_embedded"]
 
 logger = logging.getLogger("taskmon.embedded")
 DATABASE = "taskmon"
+# `pg_ctl status`: no server runs in the data directory
+_NOT_RUNNING = 3
+
+
+class EmbeddedError(Exception):
+    """The embedded server could not be managed; the message is one line for the user."""
 
 
 def _embedded() -> ModuleType:
@@ -65,16 +72,41 @@ def _ensure_database(server: object) -> None:
 
 
 def stop_embedded(data_dir: Path) -> bool:
-    """Stop the cluster in `data_dir` if it runs; True when a server was stopped."""
+    """Stop the cluster in `data_dir` if it runs.
+
+    Returns:
+        True when a server was stopped, False when none was running.
+
+    Raises:
+        EmbeddedError: ``pg_ctl`` failed for another reason; the message is its own.
+    """
     if not (data_dir / "postmaster.pid").exists():
         return False
-    # the wheel generates one function per PostgreSQL executable at import time
-    pg_ctl = getattr(_embedded(), "pg_ctl")  # noqa: B009
-    try:
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=data_dir, user=_system_user())
-    except Exception:
+    stop = _pg_ctl(data_dir, "-w", "-m", "fast", "stop")
+    if stop.returncode == 0:
+        return True
+    # a postmaster.pid left behind by a server that died is "not running" too
+    if _pg_ctl(data_dir, "status").returncode == _NOT_RUNNING:
         return False
-    return True
+    said = " ".join((stop.stderr or stop.stdout).split()) or f"exit status {stop.returncode}"
+    raise EmbeddedError(f"cannot stop the embedded PostgreSQL in {data_dir}: {said}")
+
+
+def _pg_ctl(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # run directly rather than through the wheel's wrapper, which keeps pg_ctl's
+    # message out of the exception it raises
+    pg_ctl = Path(str(_embedded().__file__)).parent / "pginstall" / "bin" / "pg_ctl"
+    try:
+        return subprocess.run(
+            [str(pg_ctl), "-D", str(data_dir), *args],
+            capture_output=True,
+            text=True,
+            user=_system_user(),
+            timeout=120,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise EmbeddedError(f"cannot run pg_ctl for {data_dir}: {exc}") from exc
 
 
 def _system_user() -> str | None:

@@ -261,24 +261,30 @@ class HubLiveSource:
 class InProcessHubSource:
     """Starts a :class:`taskmon.hub.Hub` on 127.0.0.1 (port 0) for the same DSN, then subscribes.
 
+    The hub wants a random token, as ``taskmon tail``'s does: loopback is open to
+    every local user, who must not read a feed the database may not show them.
+
     Args:
         dsn: the database whose events the hub relays.
         redis_url: relay a Redis stream instead of PostgreSQL NOTIFY.
     """
 
     def __init__(self, dsn: str, *, redis_url: str | None = None) -> None:
+        import secrets
+
         self.dsn = dsn
         self.redis_url = redis_url
         self.label = "in-process hub"
         self._hub: Any = None
         self._start_lock = asyncio.Lock()
+        self._token = secrets.token_urlsafe(16)
 
     async def _url(self) -> str:
         from taskmon.hub import Hub
 
         async with self._start_lock:
             if self._hub is None:
-                hub = Hub(dsn=self.dsn, redis_url=self.redis_url)
+                hub = Hub(dsn=self.dsn, redis_url=self.redis_url, token=self._token)
                 url = await hub.start("127.0.0.1", 0)
                 self._hub = hub
                 self._url_value = url
@@ -297,7 +303,7 @@ class InProcessHubSource:
                 yield LiveDisconnected(f"cannot start the hub: {exc}", attempt)
                 await asyncio.sleep(min(0.5 * 2**attempt, 5.0))
                 continue
-            async for item in HubLiveSource(url).stream():
+            async for item in HubLiveSource(url, token=self._token).stream():
                 yield item
 
     async def close(self) -> None:
