@@ -92,7 +92,9 @@ def loop_bench(server_dsn: str, n: int, rounds: int) -> None:
     added_cpu = [m - b for m, b in zip(cpu["monitored"], cpu["bare"], strict=True)]
     added_wall = [m - b for m, b in zip(wall["monitored"], wall["bare"], strict=True)]
     print(f"   {'µs per task, median (min-max)':34} {'CPU':>22} {'wall':>22}")
-    print(f"   {'without the middleware':34} {_summary(cpu['bare']):>22} {_summary(wall['bare']):>22}")
+    print(
+        f"   {'without the middleware':34} {_summary(cpu['bare']):>22} {_summary(wall['bare']):>22}"
+    )
     print(
         f"   {'with the middleware':34} "
         f"{_summary(cpu['monitored']):>22} {_summary(wall['monitored']):>22}"

@@ -29,6 +29,7 @@ from taskiq import TaskiqMessage, TaskiqMiddleware, TaskiqResult
 from taskiq.exceptions import NoResultError
 
 from taskmon.bus import Publisher
+from taskmon.config import ConfigError
 from taskmon.events import AttemptRecord, Status
 from taskmon.params import (
     DEFAULT_MAX_ROW_BYTES,
@@ -181,6 +182,8 @@ class MonitoringMiddleware(TaskiqMiddleware):
             # give migrations a moment so the first tasks land at once; a database
             # that does not answer is not our worker's problem: the writer retries
             await self.recorder.start(wait_connected=5.0)
+        except ConfigError as exc:
+            logger.error("taskmon: monitoring disabled for this process: %s", exc)
         except Exception:
             logger.exception("taskmon: monitoring disabled for this process")
 

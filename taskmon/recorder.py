@@ -29,7 +29,7 @@ from taskmon.encode import Prepared, encode_event, prepare, row_of
 from taskmon.events import AttemptRecord, Status
 from taskmon.params import ParamsPolicy
 from taskmon.store import ingest, migrations
-from taskmon.store.db import CONNECTION_ERRORS, connect, redact_dsn
+from taskmon.store.db import CONNECTION_ERRORS, DsnError, connect, redact_dsn
 
 __all__ = ["Recorder", "RecorderStats"]
 
@@ -397,7 +397,7 @@ class Recorder:
         self._bound()
 
     def _note_outage(self, exc: BaseException) -> None:
-        connection_error = isinstance(exc, CONNECTION_ERRORS)
+        connection_error = isinstance(exc, (*CONNECTION_ERRORS, DsnError))
         if self._outage_since is None:
             self._outage_since = time.monotonic()
             self.stats.outages += 1
@@ -456,9 +456,16 @@ class Recorder:
         self._answered.set()
         try:
             if self.auto_migrate and not self._migrated:
-                applied = await migrations.upgrade(conn)
-                if applied:
-                    logger.info("taskmon: applied migrations %s", [m.version for m in applied])
+                # worker mode: a long (manual) migration is left to `taskmon db upgrade`,
+                # and recording goes on into the current schema
+                result = await migrations.upgrade(conn)
+                if result.applied:
+                    logger.info(
+                        "taskmon: applied migrations %s", [m.version for m in result.applied]
+                    )
+                notice = result.notice
+                if notice:
+                    logger.warning("taskmon: %s", notice)
                 self._migrated = True
             await ingest.prepare_connection(conn)
         except BaseException:
