@@ -364,8 +364,11 @@ class Recorder:
 
     async def _wait_wake(self, timeout: float | None) -> None:
         """Wait for a submit that changes the plan (first arrival, full batch) or a stop."""
+        # asyncio.timeout, not wait_for: no inner task that a loop closed without
+        # cancelling would report as "destroyed but pending"
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
         self._wake.clear()
 
     async def _pause(self, seconds: float) -> None:
@@ -374,7 +377,8 @@ class Recorder:
             await asyncio.sleep(min(seconds, 0.2))
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopped.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._stopped.wait()
 
     def _requeue(self, batch: list[_Pending]) -> None:
         """Put the batch in flight back in front; newer states of the same attempts win."""

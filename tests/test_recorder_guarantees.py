@@ -1,0 +1,202 @@
+"""What the cheaper recorder must still guarantee: nothing lost silently, nothing blocked."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import sys
+import textwrap
+import time
+from typing import Any
+
+import asyncpg
+import pytest
+from helpers import record, unconfigured_env
+from taskiq import InMemoryBroker, TaskiqMiddleware
+
+from taskmon.middleware import ENQUEUED_LABEL, MonitoringMiddleware
+from taskmon.recorder import Recorder
+
+UNREACHABLE = "postgresql://postgres@127.0.0.1:1/nowhere"
+
+
+async def test_startup_and_shutdown_do_not_wait_for_an_unreachable_database(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # given a worker whose database refuses connections
+    monitor = MonitoringMiddleware(dsn=UNREACHABLE)
+    broker = InMemoryBroker(await_inplace=True).with_middlewares(monitor)
+
+    @broker.task(task_name="app:noop")
+    async def noop() -> None:
+        return None
+
+    # when it starts, runs a task and stops
+    t0 = time.monotonic()
+    await broker.startup()
+    started = time.monotonic() - t0
+    await noop.kiq()
+    recorder = monitor.recorder
+    assert recorder is not None
+    with caplog.at_level(logging.ERROR, logger="taskmon.recorder"):
+        t0 = time.monotonic()
+        await broker.shutdown()
+        stopped = time.monotonic() - t0
+
+    # then neither waited, and the attempt that could not be written is counted and said
+    assert started < 0.5
+    assert stopped < 2.5
+    assert recorder.stats.unwritten == 1
+    assert "1 task records were not written" in caplog.text
+
+
+async def test_a_stop_that_times_out_mid_write_counts_the_batch(
+    dsn: str, db: asyncpg.Connection[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    # given a writer whose batch is stuck behind a lock on the table
+    recorder = Recorder(dsn, publisher=None, flush_interval=0.01)
+    await recorder.start(wait_connected=5)
+    locker = await asyncpg.connect(dsn)
+    tx = locker.transaction()
+    await tx.start()
+    await locker.execute("LOCK TABLE task_execution_logs IN ACCESS EXCLUSIVE MODE")
+    try:
+        for n in range(5):
+            recorder.submit(record(n))
+        deadline = time.monotonic() + 10
+        while not recorder._busy:  # the batch is being written (and waits on the lock)
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+
+        # when the stop's time runs out during that write
+        with caplog.at_level(logging.ERROR, logger="taskmon.recorder"):
+            await recorder.stop(timeout=0.3)
+    finally:
+        await tx.rollback()
+        await locker.close()
+
+    # then the batch is neither written nor lost in silence
+    assert recorder.stats.unwritten == 5
+    assert recorder.stats.written == 0
+    assert "5 task records were not written" in caplog.text
+    assert await db.fetchval("SELECT count(*) FROM task_execution_logs") == 0
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import asyncio, sys
+    from taskiq import InMemoryBroker, TaskiqMiddleware
+    from taskmon import MonitoringMiddleware
+
+    broker = InMemoryBroker(await_inplace=True).with_middlewares(
+        MonitoringMiddleware(dsn=sys.argv[1], flush_interval=5.0)
+    )
+
+    @broker.task(task_name="script:hello")
+    async def hello(name: str) -> str:
+        return "hi " + name
+
+    async def main() -> None:
+        await broker.startup()
+        for name in ("a", "b", "c"):
+            await hello.kiq(name)
+        # no broker.shutdown(): a script that simply ends
+
+    if sys.argv[2] == "run":
+        asyncio.run(main())
+    else:  # a loop closed without cancelling what is left
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(main())
+        loop.close()
+    """
+)
+
+
+@pytest.mark.parametrize("ending", ["run", "close"])
+async def test_a_loop_that_ends_without_shutdown_warns_of_nothing_and_loses_nothing_silently(
+    dsn: str, db: asyncpg.Connection[Any], ending: str
+) -> None:
+    # when a script records three tasks and its loop ends without broker.shutdown()
+    out = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", SCRIPT, dsn, ending],
+        env=unconfigured_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    # then no "Task was destroyed" noise, and every attempt is written or reported
+    assert out.returncode == 0, out.stderr
+    assert "was destroyed" not in out.stderr
+    written = await db.fetchval("SELECT count(*) FROM task_execution_logs")
+    if ending == "run":
+        # asyncio.run cancels the writer: it makes one last write
+        assert written == 3, out.stderr
+    else:
+        assert written + _reported(out.stderr) == 3, out.stderr
+        assert written == 3 or "the process ended without broker.shutdown()" in out.stderr
+
+
+def _reported(stderr: str) -> int:
+    for line in stderr.splitlines():
+        if "task records were not written" in line:
+            return int(line.split("taskmon: ")[1].split()[0])
+    return 0
+
+
+async def test_a_secret_passed_by_position_is_redacted_by_its_name(
+    dsn: str, db: asyncpg.Connection[Any]
+) -> None:
+    # given
+    monitor = MonitoringMiddleware(dsn=dsn, flush_interval=0.01)
+    broker = InMemoryBroker(await_inplace=True).with_middlewares(monitor)
+
+    @broker.task(task_name="app:login")
+    async def login(user: str, password: str, *rest: str) -> None:
+        return None
+
+    await broker.startup()
+    try:
+        # when the password is passed by position
+        await login.kiq("carol", "hunter2", "extra")
+        assert monitor.recorder is not None
+        await monitor.recorder.flush()
+    finally:
+        await broker.shutdown()
+
+    # then it is stored under its name, redacted; what has no name stays in args
+    params = await db.fetchval("SELECT params FROM task_execution_logs")
+    assert params == {"args": ["extra"], "kwargs": {"user": "carol", "password": "[REDACTED]"}}
+
+
+async def test_the_enqueue_label_can_be_turned_off(dsn: str, db: asyncpg.Connection[Any]) -> None:
+    # given a middleware that must not stamp the messages it sends
+    monitor = MonitoringMiddleware(dsn=dsn, flush_interval=0.01, stamp_enqueue=False)
+    broker = InMemoryBroker(await_inplace=True).with_middlewares(monitor)
+    seen: list[dict[str, Any]] = []
+
+    @broker.task(task_name="app:labels")
+    async def labels() -> None:
+        return None
+
+    class Spy(TaskiqMiddleware):
+        def pre_execute(self, message: Any) -> Any:
+            seen.append(dict(message.labels))
+            return message
+
+    broker.add_middlewares(Spy())
+    await broker.startup()
+    try:
+        await labels.kiq()
+        assert monitor.recorder is not None
+        await monitor.recorder.flush()
+    finally:
+        await broker.shutdown()
+
+    # then the task sees no taskmon label, and its queue wait is unknown
+    assert seen and ENQUEUED_LABEL not in seen[0]
+    row = await db.fetchrow("SELECT status, queue_wait_ms FROM task_execution_logs")
+    assert row is not None
+    assert row["status"] == "success" and row["queue_wait_ms"] is None
