@@ -60,7 +60,7 @@ async def add(a: int, b: int) -> int:
 def worker(app_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
     log = (app_dir / "worker.log").open("wb")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKMON_")}
-    env["TASKMON_CONFIG"] = "/nonexistent/taskmon/config.toml"
+    env["TASKMON_CONFIG"] = os.devnull  # empty: no settings (a named missing file is an error)
     env["PYTHONPATH"] = os.pathsep.join([str(app_dir), env.get("PYTHONPATH", "")])
     proc = subprocess.Popen(
         [sys.executable, "-m", "taskiq", "worker", "readme_app:broker", "--workers", "2"],
