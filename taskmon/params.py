@@ -257,6 +257,10 @@ class ParamsPolicy:
         (``*args``) or cannot be passed by keyword stays in ``args`` (a secret
         positional-only argument is redacted there, by its name).
         """
+        names = spec.names
+        if not kwargs and not spec.positional_only and len(args) <= len(names):
+            # the usual call, all by position: one C-level pass
+            return {"args": [], "kwargs": dict(zip(names, args, strict=False))}
         named: dict[str, Any] = {}
         rest: list[Any] = []
         for i, value in enumerate(args):
