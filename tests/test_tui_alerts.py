@@ -43,7 +43,7 @@ async def test_a_firing_rule_is_a_banner_and_the_alerts_key_lists_it_and_opens_i
     monkeypatch.setenv("NO_COLOR", "1")
     # given a lost billing attempt, a finished one, and a check that made the rule fire
     now = datetime.now(UTC)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"task_id": "gone", "task_name": "app:billing", "status": "lost"},
         {"task_id": "fine", "task_name": "app:billing", "status": "success", "duration_ms": 5.0},
         {"task_id": "other", "task_name": "app:mail", "status": "lost"},
