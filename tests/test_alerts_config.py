@@ -147,3 +147,13 @@ def test_alert_commands_refuse_a_bad_format_and_explain_themselves() -> None:
     assert shown.returncode == 0 and "Exit status: 1 when a rule is firing" in shown.stdout
     listed = taskmon("-h", COLUMNS="120").stdout
     assert "alerts" in listed
+
+
+def test_the_readme_example_is_a_valid_config() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Alerts", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    config = load(example)
+    assert [r.name for r in config.rules] == ["billing failures"]
+    assert config.notifiers["pager"].command == "/usr/local/bin/page-oncall"
+    assert config.notifiers["ops"].retries == 3
