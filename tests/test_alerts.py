@@ -23,7 +23,7 @@ import asyncpg
 import pytest
 from alert_receiver import Receiver
 from helpers import unconfigured_env, wait_for
-from test_cli_errors import ROOT, taskmon
+from test_cli_errors import ROOT, one_error_line, taskmon
 from test_rollups import insert
 
 from taskmon.alerts import AlertConfig, AlertRunner, AlertStatus, Evaluator, parse_alert_config
@@ -521,6 +521,17 @@ async def test_serve_checks_the_rules_and_a_restarted_hub_does_not_notify_again(
     await serve_until_checked(2)
     assert len(server.posts("/ok")) == 1
     assert (await load_states(db))["lost attempts"].state == "firing"
+
+
+async def test_a_database_without_the_alerts_table_says_to_upgrade(
+    dsn: str, db: asyncpg.Connection[Any], tmp_path: Path
+) -> None:
+    await db.execute("DROP TABLE taskmon_alerts")
+    path = write_config(tmp_path / "config.toml", dsn, "http://127.0.0.1:9")
+    for args in (("alerts",), ("alerts", "check")):
+        result = await asyncio.to_thread(taskmon, *args, TASKMON_CONFIG=str(path))
+        line = one_error_line(result, code=1)
+        assert "taskmon_alerts" in line and "run `taskmon db upgrade`" in line
 
 
 def test_no_rules_is_said_and_is_not_an_error(tmp_path: Path) -> None:

@@ -86,6 +86,9 @@ def list_rules(fmt: FormatOption = "table", dsn: DsnOption = None) -> None:
         conn = await connect(url)
         try:
             return await read_statuses(conn, config)
+        except Exception as exc:
+            _missing_table(exc)
+            raise
         finally:
             await conn.close()
 
@@ -124,6 +127,9 @@ def check(
         conn = await connect(url)
         try:
             statuses = await evaluator.evaluate(conn, save=not dry_run)
+        except Exception as exc:
+            _missing_table(exc)
+            raise
         finally:
             await conn.close()
         if not dry_run:
@@ -142,6 +148,12 @@ def check(
             sys.stderr.write(f"taskmon: alert {status.name!r}: {status.state.error}\n")
     if any(s.firing or (s.state is not None and s.state.error) for s in statuses):
         raise typer.Exit(1)
+
+
+def _missing_table(exc: Exception) -> None:
+    """A database from before the alerts migration: say what to run (exit status 1)."""
+    if type(exc).__name__ == "UndefinedTableError" and "taskmon_alerts" in str(exc):
+        fail(f"{exc}: run `taskmon db upgrade` to add the alert states table", code=1)
 
 
 def _print(statuses: list[AlertStatus], form: str) -> None:

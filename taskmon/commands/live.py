@@ -128,6 +128,8 @@ def serve(
         from taskmon.store.db import redact_dsn
 
         source = None if redis else database_url(dsn)
+        # the rules read the database even when events come from Redis
+        alert_dsn = (source or database_url(dsn)) if alert_config.rules else None
         hub = Hub(
             dsn=source,
             redis_url=redis,
@@ -150,8 +152,8 @@ def serve(
             f"{'token required' if secret else 'no token'}); Ctrl-C to stop\n"
         )
         alerts = None
-        if alert_config.rules:
-            alerts = AlertRunner(source or database_url(dsn), alert_config, interval=alert_interval)
+        if alert_dsn is not None:
+            alerts = AlertRunner(alert_dsn, alert_config, interval=alert_interval)
             await alerts.start()
             sys.stderr.write(
                 f"taskmon: checking {len(alert_config.rules)} alert rule(s) every "
