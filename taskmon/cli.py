@@ -25,7 +25,8 @@ HELP = f"""A terminal monitor for TaskIQ background tasks.
 
 Commands are listed in the order you would use them: watch ({COMMAND_ORDER[0]}),
 look back (history, stats), follow live events (tail), share them (serve),
-be told when something goes wrong (alerts), maintain (cleanup, db), try it all out (demo).
+be told when something goes wrong (alerts), maintain (cleanup, db), try it
+all out (demo).
 """
 
 

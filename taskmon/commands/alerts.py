@@ -28,7 +28,10 @@ STATE_STYLES: dict[str, tuple[str, str]] = {
 }
 
 app = typer.Typer(
-    help="Alert rules (the [[alerts]] of the config file) and their states.",
+    help="Alert rules (the alerts tables of the config file) and their states. Alone, it "
+    "lists them, as `alerts list` does; `taskmon serve` checks them every 15 s, "
+    "`taskmon alerts check` once (for cron).",
+    short_help="Alert rules and their states; check them once, for cron.",
     invoke_without_command=True,
 )
 

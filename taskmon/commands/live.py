@@ -94,8 +94,8 @@ def serve(
     """Run the websocket hub: read the event bus once, fan events out to TUIs and tails.
 
     Clients connect to ws://HOST:PORT/ (protocol: docs/protocol.md); load
-    balancers can probe http://HOST:PORT/healthz. With [[alerts]] in the
-    config file it also checks those rules and notifies (see `taskmon alerts`).
+    balancers can probe http://HOST:PORT/healthz. With alert rules in the
+    config file it also checks them and notifies (see `taskmon alerts`).
     """
     from taskmon.hub import is_loopback
 
