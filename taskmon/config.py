@@ -23,6 +23,7 @@ __all__ = [
     "CONFIG_KEYS",
     "ConfigError",
     "config_path",
+    "config_table",
     "embedded_data_dir",
     "embedded_default_dsn",
     "resolve_dsn",
@@ -44,13 +45,14 @@ CONFIG_KEYS: dict[str, str] = {
     "retention_days": "a number of days",
     "alerts": "an array of tables ([[alerts]])",
     "notifiers": "a table of tables ([notifiers.NAME])",
+    "alert_interval": "a number of seconds",
 }
 
 
 def _type_ok(key: str, value: object) -> bool:
     if key in ("dsn", "redis_url", "hub_url", "hub_token"):
         return isinstance(value, str)
-    if key == "retention_days":
+    if key in ("retention_days", "alert_interval"):
         return isinstance(value, int | float) and not isinstance(value, bool)
     if key == "alerts":
         return isinstance(value, list) and all(isinstance(v, dict) for v in value)
@@ -95,6 +97,15 @@ def _config_file() -> dict[str, Any]:
                 f"not {_toml_type(value)} {_short(value)}"
             )
     return data
+
+
+def config_table() -> dict[str, Any]:
+    """The whole config file, checked as :func:`resolve_setting` checks it ({} when absent).
+
+    Raises:
+        ConfigError: the file is named but missing, unreadable or wrong.
+    """
+    return _config_file()
 
 
 def _toml_type(value: object) -> str:

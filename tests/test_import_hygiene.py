@@ -17,6 +17,8 @@ CORE = [
     "taskmon.bus.postgres",
     "taskmon.bus.redis",
     "taskmon.retention",
+    "taskmon.alerts",
+    "taskmon.store.alerts",
 ]
 OPTIONAL_CORE = ["taskmon.filters", "taskmon.store.queries", "taskmon.hub", "taskmon.client"]
 

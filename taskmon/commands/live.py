@@ -81,11 +81,21 @@ def serve(
             "--client-queue", help="Events a client may fall behind before it gets a gap."
         ),
     ] = 1_000,
+    alert_interval: Annotated[
+        float | None,
+        typer.Option(
+            "--alert-interval",
+            help="Seconds between checks of the alert rules. Default: alert_interval in "
+            "the config file, else 15.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the websocket hub: read the event bus once, fan events out to TUIs and tails.
 
     Clients connect to ws://HOST:PORT/ (protocol: docs/protocol.md); load
-    balancers can probe http://HOST:PORT/healthz.
+    balancers can probe http://HOST:PORT/healthz. With alert rules in the
+    config file it also checks them and notifies (see `taskmon alerts`).
     """
     from taskmon.hub import is_loopback
 
@@ -100,14 +110,26 @@ def serve(
             "TASKMON_HUB_TOKEN (or bind 127.0.0.1)"
         )
     redis = _setting(redis_url, "TASKMON_REDIS_URL", "redis_url")
+    if alert_interval is not None and not alert_interval >= 1:
+        fail(f"--alert-interval: {alert_interval:g} is not a number of seconds >= 1")
+    from taskmon.alerts import load_alert_config
+    from taskmon.config import ConfigError
+
+    try:
+        alert_config = load_alert_config()
+    except ConfigError as exc:
+        fail(str(exc))
 
     async def go() -> None:
         import asyncio
 
+        from taskmon.alerts import AlertRunner
         from taskmon.hub import Hub, HubError
         from taskmon.store.db import redact_dsn
 
         source = None if redis else database_url(dsn)
+        # the rules read the database even when events come from Redis
+        alert_dsn = (source or database_url(dsn)) if alert_config.rules else None
         hub = Hub(
             dsn=source,
             redis_url=redis,
@@ -129,6 +151,14 @@ def serve(
             f"taskmon: hub listening on {url} (bus: {hub.bus} at {where}; "
             f"{'token required' if secret else 'no token'}); Ctrl-C to stop\n"
         )
+        alerts = None
+        if alert_dsn is not None:
+            alerts = AlertRunner(alert_dsn, alert_config, interval=alert_interval)
+            await alerts.start()
+            sys.stderr.write(
+                f"taskmon: checking {len(alert_config.rules)} alert rule(s) every "
+                f"{alerts.interval:g}s\n"
+            )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -136,6 +166,8 @@ def serve(
         try:
             await stop.wait()
         finally:
+            if alerts is not None:
+                await alerts.stop()
             await hub.stop()
 
     run(go())

@@ -57,7 +57,10 @@ def tui(
         fail(f"--query: {exc}")
     except ValueError as exc:
         fail(f"--since: {str(exc).removeprefix('window: ')}")
+    from taskmon.alerts import AlertReader, load_alert_config
+
     try:
+        alert_config = load_alert_config()
         hub = resolve_setting(hub_url, "TASKMON_HUB_URL", "hub_url")
         secret = resolve_setting(token or old_token, "TASKMON_HUB_TOKEN", "hub_token")
         redis = resolve_setting(redis_url, "TASKMON_REDIS_URL", "redis_url")
@@ -75,7 +78,11 @@ def tui(
     )
     try:
         app = make_app(
-            PgDataSource(url, lost_after_s=lost_after_s), live, window=since, query=query
+            PgDataSource(url, lost_after_s=lost_after_s),
+            live,
+            window=since,
+            query=query,
+            alerts=AlertReader(url, alert_config) if alert_config.rules else None,
         )
     except (FilterError, ValueError) as exc:  # a relative time that went out of range since
         fail(str(exc))
