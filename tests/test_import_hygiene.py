@@ -17,6 +17,8 @@ CORE = [
     "taskmon.bus.postgres",
     "taskmon.bus.redis",
     "taskmon.retention",
+    "taskmon.store.metrics",
+    "taskmon.metrics",
 ]
 OPTIONAL_CORE = ["taskmon.filters", "taskmon.store.queries", "taskmon.hub", "taskmon.client"]
 

@@ -27,6 +27,7 @@ from taskmon.commands.filter_options import (
     WorkerOption,
     build_filter,
 )
+from taskmon.commands.history import LostAfterOption
 
 if TYPE_CHECKING:
     from taskmon.client import ClientMessage
@@ -81,12 +82,16 @@ def serve(
             "--client-queue", help="Events a client may fall behind before it gets a gap."
         ),
     ] = 1_000,
+    lost_after: LostAfterOption = "1h",
 ) -> None:
     """Run the websocket hub: read the event bus once, fan events out to TUIs and tails.
 
     Clients connect to ws://HOST:PORT/ (protocol: docs/protocol.md); load
-    balancers can probe http://HOST:PORT/healthz.
+    balancers can probe http://HOST:PORT/healthz; Prometheus scrapes
+    http://HOST:PORT/metrics (with the token, when one is set, as a Bearer
+    header or ?token=).
     """
+    from taskmon.commands.history import seconds_option
     from taskmon.hub import is_loopback
 
     if not 0 <= port <= 65535:
@@ -100,6 +105,7 @@ def serve(
             "TASKMON_HUB_TOKEN (or bind 127.0.0.1)"
         )
     redis = _setting(redis_url, "TASKMON_REDIS_URL", "redis_url")
+    lost_after_s = seconds_option("--lost-after", lost_after)
 
     async def go() -> None:
         import asyncio
@@ -108,12 +114,16 @@ def serve(
         from taskmon.store.db import redact_dsn
 
         source = None if redis else database_url(dsn)
+        # on the Redis bus, /metrics reads attempts from a database only if one is named
+        configured = _setting(dsn, "TASKMON_DSN", "dsn") if redis else None
         hub = Hub(
             dsn=source,
             redis_url=redis,
             token=secret,
             ring_size=ring_size,
             client_queue=client_queue,
+            read_dsn=database_url(configured) if configured else None,
+            lost_after_s=lost_after_s,
         )
         try:
             url = await hub.start(host, port)
