@@ -24,9 +24,11 @@ No textual, typer or rich here: it runs in the hub.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.exposition import choose_encoder
@@ -38,7 +40,13 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import CollectorRegistry
 
-from taskmon.store.metrics import MetricsSnapshot, fetch_metrics
+from taskmon.store.metrics import (
+    MetricsSnapshot,
+    Settled,
+    fetch_metrics,
+    fetch_settled,
+    settled_boundary,
+)
 
 if TYPE_CHECKING:
     import asyncpg
@@ -56,7 +64,10 @@ BOUNDS_S: tuple[float, ...] = (
 rollup bin that holds its bound (up to 4.1 % above it), labelled with that edge."""
 
 DEFAULT_CACHE_S = 5.0
+SETTLED_TTL_S = 300.0
+"""How long the sum of the rollups before yesterday serves before it is read again."""
 QUERY_TIMEOUT_S = 10.0
+SETTLED_TIMEOUT_S = 120.0
 
 
 class StoreCollector:
@@ -65,6 +76,14 @@ class StoreCollector:
     Prometheus collectors are synchronous: :meth:`refresh` (awaited by the
     hub before each scrape) reads the database when the last read is older
     than ``cache_s``; :meth:`collect` turns the last read into metric families.
+
+    A read sums the rollups from yesterday (UTC) on, and adds the sum of all
+    older ones, which is read at the first scrape and then again every
+    ``settled_ttl_s`` in the background (on a connection of its own): at 400
+    days of 50 busy tasks that older part is some 2 million rows, seconds of
+    work, where the recent part is milliseconds. The price: an attempt that
+    began before yesterday and finishes (or is marked lost) now is counted
+    within ``settled_ttl_s`` rather than at the next scrape.
     """
 
     def __init__(
@@ -74,13 +93,20 @@ class StoreCollector:
         cache_s: float = DEFAULT_CACHE_S,
         lost_after_s: float = 3600.0,
         bounds_s: Sequence[float] = BOUNDS_S,
+        settled_ttl_s: float = SETTLED_TTL_S,
     ) -> None:
         self.dsn = dsn
         self.cache_s = cache_s
         self.lost_after_s = lost_after_s
         self.bounds_s = tuple(bounds_s)
+        self.settled_ttl_s = settled_ttl_s
         self.reads = 0
         """Database reads so far (scrapes served from the cache do not count)."""
+        self.settled_reads = 0
+        """Reads of the rollups before yesterday so far."""
+        self._settled: Settled | None = None
+        self._settled_at = 0.0
+        self._settling: asyncio.Task[None] | None = None
         self._snapshot: MetricsSnapshot | None = None
         self._read_at: float | None = None
         self._read_s = 0.0
@@ -117,13 +143,49 @@ class StoreCollector:
             from taskmon.store.db import connect
 
             self._conn = await connect(self.dsn, timeout=QUERY_TIMEOUT_S)
+        if self._settled is None:
+            boundary = settled_boundary(datetime.now(UTC))
+            settled = fetch_settled(self._conn, boundary)
+            self._settled = await asyncio.wait_for(settled, SETTLED_TIMEOUT_S)
+            self._settled_at = time.monotonic()
+            self.settled_reads += 1
+        elif time.monotonic() - self._settled_at >= self.settled_ttl_s and (
+            self._settling is None or self._settling.done()
+        ):
+            self._settling = asyncio.create_task(self._settle(), name="taskmon-metrics-settle")
         bounds_ms = [b * 1000.0 for b in self.bounds_s]
         return await asyncio.wait_for(
-            fetch_metrics(self._conn, bounds_ms, lost_after_s=self.lost_after_s),
+            fetch_metrics(
+                self._conn, bounds_ms, lost_after_s=self.lost_after_s, settled=self._settled
+            ),
             QUERY_TIMEOUT_S,
         )
 
+    async def _settle(self) -> None:
+        """Read the rollups before yesterday again, while scrapes go on with the last sum."""
+        from taskmon.store.db import connect
+
+        try:
+            conn = await connect(self.dsn, timeout=QUERY_TIMEOUT_S)
+            try:
+                boundary = settled_boundary(datetime.now(UTC))
+                settled = await asyncio.wait_for(fetch_settled(conn, boundary), SETTLED_TIMEOUT_S)
+            finally:
+                conn.terminate()
+        except Exception as exc:
+            # the last sum stays; the next try comes after another settled_ttl_s
+            logger.warning("taskmon metrics: cannot read the older rollups: %s", exc)
+            self._settled_at = time.monotonic()
+            return
+        self._settled, self._settled_at = settled, time.monotonic()
+        self.settled_reads += 1
+
     async def close(self) -> None:
+        settling, self._settling = self._settling, None
+        if settling is not None:
+            settling.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await settling
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.terminate()

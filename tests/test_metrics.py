@@ -129,10 +129,19 @@ DURATIONS: dict[str, list[tuple[Status, float, float | None]]] = {
 
 
 def recorded() -> list[AttemptRecord]:
+    """The attempts of DURATIONS, every other one begun 3 days ago.
+
+    Rollups before yesterday are read apart from the recent ones (the
+    "settled" sum): the totals must add both.
+    """
     records: list[AttemptRecord] = []
+    old = datetime.now(UTC) - timedelta(days=3)
     for task, rows in DURATIONS.items():
         for status, duration, wait in rows:
-            records.append(attempt(len(records), status, task, duration, wait))
+            rec = attempt(len(records), status, task, duration, wait)
+            if len(records) % 2:
+                rec = dataclasses.replace(rec, started_at=old, finished_at=old)
+            records.append(rec)
     return records
 
 
@@ -338,3 +347,43 @@ async def test_taskmon_serve_exports_metrics_with_its_token_and_database(
         proc.send_signal(signal.SIGINT)
         await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 0
+
+
+async def test_older_rollups_are_summed_rarely_and_recent_ones_at_every_read(
+    dsn: str, pg_recorder: Recorder
+) -> None:
+    three_days_ago = datetime.now(UTC) - timedelta(days=3)
+    hub = Hub(dsn=dsn)
+    await hub.start()
+    try:
+        # given: one attempt before yesterday, one now, and a first scrape
+        old = dataclasses.replace(record(1), started_at=three_days_ago, finished_at=three_days_ago)
+        await publish(pg_recorder, [old, record(2)])
+        first = (await scrape(hub)).families()
+        assert value(first["taskmon_attempts"], task="app:work", status="success") == 2
+        assert hub.metrics is not None and hub.metrics.store is not None
+        store = hub.metrics.store
+        assert store.settled_reads == 1
+
+        # when: more of both, and the cache of the recent part expires
+        late = dataclasses.replace(
+            record(3, Status.FAILED), started_at=three_days_ago, finished_at=three_days_ago
+        )
+        await publish(pg_recorder, [late, record(4, Status.FAILED)])
+        store.cache_s = 0.0
+        second = (await scrape(hub)).families()
+
+        # then: the recent attempt counts at once, the older one waits for the settled sum
+        assert value(second["taskmon_attempts"], task="app:work", status="failed") == 1
+        assert value(second["taskmon_attempts"], task="app:work", status="success") == 2
+        assert store.settled_reads == 1
+
+        # when the settled sum is due, it is read again in the background
+        store.settled_ttl_s = 0.0
+        await scrape(hub)
+        await wait_for(lambda: store.settled_reads == 2)
+        third = (await scrape(hub)).families()
+        assert value(third["taskmon_attempts"], task="app:work", status="failed") == 2
+        assert value(third["taskmon_attempts"], task="app:work", status="success") == 2
+    finally:
+        await hub.stop()

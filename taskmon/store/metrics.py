@@ -16,22 +16,38 @@ up to ``i``. For each bound asked for, the bucket used is the upper edge of
 the bin that holds the bound: at most ``gamma - 1`` (4.1 %) above it. The
 caller labels buckets with those edges, which are what they count.
 
+Summing every rollup row costs seconds at 400 days of busy tasks (2 million
+hour rows), so a reader sums the rows before yesterday rarely
+(:func:`fetch_settled`) and adds the recent rows at every read
+(:func:`fetch_metrics`); counts and histogram lanes are added, so the sum
+is exact.
+
 "Running" and "lost" are read from the attempts themselves (the partial index
 on running rows), with the lost rule every reader uses.
 
-One statement, one snapshot. No textual, typer or rich here.
+One statement per read. No textual, typer or rich here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from itertools import accumulate
 from typing import Any
 
 import asyncpg
 
-__all__ = ["METRICS", "Histogram", "MetricsSnapshot", "TaskTotals", "fetch_metrics"]
+__all__ = [
+    "METRICS",
+    "Histogram",
+    "MetricsSnapshot",
+    "Settled",
+    "TaskTotals",
+    "fetch_metrics",
+    "fetch_settled",
+    "settled_boundary",
+]
 
 METRICS: tuple[str, ...] = ("duration", "queue_wait")
 """The histogram metrics of the rollups, by their number there (0, 1)."""
@@ -47,22 +63,30 @@ _LANES = 701
 #   h  per (task, metric): the packed histogram summed over days, as text
 #   r  per task: attempts running now (n) and running too long, i.e. lost (stale)
 #   b  per bound asked for: its position (n), the edge of its bin (edge), that bin's lane
-# $1: lost_after_s, $2: bucket bounds in ms. Only the first branch casts its NULLs.
-_METRICS_SQL = """
+# Rollup rows are read for buckets in [$1, $2). Only the first branch casts its NULLs.
+_ROLLUPS_SQL = """
 SELECT 'c'::text AS kind, task_name, status, NULL::smallint AS metric,
        sum(n)::bigint AS n, sum(duration_sum_ms)::float8 AS ds, sum(duration_n)::bigint AS dn,
        sum(queue_wait_sum_ms)::float8 AS qs, sum(queue_wait_n)::bigint AS qn,
        NULL::text AS h, NULL::bigint AS stale, NULL::float8 AS edge, NULL::int AS lane
-FROM task_rollup_hour WHERE taskmon_serial()
+FROM task_rollup_hour WHERE bucket >= $1 AND bucket < $2{serial}
 GROUP BY task_name, status
 UNION ALL
 SELECT 'h', task_name, NULL, metric, NULL, NULL, NULL, NULL, NULL, sum(h)::text, NULL, NULL, NULL
-FROM task_hist_day WHERE taskmon_serial()
+FROM task_hist_day WHERE bucket >= $1 AND bucket < $2{serial}
 GROUP BY task_name, metric
-UNION ALL
+"""
+# Whole history up to a day boundary: large, read rarely; parallel plans welcome
+_SETTLED_SQL = _ROLLUPS_SQL.format(serial="")
+# The recent rollups (a day or two: a few thousand rows at most, where parallel
+# workers cost more than they save), what runs now, and the buckets' edges.
+# $3: lost_after_s, $4: bucket bounds in ms.
+_RECENT_SQL = (
+    _ROLLUPS_SQL.format(serial=" AND taskmon_serial()")
+    + """UNION ALL
 SELECT 'r', r.task_name, 'running', NULL, count(*), NULL, NULL, NULL, NULL, NULL,
        count(*) FILTER (WHERE r.created_at
-           < now() - make_interval(secs => coalesce(r.timeout_s * 2, $1::float8))),
+           < now() - make_interval(secs => coalesce(r.timeout_s * 2, $3::float8))),
        NULL, NULL
 FROM task_execution_logs r WHERE r.status = 'running'
 GROUP BY r.task_name
@@ -70,9 +94,70 @@ UNION ALL
 SELECT 'b', NULL, NULL, NULL, i, NULL, NULL, NULL, NULL, NULL, NULL,
        power(1.02::float8 / 0.98::float8, bin), least(greatest(bin, -179), 520) + 180
 FROM (
-    SELECT taskmon_bin(bound) AS bin, i FROM unnest($2::float8[]) WITH ORDINALITY AS u(bound, i)
+    SELECT taskmon_bin(bound) AS bin, i FROM unnest($4::float8[]) WITH ORDINALITY AS u(bound, i)
 ) AS b
 """
+)
+
+_NEVER = datetime(1, 1, 1, tzinfo=UTC)  # PostgreSQL's -infinity would do; asyncpg wants a datetime
+_FOREVER = datetime(9999, 12, 31, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """The rollups before `before`, summed once: they change rarely, and cost most to read.
+
+    Buckets before a day boundary change only when an attempt that began
+    before it is finished or marked lost afterwards. A reader keeps this for
+    minutes and adds the recent rollups (from `before` on) at every read.
+    """
+
+    before: datetime
+    counts: dict[tuple[str, str], tuple[int, float, int, float, int]]
+    """Per (task, status): attempts, duration sum and count, queue-wait sum and count."""
+    histograms: dict[tuple[str, int], list[int]]
+    """Per (task, metric number): the counts per lane (lane 0 first)."""
+
+
+def settled_boundary(now: datetime) -> datetime:
+    """The start of the day (UTC) before `now`'s: older buckets are read as settled."""
+    day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return day - timedelta(days=1)
+
+
+def _add_rollup_row(
+    row: asyncpg.Record,
+    counts: dict[tuple[str, str], tuple[int, float, int, float, int]],
+    histograms: dict[tuple[str, int], list[int]],
+) -> None:
+    if row["kind"] == "c":
+        key = (row["task_name"], row["status"])
+        n, ds, dn, qs, qn = counts.get(key, (0, 0.0, 0, 0.0, 0))
+        counts[key] = (
+            n + row["n"],
+            ds + row["ds"],
+            dn + row["dn"],
+            qs + row["qs"],
+            qn + row["qn"],
+        )
+    else:
+        key_h = (row["task_name"], row["metric"])
+        lanes = _unpack(row["h"])
+        before = histograms.get(key_h)
+        if before is None:
+            histograms[key_h] = lanes
+        else:
+            # lanes of a day-old sum and of today's: as long as each other (all _LANES)
+            histograms[key_h] = [a + b for a, b in zip(before, lanes, strict=True)]
+
+
+async def fetch_settled(conn: asyncpg.Connection[Any], before: datetime) -> Settled:
+    """The rollups of the buckets before `before` (see :func:`settled_boundary`), summed."""
+    counts: dict[tuple[str, str], tuple[int, float, int, float, int]] = {}
+    histograms: dict[tuple[str, int], list[int]] = {}
+    for row in await conn.fetch(_SETTLED_SQL, _NEVER, before):
+        _add_rollup_row(row, counts, histograms)
+    return Settled(before=before, counts=counts, histograms=histograms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,17 +201,21 @@ class MetricsSnapshot:
 
 
 def _unpack(packed: str) -> list[int]:
-    """The counts per lane (lane 0 first) of a packed histogram (numeric as text)."""
+    """The counts per lane (lane 0 first, all _LANES) of a packed histogram (numeric as text).
+
+    Sliced as text: the numeric has up to 8 412 digits, beyond what ``int()``
+    converts from a string by default.
+    """
     digits = packed.partition(".")[0].lstrip("+")
     if not digits or digits.startswith("-"):  # only if the rollups were edited by hand
-        return []
+        return [0] * _LANES
     digits = "0" * (-len(digits) % _LANE_DIGITS) + digits
     lanes = [int(digits[i : i + _LANE_DIGITS]) for i in range(0, len(digits), _LANE_DIGITS)]
     lanes.reverse()
     if len(lanes) > _LANES:
         lanes[_LANES - 1] += sum(lanes[_LANES:])
         del lanes[_LANES:]
-    return lanes
+    return lanes + [0] * (_LANES - len(lanes))
 
 
 async def fetch_metrics(
@@ -134,6 +223,7 @@ async def fetch_metrics(
     bounds_ms: Sequence[float],
     *,
     lost_after_s: float = 3600.0,
+    settled: Settled | None = None,
 ) -> MetricsSnapshot:
     """Totals per task and status, histograms per task, and running and lost attempts now.
 
@@ -142,27 +232,22 @@ async def fetch_metrics(
         bounds_ms: the histogram bounds wanted, in milliseconds, ascending.
         lost_after_s: how long a ``running`` attempt without a timeout may run
             before it counts as lost.
+        settled: the rollups before some boundary, read earlier by
+            :func:`fetch_settled`: then only the rollups from that boundary on
+            are read now. Without it, every rollup is read.
     """
-    rows = await conn.fetch(_METRICS_SQL, float(lost_after_s), [float(b) for b in bounds_ms])
+    since = settled.before if settled is not None else _NEVER
+    rows = await conn.fetch(
+        _RECENT_SQL, since, _FOREVER, float(lost_after_s), [float(b) for b in bounds_ms]
+    )
+    counts = dict(settled.counts) if settled is not None else {}
+    packed = dict(settled.histograms) if settled is not None else {}
     snapshot = MetricsSnapshot()
     edges: list[tuple[int, float, int]] = []
-    packed: list[tuple[str, int, str]] = []
     for row in rows:
         kind = row["kind"]
-        if kind == "c":
-            snapshot.totals.append(
-                TaskTotals(
-                    task_name=row["task_name"],
-                    status=row["status"],
-                    attempts=row["n"],
-                    duration_sum_ms=row["ds"],
-                    duration_n=row["dn"],
-                    queue_wait_sum_ms=row["qs"],
-                    queue_wait_n=row["qn"],
-                )
-            )
-        elif kind == "h":
-            packed.append((row["task_name"], row["metric"], row["h"]))
+        if kind in ("c", "h"):
+            _add_rollup_row(row, counts, packed)
         elif kind == "r":
             stale = row["stale"]
             snapshot.running[row["task_name"]] = row["n"] - stale
@@ -170,18 +255,18 @@ async def fetch_metrics(
         else:
             edges.append((row["n"], row["edge"], row["lane"]))
     edges.sort()
-    for task_name, metric, text in sorted(packed):
-        cumulative = list(accumulate(_unpack(text)))
-        if not cumulative or not 0 <= metric < len(METRICS):
+    for (task_name, status), (n, ds, dn, qs, qn) in sorted(counts.items()):
+        snapshot.totals.append(TaskTotals(task_name, status, n, ds, dn, qs, qn))
+    for (task_name, metric), lanes in sorted(packed.items()):
+        if not 0 <= metric < len(METRICS):
             continue
-        last = len(cumulative) - 1
+        cumulative = list(accumulate(lanes))
         snapshot.histograms.append(
             Histogram(
                 task_name=task_name,
                 metric=METRICS[metric],
-                buckets=[(edge, cumulative[min(lane, last)]) for _, edge, lane in edges],
+                buckets=[(edge, cumulative[lane]) for _, edge, lane in edges],
                 count=cumulative[-1],
             )
         )
-    snapshot.totals.sort(key=lambda t: (t.task_name, t.status))
     return snapshot
