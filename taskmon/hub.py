@@ -9,6 +9,8 @@ The wire protocol is documented in ``docs/protocol.md``. In short:
   without ``N``, of what arrived since the hello), then the live stream;
 * without its bus the hub answers ``/healthz`` and new connections with 503
   and closes its clients with 1013, saying why;
+* ``/metrics`` is for Prometheus (:mod:`taskmon.metrics`), behind the token
+  when one is set, with or without the bus;
 * ``gap`` says that events may be missing (the hub no longer holds what was
   asked, the bus reconnected, or the client was too slow): the client heals
   from the database.
