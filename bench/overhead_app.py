@@ -15,10 +15,10 @@ import os
 import sys
 from typing import Any
 
-from taskiq import TaskiqEvents, TaskiqState
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from taskiq import TaskiqEvents, TaskiqState
 from taskiq_redis import ListQueueBroker
 
 REDIS_URL = os.environ["BENCH_REDIS_URL"]

@@ -1,7 +1,7 @@
 """Where taskmon finds its database and bus.
 
 Precedence: command-line flag > environment (``TASKMON_DSN``,
-``TASKMON_REDIS_URL``, ``TASKMON_HUB_URL``, ``TASKMON_HUB_TOKEN``,
+``TASKMON_READ_DSN``, ``TASKMON_REDIS_URL``, ``TASKMON_HUB_URL``, ``TASKMON_HUB_TOKEN``,
 ``TASK_LOG_RETENTION_DAYS``) > config file (``$XDG_CONFIG_HOME/taskmon/config.toml``
 or ``TASKMON_CONFIG``, which ``taskmon --config`` sets) > the embedded
 PostgreSQL under the user's data directory.
@@ -27,6 +27,7 @@ __all__ = [
     "embedded_data_dir",
     "embedded_default_dsn",
     "resolve_dsn",
+    "resolve_read_dsn",
     "resolve_setting",
 ]
 
@@ -39,6 +40,7 @@ class ConfigError(Exception):
 # rules, which read them themselves: here only their shape is checked
 CONFIG_KEYS: dict[str, str] = {
     "dsn": "a string",
+    "read_dsn": "a string",
     "redis_url": "a string",
     "hub_url": "a string",
     "hub_token": "a string",
@@ -50,7 +52,7 @@ CONFIG_KEYS: dict[str, str] = {
 
 
 def _type_ok(key: str, value: object) -> bool:
-    if key in ("dsn", "redis_url", "hub_url", "hub_token"):
+    if key in ("dsn", "read_dsn", "redis_url", "hub_url", "hub_token"):
         return isinstance(value, str)
     if key in ("retention_days", "alert_interval"):
         return isinstance(value, int | float) and not isinstance(value, bool)
@@ -160,6 +162,12 @@ def embedded_data_dir() -> Path:
 def resolve_dsn(flag: str | None = None) -> str:
     """The DSN to use; starts (or reuses) the embedded server when nothing is configured."""
     return resolve_setting(flag, "TASKMON_DSN", "dsn") or embedded_default_dsn()
+
+
+def resolve_read_dsn(read_flag: str | None = None, dsn_flag: str | None = None) -> str:
+    """The DSN reads go to: a replica if one is set (``--read-dsn``, ``TASKMON_READ_DSN``,
+    ``read_dsn``), else the primary's (:func:`resolve_dsn`)."""
+    return resolve_setting(read_flag, "TASKMON_READ_DSN", "read_dsn") or resolve_dsn(dsn_flag)
 
 
 def embedded_default_dsn() -> str:

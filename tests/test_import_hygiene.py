@@ -19,6 +19,8 @@ CORE = [
     "taskmon.retention",
     "taskmon.alerts",
     "taskmon.store.alerts",
+    "taskmon.store.metrics",
+    "taskmon.metrics",
 ]
 OPTIONAL_CORE = ["taskmon.filters", "taskmon.store.queries", "taskmon.hub", "taskmon.client"]
 

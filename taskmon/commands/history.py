@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from taskmon.commands.common import DsnOption, fail, round_durations, run
+from taskmon.commands.common import DsnOption, ReadDsnOption, fail, round_durations, run
 from taskmon.commands.filter_options import (
     ErrorOption,
     QueryOption,
@@ -94,6 +94,7 @@ def history(
     ] = "table",
     lost_after: LostAfterOption = "1h",
     dsn: DsnOption = None,
+    read_dsn: ReadDsnOption = None,
 ) -> None:
     """Recorded task attempts, newest first, one page at a time.
 
@@ -115,11 +116,11 @@ def history(
             fail(str(exc))
 
     async def go() -> Any:
-        from taskmon.config import resolve_dsn
+        from taskmon.config import resolve_read_dsn
         from taskmon.store.db import connect
         from taskmon.store.queries import fetch_history
 
-        conn = await connect(resolve_dsn(dsn))
+        conn = await connect(resolve_read_dsn(read_dsn, dsn))
         try:
             return await fetch_history(
                 conn, flt, limit=rows_per_page, after=after, lost_after_s=lost_s
@@ -201,6 +202,7 @@ def stats(
     fmt: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
     lost_after: LostAfterOption = "1h",
     dsn: DsnOption = None,
+    read_dsn: ReadDsnOption = None,
 ) -> None:
     """Counts, failure rate, throughput, per-task percentiles and errors for a window.
 
@@ -222,11 +224,11 @@ def stats(
     lost_s = seconds_option("--lost-after", lost_after)
 
     async def go() -> Any:
-        from taskmon.config import resolve_dsn
+        from taskmon.config import resolve_read_dsn
         from taskmon.store.db import connect
         from taskmon.store.queries import fetch_stats
 
-        conn = await connect(resolve_dsn(dsn))
+        conn = await connect(resolve_read_dsn(read_dsn, dsn))
         try:
             return await fetch_stats(conn, flt, lost_after_s=lost_s)
         finally:

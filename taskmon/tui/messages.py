@@ -27,6 +27,7 @@ __all__ = [
     "HubGapReported",
     "LoadFailed",
     "MetricsLoaded",
+    "ReplicaLagMeasured",
 ]
 
 
@@ -68,6 +69,16 @@ class LoadFailed(Message):
 
     what: str
     error: str
+
+
+@dataclass
+class ReplicaLagMeasured(Message):
+    """The read replica said how far behind its primary it is (a few words, e.g. ``0.4s``)."""
+
+    text: str
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, ReplicaLagMeasured)
 
 
 @dataclass

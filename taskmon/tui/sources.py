@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from taskmon.filters import TaskFilter
     from taskmon.store.queries import HistoryPage, Stats
+    from taskmon.store.replica import ReplicaStatus
 
 __all__ = [
     "DataSource",
@@ -112,10 +113,16 @@ class PgDataSource:
         dsn: the database.
         lost_after_s: the age after which a running attempt without timeout counts as lost.
         statement_timeout: seconds a query may run.
+        replica: `dsn` is a read replica (``--read-dsn``): the status bar shows its lag.
     """
 
     def __init__(
-        self, dsn: str, *, lost_after_s: float = 3600.0, statement_timeout: float = 30.0
+        self,
+        dsn: str,
+        *,
+        lost_after_s: float = 3600.0,
+        statement_timeout: float = 30.0,
+        replica: bool = False,
     ) -> None:
         from taskmon.store.db import redact_dsn
 
@@ -123,6 +130,7 @@ class PgDataSource:
         self.label = redact_dsn(dsn)
         self.lost_after_s = lost_after_s
         self.statement_timeout = statement_timeout
+        self.replica = replica
         self._pool: asyncpg.Pool[Any] | None = None
         self._lock = asyncio.Lock()
 
@@ -201,6 +209,13 @@ class PgDataSource:
             queries.fetch_attempts_by_key, keys, lost_after_s=self.lost_after_s
         )
         return rows
+
+    async def replica_status(self) -> ReplicaStatus:
+        """Whether the database is a standby, and how far behind its primary."""
+        from taskmon.store.replica import fetch_replica_status
+
+        status: ReplicaStatus = await self._run(fetch_replica_status)
+        return status
 
     async def close(self) -> None:
         async with self._lock:

@@ -33,6 +33,7 @@ from taskmon.tui.messages import (
     HubGapReported,
     LoadFailed,
     MetricsLoaded,
+    ReplicaLagMeasured,
 )
 from taskmon.tui.sources import (
     DataSource,
@@ -41,6 +42,7 @@ from taskmon.tui.sources import (
     LiveEvent,
     LiveGap,
     LiveSource,
+    PgDataSource,
 )
 from taskmon.tui.view_state import ViewState
 from taskmon.tui.widgets.filter_bar import FilterBar
@@ -70,6 +72,8 @@ USER_IDLE_S = 1.0
 """The history does not re-read under the cursor of someone moving it: it waits this long."""
 OFFLINE_AFTER = 5
 """Reconnection attempts after which the hub is shown as offline."""
+REPLICA_LAG_S = 2.0
+"""How often the read replica's lag is measured (when reads go to one)."""
 
 
 def describe_error(exc: BaseException) -> str:
@@ -178,6 +182,9 @@ class MainScreen(Screen[None]):
         if self.live is not None:
             self.follow_live()
         self.set_interval(HISTORY_REFRESH_S, self._refresh_if_stale, name="stale-check")
+        if isinstance(self.data, PgDataSource) and self.data.replica:
+            self.measure_replica_lag()
+            self.set_interval(REPLICA_LAG_S, self.measure_replica_lag, name="replica-lag")
 
     def on_resize(self, event: events.Resize) -> None:
         width, height = event.size
@@ -365,6 +372,19 @@ class MainScreen(Screen[None]):
             self.cursors[message.page_index + 1] = message.page.next_cursor
         self.query_one(HistoryTable).show(message.page.rows)
         self._sync_titles()
+
+    @work(exclusive=True, group="replica", exit_on_error=False)
+    async def measure_replica_lag(self) -> None:
+        assert isinstance(self.data, PgDataSource)
+        try:
+            text = (await self.data.replica_status()).describe()
+        except Exception:
+            text = "?"  # the read itself says what is wrong, in the error field
+        self.post_message(ReplicaLagMeasured(text))
+
+    @on(ReplicaLagMeasured)
+    def _replica_lag_measured(self, message: ReplicaLagMeasured) -> None:
+        self.query_one(StatusBar).replica_lag = message.text
 
     @on(LoadFailed)
     def _load_failed(self, message: LoadFailed) -> None:

@@ -46,6 +46,8 @@ class StatusBar(Widget):
     """Why the live feed gave up (a refused token, no hub), shown after ``offline``."""
     alert: reactive[str] = reactive("", layout=True)
     """The banner while alert rules fire (``▲ ALERT name (a)``), first after the name."""
+    replica_lag: reactive[str] = reactive("", layout=True)
+    """How far the read replica is behind its primary (``0.4s``); empty without a replica."""
 
     def connection_text(self) -> Text:
         """The live connection's state: a symbol and a word."""
@@ -104,6 +106,8 @@ class StatusBar(Widget):
             Text.assemble(("window ", label), self.window),
             Text.assemble(("filter ", label), self.filter_text or "none"),
         ]
+        if self.replica_lag:  # reads go to a replica: how stale they may be
+            rest.insert(0, Text.assemble(("replica lag ", label), self.replica_lag))
         where = Text.assemble(("db ", label), self.database)
         width = self.content_size.width
         line = sep.join([head, *rest, where])
