@@ -545,7 +545,7 @@ class DemoSummary:
         ended = f", ended by {self.ended_by}" if self.ended_by else ""
         return [
             f"demo ran {self.seconds:.1f} s{ended} (after {self.startup_seconds:.1f} s of "
-            f"start-up): {self.kicked} tasks kicked",
+            f"start-up): {self.kicked} task{'' if self.kicked == 1 else 's'} kicked",
             f"attempts recorded: {self.attempts_recorded} ({statuses})",
             f"failures: {self.failures}, retried attempts: {self.retries}",
             f"events delivered to a live subscriber: {self.events_delivered}",

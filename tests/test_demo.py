@@ -360,3 +360,14 @@ def test_a_signal_with_the_tui_up_still_removes_the_database(home: Path, how: st
             )
     finally:
         demo.close()
+
+
+def test_the_summary_counts_in_words_that_agree() -> None:
+    from taskmon.demo import DemoSummary
+
+    def first_line(kicked: int) -> str:
+        summary = DemoSummary(10.0, 2.0, kicked, kicked, {"success": kicked}, 0, 0, 0, "")
+        return summary.lines()[0]
+
+    assert first_line(1).endswith(": 1 task kicked")
+    assert first_line(2).endswith(": 2 tasks kicked")
