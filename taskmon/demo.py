@@ -126,8 +126,11 @@ async def _load(tasks: dict[str, Any], rng: random.Random, rate: float, stop: as
         burst = 5.0 if elapsed % 20 < 2 else 1.0
         await _kick_one(tasks, rng, n)
         n += 1
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
+        # cancellation that arrives as the wait ends, and the load would go on
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), rng.expovariate(rate * burst))
+            async with asyncio.timeout(rng.expovariate(rate * burst)):
+                await stop.wait()
     return n
 
 
