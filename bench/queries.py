@@ -33,6 +33,7 @@ import asyncpg
 from taskmon.filters import TaskFilter, parse
 from taskmon.store import migrations, queries
 from taskmon.store.db import connect
+from taskmon.store.schema import shown_status_sql
 
 PER_DAY = 333_000
 CHUNK = 200_000
@@ -275,10 +276,8 @@ async def median_ms(fn: Callable[[], Awaitable[Any]], repeat: int) -> float:
 
 # the same "lost" rule as the readers (default --lost-after 1h): a running
 # attempt past 2 x its timeout, or past an hour without one, counts as lost
-RAW_COUNTS = """
-SELECT CASE WHEN status = 'running'
-             AND created_at < now() - make_interval(secs => coalesce(timeout_s * 2, 3600))
-            THEN 'lost' ELSE status END AS status,
+RAW_COUNTS = f"""
+SELECT {shown_status_sql("3600", alias="")} AS status,
        count(*)
 FROM task_execution_logs
 WHERE created_at >= $1 AND created_at < $2 GROUP BY 1

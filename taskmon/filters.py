@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, TypeGuard, TypeVar
 
+from taskmon.store.schema import DEFAULT_LOST_AFTER_S, is_stale, lost_cutoff_sql
+
 __all__ = [
     "KEYS",
     "STATUSES",
@@ -424,7 +426,7 @@ class TaskFilter:
         self,
         params: list[object],
         *,
-        lost_after_s: float = 3600.0,
+        lost_after_s: float = DEFAULT_LOST_AFTER_S,
         alias: str = "",
         word_task_names: Mapping[str, Sequence[str]] | None = None,
     ) -> str:
@@ -468,7 +470,7 @@ class TaskFilter:
 
         clauses: list[str] = []
         if self.statuses:
-            clauses.append(_status_sql(self.statuses, col, arg, lost_after_s))
+            clauses.append(_status_sql(self.statuses, col, arg, lost_after_s, alias))
         if self.tasks:
             likes = (arg(p) for task in self.tasks for p in _task_likes(task))
             clauses.append(_any(like("task_name", n) for n in likes))
@@ -511,7 +513,7 @@ class TaskFilter:
         event: Mapping[str, Any],
         *,
         now: datetime | None = None,
-        lost_after_s: float = 3600.0,
+        lost_after_s: float = DEFAULT_LOST_AFTER_S,
     ) -> bool:
         """Apply the filter to a live event dict, with the same meaning as :meth:`to_sql`.
 
@@ -876,6 +878,7 @@ def _status_sql(
     col: Callable[[str], str],
     arg: Callable[[object], str],
     lost_after_s: float,
+    alias: str,
 ) -> str:
     """``status`` condition, where a long-running ``running`` row counts as ``lost``.
 
@@ -892,8 +895,7 @@ def _status_sql(
         ordered = [s for s in STATUSES if s in plain]
         conditions.append(f"{col('status')} = ANY({arg(ordered)}::text[])")
     if stale or fresh:
-        limit = f"coalesce({col('timeout_s')} * 2, {arg(float(lost_after_s))}::double precision)"
-        cutoff = f"now() - make_interval(secs => {limit})"
+        cutoff = lost_cutoff_sql(f"{arg(float(lost_after_s))}::double precision", alias=alias)
         op = "<" if stale else ">="
         conditions.append(f"({col('status')} = 'running' AND {col('created_at')} {op} {cutoff})")
     return _any(conditions)
@@ -932,14 +934,10 @@ class _EventFields:
     def status(
         self, started: datetime | None, now: datetime | None, lost_after_s: float
     ) -> str | None:
-        """The status, with the same "running for too long means lost" rule as to_sql()."""
+        """The status, with the lost rule of :mod:`taskmon.store.schema`, as to_sql()."""
         status = self.get("status")
-        if status != "running" or started is None:
-            return status if isinstance(status, str) else None
+        if not isinstance(status, str):
+            return None
         timeout = self.number("timeout_s")
-        try:
-            limit = timedelta(seconds=lost_after_s if timeout is None else timeout * 2)
-            cutoff = _utc_now(now) - limit
-        except (ValueError, OverflowError):  # nan or absurd timeouts: never lost
-            return status
-        return "lost" if started < cutoff else status
+        stale = is_stale(status, started, timeout, now=_utc_now(now), lost_after_s=lost_after_s)
+        return "lost" if stale else status

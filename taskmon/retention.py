@@ -41,6 +41,7 @@ from taskmon.bus import Publisher
 from taskmon.encode import encode_record_event
 from taskmon.events import AttemptRecord, Status
 from taskmon.store.ingest import next_seqs
+from taskmon.store.schema import DEFAULT_LOST_AFTER_S, shown_status_sql, stale_sql
 
 if TYPE_CHECKING:
     from taskiq import AsyncBroker, AsyncTaskiqDecoratedTask
@@ -70,7 +71,6 @@ RETENTION_ENV = "TASK_LOG_RETENTION_DAYS"
 DEFAULT_RETENTION_DAYS = 30.0
 DEFAULT_CRON = "0 3 * * *"
 DEFAULT_BATCH_SIZE = 5000
-DEFAULT_LOST_AFTER_S = 3600.0
 DEFAULT_ROLLUP_RETENTION = timedelta(days=400)
 CLEANUP_TASK_NAME = "taskmon:cleanup"
 
@@ -93,12 +93,9 @@ HOUR_ROLLUP_TABLES: tuple[str, ...] = (
     "task_error_day",
 )
 
-# Same rule as every reader (taskmon.store.queries, taskmon.filters): with a
-# timeout label, twice the timeout; without, `lost_after_s` ($1).
-_STALE = (
-    "status = 'running' AND created_at"
-    " < now() - make_interval(secs => coalesce(timeout_s * 2, $1::double precision))"
-)
+# The readers' rule (taskmon.store.schema): with a timeout label, twice the
+# timeout; without, `lost_after_s` ($1).
+_STALE = stale_sql("$1::double precision", alias="")
 
 _MARK_LOST = f"""
 WITH stale AS (
@@ -149,12 +146,10 @@ RETURNING t.created_at, t.id
 # order, built by PostgreSQL (JSON encoding in Python was the slowest part of
 # archiving). A row still running past its threshold is written as lost, as
 # readers show it. Timestamps are ISO 8601 in UTC (the transaction sets it).
-_ARCHIVE_LINE = """
+_ARCHIVE_LINE = f"""
     json_build_object(
         'id', t.id, 'task_id', t.task_id, 'task_name', t.task_name,
-        'status', CASE WHEN t.status = 'running' AND t.created_at
-                       < now() - make_interval(secs => coalesce(t.timeout_s * 2, $5::float8))
-                  THEN 'lost' ELSE t.status END,
+        'status', {shown_status_sql("$5::float8", alias="t")},
         'attempt', t.attempt, 'worker', t.worker, 'queue', t.queue, 'params', t.params,
         'labels', t.labels, 'error_type', t.error_type, 'error_message', t.error_message,
         'traceback', t.traceback, 'timeout_s', t.timeout_s, 'enqueued_at', t.enqueued_at,

@@ -248,3 +248,26 @@ async def test_an_outcome_arriving_after_mark_lost_replaces_the_lost_error(
     assert row is not None
     assert (row["status"], row["error_type"], row["error_message"]) == ("success", None, None)
     assert row["duration_ms"] == 7_200_000.0
+
+
+async def test_detail_and_history_agree_on_lost_with_a_short_lost_after(
+    db: asyncpg.Connection[Any], dsn: str
+) -> None:
+    """The detail screen's attempts use the same threshold as the history page."""
+    from taskmon.tui.sources import PgDataSource
+
+    # given an attempt without a timeout, running for 10 minutes
+    await db.execute(_INSERT, "ten-minutes", "tests:a", "running", None, 600.0)
+    source = PgDataSource(dsn, lost_after_s=300.0)  # `--lost-after 5m`
+    try:
+        # when the history and the task's attempts are read with a 5 min threshold
+        page = await source.history(TaskFilter())
+        attempts = await source.attempts("ten-minutes")
+        by_key = await source.attempts_by_key([("ten-minutes", 0)])
+    finally:
+        await source.close()
+
+    # then all three say lost
+    assert [r["status"] for r in page.rows] == ["lost"]
+    assert [r["status"] for r in attempts] == ["lost"]
+    assert [r["status"] for r in by_key] == ["lost"]

@@ -32,6 +32,7 @@ from typing import Any
 import asyncpg
 
 from taskmon.filters import STATUSES, TaskFilter, word_task_names_sql
+from taskmon.store.schema import DEFAULT_LOST_AFTER_S, lost_cutoff_sql, shown_status_sql
 
 __all__ = [
     "RELATIVE_ERROR",
@@ -65,11 +66,10 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CURSOR_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _MAX_ERROR_GROUPS = 20
 
-_COLUMNS = """
+# $1 is lost_after_s in every statement reading these columns
+_COLUMNS = f"""
     r.id, r.task_id, r.task_name,
-    CASE WHEN r.status = 'running' AND r.created_at
-              < now() - make_interval(secs => coalesce(r.timeout_s * 2, $1::double precision))
-         THEN 'lost' ELSE r.status END AS status,
+    {shown_status_sql("$1::double precision")} AS status,
     r.attempt, r.worker, r.queue, r.labels, r.params, r.error_type, r.error_message, r.traceback,
     r.timeout_s, r.enqueued_at, r.started_at, r.finished_at, r.duration_ms, r.queue_wait_ms,
     r.created_at, r.updated_at
@@ -235,8 +235,8 @@ async def _filter_sql(
 # beyond this many the task names are one `= ANY` condition in each status branch.
 _MAX_BRANCHES = 12
 # When a 'running' row started before this, it counts as lost ($1 is lost_after_s in
-# every history statement); the same rule as TaskFilter.to_sql and _COLUMNS.
-_CUTOFF = "now() - make_interval(secs => coalesce(r.timeout_s * 2, $1::double precision))"
+# every history statement).
+_CUTOFF = lost_cutoff_sql("$1::double precision")
 
 
 def _status_branches(statuses: frozenset[str], arg: Callable[[object], str]) -> list[str]:
@@ -328,7 +328,7 @@ async def fetch_history(
     *,
     limit: int = 50,
     after: str | None = None,
-    lost_after_s: float = 3600.0,
+    lost_after_s: float = DEFAULT_LOST_AFTER_S,
 ) -> HistoryPage:
     """One page of attempts matching `flt`, newest first by ``(created_at, id)``.
 
@@ -371,12 +371,17 @@ async def fetch_history(
     return HistoryPage(rows=rows, next_cursor=next_cursor)
 
 
-async def fetch_attempts(conn: asyncpg.Connection[Any], task_id: str) -> list[dict[str, Any]]:
-    """Every attempt of one task, in attempt order, as :class:`HistoryPage` row dicts."""
+async def fetch_attempts(
+    conn: asyncpg.Connection[Any], task_id: str, *, lost_after_s: float = DEFAULT_LOST_AFTER_S
+) -> list[dict[str, Any]]:
+    """Every attempt of one task, in attempt order, as :class:`HistoryPage` row dicts.
+
+    `lost_after_s` as in :func:`fetch_history`: the same attempt shows the same status.
+    """
     records = await conn.fetch(
         f"SELECT {_COLUMNS} FROM task_execution_logs r WHERE r.task_id = $2 "
         "ORDER BY r.attempt, r.id",
-        3600.0,
+        float(lost_after_s),
         task_id,
     )
     return [dict(r) for r in records]
@@ -386,7 +391,7 @@ async def fetch_attempts_by_key(
     conn: asyncpg.Connection[Any],
     keys: Sequence[tuple[str, int]],
     *,
-    lost_after_s: float = 3600.0,
+    lost_after_s: float = DEFAULT_LOST_AFTER_S,
 ) -> list[dict[str, Any]]:
     """The attempts `keys` names (``(task_id, attempt)``), as :class:`HistoryPage` row dicts.
 
@@ -643,7 +648,7 @@ UNION ALL
 {error_groups}
 UNION ALL
 SELECT 'l', NULL, r.task_name, 'running', NULL, count(*), NULL, NULL, NULL, NULL, NULL, NULL,
-       r.created_at < now() - make_interval(secs => coalesce(r.timeout_s * 2, {lost_after})),
+       r.created_at < {lost_cutoff},
        NULL
 FROM task_execution_logs r
 WHERE r.status = 'running' AND {live_where}
@@ -794,7 +799,7 @@ def _stats_sql(
         lane_of_dur=_LANE_SQL.format("dur_bin"),
         lane_of_qw=_LANE_SQL.format("qw_bin"),
         step=q.arg(step, "::interval"),
-        lost_after=lost_after,
+        lost_cutoff=lost_cutoff_sql(lost_after),
         live_where=live_where,
     )
 
@@ -832,7 +837,7 @@ async def fetch_stats(
     *,
     since: datetime | None = None,
     until: datetime | None = None,
-    lost_after_s: float = 3600.0,
+    lost_after_s: float = DEFAULT_LOST_AFTER_S,
     now: datetime | None = None,
 ) -> Stats:
     """Metrics for the attempts matching `flt` whose ``created_at`` is in the window.

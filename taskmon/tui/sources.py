@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from taskmon.store.schema import DEFAULT_LOST_AFTER_S
+
 if TYPE_CHECKING:
     import asyncpg
 
@@ -115,7 +117,11 @@ class PgDataSource:
     """
 
     def __init__(
-        self, dsn: str, *, lost_after_s: float = 3600.0, statement_timeout: float = 30.0
+        self,
+        dsn: str,
+        *,
+        lost_after_s: float = DEFAULT_LOST_AFTER_S,
+        statement_timeout: float = 30.0,
     ) -> None:
         from taskmon.store.db import redact_dsn
 
@@ -191,7 +197,9 @@ class PgDataSource:
     async def attempts(self, task_id: str) -> list[dict[str, Any]]:
         from taskmon.store import queries
 
-        rows: list[dict[str, Any]] = await self._run(queries.fetch_attempts, task_id)
+        rows: list[dict[str, Any]] = await self._run(
+            queries.fetch_attempts, task_id, lost_after_s=self.lost_after_s
+        )
         return rows
 
     async def attempts_by_key(self, keys: Sequence[tuple[str, int]]) -> list[dict[str, Any]]:
