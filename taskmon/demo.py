@@ -566,6 +566,7 @@ async def run_headless(
     """
     from taskmon.client import EventReceived, subscribe
     from taskmon.store.db import connect
+    from taskmon.store.history import count_by_status
 
     stop = stop or DemoStop()
     started = time.monotonic()
@@ -594,13 +595,10 @@ async def run_headless(
             await listener
         conn = await connect(env.dsn)
         try:
-            rows = await conn.fetch(
-                "SELECT status, count(*) AS n FROM task_execution_logs "
-                "WHERE task_id NOT LIKE 'backfill-%' GROUP BY status"
-            )
+            # the backfilled history is not what this run recorded
+            by_status = await count_by_status(conn, task_id_not_like="backfill-%")
         finally:
             await conn.close()
-        by_status = {r["status"]: r["n"] for r in rows}
         return DemoSummary(
             seconds=ran,
             startup_seconds=env.ready_at - started,

@@ -10,7 +10,7 @@ import dataclasses
 import os
 import sys
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
@@ -20,7 +20,8 @@ from taskmon.commands.common import plural
 
 if TYPE_CHECKING:
     from taskmon.filters import TaskFilter
-    from taskmon.store.queries import Stats
+    from taskmon.store.schema import AttemptRow
+    from taskmon.store.stats import Stats
 
 __all__ = [
     "STATUS_STYLES",
@@ -99,14 +100,14 @@ def _when(value: datetime | None, now: datetime) -> str:
     return local.strftime("%Y-%m-%d %H:%M")
 
 
-def _error(row: dict[str, Any]) -> str:
+def _error(row: AttemptRow) -> str:
     kind, message = row.get("error_type"), row.get("error_message")
     if kind and message:
         return f"{kind}: {' '.join(str(message).split())}"
     return str(kind or message or "")
 
 
-def print_history(rows: list[dict[str, Any]], next_cursor: str | None, flt: TaskFilter) -> None:
+def print_history(rows: list[AttemptRow], next_cursor: str | None, flt: TaskFilter) -> None:
     """A table of attempts that fits the terminal, then the next page's cursor."""
     console = _console()
     piped = console.width == _PIPE_WIDTH

@@ -18,7 +18,13 @@ CORE = [
     "taskmon.bus.redis",
     "taskmon.retention",
 ]
-OPTIONAL_CORE = ["taskmon.filters", "taskmon.store.queries", "taskmon.hub", "taskmon.client"]
+OPTIONAL_CORE = [
+    "taskmon.filters",
+    "taskmon.store.history",
+    "taskmon.store.stats",
+    "taskmon.hub",
+    "taskmon.client",
+]
 
 
 def test_core_modules_do_not_import_textual_typer_or_rich() -> None:

@@ -21,7 +21,8 @@ from taskmon.bus.postgres import CHANNEL, unpack_payload
 from taskmon.filters import TaskFilter
 from taskmon.retention import mark_lost
 from taskmon.store.db import connect
-from taskmon.store.queries import fetch_history, fetch_stats
+from taskmon.store.history import fetch_history
+from taskmon.store.stats import fetch_stats
 
 _INSERT = """
 INSERT INTO task_execution_logs

@@ -16,7 +16,8 @@ from rich.console import Console
 from textual.app import App
 
 from taskmon.filters import TaskFilter
-from taskmon.store.queries import HistoryPage, Stats, TaskStats
+from taskmon.store.history import HistoryPage
+from taskmon.store.stats import Stats, TaskStats
 from taskmon.tui.sources import LiveConnected, LiveEvent, LiveItem
 
 FROZEN_NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)

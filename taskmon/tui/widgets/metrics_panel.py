@@ -13,7 +13,7 @@ from textual.widgets import Sparkline, Static
 from taskmon.tui.format import count, duration, percent, status_label
 
 if TYPE_CHECKING:
-    from taskmon.store.queries import Stats
+    from taskmon.store.stats import Stats
 
 __all__ = ["MetricsPanel"]
 

@@ -12,7 +12,7 @@ from textual.widgets import DataTable
 from taskmon.tui.format import count, duration, percent
 
 if TYPE_CHECKING:
-    from taskmon.store.queries import TaskStats
+    from taskmon.store.stats import TaskStats
 
 __all__ = ["TaskTable"]
 
