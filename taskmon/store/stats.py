@@ -282,7 +282,43 @@ def _unpack(packed: str) -> list[int]:
 #   b  per (task, metric): histogram lanes and their counts (raw rows)
 #   e  per error type (name): n, last_seen (ts), example, rank (pos)
 #   l  per (task, running|pending, stale): n (attempts not finished)
-# Only the first branch casts its NULLs: UNION resolves the other branches' NULLs to them.
+# Every branch of its UNION ALL is one row of the columns below, written by name
+# (:func:`_select`), the others padded with NULL. Only the first branch casts its
+# NULLs: UNION resolves the other branches' NULLs to them.
+_RESULT_COLUMNS: dict[str, str] = {
+    "kind": "text",
+    "ts": "timestamptz",
+    "name": "text",
+    "status": "text",
+    "metric": "smallint",
+    "n": "bigint",
+    "ds": "float8",
+    "dn": "bigint",
+    "h": "text",
+    "lanes": "int[]",
+    "counts": "bigint[]",
+    "example": "text",
+    "stale": "bool",
+    "pos": "bigint",
+}
+
+
+def _select(*, first: bool = False, **values: str) -> str:
+    """The select list of one branch: `values` by result column, NULL for the others."""
+    unknown = set(values) - set(_RESULT_COLUMNS)
+    if unknown:
+        raise ValueError(f"not result columns: {sorted(unknown)}")
+    if first:  # names the columns
+        named = ((values.get(c, f"NULL::{t}"), c) for c, t in _RESULT_COLUMNS.items())
+        return ", ".join(expr if expr == c else f"{expr} AS {c}" for expr, c in named)
+    return ", ".join(values.get(c, "NULL") for c in _RESULT_COLUMNS)
+
+
+def _position(column: str) -> int:
+    """The 1-based position of a result column (for GROUP BY)."""
+    return list(_RESULT_COLUMNS).index(column) + 1
+
+
 _FINITE = "CASE WHEN r.{0} > '-Infinity' AND r.{0} < 'Infinity' THEN r.{0} END"
 _STATS_SQL = """
 WITH raw AS {raw_mode} (
@@ -309,15 +345,11 @@ top_errors AS (
     FROM errors GROUP BY error_type HAVING sum(n) > 0
     ORDER BY pos LIMIT {max_errors}
 )
-SELECT CASE WHEN grouping(task_name) = 0 THEN 'c' ELSE 't' END AS kind, tb AS ts,
-       task_name AS name, status, NULL::smallint AS metric, sum(n)::bigint AS n,
-       sum(ds)::float8 AS ds, sum(dn)::bigint AS dn, NULL::text AS h, NULL::int[] AS lanes,
-       NULL::bigint[] AS counts, NULL::text AS example, NULL::bool AS stale, NULL::bigint AS pos
+SELECT {counts_select}
 FROM (SELECT date_bin({step}, ts, '2000-01-01 00:00:00+00') AS tb, * FROM counts) AS c
 GROUP BY GROUPING SETS ((task_name, status), (tb))
 {hist_rollups}UNION ALL
-SELECT 'b', NULL, task_name, NULL, metric, NULL, NULL, NULL, NULL, array_agg(lane), array_agg(n),
-       NULL, NULL, NULL
+SELECT {lanes_select}
 FROM (
     SELECT task_name, 0::smallint AS metric, {lane_of_dur} AS lane, count(*) AS n
     FROM raw WHERE dur_bin IS NOT NULL GROUP BY 1, 3
@@ -329,35 +361,35 @@ GROUP BY task_name, metric
 UNION ALL
 {error_groups}
 UNION ALL
-SELECT 'l', NULL, r.task_name, 'running', NULL, count(*), NULL, NULL, NULL, NULL, NULL, NULL,
-       r.created_at < {lost_cutoff},
-       NULL
+SELECT {running_select}
 FROM task_execution_logs r
 WHERE r.status = 'running' AND {live_where}
-GROUP BY 3, 13
+GROUP BY {running_group}
 UNION ALL
-SELECT 'l', NULL, r.task_name, 'pending', NULL, count(*), NULL, NULL, NULL, NULL, NULL, NULL,
-       FALSE, NULL
+SELECT {pending_select}
 FROM task_execution_logs r
 WHERE r.status = 'pending' AND {live_where}
-GROUP BY 3
+GROUP BY {pending_group}
 """
+_COUNTS_SELECT = _select(
+    first=True,
+    kind="CASE WHEN grouping(task_name) = 0 THEN 'c' ELSE 't' END",
+    ts="tb",
+    name="task_name",
+    status="status",
+    n="sum(n)::bigint",
+    ds="sum(ds)::float8",
+    dn="sum(dn)::bigint",
+)
+_LANES_SELECT = _select(
+    kind="'b'", name="task_name", metric="metric", lanes="array_agg(lane)", counts="array_agg(n)"
+)
 # The example of an error group is that of its newest row, looked up for the (at most
 # 20) groups alone rather than carried through the aggregation: a raw row of the edges
 # created at the group's last_seen, else the rollup row whose last_seen it is, in the
 # bucket holding that moment (minute, else hour, else day: retention may have deleted
 # the finer ones). On the raw path (millions of rows, not kept) it is the raw row
 # created then, found through the created_at index.
-_ERROR_GROUPS = """
-SELECT 'e', t.last_seen, nullif(t.error_type, ''), NULL, NULL, t.n::bigint, NULL, NULL, NULL,
-       NULL, NULL,
-       coalesce(
-           (SELECT min(left(r.error_message, 500)) FROM raw r
-            WHERE r.created_at = t.last_seen AND coalesce(r.error_type, '') = t.error_type
-              AND r.status <> 'success'),
-           {rollup_examples}),
-       NULL, t.pos
-FROM top_errors t"""
 _ROLLUP_EXAMPLE = """(SELECT min(r.example) FROM {table} r
             WHERE r.bucket = date_bin('{step}', t.last_seen, '2000-01-01 00:00:00+00')
               AND r.error_type = t.error_type AND r.last_seen = t.last_seen AND {sel})"""
@@ -366,18 +398,30 @@ _EXAMPLE_SOURCES = (
     ("task_error_hour", "1 hour"),
     ("task_error_day", "1 day"),
 )
-_RAW_ERROR_GROUPS = """
-SELECT 'e', t.last_seen, nullif(t.error_type, ''), NULL, NULL, t.n::bigint, NULL, NULL, NULL,
-       NULL, NULL,
-       (SELECT min(left(r.error_message, 500)) FROM task_execution_logs r
+_EDGE_EXAMPLE = """(SELECT min(left(r.error_message, 500)) FROM raw r
+            WHERE r.created_at = t.last_seen AND coalesce(r.error_type, '') = t.error_type
+              AND r.status <> 'success')"""
+_RAW_EXAMPLE = """(SELECT min(left(r.error_message, 500)) FROM task_execution_logs r
         WHERE r.created_at = t.last_seen AND coalesce(r.error_type, '') = t.error_type
-          AND r.status <> 'success' AND {raw_where}),
-       NULL, t.pos
-FROM top_errors t"""
-_HIST_ROLLUPS = """UNION ALL
-SELECT 'h', NULL, task_name, NULL, metric, NULL, NULL, NULL, sum(h)::text, NULL, NULL, NULL, NULL,
-       NULL
-FROM ({parts}) AS h
+          AND r.status <> 'success' AND {raw_where})"""
+
+
+def _error_groups(example: str) -> str:
+    """The branch of the error groups, each with `example` (an expression over ``t``)."""
+    select = _select(
+        kind="'e'",
+        ts="t.last_seen",
+        name="nullif(t.error_type, '')",
+        n="t.n::bigint",
+        example=example,
+        pos="t.pos",
+    )
+    return f"\nSELECT {select}\nFROM top_errors t"
+
+
+_HIST_ROLLUPS = f"""UNION ALL
+SELECT {_select(kind="'h'", name="task_name", metric="metric", h="sum(h)::text")}
+FROM ({{parts}}) AS h
 GROUP BY task_name, metric
 """
 # (columns, tables finest first) of the rollup parts of each kind; alias r
@@ -451,7 +495,7 @@ def _stats_sql(
     """
     count_rollups = error_rollups = hist_rollups = ""
     if rollups is None:
-        error_groups = _RAW_ERROR_GROUPS.format(raw_where=raw_where)
+        error_groups = _error_groups(_RAW_EXAMPLE.format(raw_where=raw_where))
     else:
         count_levels, levels, sel = rollups
         count_rollups = _rollup_parts(q, _COUNT_SOURCES, count_levels, sel)
@@ -459,11 +503,14 @@ def _stats_sql(
         hist_parts = _rollup_parts(q, _HIST_SOURCES, levels, sel)
         if hist_parts:
             hist_rollups = _HIST_ROLLUPS.format(parts=hist_parts.removesuffix(" UNION ALL "))
-        error_groups = _ERROR_GROUPS.format(
-            rollup_examples=",\n           ".join(
-                _ROLLUP_EXAMPLE.format(table=table, step=step, sel=sel)
-                for table, step in _EXAMPLE_SOURCES
-            )
+        examples = (
+            _ROLLUP_EXAMPLE.format(table=table, step=step, sel=sel)
+            for table, step in _EXAMPLE_SOURCES
+        )
+        error_groups = _error_groups(
+            f"coalesce(\n           {_EDGE_EXAMPLE},\n           "
+            + ",\n           ".join(examples)
+            + ")"
         )
     return _STATS_SQL.format(
         # the rollup path reads a few minutes of raw rows once and keeps them; the raw
@@ -481,8 +528,21 @@ def _stats_sql(
         lane_of_dur=_LANE_SQL.format("dur_bin"),
         lane_of_qw=_LANE_SQL.format("qw_bin"),
         step=q.arg(step, "::interval"),
-        lost_cutoff=lost_cutoff_sql(lost_after),
         live_where=live_where,
+        counts_select=_COUNTS_SELECT,
+        lanes_select=_LANES_SELECT,
+        running_select=_select(
+            kind="'l'",
+            name="r.task_name",
+            status="'running'",
+            n="count(*)",
+            stale=f"r.created_at < {lost_cutoff_sql(lost_after)}",
+        ),
+        running_group=f"{_position('name')}, {_position('stale')}",
+        pending_select=_select(
+            kind="'l'", name="r.task_name", status="'pending'", n="count(*)", stale="FALSE"
+        ),
+        pending_group=f"{_position('name')}",
     )
 
 
