@@ -132,7 +132,7 @@ async def test_cli_json_pages_and_formats(dsn: str, db: asyncpg.Connection[Any])
     table = cli(dsn, "--limit", "3")
     assert table.returncode == 0, table.stderr
     assert "next page: --after" in table.stdout and "3 rows" in table.stdout
-    assert "✓ success" in table.stdout or "✗ failed" in table.stdout
+    assert "✓ success" in table.stdout or "✕ failed" in table.stdout
     # at 80 columns, task names stay whole; the error column gives way
     narrow = cli(dsn, "--limit", "20", "--task", "app.tasks:*", columns=80).stdout.splitlines()
     assert all(len(line) <= 80 for line in narrow)

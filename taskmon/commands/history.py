@@ -1,7 +1,7 @@
 """`taskmon history` and `taskmon stats`: the recorded attempts and their metrics.
 
 Input is checked before any connection is made: a bad value is one line on
-stderr and exit status 2. Only the table format loads rich (``taskmon.render``);
+stderr and exit status 2. Only the table format loads rich (``taskmon.commands.render``);
 the machine formats need neither rich nor textual, so they start fast.
 """
 
@@ -129,7 +129,7 @@ def history(
 
     page = run(go())
     if form == "table":
-        from taskmon.render import print_history
+        from taskmon.commands.render import print_history
 
         print_history(page.rows, page.next_cursor, flt)
         return
@@ -235,6 +235,6 @@ def stats(
         data = round_durations(result.to_dict())
         sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
         return
-    from taskmon.render import print_stats
+    from taskmon.commands.render import print_stats
 
     print_stats(result, flt)

@@ -17,8 +17,9 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
+from taskmon.display import duration, status_label
 from taskmon.store.schema import AttemptRow
-from taskmon.tui.format import duration, status_label, timestamp
+from taskmon.tui.format import timestamp
 from taskmon.tui.messages import AttemptsLoaded, LoadFailed
 from taskmon.tui.sources import DataSource
 

@@ -14,8 +14,9 @@ from textual import events
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable
 
+from taskmon.display import duration
 from taskmon.store.schema import AttemptRow
-from taskmon.tui.format import clip, duration, parse_timestamp, timestamp
+from taskmon.tui.format import clip, parse_timestamp, timestamp
 from taskmon.tui.widgets.status_styles import STATUS_CLASSES, styled_status
 
 __all__ = ["HistoryTable", "fit_widths"]

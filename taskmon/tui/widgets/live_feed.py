@@ -15,9 +15,10 @@ from textual.geometry import Size
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from taskmon.display import duration
 from taskmon.events import TERMINAL_STATUSES
 from taskmon.store.schema import AttemptRow
-from taskmon.tui.format import clip, count, duration, parse_timestamp, timestamp
+from taskmon.tui.format import clip, count, parse_timestamp, timestamp
 from taskmon.tui.widgets.status_styles import STATUS_CLASSES, styled_status
 
 __all__ = ["FEED_LINES", "LiveFeed"]

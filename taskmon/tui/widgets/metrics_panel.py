@@ -10,7 +10,8 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Sparkline, Static
 
-from taskmon.tui.format import count, duration, percent, status_label
+from taskmon.display import duration, status_label
+from taskmon.tui.format import count, percent
 
 if TYPE_CHECKING:
     from taskmon.store.stats import Stats
