@@ -508,7 +508,7 @@ def _kill_leftover_postgres(pgdata: Path) -> None:
     group) while the server it launched, in a session of its own, lives on
     before it has written the ``postmaster.pid`` that ``pg_ctl stop`` needs.
     """
-    import psutil  # type: ignore[import-untyped]
+    import psutil
 
     leftovers = []
     for proc in psutil.process_iter(["name", "cmdline"]):

@@ -22,6 +22,7 @@ from taskmon.filters import TaskFilter
 from taskmon.retention import mark_lost
 from taskmon.store.db import connect
 from taskmon.store.history import fetch_history
+from taskmon.store.schema import AttemptRow
 from taskmon.store.stats import fetch_stats
 
 _INSERT = """
@@ -39,7 +40,8 @@ class Listener:
         self.events: list[dict[str, Any]] = []
         self.conn: asyncpg.Connection[Any] | None = None
 
-    def on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+    def on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
+        assert isinstance(payload, str)
         self.events += unpack_payload(payload)
 
 
@@ -188,7 +190,7 @@ async def test_attempt_of_a_killed_worker_becomes_lost(
     # although the table still says running (no cleanup has run)
     lost = TaskFilter(statuses=frozenset({"lost"}))
 
-    async def shown_lost() -> list[dict[str, Any]]:
+    async def shown_lost() -> list[AttemptRow]:
         return (await fetch_history(db, lost)).rows
 
     [shown] = await wait_for(shown_lost, timeout=30, interval=0.2)
@@ -223,17 +225,17 @@ async def test_an_outcome_arriving_after_mark_lost_replaces_the_lost_error(
 
     # given an attempt that was marked lost while it was in fact still running
     started = datetime.now(UTC) - timedelta(hours=2)
-    base = dict(task_id="slow-1", attempt=0, task_name="app:slow", worker="w:1")
+    base: dict[str, Any] = dict(task_id="slow-1", attempt=0, task_name="app:slow", worker="w:1")
     recorder = Recorder(dsn, flush_interval=0.01)
     await recorder.start(wait_connected=5)
-    recorder.submit(AttemptRecord(**base, status=Status.RUNNING, started_at=started))  # type: ignore[arg-type]
+    recorder.submit(AttemptRecord(**base, status=Status.RUNNING, started_at=started))
     await recorder.flush()
     assert await mark_lost(db, lost_after_s=60) == 1
 
     # when its real outcome arrives
     finished = datetime.now(UTC)
     recorder.submit(
-        AttemptRecord(  # type: ignore[arg-type]
+        AttemptRecord(
             **base,
             status=Status.SUCCESS,
             started_at=started,
