@@ -82,16 +82,15 @@ def upgrade(dsn: DsnOption = None, sql_dir: SqlDirOption = None) -> None:
     async def go() -> None:
         from taskmon.config import resolve_dsn
         from taskmon.store import migrations
-        from taskmon.store.db import connect
+        from taskmon.store.db import connect_without_timeout
 
         source = migrations.load(sql_dir) if sql_dir is not None else None
         began = time.monotonic()
-        conn = await connect(resolve_dsn(dsn), command_timeout=None)
+        # a long migration is why this command exists: no limit on the client or the server
+        conn = await connect_without_timeout(resolve_dsn(dsn))
         lines = _Lines()
         conn.add_log_listener(lambda _conn, msg: lines.notice(msg.message))
         try:
-            # a long migration is why this command exists: no server-side limit either
-            await conn.execute("SET statement_timeout = 0")
             try:
                 result = await migrations.upgrade(conn, worker=False, source=source, progress=lines)
             except migrations.MigrationError as exc:
@@ -164,11 +163,10 @@ def rebuild_rollups(dsn: DsnOption = None) -> None:
     async def go() -> float:
         from taskmon.config import resolve_dsn
         from taskmon.store import maintenance
-        from taskmon.store.db import connect
+        from taskmon.store.db import connect_without_timeout
 
-        conn = await connect(resolve_dsn(dsn), command_timeout=None)
+        conn = await connect_without_timeout(resolve_dsn(dsn))
         try:
-            await conn.execute("SET statement_timeout = 0")
             began = time.monotonic()
             await maintenance.rebuild_rollups(conn)
             return time.monotonic() - began
@@ -207,12 +205,11 @@ def search_indexes(dsn: DsnOption = None) -> None:
 
     async def go() -> None:
         from taskmon.config import resolve_dsn
-        from taskmon.store.db import connect
+        from taskmon.store.db import connect_without_timeout
         from taskmon.store.maintenance import build_search_indexes
 
-        conn = await connect(resolve_dsn(dsn), command_timeout=None)
+        conn = await connect_without_timeout(resolve_dsn(dsn))
         try:
-            await conn.execute("SET statement_timeout = 0")
             await build_search_indexes(
                 conn, lambda name, state: typer.echo(f"{name}: {_INDEX_STATES[state]}")
             )
