@@ -511,7 +511,7 @@ def _kill_leftover_postgres(pgdata: Path) -> None:
     group) while the server it launched, in a session of its own, lives on
     before it has written the ``postmaster.pid`` that ``pg_ctl stop`` needs.
     """
-    import psutil  # type: ignore[import-untyped]
+    import psutil
 
     leftovers = []
     for proc in psutil.process_iter(["name", "cmdline"]):
@@ -569,6 +569,7 @@ async def run_headless(
     """
     from taskmon.client import EventReceived, subscribe
     from taskmon.store.db import connect
+    from taskmon.store.history import count_by_status
 
     stop = stop or DemoStop()
     started = time.monotonic()
@@ -597,13 +598,10 @@ async def run_headless(
             await listener
         conn = await connect(env.dsn)
         try:
-            rows = await conn.fetch(
-                "SELECT status, count(*) AS n FROM task_execution_logs "
-                "WHERE task_id NOT LIKE 'backfill-%' GROUP BY status"
-            )
+            # the backfilled history is not what this run recorded
+            by_status = await count_by_status(conn, task_id_not_like="backfill-%")
         finally:
             await conn.close()
-        by_status = {r["status"]: r["n"] for r in rows}
         return DemoSummary(
             seconds=ran,
             startup_seconds=env.ready_at - started,

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import fasteners
+import fasteners  # type: ignore[import-untyped]
 import psutil
 import pytest
 from helpers import unconfigured_env
@@ -112,7 +112,8 @@ async def _wait_for_live_attempts(pgdata: Path) -> None:
     """Wait until the demo's task load (not its backfill) has recorded an attempt."""
     deadline = time.monotonic() + 120
     while True:
-        with contextlib.suppress(OSError, asyncpg.PostgresError):
+        # postmaster.pid is written line by line: it may not name the port yet
+        with contextlib.suppress(OSError, IndexError, ValueError, asyncpg.PostgresError):
             conn = await asyncpg.connect(**_connect_args(pgdata))
             try:
                 if await conn.fetchval(

@@ -30,6 +30,7 @@ from taskmon.commands.filter_options import (
     build_filter,
 )
 from taskmon.commands.history import LostAfterOption
+from taskmon.display import duration
 
 if TYPE_CHECKING:
     from taskmon.client import ClientMessage
@@ -372,14 +373,14 @@ def format_event(event: dict[str, Any]) -> str:
     when = str(event.get("timestamp") or "")
     with contextlib.suppress(ValueError):
         when = datetime.fromisoformat(when).astimezone().strftime("%H:%M:%S.%f")[:-3]
-    duration = data.get("duration_ms")
-    took = f"{duration:.0f}ms" if isinstance(duration, int | float) else "-"
+    took = data.get("duration_ms")
+    took_text = duration(float(took)) if isinstance(took, int | float) else "-"
     parts = [
         when,
         f"{event.get('status', '?'):<8}",
         str(event.get("task_name", "?")),
         f"{str(data.get('task_id', '?'))[:12]}#{data.get('attempt', 0)}",
-        took,
+        took_text,
         str(data.get("worker") or "-"),
     ]
     if data.get("error_type") or data.get("error_message"):

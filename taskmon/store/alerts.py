@@ -1,7 +1,7 @@
 """The figures alert rules compare, and the rules' states.
 
 Figures come from the rollups where the filter allows it, as the stats
-queries do: failure rate and lost counts are :func:`~taskmon.store.queries.fetch_stats`
+queries do: failure rate and lost counts are :func:`~taskmon.store.stats.fetch_stats`
 itself; a percentile sums the packed histograms of the whole 5 minutes of the
 window (``task_hist_5min``) with those of the raw rows at its edges; a new
 error type is looked for in the raw rows of the window (an alert window is
@@ -27,12 +27,11 @@ from typing import Any
 import asyncpg
 
 from taskmon.filters import TaskFilter
-from taskmon.store.queries import (
+from taskmon.store.filter_sql import filter_sql, resolve_task_names, resolve_word_task_names
+from taskmon.store.stats import (
     _quantiles,  # the histogram codec of the stats queries: one home for the lane layout
     _unpack,
     fetch_stats,
-    resolve_task_names,
-    resolve_word_task_names,
 )
 
 __all__ = [
@@ -99,7 +98,7 @@ async def _raw_condition(
     """`flt` as SQL over alias ``r``, task patterns and words resolved to exact names."""
     words = await resolve_word_task_names(conn, flt.words)
     rest = dataclasses.replace(flt, tasks=())
-    cond = rest.to_sql(params, lost_after_s=lost_after_s, alias="r", word_task_names=words)
+    cond = filter_sql(rest, params, lost_after_s=lost_after_s, alias="r", word_task_names=words)
     if flt.tasks:
         names = await resolve_task_names(conn, flt.tasks)
         cond += f" AND r.task_name = ANY({_arg(params, names, '::text[]')})"

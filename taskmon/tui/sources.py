@@ -14,12 +14,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from taskmon.store.schema import DEFAULT_LOST_AFTER_S, AttemptRow
+
 if TYPE_CHECKING:
     import asyncpg
 
     from taskmon.filters import TaskFilter
-    from taskmon.store.queries import HistoryPage, Stats
+    from taskmon.store.history import HistoryPage
     from taskmon.store.replica import ReplicaStatus
+    from taskmon.store.stats import Stats
 
 __all__ = [
     "DataSource",
@@ -51,10 +54,10 @@ class DataSource(Protocol):
     ) -> Stats:
         """The numbers of `taskmon stats` for the window [since, until)."""
 
-    async def attempts(self, task_id: str) -> list[dict[str, Any]]:
+    async def attempts(self, task_id: str) -> list[AttemptRow]:
         """Every attempt of `task_id`, in attempt order."""
 
-    async def attempts_by_key(self, keys: Sequence[tuple[str, int]]) -> list[dict[str, Any]]:
+    async def attempts_by_key(self, keys: Sequence[tuple[str, int]]) -> list[AttemptRow]:
         """The current state of the attempts `keys` names (``(task_id, attempt)``)."""
 
     async def close(self) -> None:
@@ -107,7 +110,7 @@ class LiveSource(Protocol):
 
 
 class PgDataSource:
-    """Reads through the store's queries on a small asyncpg pool, rebuilt after an outage.
+    """Reads through the store's history and stats on a small asyncpg pool, rebuilt after an outage.
 
     Args:
         dsn: the database.
@@ -120,7 +123,7 @@ class PgDataSource:
         self,
         dsn: str,
         *,
-        lost_after_s: float = 3600.0,
+        lost_after_s: float = DEFAULT_LOST_AFTER_S,
         statement_timeout: float = 30.0,
         replica: bool = False,
     ) -> None:
@@ -174,20 +177,20 @@ class PgDataSource:
     async def history(
         self, flt: TaskFilter, *, limit: int = 50, after: str | None = None
     ) -> HistoryPage:
-        from taskmon.store import queries
+        from taskmon.store import history
 
         page: HistoryPage = await self._run(
-            queries.fetch_history, flt, limit=limit, after=after, lost_after_s=self.lost_after_s
+            history.fetch_history, flt, limit=limit, after=after, lost_after_s=self.lost_after_s
         )
         return page
 
     async def stats(
         self, flt: TaskFilter, *, since: datetime, until: datetime | None, now: datetime
     ) -> Stats:
-        from taskmon.store import queries
+        from taskmon.store import stats as store_stats
 
         stats: Stats = await self._run(
-            queries.fetch_stats,
+            store_stats.fetch_stats,
             flt,
             since=since,
             until=until,
@@ -196,17 +199,19 @@ class PgDataSource:
         )
         return stats
 
-    async def attempts(self, task_id: str) -> list[dict[str, Any]]:
-        from taskmon.store import queries
+    async def attempts(self, task_id: str) -> list[AttemptRow]:
+        from taskmon.store import history
 
-        rows: list[dict[str, Any]] = await self._run(queries.fetch_attempts, task_id)
+        rows: list[AttemptRow] = await self._run(
+            history.fetch_attempts, task_id, lost_after_s=self.lost_after_s
+        )
         return rows
 
-    async def attempts_by_key(self, keys: Sequence[tuple[str, int]]) -> list[dict[str, Any]]:
-        from taskmon.store import queries
+    async def attempts_by_key(self, keys: Sequence[tuple[str, int]]) -> list[AttemptRow]:
+        from taskmon.store import history
 
-        rows: list[dict[str, Any]] = await self._run(
-            queries.fetch_attempts_by_key, keys, lost_after_s=self.lost_after_s
+        rows: list[AttemptRow] = await self._run(
+            history.fetch_attempts_by_key, keys, lost_after_s=self.lost_after_s
         )
         return rows
 

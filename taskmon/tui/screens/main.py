@@ -54,7 +54,8 @@ from taskmon.tui.widgets.task_table import TaskTable
 from taskmon.tui.widgets.too_small import MIN_HEIGHT, MIN_WIDTH, TooSmall
 
 if TYPE_CHECKING:
-    from taskmon.store.queries import HistoryPage
+    from taskmon.store.history import HistoryPage
+    from taskmon.store.schema import AttemptRow
 
 __all__ = ["MainScreen"]
 
@@ -137,7 +138,7 @@ class MainScreen(Screen[None]):
         self.page_index = 0
         self.stats: Any = None
         """The newest statistics shown."""
-        self.history_rows: list[dict[str, Any]] = []
+        self.history_rows: list[AttemptRow] = []
         self.connection = "connecting"
         self._history_stale = False
         self._metrics_stale = False

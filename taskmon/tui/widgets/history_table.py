@@ -14,7 +14,9 @@ from textual import events
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable
 
-from taskmon.tui.format import clip, duration, parse_timestamp, timestamp
+from taskmon.display import duration
+from taskmon.store.schema import AttemptRow
+from taskmon.tui.format import clip, parse_timestamp, timestamp
 from taskmon.tui.widgets.status_styles import STATUS_CLASSES, styled_status
 
 __all__ = ["HistoryTable", "fit_widths"]
@@ -104,13 +106,13 @@ class HistoryTable(DataTable[Text]):
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id, cursor_type="row", zebra_stripes=False)
-        self.rows_by_key: dict[str, dict[str, Any]] = {}
+        self.rows_by_key: dict[str, AttemptRow] = {}
         """The page's rows by row key (the attempt's id), for the detail screen."""
         self.tz: tzinfo | None = None
         """The zone times are shown in (the viewer's)."""
         self.clock: Callable[[], datetime] | None = None
         """Now: a page that is all from today shows times without the date."""
-        self._rows: list[dict[str, Any]] = []
+        self._rows: list[AttemptRow] = []
         self._widths: dict[str, int] = {}
 
     def on_mount(self) -> None:
@@ -120,7 +122,7 @@ class HistoryTable(DataTable[Text]):
         if self._fit_cells()[1] != self._widths:
             self._fill()
 
-    def show(self, rows: list[dict[str, Any]]) -> None:
+    def show(self, rows: list[AttemptRow]) -> None:
         """Replace the page, keeping the cursor on the same attempt when it is still there."""
         self._rows = list(rows)
         self._fill()
@@ -159,9 +161,7 @@ class HistoryTable(DataTable[Text]):
                 return compact, compact_widths
         return cells, widths
 
-    def _cells(
-        self, rows: Sequence[dict[str, Any]], *, compact: bool = False
-    ) -> list[dict[str, Text]]:
+    def _cells(self, rows: Sequence[AttemptRow], *, compact: bool = False) -> list[dict[str, Text]]:
         """Each row's cells at their full width, by column key (`compact`: no seconds)."""
         error_style = self.get_component_rich_style("history-table--error", partial=True)
         today = self._today()
@@ -213,7 +213,7 @@ class HistoryTable(DataTable[Text]):
         if selected_key in self.rows_by_key:
             self.move_cursor(row=self.get_row_index(selected_key), animate=False, scroll=False)
 
-    def selected_row(self) -> dict[str, Any] | None:
+    def selected_row(self) -> AttemptRow | None:
         """The attempt under the cursor."""
         if not self.row_count:
             return None
