@@ -87,7 +87,9 @@ async def prepare_connection(conn: asyncpg.Connection[Any]) -> None:
 async def upsert(conn: asyncpg.Connection[Any], rows: Sequence[tuple[Any, ...]]) -> None:
     """Write `rows` in the caller's transaction (the staging table empties at commit)."""
     await conn.copy_records_to_table("taskmon_stage", records=rows, columns=COLUMNS)
-    await conn.execute(UPSERT)
+    # fetch, not execute: a statement without arguments given to execute() goes by
+    # the simple protocol, planned at every batch; fetch() prepares it once
+    await conn.fetch(UPSERT)
 
 
 async def next_seqs(conn: asyncpg.Connection[Any], n: int) -> list[int]:
