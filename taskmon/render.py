@@ -102,8 +102,14 @@ def _when(value: datetime | None, now: datetime) -> str:
 def _error(row: dict[str, Any]) -> str:
     kind, message = row.get("error_type"), row.get("error_message")
     if kind and message:
-        return f"{kind}: {' '.join(str(message).split())}"
-    return str(kind or message or "")
+        text = f"{kind}: {' '.join(str(message).split())}"
+    else:
+        text = str(kind or message or "")
+    # `taskmon retry` links (taskmon.store.retry.add_retry_links), ahead of the error
+    links = [f"retry of {row['retry_of']}"] if row.get("retry_of") else []
+    if row.get("retried_as"):
+        links.append(f"retried as {', '.join(row['retried_as'])}")
+    return " · ".join([*links, text] if text else links)
 
 
 def print_history(rows: list[dict[str, Any]], next_cursor: str | None, flt: TaskFilter) -> None:

@@ -118,12 +118,15 @@ def history(
         from taskmon.config import resolve_dsn
         from taskmon.store.db import connect
         from taskmon.store.queries import fetch_history
+        from taskmon.store.retry import add_retry_links
 
         conn = await connect(resolve_dsn(dsn))
         try:
-            return await fetch_history(
+            found = await fetch_history(
                 conn, flt, limit=rows_per_page, after=after, lost_after_s=lost_s
             )
+            await add_retry_links(conn, found.rows)
+            return found
         finally:
             await conn.close()
 
@@ -143,6 +146,7 @@ ROW_KEYS = (
     "id", "task_id", "task_name", "status", "attempt", "worker", "queue", "params", "labels",
     "error_type", "error_message", "traceback", "timeout_s", "enqueued_at", "started_at",
     "finished_at", "duration_ms", "queue_wait_ms", "created_at", "updated_at",
+    "retry_of", "retried_as",
 )  # fmt: skip
 
 

@@ -1,0 +1,71 @@
+"""The statement behind "retried as": the retries of recorded tasks, by their link label.
+
+A retry is a new task whose labels carry ``taskmon_retry_of`` (the original's
+task id), stored with the rest of its labels when a worker records it; the link
+"retried as" is found by reading that label back. A partial index on it
+(``sql/0004_retry_links.sql``) serves the lookup; where the migration left it
+out (a large table), the lookup is bounded to rows newer than the original.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+__all__ = ["RETRY_LABEL", "add_retry_links", "fetch_retried_as"]
+
+RETRY_LABEL = "taskmon_retry_of"
+"""The label of a re-sent task that names the task it re-sends."""
+
+
+async def fetch_retried_as(
+    conn: asyncpg.Connection[Any], task_ids: Sequence[str], *, since: datetime | None = None
+) -> dict[str, list[str]]:
+    """For each of `task_ids` that was retried, the task ids of its retries, oldest first.
+
+    Only retries that a worker has started are known: the link is read from the
+    labels the worker recorded.
+
+    Args:
+        conn: a connection from :func:`taskmon.store.db.connect`.
+        task_ids: the originals.
+        since: no retry was recorded before this (the oldest original's
+            ``created_at``): without the partial index, only newer rows are read.
+    """
+    if not task_ids:
+        return {}
+    params: list[object] = [list(dict.fromkeys(task_ids))]
+    bound = ""
+    if since is not None:
+        params.append(since)
+        bound = " AND r.created_at >= $2"
+    # the label's name is a schema constant, written as the partial index spells
+    # it, so the planner matches the index's expression and predicate
+    records = await conn.fetch(
+        "SELECT r.labels ->> 'taskmon_retry_of' AS original, r.task_id, "
+        "min(r.created_at) AS first_seen FROM task_execution_logs r "
+        "WHERE r.labels ? 'taskmon_retry_of' AND r.labels ->> 'taskmon_retry_of' = ANY($1::text[])"
+        f"{bound} GROUP BY 1, 2 ORDER BY 3, 2",
+        *params,
+    )
+    found: dict[str, list[str]] = {}
+    for r in records:
+        found.setdefault(r["original"], []).append(r["task_id"])
+    return found
+
+
+async def add_retry_links(conn: asyncpg.Connection[Any], rows: list[dict[str, Any]]) -> None:
+    """Give each history row ``retry_of`` (from its labels) and ``retried_as`` (task ids)."""
+    if not rows:
+        return
+    links = await fetch_retried_as(
+        conn, [r["task_id"] for r in rows], since=min(r["created_at"] for r in rows)
+    )
+    for row in rows:
+        labels = row.get("labels")
+        origin = labels.get(RETRY_LABEL) if isinstance(labels, dict) else None
+        row["retry_of"] = None if origin is None else str(origin)
+        row["retried_as"] = links.get(row["task_id"], [])
