@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import importlib
 import inspect
+import json
 import os
 import re
 import sys
@@ -284,6 +285,15 @@ class RetryPlan:
     labels: dict[str, Any] = field(default_factory=dict)
     retried_as: tuple[str, ...] = ()
     refused: str | None = None
+
+    def call_text(self, limit: int = 120) -> str:
+        """The call as it will be sent: ``("a", 2, note="x")``, cut at about `limit` characters."""
+        parts = [json.dumps(a, ensure_ascii=False, default=str) for a in self.args]
+        parts += [
+            f"{k}={json.dumps(v, ensure_ascii=False, default=str)}" for k, v in self.kwargs.items()
+        ]
+        text = f"({', '.join(parts)})"
+        return text if len(text) <= limit else text[: limit - 2] + "…)"
 
     def to_dict(self) -> dict[str, Any]:
         """The plan as JSON-safe data (``taskmon retry --format json``)."""

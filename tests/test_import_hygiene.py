@@ -18,7 +18,14 @@ CORE = [
     "taskmon.bus.redis",
     "taskmon.retention",
 ]
-OPTIONAL_CORE = ["taskmon.filters", "taskmon.store.queries", "taskmon.hub", "taskmon.client"]
+OPTIONAL_CORE = [
+    "taskmon.filters",
+    "taskmon.store.queries",
+    "taskmon.hub",
+    "taskmon.client",
+    "taskmon.retry",
+    "taskmon.store.retry",
+]
 
 
 def test_core_modules_do_not_import_textual_typer_or_rich() -> None:

@@ -29,22 +29,12 @@ T = TypeVar("T")
 
 FORMATS = ("table", "json")
 MAX_LIMIT = 1000
-_SHOWN = 120  # characters of a call shown in a line
-
-
-def _call_text(plan: RetryPlan) -> str:
-    parts = [json.dumps(a, ensure_ascii=False, default=str) for a in plan.args]
-    parts += [
-        f"{k}={json.dumps(v, ensure_ascii=False, default=str)}" for k, v in plan.kwargs.items()
-    ]
-    text = f"({', '.join(parts)})"
-    return text if len(text) <= _SHOWN else text[: _SHOWN - 2] + "…)"
 
 
 def _describe(plan: RetryPlan) -> str:
     """``tests:fail("boom") · 3f2c… attempt 0, failed``."""
     line = (
-        f"{plan.task_name}{_call_text(plan)} · {plan.task_id} attempt {plan.attempt}, {plan.status}"
+        f"{plan.task_name}{plan.call_text()} · {plan.task_id} attempt {plan.attempt}, {plan.status}"
     )
     if plan.retried_as:
         line += f" · already retried as {', '.join(plan.retried_as)}"

@@ -43,6 +43,15 @@ def tui(
         typer.Option("--query", "-q", help='Initial filter, e.g. "status:failed task:extract*".'),
     ] = "",
     lost_after: LostAfterOption = "1h",
+    broker: Annotated[
+        str | None,
+        typer.Option(
+            "--broker",
+            help="Your broker as module:variable, for R (send a task again). "
+            "Default: $TASKMON_BROKER, then `broker` in the config file.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Watch metrics, history and live events in a terminal UI (keys: press ?)."""
     lost_after_s = seconds_option("--lost-after", lost_after)
@@ -61,6 +70,7 @@ def tui(
         hub = resolve_setting(hub_url, "TASKMON_HUB_URL", "hub_url")
         secret = resolve_setting(token or old_token, "TASKMON_HUB_TOKEN", "hub_token")
         redis = resolve_setting(redis_url, "TASKMON_REDIS_URL", "redis_url")
+        broker_spec = resolve_setting(broker, "TASKMON_BROKER", "broker")
     except ConfigError as exc:
         fail(str(exc))
     if hub and not hub.startswith(("ws://", "wss://")):
@@ -73,9 +83,17 @@ def tui(
     live: LiveSource = (
         HubLiveSource(hub, token=secret) if hub else InProcessHubSource(url, redis_url=redis)
     )
+    # the broker module is imported at the first R, not before the UI starts
+    from taskmon.retry import Retrier
+
+    retrier = Retrier(broker_spec, url) if broker_spec else None
     try:
         app = make_app(
-            PgDataSource(url, lost_after_s=lost_after_s), live, window=since, query=query
+            PgDataSource(url, lost_after_s=lost_after_s),
+            live,
+            window=since,
+            query=query,
+            retrier=retrier,
         )
     except (FilterError, ValueError) as exc:  # a relative time that went out of range since
         fail(str(exc))

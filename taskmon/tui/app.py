@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from textual import events
 from textual.app import App, SystemCommand
@@ -21,6 +21,9 @@ from taskmon.tui.widgets.filter_bar import FilterBar
 from taskmon.tui.widgets.history_table import HistoryTable
 from taskmon.tui.widgets.live_feed import LiveFeed
 from taskmon.tui.widgets.task_table import TaskTable
+
+if TYPE_CHECKING:
+    from taskmon.retry import Retrier
 
 __all__ = ["TaskmonApp", "make_app"]
 
@@ -58,6 +61,7 @@ class TaskmonApp(App[None]):
         clock: Callable[[], datetime] = local_now,
         page_size: int = 50,
         close_sources: bool = True,
+        retrier: Retrier | None = None,
     ) -> None:
         super().__init__()
         self.data = data
@@ -69,6 +73,8 @@ class TaskmonApp(App[None]):
         """Now, in the zone times are shown in (tests freeze it)."""
         self.page_size = page_size
         self.close_sources = close_sources
+        self.retrier = retrier
+        """Sends a task again (`R`); None when no broker is configured."""
         self.last_key_at = 0.0
         """When the user last pressed a key (monotonic): auto-refreshes wait for a pause."""
 
@@ -147,6 +153,7 @@ def make_app(
     clock: Callable[[], datetime] = local_now,
     page_size: int = 50,
     close_sources: bool = True,
+    retrier: Retrier | None = None,
 ) -> TaskmonApp:
     """Build the app around a database source and an optional live source.
 
@@ -159,6 +166,7 @@ def make_app(
         clock: now, with the zone to show times in; tests pass a frozen one.
         page_size: history rows per page.
         close_sources: close both sources when the app exits.
+        retrier: sends a task again on `R` (None: `R` says how to configure a broker).
 
     Raises:
         FilterError: `query` does not parse.
@@ -172,4 +180,5 @@ def make_app(
         clock=clock,
         page_size=page_size,
         close_sources=close_sources,
+        retrier=retrier,
     )

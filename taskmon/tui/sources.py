@@ -56,6 +56,9 @@ class DataSource(Protocol):
     async def attempts_by_key(self, keys: Sequence[tuple[str, int]]) -> list[dict[str, Any]]:
         """The current state of the attempts `keys` names (``(task_id, attempt)``)."""
 
+    async def retried_as(self, task_id: str) -> list[str]:
+        """Task ids of the retries of `task_id` (``taskmon retry``) that a worker started."""
+
     async def close(self) -> None:
         """Release connections."""
 
@@ -193,6 +196,12 @@ class PgDataSource:
 
         rows: list[dict[str, Any]] = await self._run(queries.fetch_attempts, task_id)
         return rows
+
+    async def retried_as(self, task_id: str) -> list[str]:
+        from taskmon.store.retry import fetch_retried_as
+
+        links: dict[str, list[str]] = await self._run(fetch_retried_as, [task_id])
+        return links.get(task_id, [])
 
     async def attempts_by_key(self, keys: Sequence[tuple[str, int]]) -> list[dict[str, Any]]:
         from taskmon.store import queries
