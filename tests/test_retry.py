@@ -139,12 +139,17 @@ async def test_retry_of_a_failed_task_runs_it_again_with_the_same_args_and_links
 
     # when each is retried
     sent = {}
-    for original in (plain.task_id, spread.task_id):
-        out = await retry_cli(env, original, "--yes", "--broker", BROKER)
-        assert out.returncode == 0, out.stderr
-        line = out.stdout.strip()
-        assert line.startswith("sent ") and original in line, line
-        sent[original] = line.rsplit("→ ", 1)[1]
+    out = await retry_cli(env, plain.task_id, "--yes", "--broker", BROKER)
+    assert out.returncode == 0, out.stderr
+    line = out.stdout.strip()
+    assert line.startswith('sent     retry:fail_once(marker="plain", size=3, note="hello")'), line
+    sent[plain.task_id] = line.rsplit("→ ", 1)[1]
+    out = await retry_cli(env, spread.task_id, "--yes", "--broker", BROKER, "--format", "json")
+    assert out.returncode == 0, out.stderr
+    (report,) = json.loads(out.stdout)
+    assert report["args"] == ["spread", 1, 2, 3] and report["kwargs"] == {}
+    assert report["refused"] is None and report["retried_as"] == []
+    sent[spread.task_id] = report["sent_as"]
 
     # then the worker ran each again with the very same call, as a new, linked task
     for original, marker in ((plain.task_id, "plain"), (spread.task_id, "spread")):
@@ -163,6 +168,9 @@ async def test_retry_of_a_failed_task_runs_it_again_with_the_same_args_and_links
     assert rows[(plain.task_id, 0)]["retried_as"] == [sent[plain.task_id]]
     assert rows[(sent[plain.task_id], 0)]["retry_of"] == plain.task_id
     assert rows[(plain.task_id, 0)]["retry_of"] is None
+    out = await taskmon(env, "history")
+    assert f"retried as {sent[plain.task_id]} · ValueError" in out.stdout, out.stdout
+    assert f"retry of {plain.task_id}" in out.stdout
 
     # and retrying it by id again says it was retried already
     out = await retry_cli(env, plain.task_id, "--dry-run", "--broker", BROKER)
@@ -276,3 +284,42 @@ async def test_bad_ids_unknown_tasks_and_brokers_are_one_line_each(
     out = await retry_cli({**env, "TASKMON_BROKER": BROKER}, good.task_id, "--dry-run")
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith('would send  retry:fail_once(marker="g", size=1)')
+
+
+def _answer_on_a_terminal(env: dict[str, str], answer: str, *args: str) -> tuple[int, str]:
+    """``taskmon retry ARGS`` with a terminal as stdin, on which `answer` is typed."""
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "taskmon", "retry", *args],
+            env=env, stdin=follower, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        os.write(leader, answer.encode() + b"\n")
+        out, err = proc.communicate(timeout=60)
+    finally:
+        os.close(leader)
+        os.close(follower)
+    return proc.returncode, out + err
+
+
+async def test_on_a_terminal_it_asks_and_sends_only_on_yes(
+    pg_recorder: Recorder, env: dict[str, str], queue: redis.Redis
+) -> None:
+    # given a failed task
+    attempt = recorded("retry:fail_once", {"args": [], "kwargs": {"marker": "t", "size": 1}})
+    await publish(pg_recorder, [attempt])
+    args = (attempt.task_id, "--broker", BROKER)
+
+    # when the question is answered no, then nothing is sent
+    code, text = await asyncio.to_thread(_answer_on_a_terminal, env, "n", *args)
+    assert code == 1, text
+    assert 'send retry:fail_once(marker="t", size=1)' in text and "nothing sent" in text
+    assert queue.llen(env["TEST_QUEUE"]) == 0
+
+    # when it is answered yes, then it is sent
+    code, text = await asyncio.to_thread(_answer_on_a_terminal, env, "y", *args)
+    assert code == 0, text
+    assert queue.llen(env["TEST_QUEUE"]) == 1
+    assert "sent     retry:fail_once" in text and attempt.task_id in text
