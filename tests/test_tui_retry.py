@@ -160,7 +160,7 @@ async def test_r_without_a_broker_says_how_to_enable_it(pg_recorder: Recorder, d
             app.clear_notifications()
 
 
-async def test_the_detail_screen_shows_retry_of_and_retried_as(
+async def test_history_and_the_detail_screen_show_retry_of_and_retried_as(
     pg_recorder: Recorder, dsn: str
 ) -> None:
     # given a failed task and its retry (as a worker records it: the link in its labels)
@@ -172,6 +172,9 @@ async def test_the_detail_screen_shows_retry_of_and_retried_as(
     app = make_app(PgDataSource(dsn), None)
     async with app.run_test(size=SIZE) as pilot:
         await history_shown(app, 2)
+        # the history marks both rows, before their errors
+        shown = screen_text(app)
+        assert "↻ retried ValueError bad" in shown and "↻ retry ValueError bad" in shown, shown
         rows = {r["task_id"]: r for r in app.main.history_rows}
         for task_id, expected in (
             (original.task_id, f"retried as {retry.task_id}"),

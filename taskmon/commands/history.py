@@ -117,16 +117,13 @@ def history(
     async def go() -> Any:
         from taskmon.config import resolve_dsn
         from taskmon.store.db import connect
-        from taskmon.store.queries import fetch_history
-        from taskmon.store.retry import add_retry_links
+        from taskmon.store.retry import fetch_history_with_links
 
         conn = await connect(resolve_dsn(dsn))
         try:
-            found = await fetch_history(
+            return await fetch_history_with_links(
                 conn, flt, limit=rows_per_page, after=after, lost_after_s=lost_s
             )
-            await add_retry_links(conn, found.rows)
-            return found
         finally:
             await conn.close()
 

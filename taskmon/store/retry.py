@@ -11,11 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-__all__ = ["RETRY_LABEL", "add_retry_links", "fetch_retried_as"]
+if TYPE_CHECKING:
+    from taskmon.filters import TaskFilter
+    from taskmon.store.queries import HistoryPage
+
+__all__ = ["RETRY_LABEL", "add_retry_links", "fetch_history_with_links", "fetch_retried_as"]
 
 RETRY_LABEL = "taskmon_retry_of"
 """The label of a re-sent task that names the task it re-sends."""
@@ -69,3 +73,14 @@ async def add_retry_links(conn: asyncpg.Connection[Any], rows: list[dict[str, An
         origin = labels.get(RETRY_LABEL) if isinstance(labels, dict) else None
         row["retry_of"] = None if origin is None else str(origin)
         row["retried_as"] = links.get(row["task_id"], [])
+
+
+async def fetch_history_with_links(
+    conn: asyncpg.Connection[Any], flt: TaskFilter, **options: Any
+) -> HistoryPage:
+    """A history page (``fetch_history(conn, flt, **options)``) with :func:`add_retry_links`."""
+    from taskmon.store.queries import fetch_history
+
+    page = await fetch_history(conn, flt, **options)
+    await add_retry_links(conn, page.rows)
+    return page

@@ -169,10 +169,10 @@ class PgDataSource:
     async def history(
         self, flt: TaskFilter, *, limit: int = 50, after: str | None = None
     ) -> HistoryPage:
-        from taskmon.store import queries
+        from taskmon.store.retry import fetch_history_with_links
 
         page: HistoryPage = await self._run(
-            queries.fetch_history, flt, limit=limit, after=after, lost_after_s=self.lost_after_s
+            fetch_history_with_links, flt, limit=limit, after=after, lost_after_s=self.lost_after_s
         )
         return page
 

@@ -177,6 +177,11 @@ class HistoryTable(DataTable[Text]):
         cells = []
         for row in rows:
             error = " ".join(str(p) for p in (row.get("error_type"), row.get("error_message")) if p)
+            # `taskmon retry` links (ids in the detail screen), ahead of the error
+            links = ("↻ retry " if row.get("retry_of") else "") + (
+                "↻ retried " if row.get("retried_as") else ""
+            )
+            error = links + error
             cells.append(
                 {
                     "time": Text(self._time(row.get("created_at"), dated, compact)),
