@@ -140,7 +140,7 @@ def retry(
         fail(f"--format: {fmt!r} is not a format (accepted: {', '.join(FORMATS)})")
     if (task_id is None) == (query is None):
         fail(
-            "give a TASK_ID or --query (the tasks to send again), not both"
+            "give a TASK_ID or --query, not both"
             if task_id
             else "give a TASK_ID or --query FILTER: which task to send again"
         )
