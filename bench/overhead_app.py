@@ -15,12 +15,22 @@ import os
 import sys
 from typing import Any
 
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from taskiq import TaskiqEvents, TaskiqState
 from taskiq_redis import ListQueueBroker
 
 REDIS_URL = os.environ["BENCH_REDIS_URL"]
 
-broker: Any = ListQueueBroker(REDIS_URL, queue_name="bench:queue")
+# the README's settings: without them an idle worker dies every 5 s with a
+# TimeoutError, and counts not yet reported die with it
+broker: Any = ListQueueBroker(
+    REDIS_URL,
+    queue_name="bench:queue",
+    socket_timeout=2,
+    retry=Retry(ExponentialBackoff(cap=1, base=0.05), -1, supported_errors=(RedisTimeoutError,)),
+)
 if os.environ.get("BENCH_MONITOR"):
     from taskmon import MonitoringMiddleware
 

@@ -31,8 +31,11 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from taskmon.filters import TaskFilter, parse
-from taskmon.store import migrations, queries
+from taskmon.store import history, maintenance, migrations
+from taskmon.store import stats as store_stats
 from taskmon.store.db import connect
+from taskmon.store.filter_sql import filter_sql
+from taskmon.store.schema import TERMINAL, shown_status_sql
 
 PER_DAY = 333_000
 CHUNK = 200_000
@@ -256,7 +259,7 @@ async def seed(dsn: str, n: int, *, bulk: bool = False) -> None:
         print(f"seeded {n} rows ({mode}) in {took:.1f}s ({n / took:,.0f} rows/s)")
         if bulk:
             t0 = time.perf_counter()
-            await queries.rebuild_rollups(conn)
+            await maintenance.rebuild_rollups(conn)
             print(f"rebuilt the rollups in {time.perf_counter() - t0:.1f}s")
         await conn.execute("VACUUM ANALYZE")
     finally:
@@ -275,10 +278,8 @@ async def median_ms(fn: Callable[[], Awaitable[Any]], repeat: int) -> float:
 
 # the same "lost" rule as the readers (default --lost-after 1h): a running
 # attempt past 2 x its timeout, or past an hour without one, counts as lost
-RAW_COUNTS = """
-SELECT CASE WHEN status = 'running'
-             AND created_at < now() - make_interval(secs => coalesce(timeout_s * 2, 3600))
-            THEN 'lost' ELSE status END AS status,
+RAW_COUNTS = f"""
+SELECT {shown_status_sql("3600", alias="")} AS status,
        count(*)
 FROM task_execution_logs
 WHERE created_at >= $1 AND created_at < $2 GROUP BY 1
@@ -330,7 +331,7 @@ async def _history_line(
     conn: _Recording, label: str, flt: TaskFilter, after: str | None, repeat: int
 ) -> None:
     async def page() -> Any:
-        return await queries.fetch_history(conn, flt, limit=50, after=after)
+        return await history.fetch_history(conn, flt, limit=50, after=after)
 
     client = await median_ms(page, repeat)
     await page()
@@ -381,7 +382,7 @@ async def bench(dsn: str, repeat: int) -> None:
         ):
             flt = parse(text)
             params: list[object] = []
-            cond = flt.to_sql(params, alias="r")
+            cond = filter_sql(flt, params, alias="r")
             row = await conn.fetchrow(
                 f"SELECT created_at, id FROM task_execution_logs r WHERE {cond} "
                 "ORDER BY created_at DESC, id DESC OFFSET 49999 LIMIT 1",
@@ -390,7 +391,7 @@ async def bench(dsn: str, repeat: int) -> None:
             if row is None:
                 print(f"  page 1001, {label:<23} (fewer than 50 000 rows match)")
                 continue
-            cursor = queries.encode_cursor(row["created_at"], row["id"])
+            cursor = history.encode_cursor(row["created_at"], row["id"])
             await _history_line(conn, f"page 1001, {label}", flt, cursor, repeat)
 
         await bench_stats(conn, repeat)
@@ -421,7 +422,7 @@ async def bench_stats(conn: _Recording, repeat: int) -> None:
         async def rollup(
             since: datetime = since, until: datetime = until, empty: TaskFilter = empty
         ) -> Any:
-            return await queries.fetch_stats(conn, empty, since=since, until=until)
+            return await store_stats.fetch_stats(conn, empty, since=since, until=until)
 
         async def raw(since: datetime = since, until: datetime = until) -> Any:
             counts = await conn.fetch(RAW_COUNTS, since, until)
@@ -430,12 +431,12 @@ async def bench_stats(conn: _Recording, repeat: int) -> None:
 
         reps = repeat if hours <= 24 else max(3, repeat // 4)
         t_roll = await median_ms(rollup, repeat)
-        stats: queries.Stats = await rollup()
+        stats: store_stats.Stats = await rollup()
         exe, plan, _ = await _explain(conn, max(3, repeat // 3))
         t_raw = await median_ms(raw, reps)
         counts, pct = await raw()
         exact = {r["status"]: r["count"] for r in counts}
-        same = all(stats.by_status.get(s, 0) == exact.get(s, 0) for s in queries.TERMINAL)
+        same = all(stats.by_status.get(s, 0) == exact.get(s, 0) for s in TERMINAL)
         worst = 0.0
         mine = {t.task_name: t for t in stats.tasks}
         for r in pct:

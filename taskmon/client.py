@@ -220,7 +220,9 @@ def _decode(raw: str | bytes) -> dict[str, Any]:
 async def _until_subscribed(ws: ClientConnection) -> dict[str, Any]:
     """Wait for the ``subscribed`` reply; what came before belongs to no subscription of ours."""
     while True:
-        message = await asyncio.wait_for(_receive(ws), _OPEN_TIMEOUT)
+        # asyncio.timeout, not wait_for (which on Python 3.11 can swallow a cancellation)
+        async with asyncio.timeout(_OPEN_TIMEOUT):
+            message = await _receive(ws)
         kind = message.get("type")
         if kind == "subscribed":
             return message

@@ -1,7 +1,8 @@
 """Where taskmon finds its database and bus.
 
 Precedence: command-line flag > environment (``TASKMON_DSN``,
-``TASKMON_REDIS_URL``, ``TASKMON_HUB_URL``, ``TASKMON_HUB_TOKEN``, ``TASKMON_BROKER``,
+``TASKMON_READ_DSN``, ``TASKMON_REDIS_URL``, ``TASKMON_HUB_URL``, ``TASKMON_HUB_TOKEN``,
+``TASKMON_BROKER``,
 ``TASK_LOG_RETENTION_DAYS``) > config file (``$XDG_CONFIG_HOME/taskmon/config.toml``
 or ``TASKMON_CONFIG``, which ``taskmon --config`` sets) > the embedded
 PostgreSQL under the user's data directory.
@@ -23,9 +24,11 @@ __all__ = [
     "CONFIG_KEYS",
     "ConfigError",
     "config_path",
+    "config_table",
     "embedded_data_dir",
     "embedded_default_dsn",
     "resolve_dsn",
+    "resolve_read_dsn",
     "resolve_setting",
 ]
 
@@ -38,6 +41,7 @@ class ConfigError(Exception):
 # rules, which read them themselves: here only their shape is checked
 CONFIG_KEYS: dict[str, str] = {
     "dsn": "a string",
+    "read_dsn": "a string",
     "redis_url": "a string",
     "hub_url": "a string",
     "hub_token": "a string",
@@ -45,13 +49,14 @@ CONFIG_KEYS: dict[str, str] = {
     "retention_days": "a number of days",
     "alerts": "an array of tables ([[alerts]])",
     "notifiers": "a table of tables ([notifiers.NAME])",
+    "alert_interval": "a number of seconds",
 }
 
 
 def _type_ok(key: str, value: object) -> bool:
-    if key in ("dsn", "redis_url", "hub_url", "hub_token", "broker"):
+    if key in ("dsn", "read_dsn", "redis_url", "hub_url", "hub_token", "broker"):
         return isinstance(value, str)
-    if key == "retention_days":
+    if key in ("retention_days", "alert_interval"):
         return isinstance(value, int | float) and not isinstance(value, bool)
     if key == "alerts":
         return isinstance(value, list) and all(isinstance(v, dict) for v in value)
@@ -96,6 +101,15 @@ def _config_file() -> dict[str, Any]:
                 f"not {_toml_type(value)} {_short(value)}"
             )
     return data
+
+
+def config_table() -> dict[str, Any]:
+    """The whole config file, checked as :func:`resolve_setting` checks it ({} when absent).
+
+    Raises:
+        ConfigError: the file is named but missing, unreadable or wrong.
+    """
+    return _config_file()
 
 
 def _toml_type(value: object) -> str:
@@ -150,6 +164,12 @@ def embedded_data_dir() -> Path:
 def resolve_dsn(flag: str | None = None) -> str:
     """The DSN to use; starts (or reuses) the embedded server when nothing is configured."""
     return resolve_setting(flag, "TASKMON_DSN", "dsn") or embedded_default_dsn()
+
+
+def resolve_read_dsn(read_flag: str | None = None, dsn_flag: str | None = None) -> str:
+    """The DSN reads go to: a replica if one is set (``--read-dsn``, ``TASKMON_READ_DSN``,
+    ``read_dsn``), else the primary's (:func:`resolve_dsn`)."""
+    return resolve_setting(read_flag, "TASKMON_READ_DSN", "read_dsn") or resolve_dsn(dsn_flag)
 
 
 def embedded_default_dsn() -> str:

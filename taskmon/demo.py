@@ -126,8 +126,11 @@ async def _load(tasks: dict[str, Any], rng: random.Random, rate: float, stop: as
         burst = 5.0 if elapsed % 20 < 2 else 1.0
         await _kick_one(tasks, rng, n)
         n += 1
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
+        # cancellation that arrives as the wait ends, and the load would go on
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), rng.expovariate(rate * burst))
+            async with asyncio.timeout(rng.expovariate(rate * burst)):
+                await stop.wait()
     return n
 
 
@@ -508,7 +511,7 @@ def _kill_leftover_postgres(pgdata: Path) -> None:
     group) while the server it launched, in a session of its own, lives on
     before it has written the ``postmaster.pid`` that ``pg_ctl stop`` needs.
     """
-    import psutil  # type: ignore[import-untyped]
+    import psutil
 
     leftovers = []
     for proc in psutil.process_iter(["name", "cmdline"]):
@@ -545,7 +548,7 @@ class DemoSummary:
         ended = f", ended by {self.ended_by}" if self.ended_by else ""
         return [
             f"demo ran {self.seconds:.1f} s{ended} (after {self.startup_seconds:.1f} s of "
-            f"start-up): {self.kicked} tasks kicked",
+            f"start-up): {self.kicked} task{'' if self.kicked == 1 else 's'} kicked",
             f"attempts recorded: {self.attempts_recorded} ({statuses})",
             f"failures: {self.failures}, retried attempts: {self.retries}",
             f"events delivered to a live subscriber: {self.events_delivered}",
@@ -566,6 +569,7 @@ async def run_headless(
     """
     from taskmon.client import EventReceived, subscribe
     from taskmon.store.db import connect
+    from taskmon.store.history import count_by_status
 
     stop = stop or DemoStop()
     started = time.monotonic()
@@ -594,13 +598,10 @@ async def run_headless(
             await listener
         conn = await connect(env.dsn)
         try:
-            rows = await conn.fetch(
-                "SELECT status, count(*) AS n FROM task_execution_logs "
-                "WHERE task_id NOT LIKE 'backfill-%' GROUP BY status"
-            )
+            # the backfilled history is not what this run recorded
+            by_status = await count_by_status(conn, task_id_not_like="backfill-%")
         finally:
             await conn.close()
-        by_status = {r["status"]: r["n"] for r in rows}
         return DemoSummary(
             seconds=ran,
             startup_seconds=env.ready_at - started,

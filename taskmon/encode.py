@@ -87,6 +87,15 @@ def _fill_error(record: AttemptRecord, max_message: int) -> None:
     record.traceback = text[-MAX_TRACEBACK:]
 
 
+def _seconds(value: datetime | None) -> float | None:
+    """Unix seconds of a time (naive ones are UTC), as the staging table takes them."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
+
+
 def row_of(prepared: Prepared, max_message: int) -> tuple[Any, ...]:
     """The upsert's columns for the attempt's current state (see ``store.ingest``)."""
     r = prepared.record
@@ -106,12 +115,12 @@ def row_of(prepared: Prepared, max_message: int) -> tuple[Any, ...]:
         _text(r.error_message),
         _text(r.traceback),
         r.timeout_s,
-        r.enqueued_at,
-        r.started_at,
-        r.finished_at,
+        _seconds(r.enqueued_at),
+        _seconds(r.started_at),
+        _seconds(r.finished_at),
         r.duration_ms,
         r.queue_wait_ms,
-        r.created_at,
+        _seconds(r.created_at),
     )
 
 

@@ -5,10 +5,12 @@ parses into a :class:`TaskFilter`, which can then be
 
 * rendered back to canonical text (:meth:`TaskFilter.to_query`),
 * sent over the websocket (:meth:`TaskFilter.to_dict` / :meth:`TaskFilter.from_dict`),
-* compiled to a parameterised SQL condition (:meth:`TaskFilter.to_sql`),
-* applied to a live event dict (:meth:`TaskFilter.matches`) with the same meaning.
+* applied to a live event dict (:meth:`TaskFilter.matches`),
+* compiled by the store to a parameterised SQL condition with the same meaning
+  (:func:`taskmon.store.filter_sql.filter_sql`).
 
-Standard library only: this module is imported inside worker processes.
+Standard library only (and the schema facts of :mod:`taskmon.store.schema`, which
+are too): this module is imported inside worker processes.
 """
 
 from __future__ import annotations
@@ -17,25 +19,29 @@ import functools
 import math
 import operator
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, TypeGuard, TypeVar
 
+from taskmon.store.schema import DEFAULT_LOST_AFTER_S, STATUSES, is_stale
+
 __all__ = [
+    "ERROR_COLUMNS",
     "KEYS",
     "STATUSES",
+    "WORD_COLUMNS",
     "FilterError",
     "TaskFilter",
+    "contains_pattern",
     "parse",
     "parse_duration_ms",
     "parse_statuses",
     "parse_time",
     "parse_window",
-    "word_task_names_sql",
+    "task_like_patterns",
 ]
 
-STATUSES: tuple[str, ...] = ("pending", "running", "success", "failed", "retrying", "lost")
 
 # Query keys in the order used by error messages and by to_query().
 _KEYS = (
@@ -418,92 +424,6 @@ class TaskFilter:
             values["attempt"] = [_format_attempt(self.attempt)]
         return values
 
-    # -- SQL ------------------------------------------------------------------
-
-    def to_sql(
-        self,
-        params: list[object],
-        *,
-        lost_after_s: float = 3600.0,
-        alias: str = "",
-        word_task_names: Mapping[str, Sequence[str]] | None = None,
-    ) -> str:
-        """Compile to a boolean SQL expression over ``task_execution_logs``.
-
-        Every value is appended to ``params`` and referenced as ``$N`` (its 1-based
-        position), so ``params`` may already hold the caller's own parameters.
-
-        Error texts and words are ``ILIKE`` substrings, which the trigram indexes
-        of ``sql/0003_error_search.sql`` serve on the error columns. A word's
-        ``task_name`` part has no such index; given `word_task_names` (from
-        :func:`word_task_names_sql`) it becomes ``task_name = ANY(names)``, which
-        the ``(task_name, ...)`` index serves, so a rare word is found through
-        indexes instead of by reading the whole table.
-
-        Args:
-            params: the query's parameter list, extended in place.
-            lost_after_s: how long a ``running`` row without ``timeout_s`` may run
-                before it counts as ``lost`` (with a timeout: twice the timeout).
-            alias: table alias to prefix the columns with.
-            word_task_names: for some of :attr:`words`, every recorded task name
-                that the word matches (case-insensitive substring). A word
-                missing from it is matched against ``task_name`` with ``ILIKE``.
-
-        Returns:
-            The expression, ``TRUE`` for an empty filter.
-        """
-        if alias and not alias.isidentifier():
-            raise ValueError(f"alias {alias!r} is not an identifier")
-        prefix = f"{alias}." if alias else ""
-
-        def col(name: str) -> str:
-            return prefix + name
-
-        def arg(value: object) -> str:
-            params.append(value)
-            return f"${len(params)}"
-
-        def like(column: str, placeholder: str, op: str = "LIKE") -> str:
-            return f"{col(column)} {op} {placeholder} ESCAPE '\\'"
-
-        clauses: list[str] = []
-        if self.statuses:
-            clauses.append(_status_sql(self.statuses, col, arg, lost_after_s))
-        if self.tasks:
-            likes = (arg(p) for task in self.tasks for p in _task_likes(task))
-            clauses.append(_any(like("task_name", n) for n in likes))
-        if self.workers:
-            likes = (arg(_contains(worker)) for worker in self.workers)
-            clauses.append(_any(like("worker", n) for n in likes))
-        for text in self.errors:  # each must match (AND), in either column
-            n = arg(_contains(text))  # one parameter, referenced once per column
-            clauses.append(_any(like(c, n, "ILIKE") for c in _ERROR_COLUMNS))
-        resolved = word_task_names or {}
-        for word in self.words:  # likewise, in the task name or either error column
-            n = arg(_contains(word))
-            arms = [like(c, n, "ILIKE") for c in _WORD_COLUMNS]
-            names = resolved.get(word)
-            if isinstance(names, str):  # a str is a Sequence[str] too, of its letters
-                raise TypeError(f"word_task_names[{word!r}] must be a list of names, not a str")
-            if names is not None:
-                # `list` also copies a tuple or another sequence into what asyncpg takes
-                arms[0] = f"{col('task_name')} = ANY({arg(list(names))}::text[])"
-            clauses.append(_any(arms))
-        if self.task_id is not None:
-            clauses.append(f"{col('task_id')} = {arg(self.task_id)}")
-        if self.since is not None:
-            clauses.append(f"{col('created_at')} >= {arg(self.since)}")
-        if self.until is not None:
-            clauses.append(f"{col('created_at')} < {arg(self.until)}")
-        if self.min_duration_ms is not None:
-            clauses.append(f"{col('duration_ms')} >= {arg(self.min_duration_ms)}")
-        if self.max_duration_ms is not None:
-            clauses.append(f"{col('duration_ms')} <= {arg(self.max_duration_ms)}")
-        if self.attempt is not None:
-            op, count = self.attempt  # op is one of _ATTEMPT_OPS, checked on construction
-            clauses.append(f"{col('attempt')} {op} {arg(count)}")
-        return " AND ".join(clauses) or "TRUE"
-
     # -- live events ------------------------------------------------------------
 
     def matches(
@@ -511,9 +431,9 @@ class TaskFilter:
         event: Mapping[str, Any],
         *,
         now: datetime | None = None,
-        lost_after_s: float = 3600.0,
+        lost_after_s: float = DEFAULT_LOST_AFTER_S,
     ) -> bool:
-        """Apply the filter to a live event dict, with the same meaning as :meth:`to_sql`.
+        """Apply the filter to a live event dict, with the same meaning as its SQL.
 
         Fields are read from the event, then from its ``data``; time bounds
         compare against ``timestamp``. A missing or malformed field never raises:
@@ -524,14 +444,15 @@ class TaskFilter:
                 "attempt", "worker", "duration_ms", "error_type", "error_message",
                 "timeout_s" (optional)}}``.
             now: the current time, for deciding whether a running task is lost.
-            lost_after_s: as in :meth:`to_sql`.
+            lost_after_s: how long a ``running`` attempt without ``timeout_s`` may run
+                before it counts as ``lost`` (the store's lost rule).
         """
         data = event.get("data")
         fields = _EventFields(event, data if isinstance(data, Mapping) else {})
         timestamp = fields.timestamp()
         name = fields.text("task_name")
         worker = fields.text("worker")
-        error_texts = [t.lower() for t in map(fields.text, _ERROR_COLUMNS) if t is not None]
+        error_texts = [t.lower() for t in map(fields.text, ERROR_COLUMNS) if t is not None]
         word_texts = error_texts if name is None else [name.lower(), *error_texts]
         checks = (
             not self.statuses or fields.status(timestamp, now, lost_after_s) in self.statuses,
@@ -549,8 +470,10 @@ class TaskFilter:
 
 
 _EMPTY = TaskFilter()
-_ERROR_COLUMNS = ("error_message", "error_type")
-_WORD_COLUMNS = ("task_name", *_ERROR_COLUMNS)
+ERROR_COLUMNS: tuple[str, ...] = ("error_message", "error_type")
+"""The columns an ``error:`` text is looked for in (either may match)."""
+WORD_COLUMNS: tuple[str, ...] = ("task_name", *ERROR_COLUMNS)
+"""The columns a free word is looked for in (any may match)."""
 
 
 def _last(current: _T | None, new: _T | None) -> _T | None:
@@ -769,38 +692,6 @@ def parse(
     return builder.build()
 
 
-def word_task_names_sql(words: Sequence[str], params: list[object]) -> str:
-    """A statement resolving free words to the recorded task names each one matches.
-
-    It reads the ``task_names`` table (every task name ever recorded, see
-    ``sql/0002_rollups.sql``) with the very condition :meth:`TaskFilter.to_sql`
-    puts on ``task_name`` for a word, and returns one row per word: ``word``
-    (text) and ``task_names`` (text[], sorted, empty when none matches).
-    ``{row["word"]: row["task_names"]}`` is what ``to_sql(word_task_names=...)``
-    takes.
-
-    Args:
-        words: the words, e.g. :attr:`TaskFilter.words`.
-        params: the statement's parameter list, extended in place (``$N`` as in
-            :meth:`TaskFilter.to_sql`).
-
-    Returns:
-        The statement (a ``SELECT``).
-    """
-    words = list(dict.fromkeys(words))
-    params.append(words)
-    word_arg = f"${len(params)}"
-    params.append([_contains(word) for word in words])
-    pattern_arg = f"${len(params)}"
-    return (
-        "SELECT w.word, coalesce(array_agg(n.task_name ORDER BY n.task_name)"
-        " FILTER (WHERE n.task_name IS NOT NULL), '{}'::text[]) AS task_names"
-        f" FROM unnest({word_arg}::text[], {pattern_arg}::text[]) AS w(word, pattern)"
-        " LEFT JOIN task_names n ON n.task_name ILIKE w.pattern ESCAPE '\\'"
-        " GROUP BY w.word"
-    )
-
-
 # ---------------------------------------------------------------------------
 # rendering
 # ---------------------------------------------------------------------------
@@ -825,7 +716,7 @@ def _format_ms(ms: float) -> str:
 
 
 # ---------------------------------------------------------------------------
-# SQL and event matching helpers (kept side by side so they stay equivalent)
+# patterns: the store's SQL (taskmon.store.filter_sql) and live matching share them
 # ---------------------------------------------------------------------------
 
 
@@ -833,11 +724,12 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _contains(text: str) -> str:
+def contains_pattern(text: str) -> str:
+    """The ``LIKE`` pattern (escape character ``\\``) of a substring."""
     return f"%{_escape_like(text)}%"
 
 
-def _task_likes(pattern: str) -> tuple[str, ...]:
+def task_like_patterns(pattern: str) -> tuple[str, ...]:
     """LIKE patterns for a task glob; the row matches if any of them does.
 
     Without a wildcard the value is a substring. A glob must match the whole name
@@ -845,7 +737,7 @@ def _task_likes(pattern: str) -> tuple[str, ...]:
     ``extract*`` finds ``app.tasks:extract_all``.
     """
     if "*" not in pattern and "?" not in pattern:
-        return (_contains(pattern),)
+        return (contains_pattern(pattern),)
     like = "".join({"*": "%", "?": "_"}.get(ch, "") or _escape_like(ch) for ch in pattern)
     return (like, f"%:{like}")
 
@@ -864,39 +756,7 @@ def _like_regex(like: str) -> re.Pattern[str]:
 
 
 def _task_matches(pattern: str, name: str) -> bool:
-    return any(_like_regex(like).fullmatch(name) for like in _task_likes(pattern))
-
-
-def _any(conditions: Iterable[str]) -> str:
-    return "(" + " OR ".join(conditions) + ")"
-
-
-def _status_sql(
-    statuses: frozenset[str],
-    col: Callable[[str], str],
-    arg: Callable[[object], str],
-    lost_after_s: float,
-) -> str:
-    """``status`` condition, where a long-running ``running`` row counts as ``lost``.
-
-    The 'running' and 'lost' literals are constants of the schema, not user values;
-    writing them inline lets the planner use the partial index on running rows.
-    """
-    plain = set(statuses)
-    stale = "lost" in statuses and "running" not in statuses
-    fresh = "running" in statuses and "lost" not in statuses
-    if fresh:
-        plain.discard("running")
-    conditions: list[str] = []
-    if plain:
-        ordered = [s for s in STATUSES if s in plain]
-        conditions.append(f"{col('status')} = ANY({arg(ordered)}::text[])")
-    if stale or fresh:
-        limit = f"coalesce({col('timeout_s')} * 2, {arg(float(lost_after_s))}::double precision)"
-        cutoff = f"now() - make_interval(secs => {limit})"
-        op = "<" if stale else ">="
-        conditions.append(f"({col('status')} = 'running' AND {col('created_at')} {op} {cutoff})")
-    return _any(conditions)
+    return any(_like_regex(like).fullmatch(name) for like in task_like_patterns(pattern))
 
 
 class _EventFields:
@@ -932,14 +792,10 @@ class _EventFields:
     def status(
         self, started: datetime | None, now: datetime | None, lost_after_s: float
     ) -> str | None:
-        """The status, with the same "running for too long means lost" rule as to_sql()."""
+        """The status, with the lost rule of :mod:`taskmon.store.schema`."""
         status = self.get("status")
-        if status != "running" or started is None:
-            return status if isinstance(status, str) else None
+        if not isinstance(status, str):
+            return None
         timeout = self.number("timeout_s")
-        try:
-            limit = timedelta(seconds=lost_after_s if timeout is None else timeout * 2)
-            cutoff = _utc_now(now) - limit
-        except (ValueError, OverflowError):  # nan or absurd timeouts: never lost
-            return status
-        return "lost" if started < cutoff else status
+        stale = is_stale(status, started, timeout, now=_utc_now(now), lost_after_s=lost_after_s)
+        return "lost" if stale else status

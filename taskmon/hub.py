@@ -9,6 +9,8 @@ The wire protocol is documented in ``docs/protocol.md``. In short:
   without ``N``, of what arrived since the hello), then the live stream;
 * without its bus the hub answers ``/healthz`` and new connections with 503
   and closes its clients with 1013, saying why;
+* ``/metrics`` is for Prometheus (:mod:`taskmon.metrics`), behind the token
+  when one is set, with or without the bus;
 * ``gap`` says that events may be missing (the hub no longer holds what was
   asked, the bus reconnected, or the client was too slow): the client heals
   from the database.
@@ -39,11 +41,13 @@ import hmac
 import ipaddress
 import json
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from datetime import datetime
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
@@ -58,6 +62,9 @@ from taskmon.bus.postgres import shrink
 from taskmon.bus.subscriber import Backoff, BusEvents, BusGap, BusState, Subscriber
 from taskmon.events import EVENT_VERSION, dumps
 from taskmon.filters import FilterError, TaskFilter
+
+if TYPE_CHECKING:
+    from taskmon.metrics import MetricsExporter
 
 __all__ = ["PROTOCOL_VERSION", "Hub", "HubError", "HubStats", "is_loopback"]
 
@@ -105,6 +112,10 @@ class HubStats:
     bad_messages: int = 0
     refused: int = 0
     """Connections refused for a missing or wrong token."""
+    last_event_at: float | None = None
+    """When the last event was received (Unix time)."""
+    event_lag_s: float | None = None
+    """How old the last event was when it was received (its timestamp to the hub's clock)."""
 
 
 @dataclass(slots=True)
@@ -192,6 +203,10 @@ class Hub:
         client_queue: how many events a client may fall behind before it skips
             ahead and receives a ``gap``.
         max_frame: the largest message accepted from a client, in bytes.
+        read_dsn: the database ``/metrics`` reads attempts from (default: `dsn`;
+            without either, ``/metrics`` has the hub's own metrics only).
+        lost_after_s: for ``/metrics``, how long an attempt without a timeout
+            may run before it counts as lost.
     """
 
     def __init__(
@@ -203,6 +218,8 @@ class Hub:
         ring_size: int = 10_000,
         client_queue: int = 1_000,
         max_frame: int = 64 * 1024,
+        read_dsn: str | None = None,
+        lost_after_s: float = 3600.0,
     ) -> None:
         if not dsn and not redis_url:
             raise ValueError("the hub needs a database DSN or a Redis URL to read events from")
@@ -212,6 +229,10 @@ class Hub:
         self.ring_size = max(1, ring_size)
         self.client_queue = max(1, client_queue)
         self.max_frame = max_frame
+        self.read_dsn = read_dsn or dsn
+        self.lost_after_s = lost_after_s
+        self.metrics: MetricsExporter | None = None
+        """The ``/metrics`` document, made at the first scrape."""
         self.url: str | None = None
         """The ``ws://`` URL actually bound, once started."""
         self.stats = HubStats()
@@ -317,6 +338,8 @@ class Hub:
                 await asyncio.wait_for(server.wait_closed(), 5.0)
         self._clients.clear()
         await self._stop_pump()
+        if self.metrics is not None:
+            await self.metrics.close()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -455,6 +478,8 @@ class Hub:
                 entries, size = [], 0
         if entries:
             self._fan_out(entries)
+        if item.events:
+            _note_lag(stats, item.events[-1])
 
     def _publish_gap(self, reason: str) -> None:
         frame = _text_frame(_gap_json(self._ring.last_seq, reason))
@@ -571,22 +596,44 @@ class Hub:
 
     # -- connections ---------------------------------------------------------------
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
         url = urlsplit(request.path)
+        if url.path.rstrip("/") == "/metrics":
+            # served without the bus too: that is when an alert is wanted
+            return self._refuse(connection) or await self._metrics(connection, request)
         if not self._bus.connected:
             # /healthz, and any client: nothing can be served without the bus
             text = f"event bus ({self.bus}) unreachable: {self._bus.error}\n"
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, text)
         if url.path.rstrip("/") == "/healthz":
             return connection.respond(HTTPStatus.OK, "ok\n")
+        return self._refuse(connection)
+
+    def _refuse(self, connection: ServerConnection) -> Response | None:
+        """None if the request presents the token (or none is set), else the 401 response."""
         if self.token is None:
             return None
-        presented = _presented_token(request.headers, url.query)
+        request = connection.request
+        assert request is not None
+        presented = _presented_token(request.headers, urlsplit(request.path).query)
         if presented is not None and hmac.compare_digest(presented.encode(), self.token.encode()):
             return None
         self.stats.refused += 1
         response = connection.respond(HTTPStatus.UNAUTHORIZED, "a valid token is required\n")
         response.headers["WWW-Authenticate"] = 'Bearer realm="taskmon"'
+        return response
+
+    async def _metrics(self, connection: ServerConnection, request: Request) -> Response:
+        if self.metrics is None:
+            from taskmon.metrics import MetricsExporter
+
+            self.metrics = MetricsExporter(self, self.read_dsn, lost_after_s=self.lost_after_s)
+        body, content_type = await self.metrics.render(request.headers.get("Accept"))
+        response = connection.respond(HTTPStatus.OK, body.decode())
+        del response.headers["Content-Type"]
+        response.headers["Content-Type"] = content_type
         return response
 
     async def _handle(self, ws: ServerConnection) -> None:
@@ -723,6 +770,16 @@ def _text_frame(payload: bytes) -> bytes:
 
 def _gap_json(after_seq: int | None, reason: str) -> bytes:
     return dumps({"type": "gap", "after_seq": after_seq, "reason": reason}).encode()
+
+
+def _note_lag(stats: HubStats, event: dict[str, Any]) -> None:
+    """Keep when `event` (the newest of a bus read) arrived and how old it was then."""
+    now = time.time()
+    stats.last_event_at = now
+    stamp = event.get("timestamp")
+    if isinstance(stamp, str):
+        with contextlib.suppress(ValueError):
+            stats.event_lag_s = max(0.0, now - datetime.fromisoformat(stamp).timestamp())
 
 
 def _describe(exc: BaseException | None) -> str:

@@ -65,6 +65,11 @@ def _attempt(labels: dict[str, Any]) -> int:
     return int(n) if n is not None and n >= 0 else 0
 
 
+def _ms(seconds: float) -> float:
+    """Milliseconds to the microsecond (never negative: clocks of two hosts may disagree)."""
+    return int(seconds * 1_000_000 + 0.5) / 1000 if seconds > 0 else 0.0
+
+
 @dataclass(slots=True)
 class _Running:
     record: AttemptRecord
@@ -263,19 +268,26 @@ class MonitoringMiddleware(TaskiqMiddleware):
         labels = dict(message.labels)  # a retry middleware rewrites `_retries` in place
         enqueued = _number(labels.pop(ENQUEUED_LABEL, None))
         timeout = labels.get("timeout")
+        # positional: a dataclass's keyword arguments cost this hook three times as much
         record = AttemptRecord(
-            task_id=message.task_id,
-            attempt=_attempt(labels),
-            task_name=message.task_name,
-            status=Status.RUNNING,
-            worker=self.worker,
-            queue=self._queue or labels.get("queue_name"),
-            labels=labels,
-            timeout_s=None if timeout is None else _number(timeout),
-            enqueued_at=datetime.fromtimestamp(enqueued, UTC) if enqueued else None,
-            started_at=datetime.fromtimestamp(now, UTC),
-            queue_wait_ms=max(0.0, round((now - enqueued) * 1000, 3)) if enqueued else None,
-            raw_params=capture_call(
+            message.task_id,
+            _attempt(labels),
+            message.task_name,
+            Status.RUNNING,
+            self.worker,
+            self._queue or labels.get("queue_name"),
+            labels,
+            None,  # params: captured raw below, encoded by the writer
+            None,  # error_type
+            None,  # error_message
+            None,  # traceback
+            None if timeout is None else _number(timeout),
+            datetime.fromtimestamp(enqueued, UTC) if enqueued else None,
+            datetime.fromtimestamp(now, UTC),
+            None,  # finished_at
+            None,  # duration_ms
+            _ms(now - enqueued) if enqueued else None,
+            capture_call(
                 message.args, message.kwargs, self._spec_of(message.task_name), self.policy
             ),
         )
@@ -323,7 +335,7 @@ class MonitoringMiddleware(TaskiqMiddleware):
         if key is None:
             return
         running = self._running.pop(key)
-        duration_ms = (time.perf_counter() - running.t0) * 1000
+        elapsed = time.perf_counter() - running.t0
         exc = running.exception
         if exc is None and result.is_err and not isinstance(result.error, NoResultError):
             exc = result.error
@@ -340,7 +352,7 @@ class MonitoringMiddleware(TaskiqMiddleware):
         record = running.record
         record.status = status
         record.finished_at = datetime.now(UTC)
-        record.duration_ms = round(duration_ms, 3)
+        record.duration_ms = _ms(elapsed)
         record.exception = exc
         recorder = self.recorder or self._ensure_recorder()
         if recorder is not None:

@@ -42,6 +42,8 @@ DEFAULT_MAX_ROW_BYTES = 16 * 1024
 REDACTED = "[REDACTED]"
 TRUNCATED_MARK = "…[truncated {n} bytes]"
 _MAX_DEPTH = 20
+_CONTAINERS = (dict, list)
+_PLAIN = frozenset({str, int, float, bool, type(None)})
 _MAX_REPR = 64 * 1024  # a repr is cut before it is measured, so a huge object costs little
 
 
@@ -194,12 +196,42 @@ class ParamsPolicy:
             return {
                 k: REDACTED
                 if self.is_secret(k)
-                else (self.redact(v) if isinstance(v, dict | list) else v)
+                else (self.redact(v) if isinstance(v, _CONTAINERS) else v)
                 for k, v in value.items()
             }
         if isinstance(value, list):
-            return [self.redact(v) if isinstance(v, dict | list) else v for v in value]
+            return [self.redact(v) if isinstance(v, _CONTAINERS) else v for v in value]
         return value
+
+    def _redact_in_place(self, value: Any) -> None:
+        """:meth:`redact` for a value nobody else holds (freshly decoded): no copies."""
+        verdicts = self._verdicts
+        if type(value) is dict:
+            for k, v in value.items():
+                secret = verdicts.get(k)
+                if secret is None:
+                    secret = self.is_secret(k)
+                if secret:
+                    value[k] = REDACTED
+                elif type(v) is dict or type(v) is list:
+                    self._redact_in_place(v)
+        elif type(value) is list:
+            for v in value:
+                if type(v) is dict or type(v) is list:
+                    self._redact_in_place(v)
+
+    def _flat_secret(self, value: dict[str, Any]) -> bool | None:
+        """Whether a mapping of plain values has a secret key; None when it nests."""
+        verdicts = self._verdicts
+        found = False
+        for k, v in value.items():
+            if type(v) not in _PLAIN or type(k) is not str:
+                return None
+            secret = verdicts.get(k)
+            if secret is None:
+                secret = self.is_secret(k)
+            found = found or secret
+        return found
 
     def _truncate(self, value: Any, limit: int) -> Any:
         size = _encoded_size(value)
@@ -225,6 +257,10 @@ class ParamsPolicy:
         (``*args``) or cannot be passed by keyword stays in ``args`` (a secret
         positional-only argument is redacted there, by its name).
         """
+        names = spec.names
+        if not kwargs and not spec.positional_only and len(args) <= len(names):
+            # the usual call, all by position: one C-level pass
+            return {"args": [], "kwargs": dict(zip(names, args, strict=False))}
         named: dict[str, Any] = {}
         rest: list[Any] = []
         for i, value in enumerate(args):
@@ -240,23 +276,36 @@ class ParamsPolicy:
     def encode_captured(self, raw: bytes) -> bytes:
         """Stored JSON of arguments captured by :func:`capture_call`: redacted and bounded.
 
-        The common case only reads the text: without any secret-looking word
+        The common case only reads the bytes: without any secret-looking word
         anywhere, and within the bounds, the captured JSON is stored as it is.
         """
-        if not self._mentions_secret(raw.decode()):
+        if not self._mentions_secret_bytes(raw):
             if len(raw) <= min(self.max_value_bytes, self.max_row_bytes):
                 return raw
             return dumps(self.bound(loads(raw)))
-        return self.encode(loads(raw))
+        value = loads(raw)
+        self._redact_in_place(value)
+        data = dumps(value)
+        if len(data) > min(self.max_value_bytes, self.max_row_bytes):
+            data = dumps(self.bound(value))
+        return data
+
+    def _mentions_secret_bytes(self, data: bytes) -> bool:
+        # decoding first: substring search is faster on str than on bytes
+        return self._mentions_secret(data.decode(errors="replace"))
 
     def encode(self, value: dict[str, Any]) -> bytes:
         """Compact JSON of a JSON-safe mapping, redacted and bounded.
 
-        The common case costs one encoding and one search: a text without any
-        secret-looking word anywhere has no secret key to redact.
+        The common cases cost one encoding and a look at the keys (a mapping of
+        plain values, such as labels) or one search of the text (a text without
+        any secret-looking word anywhere has no secret key to redact).
         """
+        secret = self._flat_secret(value)
         data = dumps(value)
-        if self._mentions_secret(data.decode()):
+        if secret is None:
+            secret = self._mentions_secret_bytes(data)
+        if secret:
             value = self.redact(value)
             data = dumps(value)
         if len(data) > min(self.max_value_bytes, self.max_row_bytes):

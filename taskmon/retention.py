@@ -18,7 +18,9 @@ recording an outcome. Readers already show such rows as lost; :func:`mark_lost`
 stores it, with one ``task_failed`` event per row on the bus.
 
 Run it from TaskIQ's scheduler with :func:`register_cleanup`, or as
-``taskmon cleanup``. No textual, typer or rich here: it runs inside workers.
+``taskmon cleanup``. The statements are in :mod:`taskmon.store.retention`; this
+module batches them and publishes the events. No textual, typer or rich here:
+it runs inside workers.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,7 +42,10 @@ import asyncpg
 from taskmon.bus import Publisher
 from taskmon.encode import encode_record_event
 from taskmon.events import AttemptRecord, Status
+from taskmon.store import retention as statements
 from taskmon.store.ingest import next_seqs
+from taskmon.store.retention import HOUR_ROLLUP_TABLES, MINUTE_ROLLUP_TABLES
+from taskmon.store.schema import DEFAULT_LOST_AFTER_S
 
 if TYPE_CHECKING:
     from taskiq import AsyncBroker, AsyncTaskiqDecoratedTask
@@ -70,110 +75,8 @@ RETENTION_ENV = "TASK_LOG_RETENTION_DAYS"
 DEFAULT_RETENTION_DAYS = 30.0
 DEFAULT_CRON = "0 3 * * *"
 DEFAULT_BATCH_SIZE = 5000
-DEFAULT_LOST_AFTER_S = 3600.0
 DEFAULT_ROLLUP_RETENTION = timedelta(days=400)
 CLEANUP_TASK_NAME = "taskmon:cleanup"
-
-# The rollup tables of sql/0002_rollups.sql, by resolution: the fine ones
-# (minute counts and errors, 5-minute histograms) serve only the edges of
-# windows, the hour ones whole hours. Each has a leading `bucket timestamptz`
-# primary-key column. Table names are constants of the schema, never input,
-# so they are the only thing formatted into SQL here.
-MINUTE_ROLLUP_TABLES: tuple[str, ...] = (
-    "task_rollup_minute",
-    "task_hist_5min",
-    "task_error_minute",
-)
-# hour and day tables answer long windows, so they share the longer retention
-HOUR_ROLLUP_TABLES: tuple[str, ...] = (
-    "task_rollup_hour",
-    "task_hist_hour",
-    "task_error_hour",
-    "task_hist_day",
-    "task_error_day",
-)
-
-# Same rule as every reader (taskmon.store.queries, taskmon.filters): with a
-# timeout label, twice the timeout; without, `lost_after_s` ($1).
-_STALE = (
-    "status = 'running' AND created_at"
-    " < now() - make_interval(secs => coalesce(timeout_s * 2, $1::double precision))"
-)
-
-_MARK_LOST = f"""
-WITH stale AS (
-    SELECT id FROM task_execution_logs
-    WHERE {_STALE}
-    ORDER BY created_at, id
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE task_execution_logs AS t SET
-    status = 'lost',
-    error_type = coalesce(t.error_type, 'Lost'),
-    error_message = coalesce(t.error_message, CASE
-        WHEN t.timeout_s IS NOT NULL THEN
-            'no outcome recorded within 2×timeout (' || (t.timeout_s * 2)::text
-            || 's); the worker probably died'
-        ELSE 'no outcome recorded within ' || $1::double precision::text
-            || 's; the worker probably died'
-    END),
-    updated_at = now()
-FROM stale
-WHERE t.id = stale.id AND t.status = 'running'
-RETURNING t.task_id, t.attempt, t.task_name, t.worker, t.queue, t.labels, t.params,
-          t.error_type, t.error_message, t.timeout_s, t.enqueued_at, t.started_at,
-          t.created_at, t.queue_wait_ms
-"""
-
-_COUNT_STALE = f"SELECT count(*) FROM task_execution_logs WHERE {_STALE}"
-
-
-# A keyset walk up the created_at index: $1 cutoff, $2/$3 the last key deleted
-# (or -infinity/0 at the start), $4 the batch size.
-_NEXT_KEYS = """
-    SELECT id FROM task_execution_logs
-    WHERE created_at < $1 AND (created_at, id) > ($2, $3)
-    ORDER BY created_at, id
-    LIMIT $4
-"""
-
-_DELETE_BATCH = f"""
-WITH doomed AS ({_NEXT_KEYS})
-DELETE FROM task_execution_logs AS t USING doomed
-WHERE t.id = doomed.id
-RETURNING t.created_at, t.id
-"""
-
-# The archive's line: the keys of `taskmon history --format json`, in its
-# order, built by PostgreSQL (JSON encoding in Python was the slowest part of
-# archiving). A row still running past its threshold is written as lost, as
-# readers show it. Timestamps are ISO 8601 in UTC (the transaction sets it).
-_ARCHIVE_LINE = """
-    json_build_object(
-        'id', t.id, 'task_id', t.task_id, 'task_name', t.task_name,
-        'status', CASE WHEN t.status = 'running' AND t.created_at
-                       < now() - make_interval(secs => coalesce(t.timeout_s * 2, $5::float8))
-                  THEN 'lost' ELSE t.status END,
-        'attempt', t.attempt, 'worker', t.worker, 'queue', t.queue, 'params', t.params,
-        'labels', t.labels, 'error_type', t.error_type, 'error_message', t.error_message,
-        'traceback', t.traceback, 'timeout_s', t.timeout_s, 'enqueued_at', t.enqueued_at,
-        'started_at', t.started_at, 'finished_at', t.finished_at, 'duration_ms', t.duration_ms,
-        'queue_wait_ms', t.queue_wait_ms, 'created_at', t.created_at, 'updated_at', t.updated_at
-    )::text
-"""
-
-_SELECT_BATCH = f"""
-SELECT t.id, t.created_at, {_ARCHIVE_LINE} AS line
-FROM task_execution_logs AS t
-WHERE t.id IN ({_NEXT_KEYS})
-ORDER BY t.created_at, t.id
-FOR UPDATE
-"""
-
-_DELETE_IDS = "DELETE FROM task_execution_logs WHERE id = ANY($1::bigint[])"
-
-_COUNT_OLD = "SELECT count(*) FROM task_execution_logs WHERE created_at < $1"
 
 _EPOCH_START = datetime(1, 1, 1, tzinfo=UTC)
 
@@ -183,7 +86,7 @@ _EPOCH_START = datetime(1, 1, 1, tzinfo=UTC)
 # ---------------------------------------------------------------------------
 
 
-def _lost_record(row: Mapping[str, Any]) -> AttemptRecord:
+def _lost_record(row: asyncpg.Record) -> AttemptRecord:
     return AttemptRecord(
         task_id=row["task_id"],
         attempt=row["attempt"],
@@ -234,7 +137,7 @@ async def mark_lost(
     total = 0
     while True:
         async with conn.transaction():
-            rows = await conn.fetch(_MARK_LOST, float(lost_after_s), batch_size)
+            rows = await statements.mark_lost_batch(conn, lost_after_s, batch_size)
             events: list[bytes] = []
             if rows:
                 seqs = await next_seqs(conn, len(rows))
@@ -348,7 +251,7 @@ async def _delete_raw(
     total = batches = 0
     while True:
         if archive is None:
-            keys = await conn.fetch(_DELETE_BATCH, cutoff, last_at, last_id, batch_size)
+            keys = await statements.delete_batch(conn, cutoff, (last_at, last_id), batch_size)
             n = len(keys)
             if n:
                 last_at, last_id = max((k["created_at"], k["id"]) for k in keys)
@@ -356,9 +259,8 @@ async def _delete_raw(
             # lock, write and fsync the batch, then delete it, all in one
             # transaction: if the archive fails, nothing of the batch is deleted
             async with conn.transaction():
-                await conn.execute("SET LOCAL TimeZone = 'UTC'")
-                rows = await conn.fetch(
-                    _SELECT_BATCH, cutoff, last_at, last_id, batch_size, float(lost_after_s)
+                rows = await statements.archive_batch(
+                    conn, cutoff, (last_at, last_id), batch_size, lost_after_s
                 )
                 n = len(rows)
                 if n:
@@ -369,7 +271,7 @@ async def _delete_raw(
                             f"cannot write the archive {archive.path}: {exc.strerror or exc}"
                             f" ({total:,} rows archived and deleted before)"
                         ) from exc
-                    await conn.execute(_DELETE_IDS, [r["id"] for r in rows])
+                    await statements.delete_ids(conn, [r["id"] for r in rows])
                     last_at, last_id = rows[-1]["created_at"], rows[-1]["id"]
         total += n
         if n:
@@ -383,33 +285,12 @@ async def _delete_raw(
 async def _delete_rollups(
     conn: asyncpg.Connection[Any], table: str, cutoff: datetime, batch_size: int
 ) -> int:
-    # the table name comes from the constants above, never from input
-    sql = (
-        f"DELETE FROM {table} WHERE ctid = ANY(ARRAY("
-        f"SELECT ctid FROM {table} WHERE bucket < $1 ORDER BY bucket LIMIT $2))"
-    )
     total = 0
     while True:
-        status = await conn.execute(sql, cutoff, batch_size)
-        n = int(status.rsplit(" ", 1)[1])
+        n = await statements.delete_rollups(conn, table, cutoff, batch_size)
         total += n
         if n < batch_size:
             return total
-
-
-async def _count_rollups(conn: asyncpg.Connection[Any], table: str, cutoff: datetime) -> int:
-    n: int = await conn.fetchval(f"SELECT count(*) FROM {table} WHERE bucket < $1", cutoff)
-    return n
-
-
-async def _existing_tables(conn: asyncpg.Connection[Any], names: tuple[str, ...]) -> list[str]:
-    found = await conn.fetch(
-        "SELECT c.relname FROM pg_class AS c WHERE c.relname = ANY($1::text[])"
-        " AND c.relkind IN ('r', 'p') AND pg_table_is_visible(c.oid)",
-        list(names),
-    )
-    present = {r["relname"] for r in found}
-    return [name for name in names if name in present]
 
 
 async def cleanup(
@@ -456,7 +337,7 @@ async def cleanup(
     if lost_after_s <= 0:
         raise ValueError("the lost threshold must be positive")
     t0 = time.monotonic()
-    now: datetime = await conn.fetchval("SELECT now()")
+    now = await statements.server_now(conn)
     # keep hour rollups at least as long as raw rows: long windows need them
     if rollups_older_than is not None:
         rollups_older_than = max(rollups_older_than, older_than)
@@ -465,8 +346,8 @@ async def cleanup(
         rollup_cutoff=now - rollups_older_than if rollups_older_than is not None else None,
         dry_run=dry_run,
     )
-    minute_tables = await _existing_tables(conn, MINUTE_ROLLUP_TABLES)
-    hour_tables = await _existing_tables(conn, HOUR_ROLLUP_TABLES)
+    minute_tables = await statements.existing_tables(conn, MINUTE_ROLLUP_TABLES)
+    hour_tables = await statements.existing_tables(conn, HOUR_ROLLUP_TABLES)
     # a fine bucket goes only once all of it is older than the cutoff: the raw
     # rows after the cutoff may still need the bucket they share with older ones
     fine_cutoff = result.cutoff.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
@@ -475,10 +356,10 @@ async def cleanup(
         plans += [(t, result.rollup_cutoff) for t in hour_tables]
 
     if dry_run:
-        result.marked_lost = await conn.fetchval(_COUNT_STALE, float(lost_after_s))
-        result.deleted = await conn.fetchval(_COUNT_OLD, result.cutoff)
+        result.marked_lost = await statements.count_stale(conn, lost_after_s)
+        result.deleted = await statements.count_older(conn, result.cutoff)
         for table, cutoff in plans:
-            result.rollups_deleted[table] = await _count_rollups(conn, table, cutoff)
+            result.rollups_deleted[table] = await statements.count_rollups(conn, table, cutoff)
     else:
         result.marked_lost = await mark_lost(
             conn, lost_after_s=lost_after_s, batch_size=min(batch_size, 1000), publisher=publisher

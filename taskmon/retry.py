@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from taskiq import AsyncBroker
 
     from taskmon.filters import TaskFilter
+    from taskmon.store.schema import AttemptRow
 
 __all__ = [
     "RETRY_LABEL",
@@ -309,9 +310,7 @@ class RetryPlan:
         }
 
 
-def make_plan(
-    row: dict[str, Any], broker: AsyncBroker, retried_as: Iterable[str] = ()
-) -> RetryPlan:
+def make_plan(row: AttemptRow, broker: AsyncBroker, retried_as: Iterable[str] = ()) -> RetryPlan:
     """The retry of the recorded attempt `row` (a history row) through `broker`."""
     base = RetryPlan(
         task_id=str(row["task_id"]),
@@ -326,7 +325,7 @@ def make_plan(
         return RetryPlan(**{**base.__dict__, "refused": str(exc)})
 
 
-def _complete(plan: RetryPlan, row: dict[str, Any], broker: AsyncBroker) -> RetryPlan:
+def _complete(plan: RetryPlan, row: AttemptRow, broker: AsyncBroker) -> RetryPlan:
     if plan.status in _UNFINISHED:
         raise RetryError(f"attempt {plan.attempt} is still {plan.status}")
     task = broker.find_task(plan.task_name)
@@ -371,7 +370,7 @@ async def plan_task(
     Raises:
         RetryError: `task_id` is not a task id, no such task (or attempt) is recorded.
     """
-    from taskmon.store.queries import fetch_attempts
+    from taskmon.store.history import fetch_attempts
 
     task_id = check_task_id(task_id)
     attempts = await fetch_attempts(conn, task_id)
@@ -401,9 +400,9 @@ async def plan_matching(
 
     Each task is retried once, with its newest matching attempt.
     """
-    from taskmon.store.queries import fetch_history
+    from taskmon.store.history import fetch_history
 
-    rows: dict[str, dict[str, Any]] = {}
+    rows: dict[str, AttemptRow] = {}
     after: str | None = None
     while len(rows) < limit:
         page = await fetch_history(

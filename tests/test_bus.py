@@ -14,7 +14,7 @@ import redis.asyncio
 from helpers import publish, record, wait_for
 
 from taskmon.bus.postgres import MAX_PAYLOAD, PgNotifySubscriber
-from taskmon.bus.redis import STREAM, RedisStreamPublisher, RedisStreamSubscriber
+from taskmon.bus.redis import PACK_EVENTS, STREAM, RedisStreamPublisher, RedisStreamSubscriber
 from taskmon.bus.subscriber import BusEvents, BusGap, BusItem, BusState, Subscriber
 from taskmon.recorder import Recorder
 
@@ -154,7 +154,8 @@ async def test_redis_subscriber_resumes_by_stream_id_after_losing_its_connection
 
     # and when the stream was trimmed past its position while it was away: a gap
     await sub.stop()
-    await publish(redis_recorder, [record(20 + i) for i in range(5)])
+    for i in range(5):  # five batches: five stream entries
+        await publish(redis_recorder, [record(20 + i)])
     await admin.xtrim(STREAM, maxlen=2, approximate=False)
     resumed = Collector(subscriber)  # same subscriber: resumes after its last id
     await wait_for(lambda: resumed.gaps(), timeout=10)
@@ -229,5 +230,27 @@ async def test_redis_subscriber_reads_entries_of_one_event_or_several(redis_url:
     assert [e["seq"] for e in sub.events] == [1, 2, 3, 4]
     raws = [r for i in sub.items if isinstance(i, BusEvents) for r in i.raw or []]
     assert raws[1:3] == [b'{"seq":2,"task_name":"b"}', b'{"seq":3,"task_name":"c"}']
+    await admin.aclose()
+    await sub.stop()
+
+
+async def test_redis_publisher_packs_a_batch_into_few_entries(
+    redis_url: str, redis_recorder: Recorder
+) -> None:
+    # given a subscriber following the stream
+    sub = Collector(RedisStreamSubscriber(redis_url))
+    await wait_for(lambda: sub.states())
+    admin = redis.asyncio.Redis.from_url(redis_url)
+    before = await admin.xlen(STREAM)
+
+    # when one batch of 100 events is published
+    await publish(redis_recorder, [record(i) for i in range(100)])
+
+    # then it takes a few entries of up to PACK_EVENTS, and every event arrives once, in order
+    await wait_for(lambda: len(sub.events) == 100)
+    added = await admin.xlen(STREAM) - before
+    assert added == -(-100 // PACK_EVENTS)
+    seqs = [e["seq"] for e in sub.events]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 100
     await admin.aclose()
     await sub.stop()

@@ -112,6 +112,7 @@ USAGE_ERRORS = [
     (["cleanup", "--batch-size", "x"], "'--batch-size'"),
     (["demo", "--rate", "fast"], "'--rate'"),
     (["tui", "--lost-after"], "'--lost-after' requires an argument"),
+    (["serve", "--lost-after", "soon"], "--lost-after"),
 ]
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import fasteners
+import fasteners  # type: ignore[import-untyped]
 import psutil
 import pytest
 from helpers import unconfigured_env
@@ -112,7 +112,8 @@ async def _wait_for_live_attempts(pgdata: Path) -> None:
     """Wait until the demo's task load (not its backfill) has recorded an attempt."""
     deadline = time.monotonic() + 120
     while True:
-        with contextlib.suppress(OSError, asyncpg.PostgresError):
+        # postmaster.pid is written line by line: it may not name the port yet
+        with contextlib.suppress(OSError, IndexError, ValueError, asyncpg.PostgresError):
             conn = await asyncpg.connect(**_connect_args(pgdata))
             try:
                 if await conn.fetchval(
@@ -360,3 +361,14 @@ def test_a_signal_with_the_tui_up_still_removes_the_database(home: Path, how: st
             )
     finally:
         demo.close()
+
+
+def test_the_summary_counts_in_words_that_agree() -> None:
+    from taskmon.demo import DemoSummary
+
+    def first_line(kicked: int) -> str:
+        summary = DemoSummary(10.0, 2.0, kicked, kicked, {"success": kicked}, 0, 0, 0, "")
+        return summary.lines()[0]
+
+    assert first_line(1).endswith(": 1 task kicked")
+    assert first_line(2).endswith(": 2 tasks kicked")

@@ -1,4 +1,4 @@
-"""Tests for taskmon.filters: the query language, its SQL and its event matcher."""
+"""Tests for taskmon.filters (the query language, its event matcher) and its SQL (the store's)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from taskmon.filters import (
     parse_time,
     parse_window,
 )
+from taskmon.store.filter_sql import filter_sql
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 KEYS = (
@@ -80,7 +81,7 @@ def test_empty_query_is_empty_filter() -> None:
         assert f.is_empty()
         assert f.to_query() == ""
         assert f.to_dict() == {}
-        assert f.to_sql([]) == "TRUE"
+        assert filter_sql(f, []) == "TRUE"
     assert not p("boom").is_empty()
 
 
@@ -571,7 +572,7 @@ def test_sql_values_only_in_params() -> None:
         task_id=EVIL,
     )
     params: list[object] = []
-    sql = f.to_sql(params)
+    sql = filter_sql(f, params)
     for bad in ("DROP", "--", ";", "%", "100", "x"):
         assert bad not in sql
     assert sql.count("'") == sql.count("ESCAPE '\\'") * 2  # the only quoted literal
@@ -583,7 +584,7 @@ def test_sql_values_only_in_params() -> None:
 
 def test_sql_placeholders_follow_prefilled_params() -> None:
     params: list[object] = ["caller", 42]
-    sql = p("status:failed task:a worker:w error:e since:1d attempt:>=1 boom").to_sql(params)
+    sql = filter_sql(p("status:failed task:a worker:w error:e since:1d attempt:>=1 boom"), params)
     assert placeholders(sql) == set(range(3, len(params) + 1))
     assert params[:2] == ["caller", 42]
     assert "$1" not in sql and "$2 " not in sql
@@ -592,7 +593,7 @@ def test_sql_placeholders_follow_prefilled_params() -> None:
 @given(filters(), st.lists(st.integers(), max_size=3))
 def test_sql_placeholders_property(f: TaskFilter, prefilled: list[object]) -> None:
     params = list(prefilled)
-    sql = f.to_sql(params)
+    sql = filter_sql(f, params)
     assert params[: len(prefilled)] == prefilled
     assert placeholders(sql) == set(range(len(prefilled) + 1, len(params) + 1))
 
@@ -624,14 +625,17 @@ def shape_twin(f: TaskFilter) -> TaskFilter:
 def test_sql_text_depends_only_on_the_filter_shape(f: TaskFilter) -> None:
     params: list[object] = []
     twin_params: list[object] = []
-    assert f.to_sql(params) == shape_twin(f).to_sql(twin_params)
+    assert filter_sql(f, params) == filter_sql(shape_twin(f), twin_params)
     assert len(params) == len(twin_params)
 
 
 def test_sql_alias_and_shapes() -> None:
     params: list[object] = []
-    sql = p("status:failed,lost task:x worker:w error:e min_duration:1 max_duration:2").to_sql(
-        params, alias="t", lost_after_s=60
+    sql = filter_sql(
+        p("status:failed,lost task:x worker:w error:e min_duration:1 max_duration:2"),
+        params,
+        alias="t",
+        lost_after_s=60,
     )
     assert sql == (
         "(t.status = ANY($1::text[]) OR (t.status = 'running' AND t.created_at < now() - "
@@ -642,18 +646,18 @@ def test_sql_alias_and_shapes() -> None:
     )
     assert params == [["failed", "lost"], 60.0, "%x%", "%w%", "%e%", 1.0, 2.0]
     with pytest.raises(ValueError):
-        p("boom").to_sql([], alias="t; DROP")
+        filter_sql(p("boom"), [], alias="t; DROP")
 
 
 def test_sql_running_excludes_lost_and_both_need_no_rule() -> None:
     params: list[object] = []
-    assert p("status:running").to_sql(params) == (
+    assert filter_sql(p("status:running"), params) == (
         "((status = 'running' AND created_at >= now() - "
         "make_interval(secs => coalesce(timeout_s * 2, $1::double precision))))"
     )
     assert params == [3600.0]
     params = []
-    assert p("status:lost,running").to_sql(params) == "(status = ANY($1::text[]))"
+    assert filter_sql(p("status:lost,running"), params) == "(status = ANY($1::text[]))"
     assert params == [["running", "lost"]]
 
 
@@ -668,7 +672,7 @@ def test_sql_running_excludes_lost_and_both_need_no_rule() -> None:
 )
 def test_task_like_patterns(task: str, likes: list[str]) -> None:
     params: list[object] = []
-    TaskFilter(tasks=(task,)).to_sql(params)
+    filter_sql(TaskFilter(tasks=(task,)), params)
     assert params == likes
 
 
@@ -863,7 +867,7 @@ async def test_sql_against_postgres() -> None:
             params: list[object] = [0]  # the caller's own parameter comes first
             sql = (
                 "SELECT t.task_id FROM task_execution_logs t"
-                f" WHERE t.id > $1 AND {f.to_sql(params, alias='t')}"
+                f" WHERE t.id > $1 AND {filter_sql(f, params, alias='t')}"
             )
             got = {row["task_id"] for row in await conn.fetch(sql, *params)}
             assert got == expected, query

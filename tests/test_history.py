@@ -14,7 +14,8 @@ import pytest
 from test_rollups import insert
 
 from taskmon.filters import STATUSES, TaskFilter, parse
-from taskmon.store import queries
+from taskmon.store import history
+from taskmon.store.filter_sql import filter_sql
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 NASTY = "x'; DROP TABLE task_execution_logs; --%_\\"
@@ -46,7 +47,7 @@ async def all_pages(conn: asyncpg.Connection[Any], flt: TaskFilter, limit: int) 
     out: list[Any] = []
     cursor = None
     while True:
-        page = await queries.fetch_history(conn, flt, limit=limit, after=cursor)
+        page = await history.fetch_history(conn, flt, limit=limit, after=cursor)
         assert len(page.rows) <= limit
         out += page.rows
         if page.next_cursor is None:
@@ -60,7 +61,7 @@ async def test_keyset_pages_cover_every_row_once_newest_first(db: asyncpg.Connec
     assert len(rows) == 99 == len({r["id"] for r in rows})
     keys = [(r["created_at"], r["id"]) for r in rows]
     assert keys == sorted(keys, reverse=True)
-    first = (await queries.fetch_history(db, TaskFilter(), limit=3)).rows
+    first = (await history.fetch_history(db, TaskFilter(), limit=3)).rows
     assert [r["task_id"] for r in first] == ["id1", "fresh", "id4"]
     assert set(first[0]) >= {"id", "task_id", "task_name", "status", "attempt", "worker",
                              "params", "error_type", "error_message", "traceback",
@@ -87,18 +88,18 @@ async def test_filters_lost_rule_and_metacharacters(db: asyncpg.Connection[Any])
 
 async def test_attempts_and_bad_cursor(db: asyncpg.Connection[Any]) -> None:
     await seed(db)
-    attempts = await queries.fetch_attempts(db, "id1")
+    attempts = await history.fetch_attempts(db, "id1")
     assert [a["attempt"] for a in attempts] == [0, 1]
-    by_key = await queries.fetch_attempts_by_key(db, [("id1", 1), ("stuck", 0), ("nope", 0)])
+    by_key = await history.fetch_attempts_by_key(db, [("id1", 1), ("stuck", 0), ("nope", 0)])
     assert {(a["task_id"], a["attempt"], a["status"]) for a in by_key} == {
         ("id1", 1, attempts[1]["status"]),
         ("stuck", 0, "lost"),  # the same lost rule as history pages
     }
-    assert await queries.fetch_attempts_by_key(db, []) == []
-    for bad in ("garbage", "", "MTIz", queries.encode_cursor(NOW, 1) + "!"):
-        with pytest.raises(queries.CursorError):
-            await queries.fetch_history(db, TaskFilter(), after=bad)
-    assert queries.decode_cursor(queries.encode_cursor(NOW, 42)) == (NOW, 42)
+    assert await history.fetch_attempts_by_key(db, []) == []
+    for bad in ("garbage", "", "MTIz", history.encode_cursor(NOW, 1) + "!"):
+        with pytest.raises(history.CursorError):
+            await history.fetch_history(db, TaskFilter(), after=bad)
+    assert history.decode_cursor(history.encode_cursor(NOW, 42)) == (NOW, 42)
 
 
 def cli(dsn: str, *args: str, columns: int | None = 120) -> subprocess.CompletedProcess[str]:
@@ -131,7 +132,7 @@ async def test_cli_json_pages_and_formats(dsn: str, db: asyncpg.Connection[Any])
     table = cli(dsn, "--limit", "3")
     assert table.returncode == 0, table.stderr
     assert "next page: --after" in table.stdout and "3 rows" in table.stdout
-    assert "✓ success" in table.stdout or "✗ failed" in table.stdout
+    assert "✓ success" in table.stdout or "✕ failed" in table.stdout
     # at 80 columns, task names stay whole; the error column gives way
     narrow = cli(dsn, "--limit", "20", "--task", "app.tasks:*", columns=80).stdout.splitlines()
     assert all(len(line) <= 80 for line in narrow)
@@ -239,7 +240,7 @@ async def seed_statuses(conn: asyncpg.Connection[Any]) -> None:
 async def expected(conn: asyncpg.Connection[Any], flt: TaskFilter) -> list[tuple[int, str]]:
     """(id, shown status) of every matching row, newest first, by one plain statement."""
     params: list[object] = []
-    cond = flt.to_sql(params, alias="r")
+    cond = filter_sql(flt, params, alias="r")
     rows = await conn.fetch(
         "SELECT r.id, CASE WHEN r.status = 'running' AND r.created_at < now() - "
         "make_interval(secs => coalesce(r.timeout_s * 2, 3600)) THEN 'lost' ELSE r.status END "
@@ -297,5 +298,5 @@ async def test_task_and_status_pages_like_the_plain_filter(
     assert (n == 0) == ("nothing" in text)
     # a page boundary between rows that share created_at
     if n > 6:
-        page = await queries.fetch_history(db, flt, limit=6)
+        page = await history.fetch_history(db, flt, limit=6)
         assert page.next_cursor is not None and len(page.rows) == 6

@@ -1,9 +1,21 @@
-"""The core runs inside users' workers: it must not drag in the UI stack."""
+"""The core runs inside users' workers: it must not drag in the UI stack.
+
+Two proofs: importing the core in a fresh interpreter loads none of textual,
+typer or rich (below), and the import-linter contract in ``pyproject.toml``
+(``lint-imports``, run by ``.ci/run``) finds no import of them, direct or
+indirect, in any core module, whichever code path runs.
+"""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# everything else is the core
+UI = {"taskmon.cli", "taskmon.__main__", "taskmon.commands", "taskmon.tui"}
 
 CORE = [
     "taskmon",
@@ -17,10 +29,21 @@ CORE = [
     "taskmon.bus.postgres",
     "taskmon.bus.redis",
     "taskmon.retention",
+    "taskmon.alerts",
+    "taskmon.store.alerts",
+    "taskmon.store.metrics",
+    "taskmon.metrics",
+    "taskmon.display",
+    "taskmon.demo",
 ]
 OPTIONAL_CORE = [
     "taskmon.filters",
-    "taskmon.store.queries",
+    "taskmon.store.schema",
+    "taskmon.store.filter_sql",
+    "taskmon.store.history",
+    "taskmon.store.stats",
+    "taskmon.store.retention",
+    "taskmon.store.maintenance",
     "taskmon.hub",
     "taskmon.client",
     "taskmon.retry",
@@ -47,3 +70,24 @@ def test_history_cli_does_not_import_textual() -> None:
     code = "import sys\nfrom taskmon import cli\nprint('textual' in sys.modules)\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_import_contract_covers_every_core_module() -> None:
+    # given the contract of pyproject.toml
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    (contract,) = config["contracts"]
+    assert set(contract["forbidden_modules"]) == {"textual", "typer", "rich"}
+    # then each top-level module and package of taskmon is either UI or in the contract
+    found = {
+        f"taskmon.{p.stem}"
+        for p in (ROOT / "taskmon").iterdir()
+        if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").exists()
+    }
+    assert found - UI == set(contract["source_modules"])
+
+
+def test_the_import_contract_is_kept() -> None:
+    lint = Path(sys.executable).with_name("lint-imports")
+    out = subprocess.run([lint], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "1 kept, 0 broken" in out.stdout

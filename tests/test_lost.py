@@ -21,7 +21,9 @@ from taskmon.bus.postgres import CHANNEL, unpack_payload
 from taskmon.filters import TaskFilter
 from taskmon.retention import mark_lost
 from taskmon.store.db import connect
-from taskmon.store.queries import fetch_history, fetch_stats
+from taskmon.store.history import fetch_history
+from taskmon.store.schema import AttemptRow
+from taskmon.store.stats import fetch_stats
 
 _INSERT = """
 INSERT INTO task_execution_logs
@@ -38,7 +40,8 @@ class Listener:
         self.events: list[dict[str, Any]] = []
         self.conn: asyncpg.Connection[Any] | None = None
 
-    def on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+    def on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
+        assert isinstance(payload, str)
         self.events += unpack_payload(payload)
 
 
@@ -187,7 +190,7 @@ async def test_attempt_of_a_killed_worker_becomes_lost(
     # although the table still says running (no cleanup has run)
     lost = TaskFilter(statuses=frozenset({"lost"}))
 
-    async def shown_lost() -> list[dict[str, Any]]:
+    async def shown_lost() -> list[AttemptRow]:
         return (await fetch_history(db, lost)).rows
 
     [shown] = await wait_for(shown_lost, timeout=30, interval=0.2)
@@ -222,17 +225,17 @@ async def test_an_outcome_arriving_after_mark_lost_replaces_the_lost_error(
 
     # given an attempt that was marked lost while it was in fact still running
     started = datetime.now(UTC) - timedelta(hours=2)
-    base = dict(task_id="slow-1", attempt=0, task_name="app:slow", worker="w:1")
+    base: dict[str, Any] = dict(task_id="slow-1", attempt=0, task_name="app:slow", worker="w:1")
     recorder = Recorder(dsn, flush_interval=0.01)
     await recorder.start(wait_connected=5)
-    recorder.submit(AttemptRecord(**base, status=Status.RUNNING, started_at=started))  # type: ignore[arg-type]
+    recorder.submit(AttemptRecord(**base, status=Status.RUNNING, started_at=started))
     await recorder.flush()
     assert await mark_lost(db, lost_after_s=60) == 1
 
     # when its real outcome arrives
     finished = datetime.now(UTC)
     recorder.submit(
-        AttemptRecord(  # type: ignore[arg-type]
+        AttemptRecord(
             **base,
             status=Status.SUCCESS,
             started_at=started,
@@ -248,3 +251,26 @@ async def test_an_outcome_arriving_after_mark_lost_replaces_the_lost_error(
     assert row is not None
     assert (row["status"], row["error_type"], row["error_message"]) == ("success", None, None)
     assert row["duration_ms"] == 7_200_000.0
+
+
+async def test_detail_and_history_agree_on_lost_with_a_short_lost_after(
+    db: asyncpg.Connection[Any], dsn: str
+) -> None:
+    """The detail screen's attempts use the same threshold as the history page."""
+    from taskmon.tui.sources import PgDataSource
+
+    # given an attempt without a timeout, running for 10 minutes
+    await db.execute(_INSERT, "ten-minutes", "tests:a", "running", None, 600.0)
+    source = PgDataSource(dsn, lost_after_s=300.0)  # `--lost-after 5m`
+    try:
+        # when the history and the task's attempts are read with a 5 min threshold
+        page = await source.history(TaskFilter())
+        attempts = await source.attempts("ten-minutes")
+        by_key = await source.attempts_by_key([("ten-minutes", 0)])
+    finally:
+        await source.close()
+
+    # then all three say lost
+    assert [r["status"] for r in page.rows] == ["lost"]
+    assert [r["status"] for r in attempts] == ["lost"]
+    assert [r["status"] for r in by_key] == ["lost"]

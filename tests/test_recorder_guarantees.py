@@ -200,3 +200,39 @@ async def test_the_enqueue_label_can_be_turned_off(dsn: str, db: asyncpg.Connect
     row = await db.fetchrow("SELECT status, queue_wait_ms FROM task_execution_logs")
     assert row is not None
     assert row["status"] == "success" and row["queue_wait_ms"] is None
+
+
+async def test_times_are_stored_to_the_microsecond(dsn: str, db: asyncpg.Connection[Any]) -> None:
+    # given attempts whose times carry every microsecond digit, one of them naive (UTC)
+    from datetime import UTC, datetime, timedelta
+
+    base = datetime(2026, 11, 30, 23, 59, 59, 999_999, tzinfo=UTC)
+    records = []
+    for n, micros in enumerate((0, 1, 499_999, 500_001, 999_999)):
+        r = record(n)
+        r.enqueued_at = base + timedelta(microseconds=micros)
+        r.started_at = r.enqueued_at + timedelta(microseconds=7)
+        r.finished_at = (r.started_at + timedelta(seconds=3, microseconds=1)).replace(
+            tzinfo=None if n == 4 else UTC
+        )
+        records.append(r)
+    recorder = Recorder(dsn, publisher=None)
+    await recorder.start(wait_connected=5)
+    for r in records:
+        recorder.submit(r)
+    await recorder.flush()
+    await recorder.stop()
+
+    # then each stored time is the submitted one, exactly
+    for r in records:
+        row = await db.fetchrow(
+            "SELECT enqueued_at, started_at, finished_at, created_at FROM task_execution_logs "
+            "WHERE task_id = $1",
+            r.task_id,
+        )
+        assert row is not None
+        assert r.finished_at is not None
+        assert row["enqueued_at"] == r.enqueued_at
+        assert row["started_at"] == r.started_at
+        assert row["created_at"] == r.started_at
+        assert row["finished_at"] == r.finished_at.replace(tzinfo=UTC)

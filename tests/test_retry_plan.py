@@ -17,6 +17,7 @@ from taskiq.serializers import PickleSerializer
 
 from taskmon.params import CallSpec, ParamsPolicy, loads
 from taskmon.retry import RetryError, make_plan, rebuild_call
+from taskmon.store.schema import AttemptRow
 
 
 def plain(user: str, size: int = 1, *, note: str = "") -> None: ...
@@ -82,17 +83,16 @@ def test_calls_that_cannot_be_rebuilt_faithfully_are_refused(
         rebuild_call(params, func)
 
 
-def row(task_name: str, status: str = "failed", **extra: Any) -> dict[str, Any]:
-    return {
-        "task_id": "t1",
-        "attempt": 0,
-        "task_name": task_name,
-        "status": status,
-        "params": {"args": [], "kwargs": {"user": "carol"}},
-        "labels": {},
-        "created_at": datetime.now(UTC),
-        **extra,
-    }
+def row(task_name: str, status: str = "failed", labels: dict[str, Any] | None = None) -> AttemptRow:
+    """A recorded attempt of `task_name`, called with ``user="carol"``."""
+    now = datetime.now(UTC)
+    return AttemptRow(
+        id=1, task_id="t1", task_name=task_name, status=status, attempt=0, worker="h:1",
+        queue=None, params={"args": [], "kwargs": {"user": "carol"}}, labels=labels or {},
+        error_type=None, error_message=None, traceback=None, timeout_s=None, enqueued_at=None,
+        started_at=now, finished_at=None, duration_ms=None, queue_wait_ms=None, created_at=now,
+        updated_at=now,
+    )  # fmt: skip
 
 
 def test_the_plan_carries_labels_but_not_the_retry_counter_and_links_the_original() -> None:

@@ -1,7 +1,7 @@
 """Error-text and free-word search: the indexes of sql/0003 and the SQL that uses them.
 
 Free words may be resolved to task names through ``task_names``
-(:func:`word_task_names_sql`) so that ``to_sql`` needs no ``ILIKE`` on
+(:func:`word_task_names_sql`) so that ``filter_sql`` needs no ``ILIKE`` on
 ``task_name``; the result must be exactly the same rows as without.
 """
 
@@ -17,9 +17,10 @@ import asyncpg
 import pytest
 from test_rollups import insert
 
-from taskmon.filters import TaskFilter, parse, word_task_names_sql
+from taskmon.filters import TaskFilter, parse
 from taskmon.store import migrations
 from taskmon.store.db import connect
+from taskmon.store.filter_sql import filter_sql, word_task_names_sql
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 TRGM_INDEXES = {"idx_task_logs_error_message_trgm", "idx_task_logs_error_type_trgm"}
@@ -105,10 +106,10 @@ async def has_pg_trgm(conn: asyncpg.Connection[Any]) -> bool:
 def test_without_resolved_names_the_sql_is_unchanged() -> None:
     f = parse('status:failed error:"timed out" boom reset')
     plain: list[object] = []
-    expected = f.to_sql(plain, alias="r")
+    expected = filter_sql(f, plain, alias="r")
     for names in (None, {}, {"other": ["x"]}):
         params: list[object] = []
-        assert f.to_sql(params, alias="r", word_task_names=names) == expected
+        assert filter_sql(f, params, alias="r", word_task_names=names) == expected
         assert params == plain
     assert "r.task_name ILIKE $3" in expected and "r.task_name ILIKE $4" in expected
 
@@ -116,7 +117,9 @@ def test_without_resolved_names_the_sql_is_unchanged() -> None:
 def test_resolved_word_compares_task_name_with_the_names() -> None:
     f = parse("boom reset")
     params: list[object] = ["caller"]
-    sql = f.to_sql(params, alias="r", word_task_names={"boom": ("app.boom:go",), "nope": ["x"]})
+    sql = filter_sql(
+        f, params, alias="r", word_task_names={"boom": ("app.boom:go",), "nope": ["x"]}
+    )
     assert sql == (
         "(r.task_name = ANY($3::text[]) OR r.error_message ILIKE $2 ESCAPE '\\' "
         "OR r.error_type ILIKE $2 ESCAPE '\\') AND "
@@ -126,13 +129,13 @@ def test_resolved_word_compares_task_name_with_the_names() -> None:
     assert params == ["caller", "%boom%", ["app.boom:go"], "%reset%"]
     # no name at all still compiles (and matches through the error columns only)
     params = []
-    assert "task_name = ANY($2::text[])" in f.to_sql(params, word_task_names={"boom": []})
+    assert "task_name = ANY($2::text[])" in filter_sql(f, params, word_task_names={"boom": []})
     assert params[1] == []
 
 
 def test_a_string_is_not_a_list_of_names() -> None:
     with pytest.raises(TypeError, match="list of names"):
-        parse("boom").to_sql([], word_task_names={"boom": "app.boom:go"})
+        filter_sql(parse("boom"), [], word_task_names={"boom": "app.boom:go"})
 
 
 def test_word_task_names_sql_takes_values_as_params_only() -> None:
@@ -167,11 +170,13 @@ async def test_resolved_words_select_the_same_rows(db: asyncpg.Connection[Any], 
     f = parse(query)
     expected = WORD_CASES[query]
     plain: list[object] = []
-    assert await ids(db, f.to_sql(plain, alias="r"), plain) == expected
+    assert await ids(db, filter_sql(f, plain, alias="r"), plain) == expected
     params: list[object] = []
     names = await resolve(db, f.words)
     assert set(names) == set(f.words)
-    assert await ids(db, f.to_sql(params, alias="r", word_task_names=names), params) == expected
+    assert (
+        await ids(db, filter_sql(f, params, alias="r", word_task_names=names), params) == expected
+    )
     db_now = await db.fetchval("SELECT now()")
     events: list[dict[str, Any]] = [
         {"task_name": name, "status": status, "timestamp": NOW.isoformat(),
@@ -190,7 +195,7 @@ async def test_migration_builds_the_search_indexes(db: asyncpg.Connection[Any]) 
 
 
 async def test_error_and_word_filters_can_use_the_indexes(db: asyncpg.Connection[Any]) -> None:
-    """The conditions to_sql writes are ones the partial indexes can serve.
+    """The conditions filter_sql writes are ones the partial indexes can serve.
 
     With sequential scans (and the other orderings) disabled the planner still
     has a choice: if the expression did not imply the index predicate, or the
@@ -203,7 +208,7 @@ async def test_error_and_word_filters_can_use_the_indexes(db: asyncpg.Connection
 
     async def plan(f: TaskFilter, names: dict[str, list[str]] | None = None) -> str:
         params: list[object] = []
-        cond = f.to_sql(params, alias="r", word_task_names=names)
+        cond = filter_sql(f, params, alias="r", word_task_names=names)
         sql = f"SELECT r.id FROM task_execution_logs r WHERE {cond} ORDER BY r.created_at DESC"
         rows = await db.fetch(f"EXPLAIN {sql}", *params)
         return "\n".join(r[0] for r in rows)
@@ -305,7 +310,7 @@ async def test_migrating_without_the_right_to_create_pg_trgm_still_succeeds(
             params: list[object] = []
             f = parse(query)
             names_by_word = await resolve(conn, f.words)
-            cond = f.to_sql(params, alias="r", word_task_names=names_by_word)
+            cond = filter_sql(f, params, alias="r", word_task_names=names_by_word)
             assert await ids(conn, cond, params) == WORD_CASES[query]
     finally:
         await conn.close()

@@ -18,7 +18,7 @@ import pytest
 from test_rollups import insert
 
 from taskmon.filters import TaskFilter, parse
-from taskmon.store import queries
+from taskmon.store import stats as store_stats
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -48,7 +48,7 @@ async def seed(conn: asyncpg.Connection[Any]) -> None:
 
 async def test_counts_rates_live_and_errors(db: asyncpg.Connection[Any]) -> None:
     await seed(db)
-    stats = await queries.fetch_stats(db, TaskFilter(), now=NOW)
+    stats = await store_stats.fetch_stats(db, TaskFilter(), now=NOW)
     in_window = [i for i in range(300) if 4 * i + 1 < 24 * 60]  # i < 360: all 300
     assert len(in_window) == 300
     assert stats.by_status == {"success": 150, "failed": 50, "retrying": 50, "lost": 52,
@@ -73,9 +73,9 @@ async def test_filters_rollups_and_raw_fallback_agree(db: asyncpg.Connection[Any
     await seed(db)
     since, until = NOW - timedelta(hours=7, minutes=13, seconds=5), NOW - timedelta(minutes=41)
     flt = parse("status:failed,success task:mail")
-    fast = await queries.fetch_stats(db, flt, since=since, until=until)
+    fast = await store_stats.fetch_stats(db, flt, since=since, until=until)
     # a worker filter matching every row forces the raw path: same answer
-    slow = await queries.fetch_stats(db, flt.merge(TaskFilter(workers=(":1",))), since=since,
+    slow = await store_stats.fetch_stats(db, flt.merge(TaskFilter(workers=(":1",))), since=since,
                                      until=until)  # fmt: skip
     assert fast.by_status == slow.by_status and fast.by_status["retrying"] == 0
     assert [(t.task_name, t.count, t.p50_ms, t.p95_ms) for t in fast.tasks] == [
@@ -89,7 +89,7 @@ async def test_filters_rollups_and_raw_fallback_agree(db: asyncpg.Connection[Any
         until,
     )
     assert fast.total == exact > 0
-    none = await queries.fetch_stats(db, parse("task:nosuchtask"), now=NOW)
+    none = await store_stats.fetch_stats(db, parse("task:nosuchtask"), now=NOW)
     assert none.total == 0 and none.tasks == [] and none.p95_ms is None
 
 
@@ -101,7 +101,7 @@ def test_cli_stats_json_and_bad_input(dsn: str) -> None:
     )  # fmt: skip
     assert ok.returncode == 0, ok.stderr
     data = json.loads(ok.stdout)
-    assert data["total"] == 0 and data["relative_error"] == queries.RELATIVE_ERROR
+    assert data["total"] == 0 and data["relative_error"] == store_stats.RELATIVE_ERROR
     table = subprocess.run(
         [sys.executable, "-m", "taskmon", "stats"],
         env=dict(env, NO_COLOR="1"), capture_output=True, text=True, timeout=60,
@@ -117,7 +117,7 @@ def test_cli_stats_json_and_bad_input(dsn: str) -> None:
 # Three days of attempts, one every 97 s from 2026-03-01 10:00 UTC, every error message
 # distinct, so that a wrong example or an edge counted twice shows.
 T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
-BOUND = queries.RELATIVE_ERROR + 1e-9
+BOUND = store_stats.RELATIVE_ERROR + 1e-9
 
 
 async def seed_days(conn: asyncpg.Connection[Any]) -> None:
@@ -140,7 +140,7 @@ async def seed_days(conn: asyncpg.Connection[Any]) -> None:
 
 
 async def assert_matches_raw(
-    conn: asyncpg.Connection[Any], stats: queries.Stats, where: str, *args: Any
+    conn: asyncpg.Connection[Any], stats: store_stats.Stats, where: str, *args: Any
 ) -> None:
     """`stats` against count(*), percentile_cont and the error rows of the raw rows."""
     window = f"created_at >= $1 AND created_at < $2 AND {where}"
@@ -214,17 +214,17 @@ async def test_windows_of_days_match_the_raw_rows(
     db: asyncpg.Connection[Any], since: datetime, until: datetime
 ) -> None:
     await seed_days(db)
-    stats = await queries.fetch_stats(db, TaskFilter(), since=since, until=until)
+    stats = await store_stats.fetch_stats(db, TaskFilter(), since=since, until=until)
     assert stats.total > 0
     await assert_matches_raw(db, stats, "TRUE")
     # the status and task filters read the same rollups
     flt = parse("status:failed,retrying task:report")
-    stats = await queries.fetch_stats(db, flt, since=since, until=until)
+    stats = await store_stats.fetch_stats(db, flt, since=since, until=until)
     await assert_matches_raw(
         db, stats, "status IN ('failed', 'retrying') AND task_name = $3", "app:report"
     )
     # and the raw path (a worker filter) gives the same answer
-    slow = await queries.fetch_stats(db, flt.merge(TaskFilter(workers=(":1",))), since=since,
+    slow = await store_stats.fetch_stats(db, flt.merge(TaskFilter(workers=(":1",))), since=since,
                                      until=until)  # fmt: skip
     assert dataclasses.replace(slow, tasks=[]) == dataclasses.replace(stats, tasks=[])
     assert [dataclasses.replace(t, mean_ms=None) for t in slow.tasks] == [
@@ -250,7 +250,7 @@ async def test_error_examples_at_a_cut_minute_and_after_minute_rollups_are_delet
     await db.execute("DELETE FROM task_error_minute WHERE bucket < $1", noon)
     since, until = noon - timedelta(hours=3), noon + timedelta(seconds=30)
 
-    stats = await queries.fetch_stats(db, TaskFilter(), since=since, until=until)
+    stats = await store_stats.fetch_stats(db, TaskFilter(), since=since, until=until)
 
     # the window ends inside the minute of both timeouts: the example is the one in it;
     # the key error's example comes from its hour, its minute being gone
@@ -259,7 +259,7 @@ async def test_error_examples_at_a_cut_minute_and_after_minute_rollups_are_delet
         "KeyError": (1, "old key"),
     }
     # a status filter applies to the example too
-    lost = await queries.fetch_stats(db, parse("status:lost"), since=since, until=until)
+    lost = await store_stats.fetch_stats(db, parse("status:lost"), since=since, until=until)
     assert lost.errors == []
 
 
@@ -271,12 +271,12 @@ def test_split_covers_the_window_once_on_each_level_s_boundaries() -> None:
         since = since.replace(microsecond=0) if rng.random() < 0.3 else since
         length = rng.choice([0, 60, 300, 3600, 86_400, rng.uniform(0, 5 * 86_400)])
         until = since + timedelta(seconds=length)
-        levels, raw = queries._split(since, until, steps)
+        levels, raw = store_stats._split(since, until, steps)
         spans = [s for s in raw if s[0] < s[1]]
         for step, pair in zip(steps, levels, strict=True):
             for a, b in pair:
                 if a < b:
-                    assert queries._floor(a, step) == a and queries._floor(b, step) == b
+                    assert store_stats._floor(a, step) == a and store_stats._floor(b, step) == b
                     spans.append((a, b))
         spans.sort()
         # disjoint and gapless: together exactly [since, until)

@@ -157,7 +157,9 @@ async def test_tail_into_a_reader_that_leaves_exits_quietly(
         first = b""
         for n in range(100):  # events until the tail (still starting) prints one
             await publish(pg_recorder, [record(n)])
-            ready = await asyncio.to_thread(select.select, [read_end], [], [], 0.2)
+            ready: tuple[list[int], list[int], list[int]] = await asyncio.to_thread(
+                select.select, [read_end], [], [], 0.2
+            )
             if ready[0]:
                 first = os.read(read_end, 4096)
                 break

@@ -17,6 +17,7 @@ from tui_conftest_helpers import screen_text
 from taskmon.events import AttemptRecord, Status
 from taskmon.hub import Hub
 from taskmon.recorder import Recorder
+from taskmon.store.schema import AttemptRow
 from taskmon.tui.app import TaskmonApp, make_app
 from taskmon.tui.screens.detail import DetailScreen
 from taskmon.tui.screens.help import HelpScreen
@@ -107,7 +108,7 @@ def feed_text(app: TaskmonApp) -> str:
     return "\n".join(app.main.query_one(LiveFeed).plain_lines())
 
 
-def history_rows(app: TaskmonApp) -> list[dict[str, Any]]:
+def history_rows(app: TaskmonApp) -> list[AttemptRow]:
     return app.main.history_rows
 
 

@@ -16,7 +16,9 @@ from rich.console import Console
 from textual.app import App
 
 from taskmon.filters import TaskFilter
-from taskmon.store.queries import HistoryPage, Stats, TaskStats
+from taskmon.store.history import HistoryPage
+from taskmon.store.schema import AttemptRow
+from taskmon.store.stats import Stats, TaskStats
 from taskmon.tui.sources import LiveConnected, LiveEvent, LiveItem
 
 FROZEN_NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
@@ -57,9 +59,9 @@ def screen_text(app: App[Any]) -> str:
     return console.export_text(styles=False)
 
 
-def sample_rows(n: int = 60) -> list[dict[str, Any]]:
+def sample_rows(n: int = 60) -> list[AttemptRow]:
     """`n` attempts, newest first, one every 37 s before :data:`FROZEN_NOW`."""
-    rows: list[dict[str, Any]] = []
+    rows: list[AttemptRow] = []
     for i in range(n):
         created = FROZEN_NOW - timedelta(seconds=37 * (i + 1))
         status = ("success", "success", "failed", "success", "retrying", "running", "success")[
@@ -96,7 +98,7 @@ def sample_rows(n: int = 60) -> list[dict[str, Any]]:
     return rows
 
 
-def _matches(row: dict[str, Any], flt: TaskFilter) -> bool:
+def _matches(row: AttemptRow, flt: TaskFilter) -> bool:
     if flt.statuses and row["status"] not in flt.statuses:
         return False
     return not flt.tasks or row["task_name"] in flt.tasks
@@ -110,7 +112,7 @@ class FakeData:
 
     label = "postgresql://taskmon@db.example:5432/app"
 
-    def __init__(self, rows: list[dict[str, Any]] | None = None) -> None:
+    def __init__(self, rows: list[AttemptRow] | None = None) -> None:
         self.rows = sample_rows() if rows is None else rows
         self.history_calls = 0
         self.stats_calls = 0
@@ -163,10 +165,10 @@ class FakeData:
             relative_error=0.01,
         )
 
-    async def attempts(self, task_id: str) -> list[dict[str, Any]]:
+    async def attempts(self, task_id: str) -> list[AttemptRow]:
         return [r for r in self.rows if r["task_id"] == task_id]
 
-    async def attempts_by_key(self, keys: Sequence[tuple[str, int]]) -> list[dict[str, Any]]:
+    async def attempts_by_key(self, keys: Sequence[tuple[str, int]]) -> list[AttemptRow]:
         wanted = set(keys)
         return [r for r in self.rows if (r["task_id"], r["attempt"]) in wanted]
 

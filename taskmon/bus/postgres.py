@@ -161,7 +161,11 @@ class PgNotifySubscriber:
                 ever_connected = True
                 while True:
                     try:
-                        payload = await asyncio.wait_for(inbox.queue.get(), self.keepalive)
+                        # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a
+                        # cancellation that arrives just as a notification does, and a
+                        # hub stopping its reader would wait for it forever
+                        async with asyncio.timeout(self.keepalive):
+                            payload = await inbox.queue.get()
                     except TimeoutError:
                         await conn.fetchval("SELECT 1", timeout=5.0)
                         continue

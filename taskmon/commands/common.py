@@ -9,7 +9,9 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 
 __all__ = [
+    "REPLICA_ONLY",
     "DsnOption",
+    "ReadDsnOption",
     "TokenOption",
     "UsageError",
     "database_url",
@@ -31,6 +33,24 @@ DsnOption = Annotated[
         show_default=False,
     ),
 ]
+
+ReadDsnOption = Annotated[
+    str | None,
+    typer.Option(
+        "--read-dsn",
+        help="Send reads to this PostgreSQL (a streaming replica); writes and LISTEN stay "
+        "on --dsn. Default: $TASKMON_READ_DSN, then the config file's read_dsn, then --dsn.",
+        show_default=False,
+    ),
+]
+
+REPLICA_ONLY = (
+    "only a read replica is given (--read-dsn), and the live feed needs the primary: "
+    "a standby cannot LISTEN, and PostgreSQL NOTIFY is the event bus; give the primary "
+    "with --dsn or TASKMON_DSN (reads still go to the replica), or use the Redis bus "
+    "(--redis-url)"
+)
+"""Said when the NOTIFY bus would have to LISTEN on a server and only a replica is named."""
 
 TokenOption = Annotated[
     str | None,

@@ -82,16 +82,15 @@ def upgrade(dsn: DsnOption = None, sql_dir: SqlDirOption = None) -> None:
     async def go() -> None:
         from taskmon.config import resolve_dsn
         from taskmon.store import migrations
-        from taskmon.store.db import connect
+        from taskmon.store.db import connect_without_timeout
 
         source = migrations.load(sql_dir) if sql_dir is not None else None
         began = time.monotonic()
-        conn = await connect(resolve_dsn(dsn), command_timeout=None)
+        # a long migration is why this command exists: no limit on the client or the server
+        conn = await connect_without_timeout(resolve_dsn(dsn))
         lines = _Lines()
         conn.add_log_listener(lambda _conn, msg: lines.notice(msg.message))
         try:
-            # a long migration is why this command exists: no server-side limit either
-            await conn.execute("SET statement_timeout = 0")
             try:
                 result = await migrations.upgrade(conn, worker=False, source=source, progress=lines)
             except migrations.MigrationError as exc:
@@ -163,14 +162,13 @@ def rebuild_rollups(dsn: DsnOption = None) -> None:
 
     async def go() -> float:
         from taskmon.config import resolve_dsn
-        from taskmon.store import queries
-        from taskmon.store.db import connect
+        from taskmon.store import maintenance
+        from taskmon.store.db import connect_without_timeout
 
-        conn = await connect(resolve_dsn(dsn), command_timeout=None)
+        conn = await connect_without_timeout(resolve_dsn(dsn))
         try:
-            await conn.execute("SET statement_timeout = 0")
             began = time.monotonic()
-            await queries.rebuild_rollups(conn)
+            await maintenance.rebuild_rollups(conn)
             return time.monotonic() - began
         finally:
             await conn.close()
@@ -193,14 +191,7 @@ def stop() -> None:
     typer.echo("stopped" if stopped else f"not running ({path})")
 
 
-_SEARCH_INDEXES = {
-    "idx_task_logs_errors_status": "ON task_execution_logs (status, created_at DESC, id DESC) "
-    "WHERE error_message IS NOT NULL OR error_type IS NOT NULL",
-    "idx_task_logs_error_message_trgm": "ON task_execution_logs "
-    "USING gin (error_message gin_trgm_ops) WHERE error_message IS NOT NULL",
-    "idx_task_logs_error_type_trgm": "ON task_execution_logs "
-    "USING gin (error_type gin_trgm_ops) WHERE error_type IS NOT NULL",
-}
+_INDEX_STATES = {"present": "present", "building": "building…", "built": "built"}
 
 
 @app.command("search-indexes")
@@ -214,26 +205,14 @@ def search_indexes(dsn: DsnOption = None) -> None:
 
     async def go() -> None:
         from taskmon.config import resolve_dsn
-        from taskmon.store.db import connect
+        from taskmon.store.db import connect_without_timeout
+        from taskmon.store.maintenance import build_search_indexes
 
-        conn = await connect(resolve_dsn(dsn), command_timeout=None)
+        conn = await connect_without_timeout(resolve_dsn(dsn))
         try:
-            await conn.execute("SET statement_timeout = 0")
-            await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
-            for name, definition in _SEARCH_INDEXES.items():
-                valid = await conn.fetchval(
-                    "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-                    "WHERE c.relname = $1",
-                    name,
-                )
-                if valid:
-                    typer.echo(f"{name}: present")
-                    continue
-                if valid is not None:  # left INVALID by an interrupted build
-                    await conn.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"')
-                typer.echo(f"{name}: building…")
-                await conn.execute(f'CREATE INDEX CONCURRENTLY "{name}" {definition}')
-                typer.echo(f"{name}: built")
+            await build_search_indexes(
+                conn, lambda name, state: typer.echo(f"{name}: {_INDEX_STATES[state]}")
+            )
         finally:
             await conn.close()
 

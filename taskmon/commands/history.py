@@ -1,7 +1,7 @@
 """`taskmon history` and `taskmon stats`: the recorded attempts and their metrics.
 
 Input is checked before any connection is made: a bad value is one line on
-stderr and exit status 2. Only the table format loads rich (``taskmon.render``);
+stderr and exit status 2. Only the table format loads rich (``taskmon.commands.render``);
 the machine formats need neither rich nor textual, so they start fast.
 """
 
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from taskmon.commands.common import DsnOption, fail, round_durations, run
+from taskmon.commands.common import DsnOption, ReadDsnOption, fail, round_durations, run
 from taskmon.commands.filter_options import (
     ErrorOption,
     QueryOption,
@@ -25,9 +25,9 @@ from taskmon.commands.filter_options import (
 )
 
 if TYPE_CHECKING:
-    pass
+    from taskmon.store.schema import AttemptRow
 
-__all__ = ["history", "rebuild_rollups", "stats"]
+__all__ = ["history", "stats"]
 
 HISTORY_FORMATS = ("table", "json", "jsonl", "csv")
 STATS_FORMATS = ("table", "json")
@@ -94,6 +94,7 @@ def history(
     ] = "table",
     lost_after: LostAfterOption = "1h",
     dsn: DsnOption = None,
+    read_dsn: ReadDsnOption = None,
 ) -> None:
     """Recorded task attempts, newest first, one page at a time.
 
@@ -107,7 +108,7 @@ def history(
     form = _choice("--format", fmt, HISTORY_FORMATS)
     lost_s = seconds_option("--lost-after", lost_after)
     if after is not None:
-        from taskmon.store.queries import CursorError, decode_cursor
+        from taskmon.store.history import CursorError, decode_cursor
 
         try:
             decode_cursor(after)
@@ -115,11 +116,11 @@ def history(
             fail(str(exc))
 
     async def go() -> Any:
-        from taskmon.config import resolve_dsn
+        from taskmon.config import resolve_read_dsn
         from taskmon.store.db import connect
         from taskmon.store.retry import fetch_history_with_links
 
-        conn = await connect(resolve_dsn(dsn))
+        conn = await connect(resolve_read_dsn(read_dsn, dsn))
         try:
             return await fetch_history_with_links(
                 conn, flt, limit=rows_per_page, after=after, lost_after_s=lost_s
@@ -129,7 +130,7 @@ def history(
 
     page = run(go())
     if form == "table":
-        from taskmon.render import print_history
+        from taskmon.commands.render import print_history
 
         print_history(page.rows, page.next_cursor, flt)
         return
@@ -138,29 +139,28 @@ def history(
         sys.stderr.write(f"next page: --after {page.next_cursor}\n")
 
 
-# the documented JSON shape of a row, in this order
-ROW_KEYS = (
-    "id", "task_id", "task_name", "status", "attempt", "worker", "queue", "params", "labels",
-    "error_type", "error_message", "traceback", "timeout_s", "enqueued_at", "started_at",
-    "finished_at", "duration_ms", "queue_wait_ms", "created_at", "updated_at",
-    "retry_of", "retried_as",
-)  # fmt: skip
-
-
-def _json_row(row: dict[str, Any]) -> dict[str, Any]:
+def _json_row(row: AttemptRow) -> dict[str, Any]:
+    """The documented JSON shape of a row: the keys of AttemptRow, in their order,
+    then ``retry_of`` and ``retried_as`` (``taskmon retry``)."""
     from taskmon.events import iso
+    from taskmon.store.retry import retried_as, retry_of
+    from taskmon.store.schema import COLUMNS
 
-    data = {
-        key: iso(row.get(key)) if isinstance(row.get(key), datetime) else row.get(key)
-        for key in ROW_KEYS
-    }
+    data: dict[str, Any] = {}
+    for key in COLUMNS:
+        value = row.get(key)
+        data[key] = iso(value) if isinstance(value, datetime) else value
+    data["retry_of"], data["retried_as"] = retry_of(row), retried_as(row)
     # durations as measured (30.226469039916992) are noise past a microsecond
     rounded: dict[str, Any] = round_durations(data)
     return rounded
 
 
-def _print_rows(rows: list[dict[str, Any]], form: str) -> None:
+def _print_rows(rows: list[AttemptRow], form: str) -> None:
     import json
+
+    from taskmon.store.retry import LINK_KEYS
+    from taskmon.store.schema import COLUMNS
 
     out = sys.stdout
     if form == "json":
@@ -173,7 +173,8 @@ def _print_rows(rows: list[dict[str, Any]], form: str) -> None:
         import csv
 
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(ROW_KEYS)
+        keys = (*COLUMNS, *LINK_KEYS)
+        writer.writerow(keys)
         for row in rows:
             data = _json_row(row)
             writer.writerow(
@@ -181,7 +182,7 @@ def _print_rows(rows: list[dict[str, Any]], form: str) -> None:
                     json.dumps(v, ensure_ascii=False, default=str)
                     if isinstance(v, dict | list)
                     else ("" if v is None else v)
-                    for v in (data[k] for k in ROW_KEYS)
+                    for v in (data[k] for k in keys)
                 ]
             )
 
@@ -202,6 +203,7 @@ def stats(
     fmt: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
     lost_after: LostAfterOption = "1h",
     dsn: DsnOption = None,
+    read_dsn: ReadDsnOption = None,
 ) -> None:
     """Counts, failure rate, throughput, per-task percentiles and errors for a window.
 
@@ -223,11 +225,11 @@ def stats(
     lost_s = seconds_option("--lost-after", lost_after)
 
     async def go() -> Any:
-        from taskmon.config import resolve_dsn
+        from taskmon.config import resolve_read_dsn
         from taskmon.store.db import connect
-        from taskmon.store.queries import fetch_stats
+        from taskmon.store.stats import fetch_stats
 
-        conn = await connect(resolve_dsn(dsn))
+        conn = await connect(resolve_read_dsn(read_dsn, dsn))
         try:
             return await fetch_stats(conn, flt, lost_after_s=lost_s)
         finally:
@@ -240,24 +242,6 @@ def stats(
         data = round_durations(result.to_dict())
         sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
         return
-    from taskmon.render import print_stats
+    from taskmon.commands.render import print_stats
 
     print_stats(result, flt)
-
-
-def rebuild_rollups(dsn: DsnOption = None) -> None:
-    """Recompute the metrics rollups from the recorded rows (after a bulk load)."""
-
-    async def go() -> None:
-        from taskmon.config import resolve_dsn
-        from taskmon.store import queries
-        from taskmon.store.db import connect
-
-        conn = await connect(resolve_dsn(dsn))
-        try:
-            await queries.rebuild_rollups(conn)
-        finally:
-            await conn.close()
-
-    run(go())
-    typer.echo("rollups rebuilt")

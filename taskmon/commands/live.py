@@ -7,12 +7,14 @@ import logging
 import signal
 import sys
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 from taskmon.commands.common import (
+    REPLICA_ONLY,
     DsnOption,
+    ReadDsnOption,
     TokenOption,
     database_url,
     fail,
@@ -27,6 +29,8 @@ from taskmon.commands.filter_options import (
     WorkerOption,
     build_filter,
 )
+from taskmon.commands.history import LostAfterOption
+from taskmon.display import duration
 
 if TYPE_CHECKING:
     from taskmon.client import ClientMessage
@@ -55,6 +59,21 @@ def _setting(flag: str | None, env: str, key: str) -> str | None:
         fail(str(exc))
 
 
+async def _bus_failed(exc: Exception, source: str | None) -> NoReturn:
+    """Say why the hub could not start: a standby named as the primary gets its own words."""
+    from taskmon.store.db import redact_dsn
+    from taskmon.store.replica import is_standby
+
+    if source and await is_standby(source):
+        fail(
+            f"{redact_dsn(source)} is a standby (a read replica): it cannot LISTEN, and "
+            "PostgreSQL NOTIFY is the event bus; give the primary with --dsn (and the "
+            "replica with --read-dsn), or use the Redis bus (--redis-url)",
+            code=1,
+        )
+    fail(str(exc), code=1)
+
+
 def _log_to_stderr() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -81,12 +100,27 @@ def serve(
             "--client-queue", help="Events a client may fall behind before it gets a gap."
         ),
     ] = 1_000,
+    alert_interval: Annotated[
+        float | None,
+        typer.Option(
+            "--alert-interval",
+            help="Seconds between checks of the alert rules. Default: alert_interval in "
+            "the config file, else 15.",
+            show_default=False,
+        ),
+    ] = None,
+    lost_after: LostAfterOption = "1h",
+    read_dsn: ReadDsnOption = None,
 ) -> None:
     """Run the websocket hub: read the event bus once, fan events out to TUIs and tails.
 
     Clients connect to ws://HOST:PORT/ (protocol: docs/protocol.md); load
-    balancers can probe http://HOST:PORT/healthz.
+    balancers can probe http://HOST:PORT/healthz; Prometheus scrapes
+    http://HOST:PORT/metrics (with the token, when one is set, as a Bearer
+    header or ?token=). With alert rules in the config file it also checks
+    them and notifies (see `taskmon alerts`).
     """
+    from taskmon.commands.history import seconds_option
     from taskmon.hub import is_loopback
 
     if not 0 <= port <= 65535:
@@ -100,35 +134,65 @@ def serve(
             "TASKMON_HUB_TOKEN (or bind 127.0.0.1)"
         )
     redis = _setting(redis_url, "TASKMON_REDIS_URL", "redis_url")
+    if alert_interval is not None and not alert_interval >= 1:
+        fail(f"--alert-interval: {alert_interval:g} is not a number of seconds >= 1")
+    from taskmon.alerts import load_alert_config
+    from taskmon.config import ConfigError
+
+    try:
+        alert_config = load_alert_config()
+    except ConfigError as exc:
+        fail(str(exc))
+    lost_after_s = seconds_option("--lost-after", lost_after)
+    replica = _setting(read_dsn, "TASKMON_READ_DSN", "read_dsn")
+    if replica and not redis and not _setting(dsn, "TASKMON_DSN", "dsn"):
+        fail(REPLICA_ONLY)
 
     async def go() -> None:
         import asyncio
 
+        from taskmon.alerts import AlertRunner
         from taskmon.hub import Hub, HubError
         from taskmon.store.db import redact_dsn
 
         source = None if redis else database_url(dsn)
+        # the rules read the database even when events come from Redis
+        alert_dsn = (source or database_url(dsn)) if alert_config.rules else None
+        # on the Redis bus, /metrics reads attempts from a database only if one is named
+        configured = replica or (_setting(dsn, "TASKMON_DSN", "dsn") if redis else None)
         hub = Hub(
             dsn=source,
             redis_url=redis,
             token=secret,
             ring_size=ring_size,
             client_queue=client_queue,
+            read_dsn=database_url(configured) if configured else None,
+            lost_after_s=lost_after_s,
         )
         try:
             url = await hub.start(host, port)
         except HubError as exc:
-            fail(str(exc), code=1)
+            await _bus_failed(exc, source)
         except OSError as exc:
             fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", code=1)
         # logging starts after the hub did: it logs its start at INFO, and the
         # line below says the same with the bus and the token, once
         _log_to_stderr()
         where = redis if redis else redact_dsn(source or "")
+        if replica:
+            where += f"; reads from {redact_dsn(replica)}"
         sys.stderr.write(
             f"taskmon: hub listening on {url} (bus: {hub.bus} at {where}; "
             f"{'token required' if secret else 'no token'}); Ctrl-C to stop\n"
         )
+        alerts = None
+        if alert_dsn is not None:
+            alerts = AlertRunner(alert_dsn, alert_config, interval=alert_interval)
+            await alerts.start()
+            sys.stderr.write(
+                f"taskmon: checking {len(alert_config.rules)} alert rule(s) every "
+                f"{alerts.interval:g}s\n"
+            )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -136,6 +200,8 @@ def serve(
         try:
             await stop.wait()
         finally:
+            if alerts is not None:
+                await alerts.stop()
             await hub.stop()
 
     run(go())
@@ -200,11 +266,12 @@ def tail(
             from taskmon.hub import Hub, HubError
 
             key = secrets.token_urlsafe(16)  # other local users must not read our feed
-            hub = Hub(dsn=None if redis else database_url(dsn), redis_url=redis, token=key)
+            source = None if redis else database_url(dsn)
+            hub = Hub(dsn=source, redis_url=redis, token=key)
             try:
                 target = await hub.start("127.0.0.1", 0)
             except HubError as exc:
-                fail(str(exc), code=1)
+                await _bus_failed(exc, source)
         printer = _Printer(target, form)
 
         async def follow() -> None:
@@ -306,14 +373,14 @@ def format_event(event: dict[str, Any]) -> str:
     when = str(event.get("timestamp") or "")
     with contextlib.suppress(ValueError):
         when = datetime.fromisoformat(when).astimezone().strftime("%H:%M:%S.%f")[:-3]
-    duration = data.get("duration_ms")
-    took = f"{duration:.0f}ms" if isinstance(duration, int | float) else "-"
+    took = data.get("duration_ms")
+    took_text = duration(float(took)) if isinstance(took, int | float) else "-"
     parts = [
         when,
         f"{event.get('status', '?'):<8}",
         str(event.get("task_name", "?")),
         f"{str(data.get('task_id', '?'))[:12]}#{data.get('attempt', 0)}",
-        took,
+        took_text,
         str(data.get("worker") or "-"),
     ]
     if data.get("error_type") or data.get("error_message"):

@@ -6,7 +6,14 @@ from typing import Annotated
 
 import typer
 
-from taskmon.commands.common import DsnOption, TokenOption, database_url, fail
+from taskmon.commands.common import (
+    REPLICA_ONLY,
+    DsnOption,
+    ReadDsnOption,
+    TokenOption,
+    database_url,
+    fail,
+)
 from taskmon.commands.history import LostAfterOption, seconds_option
 
 __all__ = ["tui"]
@@ -43,6 +50,7 @@ def tui(
         typer.Option("--query", "-q", help='Initial filter, e.g. "status:failed task:extract*".'),
     ] = "",
     lost_after: LostAfterOption = "1h",
+    read_dsn: ReadDsnOption = None,
     broker: Annotated[
         str | None,
         typer.Option(
@@ -66,16 +74,26 @@ def tui(
         fail(f"--query: {exc}")
     except ValueError as exc:
         fail(f"--since: {str(exc).removeprefix('window: ')}")
+    from taskmon.alerts import AlertReader, load_alert_config
+
     try:
+        alert_config = load_alert_config()
         hub = resolve_setting(hub_url, "TASKMON_HUB_URL", "hub_url")
         secret = resolve_setting(token or old_token, "TASKMON_HUB_TOKEN", "hub_token")
         redis = resolve_setting(redis_url, "TASKMON_REDIS_URL", "redis_url")
+        replica = resolve_setting(read_dsn, "TASKMON_READ_DSN", "read_dsn")
+        primary = resolve_setting(dsn, "TASKMON_DSN", "dsn")
         broker_spec = resolve_setting(broker, "TASKMON_BROKER", "broker")
     except ConfigError as exc:
         fail(str(exc))
     if hub and not hub.startswith(("ws://", "wss://")):
         fail(f"--hub-url: {hub!r} is not a ws:// or wss:// URL")
-    url = database_url(dsn)
+    # the in-process hub LISTENs on the primary, unless it relays Redis
+    listens = not hub and not redis
+    if replica and listens and not primary:
+        fail(REPLICA_ONLY)
+    reads = database_url(replica) if replica else None
+    url = database_url(dsn) if listens or not reads else reads
 
     from taskmon.tui.app import make_app
     from taskmon.tui.sources import HubLiveSource, InProcessHubSource, LiveSource, PgDataSource
@@ -88,11 +106,14 @@ def tui(
 
     retrier = Retrier(broker_spec, url) if broker_spec else None
     try:
+        data = PgDataSource(reads or url, lost_after_s=lost_after_s, replica=reads is not None)
         app = make_app(
-            PgDataSource(url, lost_after_s=lost_after_s),
+            data,
             live,
             window=since,
             query=query,
+            # alert states are written by the evaluator on the primary
+            alerts=AlertReader(url, alert_config) if alert_config.rules else None,
             retrier=retrier,
         )
     except (FilterError, ValueError) as exc:  # a relative time that went out of range since

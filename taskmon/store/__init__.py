@@ -1,1 +1,11 @@
-"""PostgreSQL access: connections, migrations and the queries taskmon runs."""
+"""PostgreSQL access, the only code that knows SQL (besides the recorder's writer).
+
+* ``schema``: facts about a row (statuses, :class:`~taskmon.store.schema.AttemptRow`
+  and its columns, the lost rule);
+* ``db``, ``embedded``, ``migrations``: connections, the embedded server, the schema;
+* ``ingest``: the writer's upsert and event sequence;
+* ``filter_sql``: a parsed filter compiled to a SQL condition;
+* ``history``, ``stats``: what the CLI and the TUI read;
+* ``retention``: retention's statements; ``maintenance``: rollup rebuilds and
+  concurrent index builds.
+"""

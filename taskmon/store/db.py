@@ -9,7 +9,14 @@ from urllib.parse import parse_qsl, unquote
 
 import asyncpg
 
-__all__ = ["CONNECTION_ERRORS", "DsnError", "check_dsn", "connect", "redact_dsn"]
+__all__ = [
+    "CONNECTION_ERRORS",
+    "DsnError",
+    "check_dsn",
+    "connect",
+    "connect_without_timeout",
+    "redact_dsn",
+]
 
 # What "the database is unreachable or went away" looks like; anything else
 # raised by a statement is a problem with the statement or its data.
@@ -154,6 +161,22 @@ async def connect(dsn: str, *, timeout: float = 10.0, **kwargs: Any) -> asyncpg.
         # asyncpg parses the DSN before any I/O; its plain ValueErrors are about the DSN
         raise DsnError(f"bad DSN {_shown(dsn)}: {' '.join(str(exc).split())}") from None
     await _init(conn)
+    return conn
+
+
+async def connect_without_timeout(dsn: str) -> asyncpg.Connection[Any]:
+    """A connection for long maintenance (``taskmon db``): no statement timeout anywhere.
+
+    Neither asyncpg's command timeout nor the server's ``statement_timeout``
+    (which a role or database setting may impose) cuts a long migration or
+    index build short.
+    """
+    conn = await connect(dsn, command_timeout=None)
+    try:
+        await conn.execute("SET statement_timeout = 0")
+    except BaseException:
+        conn.terminate()
+        raise
     return conn
 
 

@@ -3,23 +3,32 @@
 A retry is a new task whose labels carry ``taskmon_retry_of`` (the original's
 task id), stored with the rest of its labels when a worker records it; the link
 "retried as" is found by reading that label back. A partial index on it
-(``sql/0004_retry_links.sql``) serves the lookup; where the migration left it
+(``sql/0005_retry_links.sql``) serves the lookup; where the migration left it
 out (a large table), the lookup is bounded to rows newer than the original.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import asyncpg
 
 if TYPE_CHECKING:
     from taskmon.filters import TaskFilter
-    from taskmon.store.queries import HistoryPage
+    from taskmon.store.history import HistoryPage
+    from taskmon.store.schema import AttemptRow
 
-__all__ = ["RETRY_LABEL", "add_retry_links", "fetch_history_with_links", "fetch_retried_as"]
+__all__ = [
+    "LINK_KEYS",
+    "RETRY_LABEL",
+    "add_retry_links",
+    "fetch_history_with_links",
+    "fetch_retried_as",
+    "retried_as",
+    "retry_of",
+]
 
 RETRY_LABEL = "taskmon_retry_of"
 """The label of a re-sent task that names the task it re-sends."""
@@ -61,25 +70,40 @@ async def fetch_retried_as(
     return found
 
 
-async def add_retry_links(conn: asyncpg.Connection[Any], rows: list[dict[str, Any]]) -> None:
-    """Give each history row ``retry_of`` (from its labels) and ``retried_as`` (task ids)."""
+LINK_KEYS = ("retry_of", "retried_as")
+"""The keys a history row gains from :func:`add_retry_links` (after :data:`COLUMNS`)."""
+
+
+def retry_of(row: Mapping[str, object]) -> str | None:
+    """The task id this attempt's task re-sends (``taskmon retry``), from its labels."""
+    labels = row.get("labels")
+    origin = labels.get(RETRY_LABEL) if isinstance(labels, dict) else None
+    return None if origin is None else str(origin)
+
+
+def retried_as(row: Mapping[str, object]) -> list[str]:
+    """The task ids that re-sent this attempt's task, as :func:`add_retry_links` found them."""
+    found = row.get("retried_as")
+    return [str(t) for t in found] if isinstance(found, list) else []
+
+
+async def add_retry_links(conn: asyncpg.Connection[Any], rows: Sequence[AttemptRow]) -> None:
+    """Give each history row a ``retried_as`` key (see :func:`retried_as`), in place."""
     if not rows:
         return
     links = await fetch_retried_as(
         conn, [r["task_id"] for r in rows], since=min(r["created_at"] for r in rows)
     )
     for row in rows:
-        labels = row.get("labels")
-        origin = labels.get(RETRY_LABEL) if isinstance(labels, dict) else None
-        row["retry_of"] = None if origin is None else str(origin)
-        row["retried_as"] = links.get(row["task_id"], [])
+        # one key beyond the row's columns, read back through retried_as()
+        cast("dict[str, Any]", row)["retried_as"] = links.get(row["task_id"], [])
 
 
 async def fetch_history_with_links(
     conn: asyncpg.Connection[Any], flt: TaskFilter, **options: Any
 ) -> HistoryPage:
     """A history page (``fetch_history(conn, flt, **options)``) with :func:`add_retry_links`."""
-    from taskmon.store.queries import fetch_history
+    from taskmon.store.history import fetch_history
 
     page = await fetch_history(conn, flt, **options)
     await add_retry_links(conn, page.rows)

@@ -12,6 +12,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
 
+from taskmon.tui.screens.alerts import AlertSource, AlertsPoller, AlertsScreen, banner_text
 from taskmon.tui.screens.detail import DetailScreen
 from taskmon.tui.screens.help import HelpScreen
 from taskmon.tui.screens.main import MainScreen
@@ -20,9 +21,11 @@ from taskmon.tui.view_state import ViewState
 from taskmon.tui.widgets.filter_bar import FilterBar
 from taskmon.tui.widgets.history_table import HistoryTable
 from taskmon.tui.widgets.live_feed import LiveFeed
+from taskmon.tui.widgets.status_bar import StatusBar
 from taskmon.tui.widgets.task_table import TaskTable
 
 if TYPE_CHECKING:
+    from taskmon.alerts import AlertStatus
     from taskmon.retry import Retrier
 
 __all__ = ["TaskmonApp", "make_app"]
@@ -39,6 +42,7 @@ class TaskmonApp(App[None]):
     | Key | Description |
     | :- | :- |
     | ? | Show every key. |
+    | a | The alert rules and their states. |
     | q, ctrl+c | Quit. |
     """
 
@@ -50,6 +54,7 @@ class TaskmonApp(App[None]):
         Binding("q", "quit", "Quit", tooltip="Quit"),
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True, tooltip="Quit"),
         Binding("question_mark", "help", "Help", tooltip="Show every key"),
+        Binding("a", "alerts", "Alerts", show=False, tooltip="The alert rules and their states"),
     ]
 
     def __init__(
@@ -61,6 +66,7 @@ class TaskmonApp(App[None]):
         clock: Callable[[], datetime] = local_now,
         page_size: int = 50,
         close_sources: bool = True,
+        alerts: AlertSource | None = None,
         retrier: Retrier | None = None,
     ) -> None:
         super().__init__()
@@ -77,6 +83,38 @@ class TaskmonApp(App[None]):
         """Sends a task again (`R`); None when no broker is configured."""
         self.last_key_at = 0.0
         """When the user last pressed a key (monotonic): auto-refreshes wait for a pause."""
+        self.alerts = AlertsPoller(self, alerts, self._alerts_read) if alerts else None
+        """Re-reads the alert rules' states (None: no rules configured)."""
+
+    def on_mount(self) -> None:
+        if self.alerts is not None:
+            self.alerts.start()
+
+    def _alerts_read(self, statuses: list[AlertStatus], error: str) -> None:
+        self.main.query_one(StatusBar).alert = banner_text(statuses)
+        for screen in self.screen_stack:
+            if isinstance(screen, AlertsScreen):
+                screen.show(statuses, error)
+
+    def action_alerts(self) -> None:
+        if isinstance(self.screen, AlertsScreen):
+            return
+        if self.alerts is None:
+            self.notify("no alert rules: add [[alerts]] to the config file", timeout=4)
+            return
+        main = self.main
+
+        def open_history(query: str) -> None:
+            main.set_state(main.state.with_query(query, now=self.clock()))
+
+        self.push_screen(
+            AlertsScreen(
+                self.alerts.statuses,
+                tz=self.clock().tzinfo,
+                open_history=open_history,
+                error=self.alerts.error,
+            )
+        )
 
     async def on_event(self, event: events.Event) -> None:
         if isinstance(event, events.Key):
@@ -104,6 +142,8 @@ class TaskmonApp(App[None]):
             await self.data.close()
             if self.live is not None:
                 await self.live.close()
+            if self.alerts is not None:
+                await self.alerts.source.close()
 
     def action_help(self) -> None:
         if isinstance(self.screen, HelpScreen):
@@ -120,6 +160,7 @@ class TaskmonApp(App[None]):
             ("Feed", list(LiveFeed.BINDINGS)),
             ("Filter bar", list(FilterBar.BINDINGS)),
             ("Detail", list(DetailScreen.BINDINGS)),
+            ("Alerts", list(AlertsScreen.BINDINGS)),
         ]
 
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
@@ -153,6 +194,7 @@ def make_app(
     clock: Callable[[], datetime] = local_now,
     page_size: int = 50,
     close_sources: bool = True,
+    alerts: AlertSource | None = None,
     retrier: Retrier | None = None,
 ) -> TaskmonApp:
     """Build the app around a database source and an optional live source.
@@ -166,6 +208,7 @@ def make_app(
         clock: now, with the zone to show times in; tests pass a frozen one.
         page_size: history rows per page.
         close_sources: close both sources when the app exits.
+        alerts: the alert rules' states (:class:`~taskmon.alerts.AlertReader`), or None.
         retrier: sends a task again on `R` (None: `R` says how to configure a broker).
 
     Raises:
@@ -180,5 +223,6 @@ def make_app(
         clock=clock,
         page_size=page_size,
         close_sources=close_sources,
+        alerts=alerts,
         retrier=retrier,
     )

@@ -1,7 +1,6 @@
-"""How values look on screen: statuses as symbol + word, durations, times, counts.
+"""How values look in the TUI: times, counts, rates, text clipped to a cell width.
 
-A status is never shown by colour alone (SSH sessions, ``NO_COLOR``, colour
-blindness): each has a symbol and its word.
+Statuses and durations read as in the CLI: :mod:`taskmon.display`.
 """
 
 from __future__ import annotations
@@ -12,44 +11,13 @@ from typing import Any
 from rich.cells import cell_len, set_cell_size
 
 __all__ = [
-    "STATUS_SYMBOLS",
     "clip",
     "count",
-    "duration",
     "event_status",
     "parse_timestamp",
     "percent",
-    "status_label",
     "timestamp",
 ]
-
-STATUS_SYMBOLS = {
-    "pending": "…",
-    "running": "▶",
-    "success": "✓",
-    "failed": "✕",
-    "retrying": "↻",
-    "lost": "⊘",
-}
-
-
-def status_label(status: str) -> str:
-    """``✕ failed``: the symbol and the word."""
-    return f"{STATUS_SYMBOLS.get(status, '·')} {status}"
-
-
-def duration(ms: float | None) -> str:
-    """``812ms``, ``4.2s``, ``3m05s``, ``1h02m``; ``-`` when unknown."""
-    if ms is None:
-        return "-"
-    if ms < 1_000:
-        return f"{ms:.0f}ms"
-    seconds = ms / 1_000
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    if seconds < 3_600:
-        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
-    return f"{int(seconds // 3_600)}h{int(seconds % 3_600 // 60):02d}m"
 
 
 def count(n: int) -> str:

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 from textual.message import Message
 
 if TYPE_CHECKING:
-    from taskmon.store.queries import HistoryPage, Stats
+    from taskmon.store.history import HistoryPage
+    from taskmon.store.schema import AttemptRow
+    from taskmon.store.stats import Stats
 
 __all__ = [
     "AttemptsLoaded",
@@ -27,6 +29,7 @@ __all__ = [
     "HubGapReported",
     "LoadFailed",
     "MetricsLoaded",
+    "ReplicaLagMeasured",
 ]
 
 
@@ -59,7 +62,7 @@ class AttemptsLoaded(Message):
     """Every attempt of one task id arrived (detail screen)."""
 
     task_id: str
-    attempts: list[dict[str, Any]]
+    attempts: list[AttemptRow]
 
 
 @dataclass
@@ -68,6 +71,16 @@ class LoadFailed(Message):
 
     what: str
     error: str
+
+
+@dataclass
+class ReplicaLagMeasured(Message):
+    """The read replica said how far behind its primary it is (a few words, e.g. ``0.4s``)."""
+
+    text: str
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, ReplicaLagMeasured)
 
 
 @dataclass
@@ -109,7 +122,7 @@ class GapFilled(Message):
 
     since: datetime
     until: datetime
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[AttemptRow] = field(default_factory=list)
     reason: str = ""
     quiet: bool = False
     """Say nothing when nothing was missing (a follow-up to another fill)."""

@@ -14,11 +14,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from taskmon.store.schema import DEFAULT_LOST_AFTER_S, AttemptRow
+
 if TYPE_CHECKING:
     import asyncpg
 
     from taskmon.filters import TaskFilter
-    from taskmon.store.queries import HistoryPage, Stats
+    from taskmon.store.history import HistoryPage
+    from taskmon.store.replica import ReplicaStatus
+    from taskmon.store.stats import Stats
 
 __all__ = [
     "DataSource",
@@ -50,10 +54,10 @@ class DataSource(Protocol):
     ) -> Stats:
         """The numbers of `taskmon stats` for the window [since, until)."""
 
-    async def attempts(self, task_id: str) -> list[dict[str, Any]]:
+    async def attempts(self, task_id: str) -> list[AttemptRow]:
         """Every attempt of `task_id`, in attempt order."""
 
-    async def attempts_by_key(self, keys: Sequence[tuple[str, int]]) -> list[dict[str, Any]]:
+    async def attempts_by_key(self, keys: Sequence[tuple[str, int]]) -> list[AttemptRow]:
         """The current state of the attempts `keys` names (``(task_id, attempt)``)."""
 
     async def retried_as(self, task_id: str) -> list[str]:
@@ -109,16 +113,22 @@ class LiveSource(Protocol):
 
 
 class PgDataSource:
-    """Reads through the store's queries on a small asyncpg pool, rebuilt after an outage.
+    """Reads through the store's history and stats on a small asyncpg pool, rebuilt after an outage.
 
     Args:
         dsn: the database.
         lost_after_s: the age after which a running attempt without timeout counts as lost.
         statement_timeout: seconds a query may run.
+        replica: `dsn` is a read replica (``--read-dsn``): the status bar shows its lag.
     """
 
     def __init__(
-        self, dsn: str, *, lost_after_s: float = 3600.0, statement_timeout: float = 30.0
+        self,
+        dsn: str,
+        *,
+        lost_after_s: float = DEFAULT_LOST_AFTER_S,
+        statement_timeout: float = 30.0,
+        replica: bool = False,
     ) -> None:
         from taskmon.store.db import redact_dsn
 
@@ -126,6 +136,7 @@ class PgDataSource:
         self.label = redact_dsn(dsn)
         self.lost_after_s = lost_after_s
         self.statement_timeout = statement_timeout
+        self.replica = replica
         self._pool: asyncpg.Pool[Any] | None = None
         self._lock = asyncio.Lock()
 
@@ -179,10 +190,10 @@ class PgDataSource:
     async def stats(
         self, flt: TaskFilter, *, since: datetime, until: datetime | None, now: datetime
     ) -> Stats:
-        from taskmon.store import queries
+        from taskmon.store import stats as store_stats
 
         stats: Stats = await self._run(
-            queries.fetch_stats,
+            store_stats.fetch_stats,
             flt,
             since=since,
             until=until,
@@ -191,10 +202,12 @@ class PgDataSource:
         )
         return stats
 
-    async def attempts(self, task_id: str) -> list[dict[str, Any]]:
-        from taskmon.store import queries
+    async def attempts(self, task_id: str) -> list[AttemptRow]:
+        from taskmon.store import history
 
-        rows: list[dict[str, Any]] = await self._run(queries.fetch_attempts, task_id)
+        rows: list[AttemptRow] = await self._run(
+            history.fetch_attempts, task_id, lost_after_s=self.lost_after_s
+        )
         return rows
 
     async def retried_as(self, task_id: str) -> list[str]:
@@ -203,13 +216,20 @@ class PgDataSource:
         links: dict[str, list[str]] = await self._run(fetch_retried_as, [task_id])
         return links.get(task_id, [])
 
-    async def attempts_by_key(self, keys: Sequence[tuple[str, int]]) -> list[dict[str, Any]]:
-        from taskmon.store import queries
+    async def attempts_by_key(self, keys: Sequence[tuple[str, int]]) -> list[AttemptRow]:
+        from taskmon.store import history
 
-        rows: list[dict[str, Any]] = await self._run(
-            queries.fetch_attempts_by_key, keys, lost_after_s=self.lost_after_s
+        rows: list[AttemptRow] = await self._run(
+            history.fetch_attempts_by_key, keys, lost_after_s=self.lost_after_s
         )
         return rows
+
+    async def replica_status(self) -> ReplicaStatus:
+        """Whether the database is a standby, and how far behind its primary."""
+        from taskmon.store.replica import fetch_replica_status
+
+        status: ReplicaStatus = await self._run(fetch_replica_status)
+        return status
 
     async def close(self) -> None:
         async with self._lock:

@@ -19,10 +19,11 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Static
 
-from taskmon.tui.format import status_label
+from taskmon.display import status_label
 
 if TYPE_CHECKING:
     from taskmon.retry import Retrier, RetryPlan
+    from taskmon.store.schema import AttemptRow
 
 __all__ = ["HOW_TO_ENABLE", "ConfirmRetryScreen", "retry_attempt"]
 
@@ -100,7 +101,7 @@ class ConfirmRetryScreen(ModalScreen[bool]):
         self.dismiss(send)
 
 
-def retry_attempt(screen: Screen[Any], row: dict[str, Any] | None) -> None:
+def retry_attempt(screen: Screen[Any], row: AttemptRow | None) -> None:
     """Retry the attempt `row` from `screen`: plan, ask, send; or say why not.
 
     Without a broker configured (the app's ``retrier`` is None), says how to
@@ -114,7 +115,7 @@ def retry_attempt(screen: Screen[Any], row: dict[str, Any] | None) -> None:
         screen.notify(HOW_TO_ENABLE, title="retry is off", severity="warning", timeout=10)
         return
     screen.run_worker(
-        _plan_ask_send(screen, retrier, str(row.get("task_id", "")), int(row.get("attempt", 0))),
+        _plan_ask_send(screen, retrier, row["task_id"], row["attempt"]),
         group="retry",
         exclusive=True,
         exit_on_error=False,

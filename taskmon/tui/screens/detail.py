@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import tzinfo
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from rich.syntax import Syntax
 from rich.table import Table
@@ -17,7 +17,9 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from taskmon.tui.format import duration, status_label, timestamp
+from taskmon.display import duration, status_label
+from taskmon.store.schema import AttemptRow
+from taskmon.tui.format import timestamp
 from taskmon.tui.messages import AttemptsLoaded, LoadFailed
 from taskmon.tui.sources import DataSource
 
@@ -66,12 +68,12 @@ class DetailScreen(Screen[None]):
         Binding("G", "scroll('end')", "Bottom", show=False),
     ]
 
-    def __init__(self, row: dict[str, Any], *, data: DataSource, tz: tzinfo | None) -> None:
+    def __init__(self, row: AttemptRow, *, data: DataSource, tz: tzinfo | None) -> None:
         super().__init__()
         self.row = row
         self.data = data
         self.tz = tz
-        self.attempts: list[dict[str, Any]] | None = None
+        self.attempts: list[AttemptRow] | None = None
         """The task's attempts once loaded."""
 
     @property
@@ -149,7 +151,7 @@ class DetailScreen(Screen[None]):
             return "-"
         if name.endswith("_at"):
             return timestamp(value, self.tz, with_date=True)
-        if name.endswith("_ms"):
+        if name.endswith("_ms") and isinstance(value, int | float):
             return duration(float(value))
         if name == "status":
             return status_label(str(value))

@@ -33,6 +33,7 @@ from taskmon.tui.messages import (
     HubGapReported,
     LoadFailed,
     MetricsLoaded,
+    ReplicaLagMeasured,
 )
 from taskmon.tui.sources import (
     DataSource,
@@ -41,6 +42,7 @@ from taskmon.tui.sources import (
     LiveEvent,
     LiveGap,
     LiveSource,
+    PgDataSource,
 )
 from taskmon.tui.view_state import ViewState
 from taskmon.tui.widgets.filter_bar import FilterBar
@@ -52,7 +54,8 @@ from taskmon.tui.widgets.task_table import TaskTable
 from taskmon.tui.widgets.too_small import MIN_HEIGHT, MIN_WIDTH, TooSmall
 
 if TYPE_CHECKING:
-    from taskmon.store.queries import HistoryPage
+    from taskmon.store.history import HistoryPage
+    from taskmon.store.schema import AttemptRow
 
 __all__ = ["MainScreen"]
 
@@ -70,6 +73,8 @@ USER_IDLE_S = 1.0
 """The history does not re-read under the cursor of someone moving it: it waits this long."""
 OFFLINE_AFTER = 5
 """Reconnection attempts after which the hub is shown as offline."""
+REPLICA_LAG_S = 2.0
+"""How often the read replica's lag is measured (when reads go to one)."""
 
 
 def describe_error(exc: BaseException) -> str:
@@ -135,7 +140,7 @@ class MainScreen(Screen[None]):
         self.page_index = 0
         self.stats: Any = None
         """The newest statistics shown."""
-        self.history_rows: list[dict[str, Any]] = []
+        self.history_rows: list[AttemptRow] = []
         self.connection = "connecting"
         self._history_stale = False
         self._metrics_stale = False
@@ -180,6 +185,9 @@ class MainScreen(Screen[None]):
         if self.live is not None:
             self.follow_live()
         self.set_interval(HISTORY_REFRESH_S, self._refresh_if_stale, name="stale-check")
+        if isinstance(self.data, PgDataSource) and self.data.replica:
+            self.measure_replica_lag()
+            self.set_interval(REPLICA_LAG_S, self.measure_replica_lag, name="replica-lag")
 
     def on_resize(self, event: events.Resize) -> None:
         width, height = event.size
@@ -367,6 +375,19 @@ class MainScreen(Screen[None]):
             self.cursors[message.page_index + 1] = message.page.next_cursor
         self.query_one(HistoryTable).show(message.page.rows)
         self._sync_titles()
+
+    @work(exclusive=True, group="replica", exit_on_error=False)
+    async def measure_replica_lag(self) -> None:
+        assert isinstance(self.data, PgDataSource)
+        try:
+            text = (await self.data.replica_status()).describe()
+        except Exception:
+            text = "?"  # the read itself says what is wrong, in the error field
+        self.post_message(ReplicaLagMeasured(text))
+
+    @on(ReplicaLagMeasured)
+    def _replica_lag_measured(self, message: ReplicaLagMeasured) -> None:
+        self.query_one(StatusBar).replica_lag = message.text
 
     @on(LoadFailed)
     def _load_failed(self, message: LoadFailed) -> None:

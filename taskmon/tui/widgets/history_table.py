@@ -14,7 +14,10 @@ from textual import events
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable
 
-from taskmon.tui.format import clip, duration, parse_timestamp, timestamp
+from taskmon.display import duration
+from taskmon.store.retry import retried_as, retry_of
+from taskmon.store.schema import AttemptRow
+from taskmon.tui.format import clip, parse_timestamp, timestamp
 from taskmon.tui.widgets.status_styles import STATUS_CLASSES, styled_status
 
 __all__ = ["HistoryTable", "fit_widths"]
@@ -104,13 +107,13 @@ class HistoryTable(DataTable[Text]):
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id, cursor_type="row", zebra_stripes=False)
-        self.rows_by_key: dict[str, dict[str, Any]] = {}
+        self.rows_by_key: dict[str, AttemptRow] = {}
         """The page's rows by row key (the attempt's id), for the detail screen."""
         self.tz: tzinfo | None = None
         """The zone times are shown in (the viewer's)."""
         self.clock: Callable[[], datetime] | None = None
         """Now: a page that is all from today shows times without the date."""
-        self._rows: list[dict[str, Any]] = []
+        self._rows: list[AttemptRow] = []
         self._widths: dict[str, int] = {}
 
     def on_mount(self) -> None:
@@ -120,7 +123,7 @@ class HistoryTable(DataTable[Text]):
         if self._fit_cells()[1] != self._widths:
             self._fill()
 
-    def show(self, rows: list[dict[str, Any]]) -> None:
+    def show(self, rows: list[AttemptRow]) -> None:
         """Replace the page, keeping the cursor on the same attempt when it is still there."""
         self._rows = list(rows)
         self._fill()
@@ -159,9 +162,7 @@ class HistoryTable(DataTable[Text]):
                 return compact, compact_widths
         return cells, widths
 
-    def _cells(
-        self, rows: Sequence[dict[str, Any]], *, compact: bool = False
-    ) -> list[dict[str, Text]]:
+    def _cells(self, rows: Sequence[AttemptRow], *, compact: bool = False) -> list[dict[str, Text]]:
         """Each row's cells at their full width, by column key (`compact`: no seconds)."""
         error_style = self.get_component_rich_style("history-table--error", partial=True)
         today = self._today()
@@ -178,8 +179,8 @@ class HistoryTable(DataTable[Text]):
         for row in rows:
             error = " ".join(str(p) for p in (row.get("error_type"), row.get("error_message")) if p)
             # `taskmon retry` links (ids in the detail screen), ahead of the error
-            links = ("↻ retry " if row.get("retry_of") else "") + (
-                "↻ retried " if row.get("retried_as") else ""
+            links = ("↻ retry " if retry_of(row) else "") + (
+                "↻ retried " if retried_as(row) else ""
             )
             error = links + error
             cells.append(
@@ -218,7 +219,7 @@ class HistoryTable(DataTable[Text]):
         if selected_key in self.rows_by_key:
             self.move_cursor(row=self.get_row_index(selected_key), animate=False, scroll=False)
 
-    def selected_row(self) -> dict[str, Any] | None:
+    def selected_row(self) -> AttemptRow | None:
         """The attempt under the cursor."""
         if not self.row_count:
             return None

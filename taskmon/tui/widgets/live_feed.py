@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, tzinfo
 from typing import Any, ClassVar
@@ -15,8 +15,10 @@ from textual.geometry import Size
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from taskmon.display import duration
 from taskmon.events import TERMINAL_STATUSES
-from taskmon.tui.format import clip, count, duration, parse_timestamp, timestamp
+from taskmon.store.schema import AttemptRow
+from taskmon.tui.format import clip, count, parse_timestamp, timestamp
 from taskmon.tui.widgets.status_styles import STATUS_CLASSES, styled_status
 
 __all__ = ["FEED_LINES", "LiveFeed"]
@@ -157,7 +159,7 @@ class LiveFeed(ScrollView, can_focus=True):
         self._dirty = True
         return accepted
 
-    def add_note(self, text: str, rows: Iterable[dict[str, Any]] = ()) -> None:
+    def add_note(self, text: str, rows: Iterable[AttemptRow] = ()) -> None:
         """A line from the app itself (gap filled…), then attempts read from the database."""
         self._add("note", text)
         for row in rows:
@@ -195,13 +197,13 @@ class LiveFeed(ScrollView, can_focus=True):
         data = event.get("data") or {}
         return self._line(event.get("timestamp"), event.get("status"), event, data, width)
 
-    def row_line(self, row: dict[str, Any], width: int = LINE_WIDTH) -> Text:
+    def row_line(self, row: AttemptRow, width: int = LINE_WIDTH) -> Text:
         """An attempt read from the database, shown like an event (the note above says whence)."""
         when = row.get("finished_at") or row.get("started_at") or row.get("created_at")
         return self._line(when, row.get("status"), row, row, width)
 
     def _line(
-        self, when: Any, status: Any, top: dict[str, Any], data: dict[str, Any], width: int
+        self, when: Any, status: Any, top: Mapping[str, Any], data: Mapping[str, Any], width: int
     ) -> Text:
         """One line in `width` cells: the error, last, is cut at a word with ``…``."""
         error = " ".join(str(p) for p in (data.get("error_type"), data.get("error_message")) if p)

@@ -10,10 +10,11 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Sparkline, Static
 
-from taskmon.tui.format import count, duration, percent, status_label
+from taskmon.display import duration, status_label
+from taskmon.tui.format import count, percent
 
 if TYPE_CHECKING:
-    from taskmon.store.queries import Stats
+    from taskmon.store.stats import Stats
 
 __all__ = ["MetricsPanel"]
 

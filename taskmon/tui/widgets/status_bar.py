@@ -25,6 +25,7 @@ class StatusBar(Widget):
         "status-bar--offline",
         "status-bar--label",
         "status-bar--error",
+        "status-bar--alert",
     }
 
     database: reactive[str] = reactive("", layout=True)
@@ -43,6 +44,10 @@ class StatusBar(Widget):
     """The newest database error, cleared by the next good read."""
     offline_reason: reactive[str] = reactive("", layout=True)
     """Why the live feed gave up (a refused token, no hub), shown after ``offline``."""
+    alert: reactive[str] = reactive("", layout=True)
+    """The banner while alert rules fire (``▲ ALERT name (a)``), first after the name."""
+    replica_lag: reactive[str] = reactive("", layout=True)
+    """How far the read replica is behind its primary (``0.4s``); empty without a replica."""
 
     def connection_text(self) -> Text:
         """The live connection's state: a symbol and a word."""
@@ -78,6 +83,13 @@ class StatusBar(Widget):
             return problem
         return Text(" · ").join([problem, self.connection_text()])
 
+    def _alert(self) -> Text:
+        """The alert banner and its separator (nothing while no rule fires)."""
+        if not self.alert:
+            return Text()
+        style = self.get_component_rich_style("status-bar--alert")
+        return Text.assemble(Text(self.alert, style=style), " · ")
+
     def render(self) -> Text:
         """One line when it fits; else two, the state always first on the first.
 
@@ -88,12 +100,14 @@ class StatusBar(Widget):
         """
         label = self.get_component_rich_style("status-bar--label")
         sep = Text(" · ")
-        head = Text.assemble(Text("taskmon", style="bold"), sep, self.state_text())
+        head = Text.assemble(Text("taskmon", style="bold"), sep, self._alert(), self.state_text())
         rest = [
             Text.assemble(("last ", label), self.last_event),
             Text.assemble(("window ", label), self.window),
             Text.assemble(("filter ", label), self.filter_text or "none"),
         ]
+        if self.replica_lag:  # reads go to a replica: how stale they may be
+            rest.insert(0, Text.assemble(("replica lag ", label), self.replica_lag))
         where = Text.assemble(("db ", label), self.database)
         width = self.content_size.width
         line = sep.join([head, *rest, where])
@@ -102,7 +116,9 @@ class StatusBar(Widget):
         second: list[Text] = []
         if head.cell_len > width and self.error:
             # a long error would push the rest out of sight: it gets the second line
-            head = Text.assemble(Text("taskmon", style="bold"), sep, self.state_text(brief=True))
+            head = Text.assemble(
+                Text("taskmon", style="bold"), sep, self._alert(), self.state_text(brief=True)
+            )
             error_style = self.get_component_rich_style("status-bar--error")
             second.append(Text(f"db error: {self.error}", style=error_style))
         first, spilled = head, False

@@ -9,10 +9,11 @@ from rich.text import Text
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable
 
-from taskmon.tui.format import count, duration, percent
+from taskmon.display import duration
+from taskmon.tui.format import count, percent
 
 if TYPE_CHECKING:
-    from taskmon.store.queries import TaskStats
+    from taskmon.store.stats import TaskStats
 
 __all__ = ["TaskTable"]
 

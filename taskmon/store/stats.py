@@ -1,29 +1,24 @@
-"""Every read statement: history pages, attempts of a task, and window metrics.
+"""Window metrics: counts, failure rate, throughput, percentiles and error groups.
 
-History is a keyset scan on ``(created_at, id)`` newest first, so any page
-costs the same as the first; with status or task filters a page is merged
-from one ordered index scan per status (and task name), so a rare status
-costs no more than a common one. Metrics come from the rollups of
-``sql/0002_rollups.sql`` and do not grow with the number of rows: a window is
-split into whole days and hours (day and hour rollups), whole 5 minutes at its
-edges (minute and 5-minute rollups) and the partial 5 minutes at its edges
-(raw rows), so counts are exact; percentiles come from log-scale histograms,
-within :data:`RELATIVE_ERROR` of the exact value. Filters the rollups do not
-carry (worker, error text, words, durations, attempt, task id) are answered
-from the raw rows instead. Either way a call is one statement.
+Metrics come from the rollups of ``sql/0002_rollups.sql`` and do not grow with
+the number of rows: a window is split into whole days and hours (day and hour
+rollups), whole 5 minutes at its edges (minute and 5-minute rollups) and the
+partial 5 minutes at its edges (raw rows), so counts are exact; percentiles
+come from log-scale histograms, within :data:`RELATIVE_ERROR` of the exact
+value. Filters the rollups do not carry (worker, error text, words,
+durations, attempt, task id) are answered from the raw rows instead. Either
+way a call is one statement.
 
 No textual, typer or rich here: the TUI and the CLI both call this module.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import math
 import operator
 from bisect import bisect_right
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import accumulate
@@ -31,53 +26,29 @@ from typing import Any
 
 import asyncpg
 
-from taskmon.filters import STATUSES, TaskFilter, word_task_names_sql
+from taskmon.filters import TaskFilter
+from taskmon.store.filter_sql import filter_sql, resolve_task_names, resolved_filter_sql
+from taskmon.store.schema import DEFAULT_LOST_AFTER_S, TERMINAL, lost_cutoff_sql
 
 __all__ = [
     "RELATIVE_ERROR",
-    "CursorError",
     "ErrorGroup",
-    "HistoryPage",
     "Stats",
     "TaskStats",
     "bin_of",
     "bin_value",
-    "decode_cursor",
-    "encode_cursor",
-    "fetch_attempts",
-    "fetch_history",
     "fetch_stats",
-    "rebuild_rollups",
-    "resolve_task_names",
-    "resolve_word_task_names",
 ]
 
 RELATIVE_ERROR = 0.02
 """The histograms' bound: a reported percentile is within 2 % of the value of that rank."""
 _GAMMA = (1 + RELATIVE_ERROR) / (1 - RELATIVE_ERROR)
 _ZERO_BIN = -32768
-TERMINAL = ("success", "failed", "retrying", "lost")
 _ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)  # the rollups' date_bin origin
 _MINUTE = timedelta(minutes=1)
 _FIVE_MINUTES = timedelta(minutes=5)
 _HOUR = timedelta(hours=1)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_CURSOR_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _MAX_ERROR_GROUPS = 20
-
-_COLUMNS = """
-    r.id, r.task_id, r.task_name,
-    CASE WHEN r.status = 'running' AND r.created_at
-              < now() - make_interval(secs => coalesce(r.timeout_s * 2, $1::double precision))
-         THEN 'lost' ELSE r.status END AS status,
-    r.attempt, r.worker, r.queue, r.labels, r.params, r.error_type, r.error_message, r.traceback,
-    r.timeout_s, r.enqueued_at, r.started_at, r.finished_at, r.duration_ms, r.queue_wait_ms,
-    r.created_at, r.updated_at
-"""
-
-
-class CursorError(ValueError):
-    """An ``--after`` value that is not a cursor printed by ``taskmon history``."""
 
 
 # ---------------------------------------------------------------------------
@@ -125,290 +96,6 @@ def _quantiles(lanes: Sequence[int], qs: Sequence[float]) -> list[float | None]:
         lo_value = value_at(low)
         out.append(lo_value if frac == 0 else lo_value + frac * (value_at(low + 1) - lo_value))
     return out
-
-
-# ---------------------------------------------------------------------------
-# history
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HistoryPage:
-    """One page of attempts, newest first.
-
-    Attributes:
-        rows: dicts with the keys ``id, task_id, task_name, status, attempt,
-            worker, queue, labels, params, error_type, error_message,
-            traceback, timeout_s, enqueued_at, started_at, finished_at,
-            duration_ms, queue_wait_ms, created_at, updated_at`` (datetimes
-            are aware; ``status`` is ``lost`` for attempts running too long).
-        next_cursor: pass as ``after`` for the next page; None on the last page.
-    """
-
-    rows: list[dict[str, Any]]
-    next_cursor: str | None
-
-
-def encode_cursor(created_at: datetime, row_id: int) -> str:
-    """An opaque, URL-safe cursor for the position just after this row."""
-    delta = created_at - _EPOCH
-    micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-    raw = f"{micros}.{row_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, int]:
-    """The ``(created_at, id)`` a cursor stands for.
-
-    Raises:
-        CursorError: when `cursor` is not one :func:`encode_cursor` made.
-    """
-    bad = CursorError(
-        f"--after: {cursor[:40]!r} is not a cursor "
-        "(use the value printed after 'next page: --after' by a previous page)"
-    )
-    if not cursor or len(cursor) > 64 or cursor.strip(_CURSOR_ALPHABET):
-        raise bad
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-        micros_text, id_text = text.split(".")
-        if not (micros_text.lstrip("-").isdigit() and id_text.isdigit()):
-            raise bad
-        micros, row_id = int(micros_text), int(id_text)
-        created_at = _EPOCH + timedelta(microseconds=micros)
-    except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError):
-        raise bad from None
-    if row_id > 2**63 - 1:
-        raise bad
-    return created_at, row_id
-
-
-async def resolve_task_names(conn: asyncpg.Connection[Any], patterns: Sequence[str]) -> list[str]:
-    """The recorded task names that any of `patterns` (filter-language task values) matches.
-
-    Exact names let the planner use the ``(task_name, status, created_at)``
-    index and the rollups' keys, where a substring ``LIKE`` can use neither.
-    """
-    params: list[object] = []
-    cond = TaskFilter(tasks=tuple(patterns)).to_sql(params, alias="r")
-    rows = await conn.fetch(
-        f"SELECT r.task_name FROM task_names r WHERE {cond} ORDER BY 1",
-        *params,
-    )
-    return [r["task_name"] for r in rows]
-
-
-async def resolve_word_task_names(
-    conn: asyncpg.Connection[Any], words: Sequence[str]
-) -> dict[str, list[str]]:
-    """For each free word, the recorded task names it matches (a substring, any case).
-
-    With them a word's ``task_name`` condition is an equality the
-    ``(task_name, ...)`` index serves, and its error columns have trigram
-    indexes (``sql/0003_error_search.sql``): a rare word is then found through
-    indexes instead of by reading every row (see ``TaskFilter.to_sql``).
-    """
-    if not words:
-        return {}
-    params: list[object] = []
-    rows = await conn.fetch(word_task_names_sql(words, params), *params)
-    return {r["word"]: list(r["task_names"]) for r in rows}
-
-
-async def _filter_sql(
-    conn: asyncpg.Connection[Any], flt: TaskFilter, params: list[object], lost_after_s: float
-) -> str:
-    """`flt` as SQL over alias ``r``, with task patterns and words resolved to exact names."""
-    words = await resolve_word_task_names(conn, flt.words)
-    if not flt.tasks:
-        return flt.to_sql(params, lost_after_s=lost_after_s, alias="r", word_task_names=words)
-    names = await resolve_task_names(conn, flt.tasks)
-    rest = dataclasses.replace(flt, tasks=())
-    cond = rest.to_sql(params, lost_after_s=lost_after_s, alias="r", word_task_names=words)
-    params.append(names)
-    return f"{cond} AND r.task_name = ANY(${len(params)}::text[])"
-
-
-# A page with status or task filters is a UNION ALL of one branch per status
-# (x per task name when there are few), each an ordered index scan that stops
-# after one page. Each branch costs some 0.1-0.3 ms to plan and start, so
-# beyond this many the task names are one `= ANY` condition in each status branch.
-_MAX_BRANCHES = 12
-# When a 'running' row started before this, it counts as lost ($1 is lost_after_s in
-# every history statement); the same rule as TaskFilter.to_sql and _COLUMNS.
-_CUTOFF = "now() - make_interval(secs => coalesce(r.timeout_s * 2, $1::double precision))"
-
-
-def _status_branches(statuses: frozenset[str], arg: Callable[[object], str]) -> list[str]:
-    """One condition per branch, together selecting exactly the rows `statuses` selects.
-
-    A condition is an equality on ``status`` (so the branch can read the
-    ``(status, created_at, id)`` or ``(task_name, status, created_at, id)``
-    index in order), narrowed for ``running`` rows by the lost rule: ``lost``
-    is ``status = 'lost'`` plus the stale running rows, ``running`` only the
-    others. The 'running' literal is a schema constant, inline so the planner
-    may use the partial index on running rows.
-    """
-    wanted = statuses or frozenset(STATUSES)
-    branches: list[str] = []
-    for status in STATUSES:
-        if status not in wanted:
-            continue
-        if status == "running":
-            if "lost" in wanted:
-                branches.append("r.status = 'running'")
-            else:
-                branches.append(f"r.status = 'running' AND r.created_at >= {_CUTOFF}")
-            continue
-        branches.append(f"r.status = {arg(status)}")
-        if status == "lost" and "running" not in wanted:
-            branches.append(f"r.status = 'running' AND r.created_at < {_CUTOFF}")
-    return branches
-
-
-def _history_sql(
-    flt: TaskFilter,
-    names: list[str] | None,
-    params: list[object],
-    keyset: tuple[str, ...],
-    limit: int,
-    lost_after_s: float,
-    word_names: Mapping[str, Sequence[str]] | None = None,
-) -> str:
-    """The page statement for `flt`, its task patterns already resolved to `names`.
-
-    Without status or task filters one scan of the ``(created_at, id)`` index
-    serves any page. With them, a single scan of that index would read past
-    every non-matching row (most of the table for a rare status), so the page
-    is merged from branches that each read one index range in order and stop
-    after ``LIMIT`` rows: PostgreSQL merges them (Merge Append), reading about
-    one page plus one row per branch whatever the depth or the selectivity.
-    `keyset` holds the cursor condition, if any; `limit` is the row count to fetch;
-    `word_names` are the words' task names (:func:`resolve_word_task_names`).
-    """
-
-    def arg(value: object) -> str:
-        params.append(value)
-        return f"${len(params)}"
-
-    if not flt.statuses and names is None:  # the created_at index alone
-        cond = flt.to_sql(params, lost_after_s=lost_after_s, alias="r", word_task_names=word_names)
-        where = " AND ".join((cond, *keyset))
-        return (
-            f"SELECT {_COLUMNS} FROM task_execution_logs r WHERE {where} "
-            f"ORDER BY r.created_at DESC, r.id DESC LIMIT {arg(limit)}"
-        )
-    rest = dataclasses.replace(flt, statuses=frozenset(), tasks=()).to_sql(
-        params, lost_after_s=lost_after_s, alias="r", word_task_names=word_names
-    )
-    status_conds = _status_branches(flt.statuses, arg)
-    if names is not None and len(names) * len(status_conds) <= _MAX_BRANCHES:
-        name_conds = [f"r.task_name = {arg(name)}" for name in names]
-    elif names is not None:
-        name_conds = [f"r.task_name = ANY({arg(names)}::text[])"]
-    else:
-        name_conds = ["TRUE"]
-    n = arg(limit)
-    branches = [
-        f"(SELECT {_COLUMNS} FROM task_execution_logs r "
-        f"WHERE {' AND '.join((name, status, rest, *keyset))} "
-        f"ORDER BY r.created_at DESC, r.id DESC LIMIT {n})"
-        for name in name_conds
-        for status in status_conds
-    ]
-    return (
-        f"SELECT * FROM ({' UNION ALL '.join(branches)}) AS page "
-        f"ORDER BY created_at DESC, id DESC LIMIT {n}"
-    )
-
-
-async def fetch_history(
-    conn: asyncpg.Connection[Any],
-    flt: TaskFilter,
-    *,
-    limit: int = 50,
-    after: str | None = None,
-    lost_after_s: float = 3600.0,
-) -> HistoryPage:
-    """One page of attempts matching `flt`, newest first by ``(created_at, id)``.
-
-    Every page, filtered or deep, reads about one page of index entries (see
-    :func:`_history_sql`); only filters that no index serves (worker, error
-    text, words, durations) read past the rows they reject.
-
-    Args:
-        conn: a connection from :func:`taskmon.store.db.connect`.
-        flt: the filter.
-        limit: rows per page (at least 1).
-        after: the previous page's ``next_cursor``.
-        lost_after_s: how long a ``running`` attempt without a timeout may run
-            before it shows as ``lost``.
-
-    Raises:
-        CursorError: `after` is not a cursor.
-        ValueError: `limit` is below 1.
-    """
-    if limit < 1:
-        raise ValueError(f"limit must be at least 1, not {limit}")
-    params: list[object] = [float(lost_after_s)]
-    keyset: tuple[str, ...] = ()
-    if after is not None:
-        created_at, row_id = decode_cursor(after)
-        params += [created_at, row_id]
-        keyset = ("(r.created_at, r.id) < ($2, $3)",)
-    names = await resolve_task_names(conn, flt.tasks) if flt.tasks else None
-    if names == []:  # no recorded task name matches
-        return HistoryPage(rows=[], next_cursor=None)
-    word_names = await resolve_word_task_names(conn, flt.words)
-    # one row more than the page tells whether there is a next page
-    sql = _history_sql(flt, names, params, keyset, limit + 1, lost_after_s, word_names)
-    records = await conn.fetch(sql, *params)
-    rows = [dict(r) for r in records[:limit]]
-    next_cursor = None
-    if len(records) > limit:
-        last = rows[-1]
-        next_cursor = encode_cursor(last["created_at"], last["id"])
-    return HistoryPage(rows=rows, next_cursor=next_cursor)
-
-
-async def fetch_attempts(conn: asyncpg.Connection[Any], task_id: str) -> list[dict[str, Any]]:
-    """Every attempt of one task, in attempt order, as :class:`HistoryPage` row dicts."""
-    records = await conn.fetch(
-        f"SELECT {_COLUMNS} FROM task_execution_logs r WHERE r.task_id = $2 "
-        "ORDER BY r.attempt, r.id",
-        3600.0,
-        task_id,
-    )
-    return [dict(r) for r in records]
-
-
-async def fetch_attempts_by_key(
-    conn: asyncpg.Connection[Any],
-    keys: Sequence[tuple[str, int]],
-    *,
-    lost_after_s: float = 3600.0,
-) -> list[dict[str, Any]]:
-    """The attempts `keys` names (``(task_id, attempt)``), as :class:`HistoryPage` row dicts.
-
-    Unknown keys are left out; the order is that of ``created_at``. This reads
-    the current state of attempts a live view saw start, once it has missed events.
-    """
-    if not keys:
-        return []
-    records = await conn.fetch(
-        f"SELECT {_COLUMNS} FROM task_execution_logs r "
-        "WHERE (r.task_id, r.attempt) IN (SELECT * FROM unnest($2::text[], $3::int[])) "
-        "ORDER BY r.created_at, r.id",
-        float(lost_after_s),
-        [task_id for task_id, _ in keys],
-        [attempt for _, attempt in keys],
-    )
-    return [dict(r) for r in records]
-
-
-# ---------------------------------------------------------------------------
-# stats
-# ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -595,7 +282,43 @@ def _unpack(packed: str) -> list[int]:
 #   b  per (task, metric): histogram lanes and their counts (raw rows)
 #   e  per error type (name): n, last_seen (ts), example, rank (pos)
 #   l  per (task, running|pending, stale): n (attempts not finished)
-# Only the first branch casts its NULLs: UNION resolves the other branches' NULLs to them.
+# Every branch of its UNION ALL is one row of the columns below, written by name
+# (:func:`_select`), the others padded with NULL. Only the first branch casts its
+# NULLs: UNION resolves the other branches' NULLs to them.
+_RESULT_COLUMNS: dict[str, str] = {
+    "kind": "text",
+    "ts": "timestamptz",
+    "name": "text",
+    "status": "text",
+    "metric": "smallint",
+    "n": "bigint",
+    "ds": "float8",
+    "dn": "bigint",
+    "h": "text",
+    "lanes": "int[]",
+    "counts": "bigint[]",
+    "example": "text",
+    "stale": "bool",
+    "pos": "bigint",
+}
+
+
+def _select(*, first: bool = False, **values: str) -> str:
+    """The select list of one branch: `values` by result column, NULL for the others."""
+    unknown = set(values) - set(_RESULT_COLUMNS)
+    if unknown:
+        raise ValueError(f"not result columns: {sorted(unknown)}")
+    if first:  # names the columns
+        named = ((values.get(c, f"NULL::{t}"), c) for c, t in _RESULT_COLUMNS.items())
+        return ", ".join(expr if expr == c else f"{expr} AS {c}" for expr, c in named)
+    return ", ".join(values.get(c, "NULL") for c in _RESULT_COLUMNS)
+
+
+def _position(column: str) -> int:
+    """The 1-based position of a result column (for GROUP BY)."""
+    return list(_RESULT_COLUMNS).index(column) + 1
+
+
 _FINITE = "CASE WHEN r.{0} > '-Infinity' AND r.{0} < 'Infinity' THEN r.{0} END"
 _STATS_SQL = """
 WITH raw AS {raw_mode} (
@@ -622,15 +345,11 @@ top_errors AS (
     FROM errors GROUP BY error_type HAVING sum(n) > 0
     ORDER BY pos LIMIT {max_errors}
 )
-SELECT CASE WHEN grouping(task_name) = 0 THEN 'c' ELSE 't' END AS kind, tb AS ts,
-       task_name AS name, status, NULL::smallint AS metric, sum(n)::bigint AS n,
-       sum(ds)::float8 AS ds, sum(dn)::bigint AS dn, NULL::text AS h, NULL::int[] AS lanes,
-       NULL::bigint[] AS counts, NULL::text AS example, NULL::bool AS stale, NULL::bigint AS pos
+SELECT {counts_select}
 FROM (SELECT date_bin({step}, ts, '2000-01-01 00:00:00+00') AS tb, * FROM counts) AS c
 GROUP BY GROUPING SETS ((task_name, status), (tb))
 {hist_rollups}UNION ALL
-SELECT 'b', NULL, task_name, NULL, metric, NULL, NULL, NULL, NULL, array_agg(lane), array_agg(n),
-       NULL, NULL, NULL
+SELECT {lanes_select}
 FROM (
     SELECT task_name, 0::smallint AS metric, {lane_of_dur} AS lane, count(*) AS n
     FROM raw WHERE dur_bin IS NOT NULL GROUP BY 1, 3
@@ -642,35 +361,35 @@ GROUP BY task_name, metric
 UNION ALL
 {error_groups}
 UNION ALL
-SELECT 'l', NULL, r.task_name, 'running', NULL, count(*), NULL, NULL, NULL, NULL, NULL, NULL,
-       r.created_at < now() - make_interval(secs => coalesce(r.timeout_s * 2, {lost_after})),
-       NULL
+SELECT {running_select}
 FROM task_execution_logs r
 WHERE r.status = 'running' AND {live_where}
-GROUP BY 3, 13
+GROUP BY {running_group}
 UNION ALL
-SELECT 'l', NULL, r.task_name, 'pending', NULL, count(*), NULL, NULL, NULL, NULL, NULL, NULL,
-       FALSE, NULL
+SELECT {pending_select}
 FROM task_execution_logs r
 WHERE r.status = 'pending' AND {live_where}
-GROUP BY 3
+GROUP BY {pending_group}
 """
+_COUNTS_SELECT = _select(
+    first=True,
+    kind="CASE WHEN grouping(task_name) = 0 THEN 'c' ELSE 't' END",
+    ts="tb",
+    name="task_name",
+    status="status",
+    n="sum(n)::bigint",
+    ds="sum(ds)::float8",
+    dn="sum(dn)::bigint",
+)
+_LANES_SELECT = _select(
+    kind="'b'", name="task_name", metric="metric", lanes="array_agg(lane)", counts="array_agg(n)"
+)
 # The example of an error group is that of its newest row, looked up for the (at most
 # 20) groups alone rather than carried through the aggregation: a raw row of the edges
 # created at the group's last_seen, else the rollup row whose last_seen it is, in the
 # bucket holding that moment (minute, else hour, else day: retention may have deleted
 # the finer ones). On the raw path (millions of rows, not kept) it is the raw row
 # created then, found through the created_at index.
-_ERROR_GROUPS = """
-SELECT 'e', t.last_seen, nullif(t.error_type, ''), NULL, NULL, t.n::bigint, NULL, NULL, NULL,
-       NULL, NULL,
-       coalesce(
-           (SELECT min(left(r.error_message, 500)) FROM raw r
-            WHERE r.created_at = t.last_seen AND coalesce(r.error_type, '') = t.error_type
-              AND r.status <> 'success'),
-           {rollup_examples}),
-       NULL, t.pos
-FROM top_errors t"""
 _ROLLUP_EXAMPLE = """(SELECT min(r.example) FROM {table} r
             WHERE r.bucket = date_bin('{step}', t.last_seen, '2000-01-01 00:00:00+00')
               AND r.error_type = t.error_type AND r.last_seen = t.last_seen AND {sel})"""
@@ -679,18 +398,30 @@ _EXAMPLE_SOURCES = (
     ("task_error_hour", "1 hour"),
     ("task_error_day", "1 day"),
 )
-_RAW_ERROR_GROUPS = """
-SELECT 'e', t.last_seen, nullif(t.error_type, ''), NULL, NULL, t.n::bigint, NULL, NULL, NULL,
-       NULL, NULL,
-       (SELECT min(left(r.error_message, 500)) FROM task_execution_logs r
+_EDGE_EXAMPLE = """(SELECT min(left(r.error_message, 500)) FROM raw r
+            WHERE r.created_at = t.last_seen AND coalesce(r.error_type, '') = t.error_type
+              AND r.status <> 'success')"""
+_RAW_EXAMPLE = """(SELECT min(left(r.error_message, 500)) FROM task_execution_logs r
         WHERE r.created_at = t.last_seen AND coalesce(r.error_type, '') = t.error_type
-          AND r.status <> 'success' AND {raw_where}),
-       NULL, t.pos
-FROM top_errors t"""
-_HIST_ROLLUPS = """UNION ALL
-SELECT 'h', NULL, task_name, NULL, metric, NULL, NULL, NULL, sum(h)::text, NULL, NULL, NULL, NULL,
-       NULL
-FROM ({parts}) AS h
+          AND r.status <> 'success' AND {raw_where})"""
+
+
+def _error_groups(example: str) -> str:
+    """The branch of the error groups, each with `example` (an expression over ``t``)."""
+    select = _select(
+        kind="'e'",
+        ts="t.last_seen",
+        name="nullif(t.error_type, '')",
+        n="t.n::bigint",
+        example=example,
+        pos="t.pos",
+    )
+    return f"\nSELECT {select}\nFROM top_errors t"
+
+
+_HIST_ROLLUPS = f"""UNION ALL
+SELECT {_select(kind="'h'", name="task_name", metric="metric", h="sum(h)::text")}
+FROM ({{parts}}) AS h
 GROUP BY task_name, metric
 """
 # (columns, tables finest first) of the rollup parts of each kind; alias r
@@ -764,7 +495,7 @@ def _stats_sql(
     """
     count_rollups = error_rollups = hist_rollups = ""
     if rollups is None:
-        error_groups = _RAW_ERROR_GROUPS.format(raw_where=raw_where)
+        error_groups = _error_groups(_RAW_EXAMPLE.format(raw_where=raw_where))
     else:
         count_levels, levels, sel = rollups
         count_rollups = _rollup_parts(q, _COUNT_SOURCES, count_levels, sel)
@@ -772,11 +503,14 @@ def _stats_sql(
         hist_parts = _rollup_parts(q, _HIST_SOURCES, levels, sel)
         if hist_parts:
             hist_rollups = _HIST_ROLLUPS.format(parts=hist_parts.removesuffix(" UNION ALL "))
-        error_groups = _ERROR_GROUPS.format(
-            rollup_examples=",\n           ".join(
-                _ROLLUP_EXAMPLE.format(table=table, step=step, sel=sel)
-                for table, step in _EXAMPLE_SOURCES
-            )
+        examples = (
+            _ROLLUP_EXAMPLE.format(table=table, step=step, sel=sel)
+            for table, step in _EXAMPLE_SOURCES
+        )
+        error_groups = _error_groups(
+            f"coalesce(\n           {_EDGE_EXAMPLE},\n           "
+            + ",\n           ".join(examples)
+            + ")"
         )
     return _STATS_SQL.format(
         # the rollup path reads a few minutes of raw rows once and keeps them; the raw
@@ -794,8 +528,21 @@ def _stats_sql(
         lane_of_dur=_LANE_SQL.format("dur_bin"),
         lane_of_qw=_LANE_SQL.format("qw_bin"),
         step=q.arg(step, "::interval"),
-        lost_after=lost_after,
         live_where=live_where,
+        counts_select=_COUNTS_SELECT,
+        lanes_select=_LANES_SELECT,
+        running_select=_select(
+            kind="'l'",
+            name="r.task_name",
+            status="'running'",
+            n="count(*)",
+            stale=f"r.created_at < {lost_cutoff_sql(lost_after)}",
+        ),
+        running_group=f"{_position('name')}, {_position('stale')}",
+        pending_select=_select(
+            kind="'l'", name="r.task_name", status="'pending'", n="count(*)", stale="FALSE"
+        ),
+        pending_group=f"{_position('name')}",
     )
 
 
@@ -832,7 +579,7 @@ async def fetch_stats(
     *,
     since: datetime | None = None,
     until: datetime | None = None,
-    lost_after_s: float = 3600.0,
+    lost_after_s: float = DEFAULT_LOST_AFTER_S,
     now: datetime | None = None,
 ) -> Stats:
     """Metrics for the attempts matching `flt` whose ``created_at`` is in the window.
@@ -872,7 +619,7 @@ async def fetch_stats(
     status = f"r.status = ANY({q.arg(statuses, '::text[]')})"
     raw = _needs_raw(flt)
     if raw:
-        cond = await _filter_sql(conn, flt, q.params, lost_after_s)
+        cond = await resolved_filter_sql(conn, flt, q.params, lost_after_s)
         sql = _stats_sql(
             q,
             raw_where=f"{window} AND {status} AND {cond}",
@@ -883,8 +630,8 @@ async def fetch_stats(
         )
     else:
         # the rollups carry only status and task name; task patterns become exact names
-        cond = dataclasses.replace(flt, tasks=()).to_sql(
-            q.params, lost_after_s=lost_after_s, alias="r"
+        cond = filter_sql(
+            dataclasses.replace(flt, tasks=()), q.params, lost_after_s=lost_after_s, alias="r"
         )
         sel = status
         if flt.tasks:
@@ -913,14 +660,14 @@ async def fetch_stats(
 
 
 def _task_totals() -> dict[str, float]:
-    return {"success": 0.0, "failed": 0.0, "retrying": 0.0, "lost": 0.0, "ds": 0.0, "dn": 0.0}
+    return dict.fromkeys((*TERMINAL, "ds", "dn"), 0.0)
 
 
 def _assemble(
     start: datetime, end: datetime, step: timedelta, rows: Sequence[asyncpg.Record]
 ) -> Stats:
     """Stats from the rows of the statement of :func:`_stats_sql`."""
-    by_status = dict.fromkeys(("success", "failed", "retrying", "lost", "running", "pending"), 0)
+    by_status = dict.fromkeys((*TERMINAL, "running", "pending"), 0)
     per_task: dict[str, dict[str, float]] = {}
     series: dict[datetime, int] = {}
     hists: dict[tuple[str, int], list[int]] = {}  # (task, metric) -> counts per lane
@@ -1012,12 +759,3 @@ def _assemble(
         errors=errors,
         relative_error=RELATIVE_ERROR,
     )
-
-
-async def rebuild_rollups(conn: asyncpg.Connection[Any]) -> None:
-    """Recompute every rollup from the raw rows (after a bulk load without triggers).
-
-    Time no longer covered by raw rows (deleted by retention) loses its rollups.
-    """
-    async with conn.transaction():
-        await conn.execute("SELECT taskmon_rebuild_rollups()")

@@ -27,7 +27,7 @@ BEGIN
     IF max_bytes >= 0 AND heap_bytes > max_bytes THEN
         RAISE NOTICE 'taskmon: task_execution_logs holds % bytes, so the retry-link '
             'index was not built now (it would block writers); see '
-            'sql/0004_retry_links.sql to build it CONCURRENTLY', heap_bytes;
+            'sql/0005_retry_links.sql to build it CONCURRENTLY', heap_bytes;
         RETURN;
     END IF;
     CREATE INDEX IF NOT EXISTS idx_task_logs_retry_of

@@ -1,7 +1,8 @@
 """Rich tables for the CLI's `history` and `stats` (CLI only: the core never imports this).
 
 Status is always a symbol and a word as well as a colour, so it reads the same
-with NO_COLOR, on a monochrome terminal or in a copy-paste.
+with NO_COLOR, on a monochrome terminal or in a copy-paste; symbols and
+durations read as in the TUI (:mod:`taskmon.display`).
 """
 
 from __future__ import annotations
@@ -10,60 +11,43 @@ import dataclasses
 import os
 import sys
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from taskmon.commands.common import plural
+from taskmon.display import duration, status_label
 
 if TYPE_CHECKING:
     from taskmon.filters import TaskFilter
-    from taskmon.store.queries import Stats
+    from taskmon.store.schema import AttemptRow
+    from taskmon.store.stats import Stats
 
 __all__ = [
     "STATUS_STYLES",
-    "human_duration",
     "print_history",
     "print_stats",
     "sparkline",
     "status_text",
 ]
 
-STATUS_STYLES: dict[str, tuple[str, str]] = {
-    "success": ("✓", "green"),
-    "failed": ("✗", "bold red"),
-    "retrying": ("↻", "yellow"),
-    "running": ("●", "cyan"),
-    "pending": ("…", "dim"),
-    "lost": ("?", "magenta"),
+STATUS_STYLES: dict[str, str] = {
+    "success": "green",
+    "failed": "bold red",
+    "retrying": "yellow",
+    "running": "cyan",
+    "pending": "dim",
+    "lost": "magenta",
 }
+"""The colour of each status; its symbol and word are :func:`taskmon.display.status_label`."""
 _BLOCKS = "▁▂▃▄▅▆▇█"
 
 
 def status_text(status: str) -> Text:
     """``✓ success`` in green, and so on."""
-    symbol, style = STATUS_STYLES.get(status, ("·", ""))
-    return Text(f"{symbol} {status}", style=style)
-
-
-def human_duration(ms: float | None) -> str:
-    """812 ms, 4.2 s, 3m 12s, 2h 03m."""
-    if ms is None:
-        return "-"
-    if ms < 1:
-        return f"{ms:.2f} ms"
-    if ms < 1_000:
-        return f"{ms:.0f} ms"
-    seconds = ms / 1_000
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, sec = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m {sec:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m"
+    return Text(status_label(status), style=STATUS_STYLES.get(status, ""))
 
 
 def sparkline(values: list[int]) -> str:
@@ -99,20 +83,23 @@ def _when(value: datetime | None, now: datetime) -> str:
     return local.strftime("%Y-%m-%d %H:%M")
 
 
-def _error(row: dict[str, Any]) -> str:
+def _error(row: AttemptRow) -> str:
     kind, message = row.get("error_type"), row.get("error_message")
     if kind and message:
         text = f"{kind}: {' '.join(str(message).split())}"
     else:
         text = str(kind or message or "")
     # `taskmon retry` links (taskmon.store.retry.add_retry_links), ahead of the error
-    links = [f"retry of {row['retry_of']}"] if row.get("retry_of") else []
-    if row.get("retried_as"):
-        links.append(f"retried as {', '.join(row['retried_as'])}")
+    from taskmon.store.retry import retried_as, retry_of
+
+    origin, retries = retry_of(row), retried_as(row)
+    links = [f"retry of {origin}"] if origin else []
+    if retries:
+        links.append(f"retried as {', '.join(retries)}")
     return " · ".join([*links, text] if text else links)
 
 
-def print_history(rows: list[dict[str, Any]], next_cursor: str | None, flt: TaskFilter) -> None:
+def print_history(rows: list[AttemptRow], next_cursor: str | None, flt: TaskFilter) -> None:
     """A table of attempts that fits the terminal, then the next page's cursor."""
     console = _console()
     piped = console.width == _PIPE_WIDTH
@@ -123,7 +110,7 @@ def print_history(rows: list[dict[str, Any]], next_cursor: str | None, flt: Task
             status_text(row["status"]),
             row["task_name"],
             str(row["attempt"]),
-            human_duration(row["duration_ms"]),
+            duration(row["duration_ms"]),
             row.get("worker") or "-",
             Text(_error(row), style="red" if row["status"] in ("failed", "retrying") else ""),
         )
@@ -182,7 +169,7 @@ def print_stats(stats: Stats, flt: TaskFilter) -> None:
             line.append(f" {n}   ")
     console.print(line)
     console.print(
-        f"running now {stats.running} · lost {stats.lost} · p95 {human_duration(stats.p95_ms)}"
+        f"running now {stats.running} · lost {stats.lost} · p95 {duration(stats.p95_ms)}"
         f" (percentiles ±{stats.relative_error:.0%})"
     )
     if stats.throughput:
@@ -205,10 +192,10 @@ def print_stats(stats: Stats, flt: TaskFilter) -> None:
                 str(t.count),
                 Text(str(t.failures), style="red" if t.failures else ""),
                 f"{t.failure_rate:.1%}",
-                human_duration(t.p50_ms),
-                human_duration(t.p95_ms),
-                human_duration(t.p99_ms),
-                human_duration(t.queue_wait_p95_ms),
+                duration(t.p50_ms),
+                duration(t.p95_ms),
+                duration(t.p99_ms),
+                duration(t.queue_wait_p95_ms),
             )
         console.print(table)
     if stats.errors:

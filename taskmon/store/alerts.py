@@ -1,0 +1,359 @@
+"""The figures alert rules compare, and the rules' states.
+
+Figures come from the rollups where the filter allows it, as the stats
+queries do: failure rate and lost counts are :func:`~taskmon.store.stats.fetch_stats`
+itself; a percentile sums the packed histograms of the whole 5 minutes of the
+window (``task_hist_5min``) with those of the raw rows at its edges; a new
+error type is looked for in the raw rows of the window (an alert window is
+minutes long) and looked up in the error rollups of the week before. Filters
+the rollups cannot answer (worker, error text, words, durations, attempt,
+task id) read the raw rows instead.
+
+A rule's state is one row of ``taskmon_alerts`` (``sql/0004_alerts.sql``),
+read and written under a row lock, so that two evaluators (a hub and a cron
+job) never both make the same transition.
+
+No textual, typer or rich here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from taskmon.filters import TaskFilter
+from taskmon.store.filter_sql import filter_sql, resolve_task_names, resolve_word_task_names
+from taskmon.store.stats import (
+    _quantiles,  # the histogram codec of the stats queries: one home for the lane layout
+    _unpack,
+    fetch_stats,
+)
+
+__all__ = [
+    "METRICS",
+    "Measurement",
+    "StoredState",
+    "load_states",
+    "lock_state",
+    "measure",
+    "save_state",
+]
+
+METRICS = ("failure_rate", "lost", "p50", "p95", "p99", "p95_queue_wait", "new_error_type")
+"""What a rule can compare; see :func:`measure`."""
+
+_TERMINAL = ("success", "failed", "retrying", "lost")
+_ERROR_STATUSES = ("failed", "retrying", "lost")
+_QUANTILE = {"p50": (0, 0.5), "p95": (0, 0.95), "p99": (0, 0.99), "p95_queue_wait": (1, 0.95)}
+_COLUMN = {0: "duration_ms", 1: "queue_wait_ms"}
+_ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)  # the rollups' date_bin origin
+_FIVE_MINUTES = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One figure of one window.
+
+    Attributes:
+        value: the figure (a rate from 0 to 1, milliseconds, a count, or the
+            number of new error types); None when the window has no data for it.
+        count: the attempts it was computed over (what ``min_count`` compares):
+            decided attempts for a failure rate or lost count, attempts with a
+            duration (or queue wait) for a percentile, erring attempts of the
+            new types for ``new_error_type``.
+        detail: the new error types, oldest first (``new_error_type`` only).
+    """
+
+    value: float | None
+    count: int
+    detail: tuple[str, ...] = ()
+
+
+def _needs_raw(flt: TaskFilter) -> bool:
+    """Whether `flt` uses a field the rollups do not keep (the stats queries' rule)."""
+    return bool(
+        flt.workers
+        or flt.errors
+        or flt.words
+        or flt.task_id is not None
+        or flt.min_duration_ms is not None
+        or flt.max_duration_ms is not None
+        or flt.attempt is not None
+    )
+
+
+def _arg(params: list[object], value: object, cast: str = "") -> str:
+    params.append(value)
+    return f"${len(params)}{cast}"
+
+
+async def _raw_condition(
+    conn: asyncpg.Connection[Any], flt: TaskFilter, params: list[object], lost_after_s: float
+) -> str:
+    """`flt` as SQL over alias ``r``, task patterns and words resolved to exact names."""
+    words = await resolve_word_task_names(conn, flt.words)
+    rest = dataclasses.replace(flt, tasks=())
+    cond = filter_sql(rest, params, lost_after_s=lost_after_s, alias="r", word_task_names=words)
+    if flt.tasks:
+        names = await resolve_task_names(conn, flt.tasks)
+        cond += f" AND r.task_name = ANY({_arg(params, names, '::text[]')})"
+    return cond
+
+
+async def _rollup_condition(
+    conn: asyncpg.Connection[Any], flt: TaskFilter, params: list[object], statuses: Sequence[str]
+) -> str:
+    """The status and task part of `flt` over a rollup table (alias ``r``)."""
+    cond = f"r.status = ANY({_arg(params, list(statuses), '::text[]')})"
+    if flt.tasks:
+        names = await resolve_task_names(conn, flt.tasks)
+        cond += f" AND r.task_name = ANY({_arg(params, names, '::text[]')})"
+    return cond
+
+
+def _floor(t: datetime, step: timedelta) -> datetime:
+    return _ORIGIN + ((t - _ORIGIN) // step) * step
+
+
+def _ceil(t: datetime, step: timedelta) -> datetime:
+    floor = _floor(t, step)
+    return floor if floor == t else floor + step
+
+
+async def measure(
+    conn: asyncpg.Connection[Any],
+    metric: str,
+    flt: TaskFilter,
+    *,
+    start: datetime,
+    end: datetime,
+    lost_after_s: float = 3600.0,
+    baseline: timedelta = timedelta(days=7),
+) -> Measurement:
+    """The figure `metric` for the attempts matching `flt` created in ``[start, end)``.
+
+    Args:
+        conn: a connection from :func:`taskmon.store.db.connect`.
+        metric: one of :data:`METRICS`: ``failure_rate`` ((failed + lost) /
+            (success + failed + lost)), ``lost`` (attempts lost, marked or
+            running too long), ``p50``/``p95``/``p99`` (duration, ms, within
+            the histograms' 2 %), ``p95_queue_wait`` (ms), ``new_error_type``
+            (error types of the window not seen in the `baseline` before it).
+        flt: the rule's filter (no since/until: the window is given).
+        start: the window's start.
+        end: the window's end (the evaluation's now).
+        lost_after_s: how long a running attempt without timeout may run
+            before it counts as lost.
+        baseline: how far back ``new_error_type`` looks for an error type.
+
+    Raises:
+        ValueError: `metric` is not one of :data:`METRICS`.
+    """
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
+    if metric in ("failure_rate", "lost"):
+        stats = await fetch_stats(conn, flt, since=start, until=end, lost_after_s=lost_after_s)
+        decided = sum(stats.by_status[s] for s in ("success", "failed", "lost"))
+        if metric == "lost":
+            return Measurement(float(stats.lost), decided)
+        return Measurement(stats.failure_rate if decided else None, decided)
+    if metric in _QUANTILE:
+        return await _percentile(conn, metric, flt, start, end, lost_after_s)
+    if metric == "new_error_type":
+        return await _new_error_types(conn, flt, start, end, lost_after_s, baseline)
+    raise ValueError(f"unknown alert metric {metric!r} (known: {', '.join(METRICS)})")
+
+
+async def _percentile(
+    conn: asyncpg.Connection[Any],
+    metric: str,
+    flt: TaskFilter,
+    start: datetime,
+    end: datetime,
+    lost_after_s: float,
+) -> Measurement:
+    index, q = _QUANTILE[metric]
+    column = _COLUMN[index]
+    statuses = [s for s in _TERMINAL if not flt.statuses or s in flt.statuses]
+    params: list[object] = []
+    # the stats queries' guard: NaN and infinities have no bin
+    value = f"CASE WHEN r.{column} > '-Infinity' AND r.{column} < 'Infinity' THEN r.{column} END"
+    lo, hi = _ceil(start, _FIVE_MINUTES), _floor(end, _FIVE_MINUTES)
+    if _needs_raw(flt) or lo >= hi:
+        status = f"r.status = ANY({_arg(params, statuses, '::text[]')})"
+        cond = await _raw_condition(conn, flt, params, lost_after_s)
+        sql = (
+            f"SELECT sum(taskmon_hist_unit({value}))::text FROM task_execution_logs r "
+            f"WHERE r.created_at >= {_arg(params, start)} AND r.created_at < {_arg(params, end)} "
+            f"AND {status} AND {cond}"
+        )
+    else:
+        sel = await _rollup_condition(conn, flt, params, statuses)
+        a, b = _arg(params, lo), _arg(params, hi)
+        edges = (
+            f"((r.created_at >= {_arg(params, start)} AND r.created_at < {a}) "
+            f"OR (r.created_at >= {b} AND r.created_at < {_arg(params, end)}))"
+        )
+        sql = (
+            "SELECT sum(h)::text FROM ("
+            f"SELECT r.h FROM task_hist_5min r WHERE r.bucket >= {a} AND r.bucket < {b} "
+            f"AND r.metric = {_arg(params, index, '::smallint')} AND {sel} "
+            "UNION ALL "
+            f"SELECT taskmon_hist_unit({value}) FROM task_execution_logs r "
+            f"WHERE {edges} AND {sel}) AS h"
+        )
+    packed = await conn.fetchval(sql, *params)
+    if packed is None:
+        return Measurement(None, 0)
+    lanes = _unpack(packed)
+    total = sum(lanes)
+    (found,) = _quantiles(lanes, (q,))
+    return Measurement(found, total)
+
+
+async def _new_error_types(
+    conn: asyncpg.Connection[Any],
+    flt: TaskFilter,
+    start: datetime,
+    end: datetime,
+    lost_after_s: float,
+    baseline: timedelta,
+) -> Measurement:
+    statuses = [s for s in _ERROR_STATUSES if not flt.statuses or s in flt.statuses]
+    params: list[object] = []
+    cond = await _raw_condition(conn, flt, params, lost_after_s)
+    status = f"r.status = ANY({_arg(params, statuses, '::text[]')})"
+    before = start - baseline
+    if _needs_raw(flt):
+        lookback = (
+            "SELECT 1 FROM task_execution_logs r WHERE r.error_type = c.error_type "
+            f"AND r.created_at >= {_arg(params, before)} AND r.created_at < {_arg(params, start)} "
+            f"AND {status} AND {cond}"
+        )
+    else:
+        # whole hours from the hour rollups (the first may reach up to an hour further
+        # back), then whole minutes, then the raw rows of the minute the window starts in
+        sel = await _rollup_condition(conn, flt, params, statuses)
+        h0 = _arg(params, _floor(before, timedelta(hours=1)))
+        h1 = _arg(params, _floor(start, timedelta(hours=1)))
+        m1 = _arg(params, _floor(start, timedelta(minutes=1)))
+        lookback = (
+            "SELECT 1 FROM task_error_hour r WHERE r.error_type = c.error_type "
+            f"AND r.bucket >= {h0} AND r.bucket < {h1} AND r.n > 0 AND {sel} "
+            "UNION ALL "
+            "SELECT 1 FROM task_error_minute r WHERE r.error_type = c.error_type "
+            f"AND r.bucket >= {h1} AND r.bucket < {m1} AND r.n > 0 AND {sel} "
+            "UNION ALL "
+            "SELECT 1 FROM task_execution_logs r WHERE r.error_type = c.error_type "
+            f"AND r.created_at >= {m1} AND r.created_at < {_arg(params, start)} "
+            f"AND {status} AND {cond}"
+        )
+    sql = (
+        "WITH cur AS ("
+        "SELECT r.error_type, count(*) AS n, min(r.created_at) AS first_seen "
+        "FROM task_execution_logs r "
+        f"WHERE r.created_at >= {_arg(params, start)} AND r.created_at < {_arg(params, end)} "
+        f"AND r.error_type IS NOT NULL AND r.error_type <> '' AND {status} AND {cond} "
+        "GROUP BY r.error_type) "
+        f"SELECT c.error_type, c.n FROM cur c WHERE NOT EXISTS ({lookback}) "
+        "ORDER BY c.first_seen, c.error_type"
+    )
+    rows = await conn.fetch(sql, *params)
+    types = tuple(str(r["error_type"]) for r in rows)
+    return Measurement(float(len(types)), sum(int(r["n"]) for r in rows), types)
+
+
+# ---------------------------------------------------------------------------
+# states
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredState:
+    """One rule's row of ``taskmon_alerts``.
+
+    Attributes:
+        rule: the rule's name.
+        state: ``ok``, ``pending``, ``firing`` or ``resolved``.
+        since: when it entered `state`.
+        clearing_since: while firing, since when the value has been back
+            below the hysteresis band (None while it is not).
+        fired_at: when it last started firing.
+        resolved_at: when it last resolved.
+        value: the figure at the last check (None: no data).
+        count: what the figure was computed over at the last check.
+        detail: words about the last check (the new error types, say).
+        checked_at: the last check.
+        error: why the last check could not compute the figure, if it could not.
+    """
+
+    rule: str
+    state: str
+    since: datetime
+    clearing_since: datetime | None = None
+    fired_at: datetime | None = None
+    resolved_at: datetime | None = None
+    value: float | None = None
+    count: int | None = None
+    detail: str | None = None
+    checked_at: datetime | None = None
+    error: str | None = None
+
+
+_STATE_COLUMNS = (
+    "rule, state, since, clearing_since, fired_at, resolved_at, value, count, detail, "
+    "checked_at, error"
+)
+
+
+def _state(row: asyncpg.Record) -> StoredState:
+    return StoredState(**dict(row))
+
+
+async def load_states(conn: asyncpg.Connection[Any]) -> dict[str, StoredState]:
+    """Every stored state, by rule name."""
+    rows = await conn.fetch(f"SELECT {_STATE_COLUMNS} FROM taskmon_alerts")
+    return {r["rule"]: _state(r) for r in rows}
+
+
+async def lock_state(conn: asyncpg.Connection[Any], rule: str, now: datetime) -> StoredState:
+    """The state of `rule`, locked until the transaction `conn` is in ends.
+
+    A rule never stored yet gets an ``ok`` row first, so the lock always has a
+    row to hold. Must be called inside a transaction.
+    """
+    await conn.execute(
+        "INSERT INTO taskmon_alerts (rule, state, since, checked_at) VALUES ($1, 'ok', $2, $2) "
+        "ON CONFLICT (rule) DO NOTHING",
+        rule,
+        now,
+    )
+    row = await conn.fetchrow(
+        f"SELECT {_STATE_COLUMNS} FROM taskmon_alerts WHERE rule = $1 FOR UPDATE", rule
+    )
+    assert row is not None
+    return _state(row)
+
+
+async def save_state(conn: asyncpg.Connection[Any], state: StoredState) -> None:
+    """Write `state` over its rule's row (taken by :func:`lock_state`)."""
+    await conn.execute(
+        "UPDATE taskmon_alerts SET state = $2, since = $3, clearing_since = $4, fired_at = $5, "
+        "resolved_at = $6, value = $7, count = $8, detail = $9, checked_at = $10, error = $11 "
+        "WHERE rule = $1",
+        state.rule,
+        state.state,
+        state.since,
+        state.clearing_since,
+        state.fired_at,
+        state.resolved_at,
+        state.value,
+        state.count,
+        state.detail,
+        state.checked_at,
+        state.error,
+    )

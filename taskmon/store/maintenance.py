@@ -1,0 +1,77 @@
+"""Maintenance of a large database: rollups rebuilt, error-search indexes built concurrently.
+
+Both run from ``taskmon db`` with no statement timeout; neither is needed on a
+database that the migrations and the triggers kept from the start.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+import asyncpg
+
+from taskmon.store import migrations
+
+__all__ = ["SEARCH_INDEX_MIGRATION", "build_search_indexes", "rebuild_rollups", "search_indexes"]
+
+SEARCH_INDEX_MIGRATION = 3
+"""The migration that creates the error-search indexes (``0003_error_search.sql``)."""
+
+# `CREATE INDEX IF NOT EXISTS name ON ...;` outside comments: the statements the
+# migration runs when the table is small, and the ones to repeat CONCURRENTLY
+_CREATE_INDEX = re.compile(r"CREATE INDEX IF NOT EXISTS (\w+)\s+(ON [^;]+);")
+
+
+async def rebuild_rollups(conn: asyncpg.Connection[Any]) -> None:
+    """Recompute every rollup from the raw rows (after a bulk load without triggers).
+
+    Time no longer covered by raw rows (deleted by retention) loses its rollups.
+    """
+    async with conn.transaction():
+        await conn.execute("SELECT taskmon_rebuild_rollups()")
+
+
+@cache
+def search_indexes() -> dict[str, str]:
+    """The error-search indexes of migration 0003: name -> ``ON table ...`` definition.
+
+    Read from the migration file itself, so the DDL lives once.
+    """
+    (migration,) = (m for m in migrations.available() if m.version == SEARCH_INDEX_MIGRATION)
+    code = "\n".join(
+        line for line in migration.sql.splitlines() if not line.lstrip().startswith("--")
+    )
+    found = {name: " ".join(body.split()) for name, body in _CREATE_INDEX.findall(code)}
+    if not found:
+        raise RuntimeError(f"no CREATE INDEX statement in {migration.filename}")
+    return found
+
+
+async def build_search_indexes(
+    conn: asyncpg.Connection[Any], progress: Callable[[str, str], None]
+) -> None:
+    """Build the error-search indexes without blocking writers (``CREATE INDEX CONCURRENTLY``).
+
+    Migration 0003 skips them on a table that is already large. Safe to re-run:
+    an index left invalid by an interrupted build is dropped and built again.
+    `progress` is called with ``(index name, "present" | "building" | "built")``.
+    """
+    await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+    for name, definition in search_indexes().items():
+        valid = await conn.fetchval(
+            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE c.relname = $1",
+            name,
+        )
+        if valid:
+            progress(name, "present")
+            continue
+        if valid is not None:  # left INVALID by an interrupted build
+            await conn.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"')
+        progress(name, "building")
+        # name and definition come from the shipped migration file, never from input
+        await conn.execute(f'CREATE INDEX CONCURRENTLY "{name}" {definition}')
+        progress(name, "built")

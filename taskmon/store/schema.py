@@ -1,0 +1,143 @@
+"""Facts about ``task_execution_logs`` that every statement shares.
+
+* :data:`STATUSES` and :data:`TERMINAL`, from :class:`taskmon.events.Status`;
+* :class:`AttemptRow`, the row as readers return it, whose keys in order are
+  :data:`COLUMNS` (the documented JSON shape of ``taskmon history``, the
+  archive's line, the select list of every read);
+* the lost rule. An attempt still ``running`` long after it should have ended
+  is *lost*: its worker died without recording an outcome. "Long" is twice
+  its ``timeout`` label when it has one, else ``lost_after`` seconds
+  (``--lost-after``, default :data:`DEFAULT_LOST_AFTER_S`). Readers show such
+  rows as ``lost``, retention stores it; all of them build the condition here
+  (:func:`stale_sql`), so they cannot drift apart. :func:`is_stale` is the same
+  rule in Python, for live events (``TaskFilter.matches``).
+
+This module imports nothing but the standard library and :mod:`taskmon.events`:
+the filter language, which runs inside workers, uses it too.
+
+The ``'running'`` literal is a constant of the schema, not a user value:
+written inline, it lets the planner use the partial index on running rows.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, TypedDict
+
+from taskmon.events import TERMINAL_STATUSES, Status
+
+__all__ = [
+    "COLUMNS",
+    "DEFAULT_LOST_AFTER_S",
+    "STATUSES",
+    "TERMINAL",
+    "AttemptRow",
+    "is_stale",
+    "lost_cutoff_sql",
+    "select_list_sql",
+    "shown_status_sql",
+    "stale_sql",
+]
+
+STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
+"""Every status, in the order lists and filters show them."""
+TERMINAL: tuple[str, ...] = tuple(s.value for s in Status if s in TERMINAL_STATUSES)
+"""The statuses of a finished attempt (success, failed, retrying, lost)."""
+
+
+class AttemptRow(TypedDict):
+    """One attempt as the store reads it (one row of ``task_execution_logs``).
+
+    Datetimes are aware; ``status`` is ``lost`` for an attempt running too
+    long (see :func:`stale_sql`), whatever is stored. The keys, in this order,
+    are :data:`COLUMNS`.
+    """
+
+    id: int
+    task_id: str
+    task_name: str
+    status: str
+    attempt: int
+    worker: str | None
+    queue: str | None
+    params: dict[str, Any] | None
+    labels: dict[str, Any]
+    error_type: str | None
+    error_message: str | None
+    traceback: str | None
+    timeout_s: float | None
+    enqueued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_ms: float | None
+    queue_wait_ms: float | None
+    created_at: datetime
+    updated_at: datetime
+
+
+COLUMNS: tuple[str, ...] = tuple(AttemptRow.__annotations__)
+"""The keys of an :class:`AttemptRow`, in order: also the JSON shape of ``taskmon history``."""
+
+DEFAULT_LOST_AFTER_S = 3600.0
+"""Seconds a ``running`` attempt without a timeout label may run before it counts as lost."""
+
+
+def _prefix(alias: str) -> str:
+    if alias and not alias.isidentifier():
+        raise ValueError(f"alias {alias!r} is not an identifier")
+    return f"{alias}." if alias else ""
+
+
+def lost_cutoff_sql(lost_after: str, *, alias: str = "r") -> str:
+    """The moment before which a ``running`` row counts as lost.
+
+    Args:
+        lost_after: the SQL of the threshold without a timeout, a parameter
+            with its cast, e.g. ``$1::double precision``.
+        alias: the table alias of ``task_execution_logs`` ("" for none).
+    """
+    p = _prefix(alias)
+    return f"now() - make_interval(secs => coalesce({p}timeout_s * 2, {lost_after}))"
+
+
+def stale_sql(lost_after: str, *, alias: str = "r") -> str:
+    """The condition of a lost row still marked ``running`` (see :func:`lost_cutoff_sql`)."""
+    p = _prefix(alias)
+    return f"{p}status = 'running' AND {p}created_at < {lost_cutoff_sql(lost_after, alias=alias)}"
+
+
+def shown_status_sql(lost_after: str, *, alias: str = "r") -> str:
+    """The status as readers show it: ``lost`` for a stale running row, else the stored one."""
+    p = _prefix(alias)
+    return f"CASE WHEN {stale_sql(lost_after, alias=alias)} THEN 'lost' ELSE {p}status END"
+
+
+def is_stale(
+    status: object,
+    created_at: datetime | None,
+    timeout_s: float | None,
+    *,
+    now: datetime,
+    lost_after_s: float,
+) -> bool:
+    """:func:`stale_sql` in Python: whether an attempt marked `status` counts as lost at `now`.
+
+    A NaN or absurd timeout never makes an attempt lost (it cannot be compared).
+    """
+    if status != "running" or created_at is None:
+        return False
+    try:
+        limit = timedelta(seconds=lost_after_s if timeout_s is None else timeout_s * 2)
+        cutoff = now - limit
+    except (ValueError, OverflowError):
+        return False
+    return created_at < cutoff
+
+
+def select_list_sql(lost_after: str, *, alias: str = "r") -> str:
+    """The columns of an :class:`AttemptRow`, in order, status by the lost rule."""
+    p = _prefix(alias)
+    return ", ".join(
+        f"{shown_status_sql(lost_after, alias=alias)} AS status" if c == "status" else p + c
+        for c in COLUMNS
+    )
