@@ -12,21 +12,21 @@ import typer
 from typer.core import TyperGroup
 
 from taskmon import __version__
-from taskmon.commands import alerts, cleanup, db, demo, history, live, tui
+from taskmon.commands import alerts, cleanup, db, demo, history, live, retry, tui
 from taskmon.commands.common import usage_error_line
 
 # the order a user meets them in: watch, look back, follow, share the feed,
 # maintain, try it out
 COMMAND_ORDER = (
-    "tui", "history", "stats", "tail", "serve", "alerts", "cleanup", "db", "demo",
+    "tui", "history", "stats", "tail", "retry", "serve", "alerts", "cleanup", "db", "demo",
 )  # fmt: skip
 
 HELP = f"""A terminal monitor for TaskIQ background tasks.
 
 Commands are listed in the order you would use them: watch ({COMMAND_ORDER[0]}),
-look back (history, stats), follow live events (tail), share them (serve),
-be told when something goes wrong (alerts), maintain (cleanup, db), try it
-all out (demo).
+look back (history, stats), follow live events (tail), send a task again
+(retry), share them (serve), be told when something goes wrong (alerts),
+maintain (cleanup, db), try it all out (demo).
 """
 
 
@@ -80,6 +80,7 @@ app.command("tui")(tui.tui)
 app.command("history")(history.history)
 app.command("stats")(history.stats)
 app.command("tail")(live.tail)
+app.command("retry")(retry.retry)
 app.command("serve")(live.serve)
 app.add_typer(alerts.app, name="alerts")
 app.command("cleanup")(cleanup.cleanup)

@@ -2,6 +2,7 @@
 
 Precedence: command-line flag > environment (``TASKMON_DSN``,
 ``TASKMON_READ_DSN``, ``TASKMON_REDIS_URL``, ``TASKMON_HUB_URL``, ``TASKMON_HUB_TOKEN``,
+``TASKMON_BROKER``,
 ``TASK_LOG_RETENTION_DAYS``) > config file (``$XDG_CONFIG_HOME/taskmon/config.toml``
 or ``TASKMON_CONFIG``, which ``taskmon --config`` sets) > the embedded
 PostgreSQL under the user's data directory.
@@ -44,6 +45,7 @@ CONFIG_KEYS: dict[str, str] = {
     "redis_url": "a string",
     "hub_url": "a string",
     "hub_token": "a string",
+    "broker": "a string (module:variable)",
     "retention_days": "a number of days",
     "alerts": "an array of tables ([[alerts]])",
     "notifiers": "a table of tables ([notifiers.NAME])",
@@ -52,7 +54,7 @@ CONFIG_KEYS: dict[str, str] = {
 
 
 def _type_ok(key: str, value: object) -> bool:
-    if key in ("dsn", "read_dsn", "redis_url", "hub_url", "hub_token"):
+    if key in ("dsn", "read_dsn", "redis_url", "hub_url", "hub_token", "broker"):
         return isinstance(value, str)
     if key in ("retention_days", "alert_interval"):
         return isinstance(value, int | float) and not isinstance(value, bool)

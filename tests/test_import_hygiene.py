@@ -46,6 +46,8 @@ OPTIONAL_CORE = [
     "taskmon.store.maintenance",
     "taskmon.hub",
     "taskmon.client",
+    "taskmon.retry",
+    "taskmon.store.retry",
 ]
 
 

@@ -172,6 +172,13 @@ class FakeData:
         wanted = set(keys)
         return [r for r in self.rows if (r["task_id"], r["attempt"]) in wanted]
 
+    async def retried_as(self, task_id: str) -> list[str]:
+        return [
+            r["task_id"]
+            for r in self.rows
+            if r.get("labels", {}).get("taskmon_retry_of") == task_id
+        ]
+
     async def close(self) -> None:
         return None
 

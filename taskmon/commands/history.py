@@ -118,11 +118,11 @@ def history(
     async def go() -> Any:
         from taskmon.config import resolve_read_dsn
         from taskmon.store.db import connect
-        from taskmon.store.history import fetch_history
+        from taskmon.store.retry import fetch_history_with_links
 
         conn = await connect(resolve_read_dsn(read_dsn, dsn))
         try:
-            return await fetch_history(
+            return await fetch_history_with_links(
                 conn, flt, limit=rows_per_page, after=after, lost_after_s=lost_s
             )
         finally:
@@ -140,14 +140,17 @@ def history(
 
 
 def _json_row(row: AttemptRow) -> dict[str, Any]:
-    """The documented JSON shape of a row: the keys of AttemptRow, in their order."""
+    """The documented JSON shape of a row: the keys of AttemptRow, in their order,
+    then ``retry_of`` and ``retried_as`` (``taskmon retry``)."""
     from taskmon.events import iso
+    from taskmon.store.retry import retried_as, retry_of
     from taskmon.store.schema import COLUMNS
 
     data: dict[str, Any] = {}
     for key in COLUMNS:
         value = row.get(key)
         data[key] = iso(value) if isinstance(value, datetime) else value
+    data["retry_of"], data["retried_as"] = retry_of(row), retried_as(row)
     # durations as measured (30.226469039916992) are noise past a microsecond
     rounded: dict[str, Any] = round_durations(data)
     return rounded
@@ -156,6 +159,7 @@ def _json_row(row: AttemptRow) -> dict[str, Any]:
 def _print_rows(rows: list[AttemptRow], form: str) -> None:
     import json
 
+    from taskmon.store.retry import LINK_KEYS
     from taskmon.store.schema import COLUMNS
 
     out = sys.stdout
@@ -169,7 +173,8 @@ def _print_rows(rows: list[AttemptRow], form: str) -> None:
         import csv
 
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(COLUMNS)
+        keys = (*COLUMNS, *LINK_KEYS)
+        writer.writerow(keys)
         for row in rows:
             data = _json_row(row)
             writer.writerow(
@@ -177,7 +182,7 @@ def _print_rows(rows: list[AttemptRow], form: str) -> None:
                     json.dumps(v, ensure_ascii=False, default=str)
                     if isinstance(v, dict | list)
                     else ("" if v is None else v)
-                    for v in (data[k] for k in COLUMNS)
+                    for v in (data[k] for k in keys)
                 ]
             )
 

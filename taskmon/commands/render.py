@@ -86,8 +86,17 @@ def _when(value: datetime | None, now: datetime) -> str:
 def _error(row: AttemptRow) -> str:
     kind, message = row.get("error_type"), row.get("error_message")
     if kind and message:
-        return f"{kind}: {' '.join(str(message).split())}"
-    return str(kind or message or "")
+        text = f"{kind}: {' '.join(str(message).split())}"
+    else:
+        text = str(kind or message or "")
+    # `taskmon retry` links (taskmon.store.retry.add_retry_links), ahead of the error
+    from taskmon.store.retry import retried_as, retry_of
+
+    origin, retries = retry_of(row), retried_as(row)
+    links = [f"retry of {origin}"] if origin else []
+    if retries:
+        links.append(f"retried as {', '.join(retries)}")
+    return " · ".join([*links, text] if text else links)
 
 
 def print_history(rows: list[AttemptRow], next_cursor: str | None, flt: TaskFilter) -> None:

@@ -51,6 +51,15 @@ def tui(
     ] = "",
     lost_after: LostAfterOption = "1h",
     read_dsn: ReadDsnOption = None,
+    broker: Annotated[
+        str | None,
+        typer.Option(
+            "--broker",
+            help="Your broker as module:variable, for R (send a task again). "
+            "Default: $TASKMON_BROKER, then `broker` in the config file.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Watch metrics, history and live events in a terminal UI (keys: press ?)."""
     lost_after_s = seconds_option("--lost-after", lost_after)
@@ -74,6 +83,7 @@ def tui(
         redis = resolve_setting(redis_url, "TASKMON_REDIS_URL", "redis_url")
         replica = resolve_setting(read_dsn, "TASKMON_READ_DSN", "read_dsn")
         primary = resolve_setting(dsn, "TASKMON_DSN", "dsn")
+        broker_spec = resolve_setting(broker, "TASKMON_BROKER", "broker")
     except ConfigError as exc:
         fail(str(exc))
     if hub and not hub.startswith(("ws://", "wss://")):
@@ -91,6 +101,10 @@ def tui(
     live: LiveSource = (
         HubLiveSource(hub, token=secret) if hub else InProcessHubSource(url, redis_url=redis)
     )
+    # the broker module is imported at the first R, not before the UI starts
+    from taskmon.retry import Retrier
+
+    retrier = Retrier(broker_spec, url) if broker_spec else None
     try:
         data = PgDataSource(reads or url, lost_after_s=lost_after_s, replica=reads is not None)
         app = make_app(
@@ -100,6 +114,7 @@ def tui(
             query=query,
             # alert states are written by the evaluator on the primary
             alerts=AlertReader(url, alert_config) if alert_config.rules else None,
+            retrier=retrier,
         )
     except (FilterError, ValueError) as exc:  # a relative time that went out of range since
         fail(str(exc))

@@ -26,6 +26,7 @@ from taskmon.tui.widgets.task_table import TaskTable
 
 if TYPE_CHECKING:
     from taskmon.alerts import AlertStatus
+    from taskmon.retry import Retrier
 
 __all__ = ["TaskmonApp", "make_app"]
 
@@ -66,6 +67,7 @@ class TaskmonApp(App[None]):
         page_size: int = 50,
         close_sources: bool = True,
         alerts: AlertSource | None = None,
+        retrier: Retrier | None = None,
     ) -> None:
         super().__init__()
         self.data = data
@@ -77,6 +79,8 @@ class TaskmonApp(App[None]):
         """Now, in the zone times are shown in (tests freeze it)."""
         self.page_size = page_size
         self.close_sources = close_sources
+        self.retrier = retrier
+        """Sends a task again (`R`); None when no broker is configured."""
         self.last_key_at = 0.0
         """When the user last pressed a key (monotonic): auto-refreshes wait for a pause."""
         self.alerts = AlertsPoller(self, alerts, self._alerts_read) if alerts else None
@@ -191,6 +195,7 @@ def make_app(
     page_size: int = 50,
     close_sources: bool = True,
     alerts: AlertSource | None = None,
+    retrier: Retrier | None = None,
 ) -> TaskmonApp:
     """Build the app around a database source and an optional live source.
 
@@ -204,6 +209,7 @@ def make_app(
         page_size: history rows per page.
         close_sources: close both sources when the app exits.
         alerts: the alert rules' states (:class:`~taskmon.alerts.AlertReader`), or None.
+        retrier: sends a task again on `R` (None: `R` says how to configure a broker).
 
     Raises:
         FilterError: `query` does not parse.
@@ -218,4 +224,5 @@ def make_app(
         page_size=page_size,
         close_sources=close_sources,
         alerts=alerts,
+        retrier=retrier,
     )

@@ -60,6 +60,9 @@ class DataSource(Protocol):
     async def attempts_by_key(self, keys: Sequence[tuple[str, int]]) -> list[AttemptRow]:
         """The current state of the attempts `keys` names (``(task_id, attempt)``)."""
 
+    async def retried_as(self, task_id: str) -> list[str]:
+        """Task ids of the retries of `task_id` (``taskmon retry``) that a worker started."""
+
     async def close(self) -> None:
         """Release connections."""
 
@@ -177,10 +180,10 @@ class PgDataSource:
     async def history(
         self, flt: TaskFilter, *, limit: int = 50, after: str | None = None
     ) -> HistoryPage:
-        from taskmon.store import history
+        from taskmon.store.retry import fetch_history_with_links
 
         page: HistoryPage = await self._run(
-            history.fetch_history, flt, limit=limit, after=after, lost_after_s=self.lost_after_s
+            fetch_history_with_links, flt, limit=limit, after=after, lost_after_s=self.lost_after_s
         )
         return page
 
@@ -206,6 +209,12 @@ class PgDataSource:
             history.fetch_attempts, task_id, lost_after_s=self.lost_after_s
         )
         return rows
+
+    async def retried_as(self, task_id: str) -> list[str]:
+        from taskmon.store.retry import fetch_retried_as
+
+        links: dict[str, list[str]] = await self._run(fetch_retried_as, [task_id])
+        return links.get(task_id, [])
 
     async def attempts_by_key(self, keys: Sequence[tuple[str, int]]) -> list[AttemptRow]:
         from taskmon.store import history

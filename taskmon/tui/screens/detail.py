@@ -53,6 +53,7 @@ class DetailScreen(Screen[None]):
     | Key | Description |
     | :- | :- |
     | y | Copy the task id (OSC 52, where the terminal allows it). |
+    | R | Send this task again, with this attempt's params (asks first). |
     | escape | Back to the main screen. |
     | j / k, up / down, pageup / pagedown, g / G | Scroll. |
     """
@@ -60,6 +61,7 @@ class DetailScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "back", "Back"),
         Binding("y", "copy_task_id", "Copy task id"),
+        Binding("R", "retry", "Retry", show=False),
         Binding("j", "scroll('down')", "Down", show=False),
         Binding("k", "scroll('up')", "Up", show=False),
         Binding("g", "scroll('home')", "Top", show=False),
@@ -86,6 +88,7 @@ class DetailScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="detail-body"):
+            yield Static(self._links(), id="detail-links")
             if self.error_text or self.row.get("traceback"):
                 yield Static(self._error(), id="detail-error")
                 yield Static(self._traceback(), id="detail-traceback")
@@ -107,6 +110,40 @@ class DetailScreen(Screen[None]):
         table: DataTable[str] = self.query_one("#detail-attempts", DataTable)
         table.add_columns("#", "status", "started", "duration", "worker", "error")
         self.load_attempts(self.task_id)
+        self._show_links([])
+        self.load_links(self.task_id)
+
+    def _links(self, retried_as: list[str] | None = None) -> Text:
+        """``retry of …`` (this task re-sends another) and ``retried as …`` (`taskmon retry`)."""
+        labels = self.row.get("labels")
+        origin = labels.get("taskmon_retry_of") if isinstance(labels, dict) else None
+        parts = [f"↻ retry of {origin}"] if origin else []
+        if retried_as:
+            parts.append(f"↻ retried as {', '.join(retried_as)}")
+        return Text("   ".join(parts), style="bold")
+
+    @work(exclusive=True, group="links", exit_on_error=False)
+    async def load_links(self, task_id: str) -> None:
+        """Show the retries of `task_id` (a failure to read them only leaves them out)."""
+        try:
+            retried_as = await self.data.retried_as(task_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            return
+        if task_id == self.task_id:
+            self._show_links(retried_as)
+
+    def _show_links(self, retried_as: list[str]) -> None:
+        links = self.query_one("#detail-links", Static)
+        text = self._links(retried_as)
+        links.update(text)
+        links.display = bool(text.plain)
+
+    def action_retry(self) -> None:
+        from taskmon.tui.screens.confirm_retry import retry_attempt
+
+        retry_attempt(self, self.row)
 
     def _value(self, name: str) -> str:
         value = self.row.get(name)

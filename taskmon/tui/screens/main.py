@@ -101,6 +101,7 @@ class MainScreen(Screen[None]):
         Binding("n", "next_page", "Next page", show=False, tooltip="Next history page"),
         Binding("p", "previous_page", "Prev page", show=False, tooltip="Previous history page"),
         Binding("r", "refresh", "Refresh", show=False, tooltip="Re-read metrics and history"),
+        Binding("R", "retry", "Retry", show=False, tooltip="Send the selected task again"),
     ]
     """
     | Key | Description |
@@ -111,6 +112,7 @@ class MainScreen(Screen[None]):
     | space | Pause / resume the live feed. |
     | n / p | Next / previous history page. |
     | r | Re-read metrics and history. |
+    | R | Send the selected history row's task again (asks first). |
     """
 
     # Screen declares these as instance attributes, so no ClassVar here (mypy)
@@ -563,6 +565,11 @@ class MainScreen(Screen[None]):
         self.state = self.state.refreshed()
         self._retry_at = 0.0
         self.reload()
+
+    def action_retry(self) -> None:
+        from taskmon.tui.screens.confirm_retry import retry_attempt
+
+        retry_attempt(self, self.query_one(HistoryTable).selected_row())
 
     @on(DataTable.RowSelected, "#history")
     def _history_row_selected(self, event: DataTable.RowSelected) -> None:

@@ -15,6 +15,7 @@ from textual.binding import Binding, BindingType
 from textual.widgets import DataTable
 
 from taskmon.display import duration
+from taskmon.store.retry import retried_as, retry_of
 from taskmon.store.schema import AttemptRow
 from taskmon.tui.format import clip, parse_timestamp, timestamp
 from taskmon.tui.widgets.status_styles import STATUS_CLASSES, styled_status
@@ -177,6 +178,11 @@ class HistoryTable(DataTable[Text]):
         cells = []
         for row in rows:
             error = " ".join(str(p) for p in (row.get("error_type"), row.get("error_message")) if p)
+            # `taskmon retry` links (ids in the detail screen), ahead of the error
+            links = ("↻ retry " if retry_of(row) else "") + (
+                "↻ retried " if retried_as(row) else ""
+            )
+            error = links + error
             cells.append(
                 {
                     "time": Text(self._time(row.get("created_at"), dated, compact)),

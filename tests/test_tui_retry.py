@@ -1,0 +1,188 @@
+"""`R` in the TUI, driven by Pilot: real PostgreSQL, the real Redis queue of a real broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import helpers
+import pytest
+import redis
+from helpers import app_client, publish, wait_for
+from tui_conftest_helpers import screen_text
+
+from taskmon.events import AttemptRecord, Status
+from taskmon.recorder import Recorder
+from taskmon.retry import Retrier
+from taskmon.tui.app import TaskmonApp, make_app
+from taskmon.tui.screens.confirm_retry import ConfirmRetryScreen
+from taskmon.tui.screens.detail import DetailScreen
+from taskmon.tui.sources import PgDataSource
+from taskmon.tui.widgets.history_table import HistoryTable
+
+SIZE = (80, 24)
+BROKER = "retry_worker_app:broker"
+
+
+@pytest.fixture
+def env(dsn: str, redis_url: str, tmp_path: Path) -> dict[str, str]:
+    base = helpers.worker_env(dsn, redis_url, TEST_STATE_DIR=str(tmp_path))
+    clean = {k: v for k, v in base.items() if not k.startswith("TASKMON_")}
+    return {**clean, "TASKMON_DSN": dsn, "TASKMON_CONFIG": os.devnull}
+
+
+@pytest.fixture
+def queue(env: dict[str, str]) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(env["TEST_REDIS_URL"])
+    yield client
+    client.close()
+
+
+def failed(
+    task_name: str, kwargs: dict[str, Any], labels: dict[str, Any] | None = None
+) -> AttemptRecord:
+    now = datetime.now(UTC)
+    return AttemptRecord(
+        task_id=uuid.uuid4().hex,
+        attempt=0,
+        task_name=task_name,
+        status=Status.FAILED,
+        worker="host-1:42",
+        labels=labels or {},
+        params={"args": [], "kwargs": kwargs},
+        error_type="ValueError",
+        error_message="bad",
+        started_at=now,
+        finished_at=now,
+        duration_ms=1.0,
+    )
+
+
+def notices(app: TaskmonApp) -> str:
+    """Every notification still held, as ``title: message`` lines.
+
+    Textual draws toasts in a layer of their own that a compositor snapshot of
+    the screen leaves out, and has no public list of them.
+    """
+    return "\n".join(f"{n.title}: {n.message}" for n in app._notifications)
+
+
+async def history_shown(app: TaskmonApp, rows: int) -> None:
+    await wait_for(lambda: app.main.query_one(HistoryTable).row_count == rows)
+
+
+async def test_r_on_a_history_row_asks_first_and_sends_only_when_confirmed(
+    pg_recorder: Recorder, dsn: str, env: dict[str, str], queue: redis.Redis
+) -> None:
+    # given a failed attempt and the TUI with its broker configured
+    attempt = failed("retry:fail_once", {"marker": "tui", "size": 2})
+    await publish(pg_recorder, [attempt])
+    name = env["TEST_QUEUE"]
+    async with app_client("retry_worker_app", env):
+        app = make_app(PgDataSource(dsn), None, retrier=Retrier(BROKER, dsn))
+        async with app.run_test(size=SIZE) as pilot:
+            await history_shown(app, 1)
+
+            # when R is pressed on the row, then a dialog says what would be sent
+            await pilot.press("R")
+            await wait_for(lambda: isinstance(app.screen, ConfirmRetryScreen), timeout=15)
+            text = screen_text(app)
+            assert "Send this task again?" in text
+            assert attempt.task_id in text and "retry:fail_once" in text
+            assert '(marker="tui", size=2)' in text and "✕ failed" in text
+
+            # and n cancels: nothing is sent, and the TUI says so
+            await pilot.press("n")
+            await wait_for(lambda: app.screen is app.main)
+            await wait_for(lambda: "retry: retry cancelled: nothing sent" in notices(app))
+            assert queue.llen(name) == 0
+
+            # when R again, and y
+            await pilot.press("R")
+            await wait_for(lambda: isinstance(app.screen, ConfirmRetryScreen), timeout=15)
+            await pilot.press("y")
+
+            # then the task is on the broker's queue, linked to the original, and it says so
+            await wait_for(lambda: queue.llen(name) == 1, timeout=15)
+            message = json.loads(queue.lindex(name, 0) or b"{}")
+            assert message["task_name"] == "retry:fail_once"
+            assert message["kwargs"] == {"marker": "tui", "size": 2}
+            assert message["labels"]["taskmon_retry_of"] == attempt.task_id
+            await wait_for(lambda: "retry sent: sent retry:fail_once" in notices(app), timeout=10)
+            assert app.screen is app.main
+
+
+async def test_r_in_the_detail_screen_refuses_redacted_params_without_asking(
+    pg_recorder: Recorder, dsn: str, env: dict[str, str], queue: redis.Redis
+) -> None:
+    # given a call recorded with its password redacted
+    attempt = failed("retry:login", {"user": "carol", "password": "hunter2"})
+    await publish(pg_recorder, [attempt])
+    async with app_client("retry_worker_app", env):
+        app = make_app(PgDataSource(dsn), None, retrier=Retrier(BROKER, dsn))
+        async with app.run_test(size=SIZE) as pilot:
+            await history_shown(app, 1)
+            await pilot.press("enter")
+            await wait_for(lambda: isinstance(app.screen, DetailScreen))
+
+            # when R is pressed in the detail
+            await pilot.press("R")
+
+            # then it is refused with the reason, no dialog, nothing sent
+            await wait_for(lambda: "retry refused" in notices(app), timeout=15)
+            assert "kwargs.password was redacted; nothing sent" in notices(app)
+            assert isinstance(app.screen, DetailScreen)
+            assert queue.llen(env["TEST_QUEUE"]) == 0
+
+
+async def test_r_without_a_broker_says_how_to_enable_it(pg_recorder: Recorder, dsn: str) -> None:
+    # given the TUI started with no broker configured
+    await publish(pg_recorder, [failed("retry:fail_once", {"marker": "x", "size": 1})])
+    app = make_app(PgDataSource(dsn), None)
+    async with app.run_test(size=SIZE) as pilot:
+        await history_shown(app, 1)
+        for where in ("history", "detail"):
+            if where == "detail":
+                await pilot.press("enter")
+                await wait_for(lambda: isinstance(app.screen, DetailScreen))
+            # when R is pressed
+            await pilot.press("R")
+            # then it says how to configure one, and asks nothing
+            await wait_for(lambda: "retry is off" in notices(app))
+            text = notices(app)
+            assert "--broker module:variable" in text and "TASKMON_BROKER" in text, text
+            assert not isinstance(app.screen, ConfirmRetryScreen)
+            app.clear_notifications()
+
+
+async def test_history_and_the_detail_screen_show_retry_of_and_retried_as(
+    pg_recorder: Recorder, dsn: str
+) -> None:
+    # given a failed task and its retry (as a worker records it: the link in its labels)
+    original = failed("retry:fail_once", {"marker": "a", "size": 1})
+    retry = failed(
+        "retry:fail_once", {"marker": "a", "size": 1}, {"taskmon_retry_of": original.task_id}
+    )
+    await publish(pg_recorder, [original, retry])
+    app = make_app(PgDataSource(dsn), None)
+    async with app.run_test(size=SIZE) as pilot:
+        await history_shown(app, 2)
+        # the history marks both rows, before their errors
+        shown = screen_text(app)
+        assert "↻ retried ValueError bad" in shown and "↻ retry ValueError bad" in shown, shown
+        rows = {r["task_id"]: r for r in app.main.history_rows}
+        for task_id, expected in (
+            (original.task_id, f"retried as {retry.task_id}"),
+            (retry.task_id, f"retry of {original.task_id}"),
+        ):
+            # when the detail of each is opened
+            await app.push_screen(DetailScreen(rows[task_id], data=app.data, tz=UTC))
+            # then its first line says which way the link goes
+            await wait_for(lambda: expected in screen_text(app), timeout=10)  # noqa: B023
+            await pilot.press("escape")
+            await wait_for(lambda: app.screen is app.main)
