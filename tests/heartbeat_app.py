@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 
+from taskiq import InMemoryBroker
 from taskiq_redis import ListQueueBroker
 
 from taskmon import MonitoringMiddleware
@@ -32,3 +33,7 @@ async def sleep_forever() -> None:
 @broker.task(task_name="tests:double")
 async def double(x: int) -> int:
     return 2 * x
+
+
+memory = InMemoryBroker()
+"""A broker taskmon cannot inspect (``taskmon queues --broker heartbeat_app:memory``)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -252,3 +253,62 @@ async def test_retention_removes_workers_gone_for_a_week(db: asyncpg.Connection[
     # then only the rows not seen for a week are gone
     assert result.workers_deleted == 2
     assert [w["name"] for w in await fetch_workers(db)] == ["recent:3"]
+
+
+async def test_workers_cli_json_and_table(dsn: str, db: asyncpg.Connection[Any]) -> None:
+    from taskmon.store.workers import WorkerBeat, beat
+
+    # given an alive, a stale and a stopped worker
+    for name, stopped in (("alive:1", False), ("stale:2", False), ("stopped:3", True)):
+        host, pid = name.split(":")
+        await beat(
+            db,
+            WorkerBeat(name, host, int(pid), "b.Broker", "q", "0.1.0", "0.11", 5.0, 1, 10, 2),
+        )
+        if stopped:
+            await beat(
+                db,
+                WorkerBeat(
+                    name, host, int(pid), "b.Broker", "q", "0.1.0", "0.11", 5.0, 0, 10, 2, True
+                ),
+            )
+    await db.execute(
+        "UPDATE taskmon_workers SET last_seen = now() - interval '1 minute' WHERE name = 'stale:2'"
+    )
+    env = helpers.unconfigured_env(TASKMON_DSN=dsn, NO_COLOR="1", COLUMNS="120")
+
+    # when listed as JSON
+    out = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "taskmon", "workers", "--format", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    # then each has its state as a word, alive first, with its counts
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert [(r["name"], r["state"]) for r in rows] == [
+        ("alive:1", "alive"),
+        ("stale:2", "stale"),
+        ("stopped:3", "stopped"),
+    ]
+    assert (rows[0]["running"], rows[0]["processed"], rows[0]["failed"]) == (1, 10, 2)
+    assert rows[1]["last_seen_s"] >= 60
+    assert set(rows[0]) >= {"last_seen", "started_at", "per_minute", "queue", "heartbeat_s"}
+
+    # and as a table, each state is a symbol and a word, without colour
+    out = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "taskmon", "workers"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "● alive" in out.stdout and "⚠ stale" in out.stdout and "■ stopped" in out.stdout
+    assert "\x1b[" not in out.stdout
+    assert "3 workers: 1 alive, 1 stale, 1 stopped" in out.stdout
