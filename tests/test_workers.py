@@ -26,6 +26,7 @@ from taskmon.recorder import Recorder, WorkerIdentity
 from taskmon.retention import mark_lost
 from taskmon.store.db import connect
 from taskmon.store.history import fetch_history
+from taskmon.store.metrics import fetch_metrics
 from taskmon.store.stats import fetch_stats
 from taskmon.store.workers import WorkerRow, fetch_workers
 
@@ -128,6 +129,11 @@ async def test_a_killed_worker_is_stale_and_its_attempt_lost_within_seconds(
     assert (shown["task_id"], shown["status"]) == (task.task_id, "lost")
     stats = await fetch_stats(db, TaskFilter())
     assert (stats.lost, stats.running) == (1, 0)
+    metrics = await fetch_metrics(db, [100.0])
+    assert (metrics.lost, metrics.running) == (
+        {"tests:sleep_forever": 1},
+        {"tests:sleep_forever": 0},
+    )
     running_only = TaskFilter(statuses=frozenset({"running"}))
     assert (await fetch_history(db, running_only)).rows == []
     # and its worker is stale
