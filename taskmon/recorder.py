@@ -10,8 +10,8 @@ to ``max_pending`` attempts and retrying with backoff.
 In a worker process the writer also keeps the worker's heartbeat row (see
 :class:`WorkerIdentity`): every ``heartbeat_interval`` seconds, between writes
 and over the same connection, it refreshes the row with the counts it wrote,
-samples the worker's queue, and marks lost the running attempts of workers
-whose heartbeat stopped. A clean :meth:`Recorder.stop` marks the row stopped.
+samples the worker's queue, and (every 15 s at most) marks lost the running
+attempts of workers whose heartbeat stopped. A clean :meth:`Recorder.stop` marks the row stopped.
 A failed heartbeat is an outage like any other: it never costs a record.
 """
 
@@ -52,6 +52,9 @@ _REACH_WAIT = 0.5
 """How long ``start()`` waits for the database to answer at all: an unreachable one
 must not hold up a worker's start-up (a reachable one may take longer to migrate)."""
 _STOP_RETRY_CONNECT = 1.0
+_MARK_LOST_EVERY = 15.0
+"""Seconds between a writer's searches for dead workers' attempts (each scans the running
+rows: with many workers beating every few seconds, every beat would be too often)."""
 
 
 def _merge(old: AttemptRecord, new: AttemptRecord) -> AttemptRecord:
@@ -227,6 +230,7 @@ class Recorder:
             raise ValueError("heartbeat_interval must be positive")
         self.heartbeat_interval = heartbeat_interval
         self._next_beat = 0.0
+        self._next_mark = 0.0
         self._clean_stop = False
         self._processed = 0
         self._failed = 0
@@ -484,7 +488,8 @@ class Recorder:
                 sample,
             )
             self.stats.heartbeats += 1
-            if not stopped:
+            if not stopped and time.monotonic() >= self._next_mark:
+                self._next_mark = time.monotonic() + max(_MARK_LOST_EVERY, self.heartbeat_interval)
                 from taskmon.retention import mark_lost
 
                 await mark_lost(

@@ -318,3 +318,42 @@ async def test_workers_cli_json_and_table(dsn: str, db: asyncpg.Connection[Any])
     assert "● alive" in out.stdout and "⚠ stale" in out.stdout and "■ stopped" in out.stdout
     assert "\x1b[" not in out.stdout
     assert "3 workers: 1 alive, 1 stale, 1 stopped" in out.stdout
+
+
+async def test_heartbeats_through_a_database_outage_lose_no_record(
+    dsn: str, db: asyncpg.Connection[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from test_outage import Proxy
+
+    proxy = Proxy(dsn)
+    await proxy.start()
+    rec = Recorder(
+        proxy.dsn, flush_interval=0.01, worker=WorkerIdentity("h:9"), heartbeat_interval=0.05
+    )
+    await rec.start(wait_connected=5)
+    try:
+        await wait_for(lambda: rec.stats.heartbeats >= 2)
+
+        # when the database goes away while attempts arrive and heartbeats fall due
+        caplog.set_level(logging.WARNING, logger="taskmon.recorder")
+        await proxy.cut()
+        for i in range(30):
+            rec.submit(record(i, Status.SUCCESS))
+        await asyncio.sleep(0.5)  # many heartbeats fall due, and fail, here
+        beats = rec.stats.heartbeats
+        assert await db.fetchval("SELECT count(*) FROM task_execution_logs") == 0
+
+        # then once it is back every record arrives and the heartbeat goes on
+        await proxy.start()
+        await rec.flush(timeout=30)
+        await wait_for(lambda: rec.stats.heartbeats > beats, timeout=30)
+    finally:
+        await rec.stop()
+        await proxy.cut()
+    assert await db.fetchval("SELECT count(*) FROM task_execution_logs") == 30
+    assert (rec.stats.dropped, rec.stats.unwritten) == (0, 0)
+    assert len([r for r in caplog.records if "unreachable" in r.getMessage()]) == 1
+    [row] = await fetch_workers(db)
+    assert (row["name"], row["state"], row["processed"]) == ("h:9", "stopped", 30)
