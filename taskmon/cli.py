@@ -12,21 +12,23 @@ import typer
 from typer.core import TyperGroup
 
 from taskmon import __version__
-from taskmon.commands import alerts, cleanup, db, demo, history, live, retry, tui
+from taskmon.commands import alerts, cleanup, db, demo, history, live, retry, tui, workers
 from taskmon.commands.common import usage_error_line
 
 # the order a user meets them in: watch, look back, follow, share the feed,
 # maintain, try it out
 COMMAND_ORDER = (
-    "tui", "history", "stats", "tail", "retry", "serve", "alerts", "cleanup", "db", "demo",
+    "tui", "history", "stats", "workers", "queues", "tail", "retry", "serve", "alerts",
+    "cleanup", "db", "demo",
 )  # fmt: skip
 
 HELP = f"""A terminal monitor for TaskIQ background tasks.
 
 Commands are listed in the order you would use them: watch ({COMMAND_ORDER[0]}),
-look back (history, stats), follow live events (tail), send a task again
-(retry), share them (serve), be told when something goes wrong (alerts),
-maintain (cleanup, db), try it all out (demo).
+look back (history, stats), see who works and what waits (workers, queues),
+follow live events (tail), send a task again (retry), share them (serve),
+be told when something goes wrong (alerts), maintain (cleanup, db), try it
+all out (demo).
 """
 
 
@@ -79,6 +81,8 @@ app = typer.Typer(
 app.command("tui")(tui.tui)
 app.command("history")(history.history)
 app.command("stats")(history.stats)
+app.command("workers")(workers.workers)
+app.command("queues")(workers.queues)
 app.command("tail")(live.tail)
 app.command("retry")(retry.retry)
 app.command("serve")(live.serve)

@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from taskmon.events import Status
 
-__all__ = ["STATUS_SYMBOLS", "UNKNOWN_SYMBOL", "duration", "status_label"]
+__all__ = [
+    "STATUS_SYMBOLS",
+    "UNKNOWN_SYMBOL",
+    "WORKER_STATE_SYMBOLS",
+    "duration",
+    "status_label",
+    "trend_label",
+    "worker_state_label",
+]
 
 STATUS_SYMBOLS: dict[str, str] = {
     Status.PENDING: "…",
@@ -23,6 +31,30 @@ STATUS_SYMBOLS: dict[str, str] = {
 """One symbol per status (every :class:`~taskmon.events.Status` has one)."""
 UNKNOWN_SYMBOL = "·"
 """The symbol of a status this version does not know."""
+
+
+WORKER_STATE_SYMBOLS: dict[str, str] = {
+    "alive": "●",
+    "stale": "⚠",
+    "stopped": "■",
+}
+"""One symbol per worker state (``taskmon_workers``): beating, silent, stopped cleanly."""
+
+
+def worker_state_label(state: str) -> str:
+    """``⚠ stale``: the symbol and the word of a worker's state."""
+    return f"{WORKER_STATE_SYMBOLS.get(state, UNKNOWN_SYMBOL)} {state}"
+
+
+def trend_label(change: int | None) -> str:
+    """A queue's change of depth over a window: ``↑ +12``, ``↓ -3``, ``→ 0``, ``-`` unknown."""
+    if change is None:
+        return "-"
+    if change > 0:
+        return f"↑ +{change:,}"
+    if change < 0:
+        return f"↓ {change:,}"
+    return "→ 0"
 
 
 def status_label(status: str) -> str:

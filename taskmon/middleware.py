@@ -39,7 +39,7 @@ from taskmon.params import (
     ParamsPolicy,
     capture_call,
 )
-from taskmon.recorder import Recorder
+from taskmon.recorder import Recorder, WorkerIdentity
 
 __all__ = ["ENQUEUED_LABEL", "MonitoringMiddleware"]
 
@@ -99,6 +99,9 @@ class MonitoringMiddleware(TaskiqMiddleware):
         flush_interval: seconds between writes when fewer than `batch_size` wait.
         shutdown_timeout: how long ``shutdown()`` may spend writing what is left;
             keep it under the worker's ``--shutdown-timeout`` (5 s by default).
+        heartbeat_interval: seconds between the worker's heartbeats (and queue
+            samples); silent for 3 of them, a worker is stale and its running
+            attempts are lost.
     """
 
     def __init__(
@@ -116,6 +119,7 @@ class MonitoringMiddleware(TaskiqMiddleware):
         batch_size: int = 500,
         flush_interval: float = 0.1,
         shutdown_timeout: float = 4.0,
+        heartbeat_interval: float = 5.0,
     ) -> None:
         super().__init__()
         self._dsn = dsn
@@ -128,6 +132,8 @@ class MonitoringMiddleware(TaskiqMiddleware):
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.shutdown_timeout = shutdown_timeout
+        self.heartbeat_interval = heartbeat_interval
+        self._probe: Any = None
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.recorder: Recorder | None = None
         # keyed by id(message): the same task_id can have two attempts in flight
@@ -162,6 +168,20 @@ class MonitoringMiddleware(TaskiqMiddleware):
 
                 publisher = PgNotifyPublisher()
         self._queue = getattr(self.broker, "queue_name", None)
+        from taskmon.queues import NotInspectable, QueueProbe
+
+        try:
+            self._probe = QueueProbe(self.broker)
+        except NotInspectable:
+            self._probe = None
+        broker_class = type(self.broker)
+        identity = WorkerIdentity(
+            self.worker,
+            f"{broker_class.__module__}.{broker_class.__qualname__}",
+            self._queue,
+            self._running.__len__,  # read by the writer: no cost in the hooks
+            self._probe,
+        )
         return Recorder(
             # with no DSN configured the writer finds the embedded server in a
             # thread: it may have to start it, which no hook may wait for
@@ -172,6 +192,8 @@ class MonitoringMiddleware(TaskiqMiddleware):
             max_pending=self.max_pending,
             batch_size=self.batch_size,
             flush_interval=self.flush_interval,
+            worker=identity,
+            heartbeat_interval=self.heartbeat_interval,
         )
 
     async def startup(self) -> None:
@@ -201,6 +223,12 @@ class MonitoringMiddleware(TaskiqMiddleware):
             await recorder.stop(self.shutdown_timeout)
         except Exception:
             logger.exception("taskmon: error while stopping the recorder")
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            try:
+                await probe.close()
+            except Exception:
+                logger.exception("taskmon: error while closing the queue probe")
 
     def _ensure_recorder(self) -> Recorder | None:
         if self.recorder is None:

@@ -6,6 +6,13 @@ never raises. The writer task flushes the buffer in batches (when it holds
 ``(task_id, attempt)``, publishes the batch's events in the same transaction
 (NOTIFY) or after it (Redis), and survives any database outage by keeping up
 to ``max_pending`` attempts and retrying with backoff.
+
+In a worker process the writer also keeps the worker's heartbeat row (see
+:class:`WorkerIdentity`): every ``heartbeat_interval`` seconds, between writes
+and over the same connection, it refreshes the row with the counts it wrote,
+samples the worker's queue, and (every 15 s at most) marks lost the running
+attempts of workers whose heartbeat stopped. A clean :meth:`Recorder.stop` marks the row stopped.
+A failed heartbeat is an outage like any other: it never costs a record.
 """
 
 from __future__ import annotations
@@ -14,11 +21,14 @@ import asyncio
 import atexit
 import contextlib
 import copy
+import functools
 import itertools
 import logging
+import os
+import socket
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -28,10 +38,11 @@ from taskmon.bus import Publisher
 from taskmon.encode import Prepared, encode_event, prepare, row_of
 from taskmon.events import AttemptRecord, Status
 from taskmon.params import ParamsPolicy
-from taskmon.store import ingest, migrations
+from taskmon.store import ingest, migrations, workers
 from taskmon.store.db import CONNECTION_ERRORS, DsnError, connect, redact_dsn
+from taskmon.store.workers import QueueSample, WorkerBeat
 
-__all__ = ["Recorder", "RecorderStats"]
+__all__ = ["Recorder", "RecorderStats", "WorkerIdentity"]
 
 logger = logging.getLogger("taskmon.recorder")
 
@@ -41,6 +52,9 @@ _REACH_WAIT = 0.5
 """How long ``start()`` waits for the database to answer at all: an unreachable one
 must not hold up a worker's start-up (a reachable one may take longer to migrate)."""
 _STOP_RETRY_CONNECT = 1.0
+_MARK_LOST_EVERY = 15.0
+"""Seconds between a writer's searches for dead workers' attempts (each scans the running
+rows: with many workers beating every few seconds, every beat would be too often)."""
 
 
 def _merge(old: AttemptRecord, new: AttemptRecord) -> AttemptRecord:
@@ -66,6 +80,46 @@ class _Pending:
 
 
 @dataclass(slots=True)
+class WorkerIdentity:
+    """The worker process a recorder beats for (see ``taskmon_workers``)."""
+
+    name: str
+    """host:pid, the ``worker`` of the attempts it records."""
+    broker: str | None = None
+    queue: str | None = None
+    running: Callable[[], int] | None = None
+    """How many attempts run now (read by the writer, e.g. ``len`` of the hooks' dict)."""
+    probe: Callable[[], Awaitable[QueueSample | None]] | None = None
+    """Samples the worker's queue (I/O of the writer's own, bounded by a timeout)."""
+
+
+class _NoEvents:
+    name = "none"
+
+    async def in_transaction(self, conn: Any, events: list[bytes]) -> None:
+        return None
+
+    async def after_commit(self, events: list[bytes]) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+@functools.cache
+def _versions() -> tuple[str | None, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from taskmon import __version__
+
+    try:
+        taskiq: str | None = version("taskiq")
+    except PackageNotFoundError:
+        taskiq = None
+    return __version__, taskiq
+
+
+@dataclass(slots=True)
 class RecorderStats:
     """Counters a process can inspect (and tests check)."""
 
@@ -80,6 +134,8 @@ class RecorderStats:
     """Attempts still buffered when the writer stopped (logged once)."""
     events_published: int = 0
     outages: int = 0
+    heartbeats: int = 0
+    """Heartbeats written (worker processes only)."""
 
 
 _live: weakref.WeakSet[Recorder] = weakref.WeakSet()
@@ -111,6 +167,9 @@ class Recorder:
         batch_size: attempts per upsert.
         flush_interval: seconds between flushes when fewer than `batch_size` wait.
         max_backoff: the longest pause between reconnection attempts, in seconds.
+        worker: the worker process to keep a heartbeat row for (None: no heartbeat).
+        heartbeat_interval: seconds between heartbeats; a worker silent for 3 of
+            them is stale and its running attempts are lost.
     """
 
     def __init__(
@@ -125,6 +184,8 @@ class Recorder:
         flush_interval: float = 0.1,
         max_backoff: float = 5.0,
         statement_timeout: float = 30.0,
+        worker: WorkerIdentity | None = None,
+        heartbeat_interval: float = 5.0,
     ) -> None:
         self.dsn: str | None = dsn if isinstance(dsn, str) else None
         self._find_dsn = None if isinstance(dsn, str) else dsn
@@ -164,6 +225,17 @@ class Recorder:
         self._outage_logged = False
         self._busy = False
         self._abandoned = False
+        self.worker = worker
+        if heartbeat_interval <= 0:
+            raise ValueError("heartbeat_interval must be positive")
+        self.heartbeat_interval = heartbeat_interval
+        self._next_beat = 0.0
+        self._next_mark = 0.0
+        self._clean_stop = False
+        self._processed = 0
+        self._failed = 0
+        self._beat_trouble: set[str] = set()
+        """Kinds of heartbeat trouble already logged (once each, until a beat succeeds)."""
 
     # -- producer side (hooks) -------------------------------------------------
 
@@ -224,6 +296,7 @@ class Recorder:
         """
         if self._task is None:
             self._stopping = False
+            self._clean_stop = False
             self._abandoned = False
             self._stopped.clear()
             self._task = asyncio.create_task(self._run(), name="taskmon-writer")
@@ -252,6 +325,7 @@ class Recorder:
         if task is None:
             return
         self._stopping = True
+        self._clean_stop = True
         self._deadline = time.monotonic() + timeout
         self._stopped.set()
         self._wake.set()
@@ -325,11 +399,16 @@ class Recorder:
             self._tried.set()
         backoff = 0.1
         while True:
+            beat_due = self.worker is not None and time.monotonic() >= self._next_beat
+            if beat_due and not self._stopping:
+                await self._beat()
             if not self._pending:
                 self._hurry = False
                 if self._stopping:
+                    if self._clean_stop and self._conn is not None:
+                        await self._beat(stopped=True)
                     return
-                await self._wait_wake(None)  # until an attempt arrives (or stop)
+                await self._wait_wake(self._until_beat())  # an attempt arrives, or stop
                 continue
             if len(self._pending) < self.batch_size and not (self._stopping or self._hurry):
                 # let a burst accumulate, but write each attempt within flush_interval
@@ -337,7 +416,8 @@ class Recorder:
                 oldest = next(iter(self._pending.values())).since
                 delay = oldest + self.flush_interval - time.monotonic()
                 if delay > 0:
-                    await self._wait_wake(delay)
+                    until_beat = self._until_beat()
+                    await self._wait_wake(delay if until_beat is None else min(delay, until_beat))
                     continue
             keys = list(itertools.islice(self._pending, self.batch_size))
             self._inflight = [self._pending.pop(k) for k in keys]
@@ -361,6 +441,80 @@ class Recorder:
                 self._busy = False
             backoff = 0.1
             self._note_recovery()
+
+    def _until_beat(self) -> float | None:
+        if self.worker is None:
+            return None
+        return max(0.0, self._next_beat - time.monotonic())
+
+    async def _beat(self, *, stopped: bool = False) -> None:
+        """Refresh the worker's row, sample its queue, mark dead workers' attempts lost.
+
+        Never raises: a failure is logged once per kind and counts as an outage
+        when the connection broke; the records wait for the writes to reconnect.
+        """
+        ident = self.worker
+        self._next_beat = time.monotonic() + self.heartbeat_interval
+        if ident is None:
+            return
+        if self._outage_since is not None and self._pending and not stopped:
+            return  # the writes are reconnecting with backoff: no second attempt
+        sample: QueueSample | None = None
+        if ident.probe is not None and not stopped:
+            try:
+                async with asyncio.timeout(min(1.0, self.heartbeat_interval)):
+                    sample = await ident.probe()
+            except Exception as exc:
+                self._beat_problem("probe", "cannot sample the queue (%s: %s)", exc)
+        try:
+            running = ident.running() if ident.running is not None else 0
+            conn = await self._connection()
+            host, _, pid = ident.name.rpartition(":")
+            await workers.beat(
+                conn,
+                WorkerBeat(
+                    ident.name,
+                    host or socket.gethostname(),
+                    int(pid) if pid.isdigit() else os.getpid(),
+                    ident.broker,
+                    ident.queue,
+                    *_versions(),
+                    self.heartbeat_interval,
+                    0 if stopped else running,
+                    self._processed,
+                    self._failed,
+                    stopped,
+                ),
+                sample,
+            )
+            self.stats.heartbeats += 1
+            if not stopped and time.monotonic() >= self._next_mark:
+                self._next_mark = time.monotonic() + max(_MARK_LOST_EVERY, self.heartbeat_interval)
+                from taskmon.retention import mark_lost
+
+                await mark_lost(
+                    conn,
+                    batch_size=100,
+                    publisher=self.publisher or _NoEvents(),
+                    dead_workers_only=True,
+                )
+        except Exception as exc:
+            if isinstance(exc, (*CONNECTION_ERRORS, DsnError)) or (
+                self._conn is not None and self._conn.is_closed()
+            ):
+                await self._close()
+                self._note_outage(exc)
+            else:
+                self._beat_problem("beat", "cannot write the worker's heartbeat (%s: %s)", exc)
+            return
+        self._beat_trouble.discard("beat")
+        if not self._pending:
+            self._note_recovery()
+
+    def _beat_problem(self, kind: str, message: str, exc: BaseException) -> None:
+        if kind not in self._beat_trouble:
+            self._beat_trouble.add(kind)
+            logger.warning("taskmon: " + message, type(exc).__name__, exc)
 
     async def _wait_wake(self, timeout: float | None) -> None:
         """Wait for a submit that changes the plan (first arrival, full batch) or a stop."""
@@ -505,6 +659,13 @@ class Recorder:
                     )
         self.stats.written += len(batch)
         self.stats.batches += 1
+        if self.worker is not None:
+            for entry in batch:
+                status = entry.record.status
+                if status not in _UNFINISHED:
+                    self._processed += 1
+                    if status is Status.FAILED or status is Status.RETRYING:
+                        self._failed += 1
         if events and self.publisher is not None:
             try:
                 await self.publisher.after_commit(events)

@@ -111,8 +111,12 @@ async def mark_lost(
     lost_after_s: float = DEFAULT_LOST_AFTER_S,
     batch_size: int = 1000,
     publisher: Publisher | None = None,
+    dead_workers_only: bool = False,
 ) -> int:
     """Store status ``lost`` on attempts still ``running`` past their threshold.
+
+    An attempt whose worker is dead (its heartbeat stopped without a clean
+    shutdown) is lost at once; `dead_workers_only` marks only those.
 
     The threshold is twice the attempt's ``timeout`` label when it has one,
     else `lost_after_s`. ``finished_at`` stays NULL (nothing finished);
@@ -137,7 +141,9 @@ async def mark_lost(
     total = 0
     while True:
         async with conn.transaction():
-            rows = await statements.mark_lost_batch(conn, lost_after_s, batch_size)
+            rows = await statements.mark_lost_batch(
+                conn, lost_after_s, batch_size, dead_workers_only=dead_workers_only
+            )
             events: list[bytes] = []
             if rows:
                 seqs = await next_seqs(conn, len(rows))
@@ -233,6 +239,8 @@ class CleanupResult:
     """Running attempts marked lost (with ``dry_run``: that would be)."""
     rollups_deleted: dict[str, int] = field(default_factory=dict)
     """Rows deleted (or that would be) per rollup table."""
+    workers_deleted: int = 0
+    """Heartbeat rows of workers not seen for :data:`WORKER_RETENTION` (not counted by dry runs)."""
     batches: int = 0
     seconds: float = 0.0
 
@@ -291,6 +299,12 @@ async def _delete_rollups(
         total += n
         if n < batch_size:
             return total
+
+
+WORKER_RETENTION = timedelta(days=7)
+"""How long the row of a stopped or stale worker stays in ``taskmon_workers``."""
+QUEUE_SAMPLE_RETENTION = timedelta(days=1)
+"""How long queue depth samples stay (the writers keep their own queue's last hour)."""
 
 
 async def cleanup(
@@ -375,6 +389,12 @@ async def cleanup(
         result.archived = result.deleted if archive is not None else 0
         for table, cutoff in plans:
             result.rollups_deleted[table] = await _delete_rollups(conn, table, cutoff, batch_size)
+        if await statements.existing_tables(conn, ["taskmon_workers"]):
+            from taskmon.store.workers import delete_stale
+
+            result.workers_deleted, _ = await delete_stale(
+                conn, now - WORKER_RETENTION, now - QUEUE_SAMPLE_RETENTION
+            )
     result.seconds = time.monotonic() - t0
     return result
 

@@ -23,6 +23,7 @@ from taskmon.filters import (
     parse_window,
 )
 from taskmon.store.filter_sql import filter_sql
+from taskmon.store.schema import lost_cutoff_sql
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 KEYS = (
@@ -637,9 +638,9 @@ def test_sql_alias_and_shapes() -> None:
         alias="t",
         lost_after_s=60,
     )
+    cutoff = lost_cutoff_sql("$2::double precision", alias="t")
     assert sql == (
-        "(t.status = ANY($1::text[]) OR (t.status = 'running' AND t.created_at < now() - "
-        "make_interval(secs => coalesce(t.timeout_s * 2, $2::double precision)))) "
+        f"(t.status = ANY($1::text[]) OR (t.status = 'running' AND t.created_at < {cutoff})) "
         "AND (t.task_name LIKE $3 ESCAPE '\\') AND (t.worker LIKE $4 ESCAPE '\\') "
         "AND (t.error_message ILIKE $5 ESCAPE '\\' OR t.error_type ILIKE $5 ESCAPE '\\') "
         "AND t.duration_ms >= $6 AND t.duration_ms <= $7"
@@ -651,9 +652,9 @@ def test_sql_alias_and_shapes() -> None:
 
 def test_sql_running_excludes_lost_and_both_need_no_rule() -> None:
     params: list[object] = []
+    cutoff = lost_cutoff_sql("$1::double precision", alias="")
     assert filter_sql(p("status:running"), params) == (
-        "((status = 'running' AND created_at >= now() - "
-        "make_interval(secs => coalesce(timeout_s * 2, $1::double precision))))"
+        f"((status = 'running' AND created_at >= {cutoff}))"
     )
     assert params == [3600.0]
     params = []
@@ -839,6 +840,10 @@ async def test_sql_against_postgres() -> None:
                 queue_wait_ms double precision, created_at timestamptz NOT NULL DEFAULT now()
             )
             """
+        )
+        await conn.execute(
+            "CREATE TEMP TABLE taskmon_workers (name text PRIMARY KEY, stopped_at timestamptz,"
+            " last_seen timestamptz NOT NULL, heartbeat_s double precision NOT NULL)"
         )
         db_now: datetime = await conn.fetchval("SELECT now()")
         events: dict[str, dict[str, Any]] = {}

@@ -35,6 +35,8 @@ CORE = [
     "taskmon.metrics",
     "taskmon.display",
     "taskmon.demo",
+    "taskmon.queues",
+    "taskmon.store.workers",
 ]
 OPTIONAL_CORE = [
     "taskmon.filters",

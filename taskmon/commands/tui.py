@@ -96,6 +96,7 @@ def tui(
     url = database_url(dsn) if listens or not reads else reads
 
     from taskmon.tui.app import make_app
+    from taskmon.tui.screens.workers import PgWorkersSource
     from taskmon.tui.sources import HubLiveSource, InProcessHubSource, LiveSource, PgDataSource
 
     live: LiveSource = (
@@ -115,6 +116,7 @@ def tui(
             # alert states are written by the evaluator on the primary
             alerts=AlertReader(url, alert_config) if alert_config.rules else None,
             retrier=retrier,
+            workers=PgWorkersSource(reads or url),
         )
     except (FilterError, ValueError) as exc:  # a relative time that went out of range since
         fail(str(exc))

@@ -38,6 +38,8 @@ from typing import Any
 
 import asyncpg
 
+from taskmon.store.schema import lost_cutoff_sql
+
 __all__ = [
     "METRICS",
     "Histogram",
@@ -85,8 +87,9 @@ _RECENT_SQL = (
     _ROLLUPS_SQL.format(serial=" AND taskmon_serial()")
     + """UNION ALL
 SELECT 'r', r.task_name, 'running', NULL, count(*), NULL, NULL, NULL, NULL, NULL,
-       count(*) FILTER (WHERE r.created_at
-           < now() - make_interval(secs => coalesce(r.timeout_s * 2, $3::float8))),
+       count(*) FILTER (WHERE r.created_at < """
+    + lost_cutoff_sql("$3::float8")
+    + """),
        NULL, NULL
 FROM task_execution_logs r WHERE r.status = 'running'
 GROUP BY r.task_name

@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from taskmon.store.schema import COLUMNS, shown_status_sql, stale_sql
+from taskmon.store.schema import COLUMNS, dead_worker_sql, shown_status_sql, stale_sql
 
 __all__ = [
     "HOUR_ROLLUP_TABLES",
@@ -54,10 +54,10 @@ HOUR_ROLLUP_TABLES: tuple[str, ...] = (
 # timeout; without, `lost_after_s` ($1).
 _STALE = stale_sql("$1::double precision", alias="")
 
-_MARK_LOST = f"""
+_MARK_LOST = """
 WITH stale AS (
     SELECT id FROM task_execution_logs
-    WHERE {_STALE}
+    WHERE {stale}
     ORDER BY created_at, id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
@@ -66,6 +66,9 @@ UPDATE task_execution_logs AS t SET
     status = 'lost',
     error_type = coalesce(t.error_type, 'Lost'),
     error_message = coalesce(t.error_message, CASE
+        WHEN {dead} THEN
+            'no outcome recorded and worker ' || t.worker
+            || ' stopped sending heartbeats; it probably died'
         WHEN t.timeout_s IS NOT NULL THEN
             'no outcome recorded within 2×timeout (' || (t.timeout_s * 2)::text
             || 's); the worker probably died'
@@ -79,6 +82,11 @@ RETURNING t.task_id, t.attempt, t.task_name, t.worker, t.queue, t.labels, t.para
           t.error_type, t.error_message, t.timeout_s, t.enqueued_at, t.started_at,
           t.created_at, t.queue_wait_ms
 """
+_MARK_LOST_ANY = _MARK_LOST.format(stale=_STALE, dead=dead_worker_sql("t"))
+# only the attempts of dead workers (what each worker's writer marks with its heartbeat)
+_MARK_LOST_DEAD = _MARK_LOST.format(
+    stale=f"status = 'running' AND {dead_worker_sql('')}", dead=dead_worker_sql("t")
+)
 
 _COUNT_STALE = f"SELECT count(*) FROM task_execution_logs WHERE {_STALE}"
 
@@ -133,15 +141,25 @@ async def server_now(conn: asyncpg.Connection[Any]) -> datetime:
 
 
 async def mark_lost_batch(
-    conn: asyncpg.Connection[Any], lost_after_s: float, batch_size: int
+    conn: asyncpg.Connection[Any],
+    lost_after_s: float,
+    batch_size: int,
+    *,
+    dead_workers_only: bool = False,
 ) -> list[asyncpg.Record]:
     """Store ``lost`` on up to `batch_size` stale running attempts; their rows.
+
+    `dead_workers_only`: only the running attempts of dead workers (the first
+    half of the lost rule, which needs no threshold).
 
     Each returned row has ``task_id, attempt, task_name, worker, queue, labels,
     params, error_type, error_message, timeout_s, enqueued_at, started_at,
     created_at, queue_wait_ms`` (after the update).
     """
-    return await conn.fetch(_MARK_LOST, float(lost_after_s), batch_size)
+    if dead_workers_only:
+        # $1 is unused by this statement but keeps the error message's type known
+        return await conn.fetch(_MARK_LOST_DEAD, float(lost_after_s), batch_size)
+    return await conn.fetch(_MARK_LOST_ANY, float(lost_after_s), batch_size)
 
 
 async def count_stale(conn: asyncpg.Connection[Any], lost_after_s: float) -> int:

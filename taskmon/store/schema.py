@@ -12,6 +12,12 @@
   (:func:`stale_sql`), so they cannot drift apart. :func:`is_stale` is the same
   rule in Python, for live events (``TaskFilter.matches``).
 
+  An attempt also counts as lost at once when its worker is dead: the
+  worker's heartbeat row (``taskmon_workers``, ``sql/0007_workers.sql``) was
+  not stopped cleanly and was last seen more than :data:`STALE_BEATS`
+  heartbeats ago (:func:`dead_worker_sql`). The time rule stays for workers
+  that are alive but stuck, and for workers without a heartbeat row.
+
 This module imports nothing but the standard library and :mod:`taskmon.events`:
 the filter language, which runs inside workers, uses it too.
 
@@ -29,9 +35,12 @@ from taskmon.events import TERMINAL_STATUSES, Status
 __all__ = [
     "COLUMNS",
     "DEFAULT_LOST_AFTER_S",
+    "STALE_BEATS",
     "STATUSES",
     "TERMINAL",
+    "WORKER_STATE_SQL",
     "AttemptRow",
+    "dead_worker_sql",
     "is_stale",
     "lost_cutoff_sql",
     "select_list_sql",
@@ -82,14 +91,39 @@ DEFAULT_LOST_AFTER_S = 3600.0
 """Seconds a ``running`` attempt without a timeout label may run before it counts as lost."""
 
 
+STALE_BEATS = 3
+"""Heartbeats a worker may miss before it counts as stale (and its running attempts lost)."""
+
+WORKER_STATE_SQL = (
+    "CASE WHEN {p}stopped_at IS NOT NULL THEN 'stopped'"
+    " WHEN {p}last_seen < now() - make_interval(secs => {p}heartbeat_s * "
+    + str(STALE_BEATS)
+    + ") THEN 'stale' ELSE 'alive' END"
+)
+"""A ``taskmon_workers`` row's state (``{p}`` the alias and a dot): alive, stale or stopped."""
+
+
 def _prefix(alias: str) -> str:
     if alias and not alias.isidentifier():
         raise ValueError(f"alias {alias!r} is not an identifier")
     return f"{alias}." if alias else ""
 
 
+def dead_worker_sql(alias: str = "r") -> str:
+    """The condition that the row's worker is dead: its heartbeat is stale, not stopped cleanly."""
+    p = _prefix(alias)
+    # `hb.name`, not `worker`: an unqualified `worker` (alias "") means the row's
+    return (
+        f"EXISTS (SELECT 1 FROM taskmon_workers AS hb WHERE hb.name = {p}worker"
+        f" AND {WORKER_STATE_SQL.format(p='hb.')} = 'stale')"
+    )
+
+
 def lost_cutoff_sql(lost_after: str, *, alias: str = "r") -> str:
     """The moment before which a ``running`` row counts as lost.
+
+    ``infinity`` when the row's worker is dead (:func:`dead_worker_sql`): every
+    running attempt of a dead worker is lost, whatever its age.
 
     Args:
         lost_after: the SQL of the threshold without a timeout, a parameter
@@ -97,7 +131,10 @@ def lost_cutoff_sql(lost_after: str, *, alias: str = "r") -> str:
         alias: the table alias of ``task_execution_logs`` ("" for none).
     """
     p = _prefix(alias)
-    return f"now() - make_interval(secs => coalesce({p}timeout_s * 2, {lost_after}))"
+    return (
+        f"CASE WHEN {dead_worker_sql(alias)} THEN 'infinity'::timestamptz"
+        f" ELSE now() - make_interval(secs => coalesce({p}timeout_s * 2, {lost_after})) END"
+    )
 
 
 def stale_sql(lost_after: str, *, alias: str = "r") -> str:
@@ -119,12 +156,18 @@ def is_stale(
     *,
     now: datetime,
     lost_after_s: float,
+    worker_dead: bool = False,
 ) -> bool:
     """:func:`stale_sql` in Python: whether an attempt marked `status` counts as lost at `now`.
 
+    `worker_dead`: the attempt's worker is dead (:func:`dead_worker_sql`), when known.
     A NaN or absurd timeout never makes an attempt lost (it cannot be compared).
     """
-    if status != "running" or created_at is None:
+    if status != "running":
+        return False
+    if worker_dead:
+        return True
+    if created_at is None:
         return False
     try:
         limit = timedelta(seconds=lost_after_s if timeout_s is None else timeout_s * 2)

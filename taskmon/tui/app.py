@@ -16,6 +16,7 @@ from taskmon.tui.screens.alerts import AlertSource, AlertsPoller, AlertsScreen, 
 from taskmon.tui.screens.detail import DetailScreen
 from taskmon.tui.screens.help import HelpScreen
 from taskmon.tui.screens.main import MainScreen
+from taskmon.tui.screens.workers import WorkersPoller, WorkersScreen, WorkersSource, warning_text
 from taskmon.tui.sources import DataSource, LiveSource
 from taskmon.tui.view_state import ViewState
 from taskmon.tui.widgets.filter_bar import FilterBar
@@ -27,6 +28,7 @@ from taskmon.tui.widgets.task_table import TaskTable
 if TYPE_CHECKING:
     from taskmon.alerts import AlertStatus
     from taskmon.retry import Retrier
+    from taskmon.store.workers import QueueRow, WorkerRow
 
 __all__ = ["TaskmonApp", "make_app"]
 
@@ -43,6 +45,7 @@ class TaskmonApp(App[None]):
     | :- | :- |
     | ? | Show every key. |
     | a | The alert rules and their states. |
+    | W | Workers and queue backlogs. |
     | q, ctrl+c | Quit. |
     """
 
@@ -55,6 +58,7 @@ class TaskmonApp(App[None]):
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True, tooltip="Quit"),
         Binding("question_mark", "help", "Help", tooltip="Show every key"),
         Binding("a", "alerts", "Alerts", show=False, tooltip="The alert rules and their states"),
+        Binding("W", "workers", "Workers", show=False, tooltip="Workers and queue backlogs"),
     ]
 
     def __init__(
@@ -68,6 +72,7 @@ class TaskmonApp(App[None]):
         close_sources: bool = True,
         alerts: AlertSource | None = None,
         retrier: Retrier | None = None,
+        workers: WorkersSource | None = None,
     ) -> None:
         super().__init__()
         self.data = data
@@ -85,10 +90,33 @@ class TaskmonApp(App[None]):
         """When the user last pressed a key (monotonic): auto-refreshes wait for a pause."""
         self.alerts = AlertsPoller(self, alerts, self._alerts_read) if alerts else None
         """Re-reads the alert rules' states (None: no rules configured)."""
+        self.worker_poller = WorkersPoller(self, workers, self._workers_read) if workers else None
+        """Re-reads the workers' heartbeats and queue samples (None: not shown)."""
 
     def on_mount(self) -> None:
         if self.alerts is not None:
             self.alerts.start()
+        if self.worker_poller is not None:
+            self.worker_poller.start()
+
+    def _workers_read(self, workers: list[WorkerRow], queues: list[QueueRow], error: str) -> None:
+        self.main.query_one(StatusBar).worker_warning = warning_text(workers, queues)
+        for screen in self.screen_stack:
+            if isinstance(screen, WorkersScreen):
+                screen.show(workers, queues, error)
+
+    def action_workers(self) -> None:
+        if isinstance(self.screen, WorkersScreen):
+            return
+        if self.worker_poller is None:
+            self.notify("no workers source: start the TUI with a database", timeout=4)
+            return
+        self.worker_poller.refresh()
+        self.push_screen(
+            WorkersScreen(
+                self.worker_poller.workers, self.worker_poller.queues, self.worker_poller.error
+            )
+        )
 
     def _alerts_read(self, statuses: list[AlertStatus], error: str) -> None:
         self.main.query_one(StatusBar).alert = banner_text(statuses)
@@ -144,6 +172,8 @@ class TaskmonApp(App[None]):
                 await self.live.close()
             if self.alerts is not None:
                 await self.alerts.source.close()
+            if self.worker_poller is not None:
+                await self.worker_poller.source.close()
 
     def action_help(self) -> None:
         if isinstance(self.screen, HelpScreen):
@@ -161,6 +191,7 @@ class TaskmonApp(App[None]):
             ("Filter bar", list(FilterBar.BINDINGS)),
             ("Detail", list(DetailScreen.BINDINGS)),
             ("Alerts", list(AlertsScreen.BINDINGS)),
+            ("Workers", list(WorkersScreen.BINDINGS)),
         ]
 
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
@@ -182,6 +213,7 @@ class TaskmonApp(App[None]):
         yield SystemCommand("Next page", "Next history page (n)", main.action_next_page)
         yield SystemCommand("Previous page", "Previous history page (p)", main.action_previous_page)
         yield SystemCommand("Refresh", "Re-read metrics and history (r)", main.action_refresh)
+        yield SystemCommand("Workers", "Workers and queue backlogs (W)", self.action_workers)
         yield SystemCommand("Keys", "Show every key (?)", self.action_help)
 
 
@@ -196,6 +228,7 @@ def make_app(
     close_sources: bool = True,
     alerts: AlertSource | None = None,
     retrier: Retrier | None = None,
+    workers: WorkersSource | None = None,
 ) -> TaskmonApp:
     """Build the app around a database source and an optional live source.
 
@@ -210,6 +243,8 @@ def make_app(
         close_sources: close both sources when the app exits.
         alerts: the alert rules' states (:class:`~taskmon.alerts.AlertReader`), or None.
         retrier: sends a task again on `R` (None: `R` says how to configure a broker).
+        workers: heartbeats and queue samples
+            (:class:`~taskmon.tui.screens.workers.PgWorkersSource`), or None.
 
     Raises:
         FilterError: `query` does not parse.
@@ -225,4 +260,5 @@ def make_app(
         close_sources=close_sources,
         alerts=alerts,
         retrier=retrier,
+        workers=workers,
     )

@@ -46,6 +46,8 @@ class StatusBar(Widget):
     """Why the live feed gave up (a refused token, no hub), shown after ``offline``."""
     alert: reactive[str] = reactive("", layout=True)
     """The banner while alert rules fire (``▲ ALERT name (a)``), first after the name."""
+    worker_warning: reactive[str] = reactive("", layout=True)
+    """The workers' warning (``✕ no worker alive (W)``, ``↑ backlog q 40 (W)``), after alerts."""
     replica_lag: reactive[str] = reactive("", layout=True)
     """How far the read replica is behind its primary (``0.4s``); empty without a replica."""
 
@@ -85,10 +87,11 @@ class StatusBar(Widget):
 
     def _alert(self) -> Text:
         """The alert banner and its separator (nothing while no rule fires)."""
-        if not self.alert:
+        banners = [b for b in (self.alert, self.worker_warning) if b]
+        if not banners:
             return Text()
         style = self.get_component_rich_style("status-bar--alert")
-        return Text.assemble(Text(self.alert, style=style), " · ")
+        return Text.assemble(Text(" · ".join(banners), style=style), " · ")
 
     def render(self) -> Text:
         """One line when it fits; else two, the state always first on the first.
