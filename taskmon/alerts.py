@@ -83,10 +83,12 @@ NEW_ERROR_BASELINE = timedelta(days=7)
 _RULE_KEYS = ("name", "when", "over", "filter", "min_count", "for", "notify")
 _NOTIFIER_KEYS = ("webhook", "command", "timeout", "retries", "backoff")
 _WHEN_RE = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:(>=|>|<=|<|==|=)\s*(\S.*?))?\s*")
-_NEEDS_WORKERS = ("backlog", "workers_alive")
+_WORKER_METRICS = ("backlog", "workers_alive")
+"""Figures of the workers' heartbeats and queue samples, not of attempts: no filter."""
 _PERCENTILES = ("p50", "p95", "p99", "p95_queue_wait")
 _KNOWN_WHEN = (
-    "failure_rate > 5%, p95 > 2s, p50/p99 > 2s, p95_queue_wait > 30s, lost > 0, new_error_type"
+    "failure_rate > 5%, p95 > 2s, p50/p99 > 2s, p95_queue_wait > 30s, lost > 0, new_error_type, "
+    "backlog > 1000, workers_alive < 1"
 )
 _FILTER_KEYS = tuple(k for k in KEYS if k not in ("since", "until"))
 # the words of a metric in messages
@@ -98,6 +100,8 @@ _METRIC_WORDS = {
     "p99": "p99 duration",
     "p95_queue_wait": "p95 queue wait",
     "new_error_type": "new error types",
+    "backlog": "queue backlog",
+    "workers_alive": "workers alive",
 }
 
 
@@ -145,6 +149,10 @@ class Rule:
             return False
         if self.metric == "new_error_type":
             return value > 0
+        if self.op == "<":
+            return value < self.threshold
+        if self.op == "<=":
+            return value <= self.threshold
         return value >= self.threshold if self.op == ">=" else value > self.threshold
 
     def clear(self, value: float | None, count: int) -> bool:
@@ -157,7 +165,9 @@ class Rule:
         """
         if self.holds(value, count):
             return False
-        if value is None or count < self.min_count or self.metric in ("lost", "new_error_type"):
+        if value is None or count < self.min_count:
+            return True
+        if self.metric in ("lost", "new_error_type", "workers_alive"):
             return True
         return value <= self.threshold * (1 - HYSTERESIS)
 
@@ -321,6 +331,10 @@ def _rule(
     except FilterError as exc:
         raise ConfigError(f"{where}: over: {exc}") from None
     filter_text = text("filter", False) or ""
+    if metric in _WORKER_METRICS and filter_text.strip():
+        raise ConfigError(
+            f"{where}: filter: {metric} counts workers and queues, not attempts; remove the filter"
+        )
     try:
         flt = parse(filter_text, keys=_FILTER_KEYS)
     except FilterError as exc:
@@ -368,22 +382,25 @@ def _condition(when: str, where: str) -> tuple[str, str, float]:
     if match is None:
         raise ConfigError(f"{where}: when {when!r} is not a condition (use {_KNOWN_WHEN})")
     metric, op, value = match.group(1).lower(), match.group(2), match.group(3)
-    if metric in _NEEDS_WORKERS:
-        raise ConfigError(
-            f"{where}: when: {metric} needs worker heartbeats, which taskmon does not record "
-            "yet; remove the rule for now"
-        )
     if metric == "new_error_type":
         if op is not None:
             raise ConfigError(f"{where}: when: new_error_type takes no comparison")
         return metric, "", 0.0
-    if metric not in ("failure_rate", "lost", *_PERCENTILES):
+    if metric not in ("failure_rate", "lost", *_PERCENTILES, *_WORKER_METRICS):
         raise ConfigError(f"{where}: when: unknown figure {metric!r} (use {_KNOWN_WHEN})")
     if op is None or value is None:
-        raise ConfigError(f"{where}: when: {metric} needs a comparison, e.g. {metric} > ...")
+        example = "workers_alive < 1" if metric == "workers_alive" else f"{metric} > ..."
+        raise ConfigError(f"{where}: when: {metric} needs a comparison, e.g. {example}")
+    value = value.strip()
+    if metric == "workers_alive":
+        # the one figure that alarms when low
+        if op not in ("<", "<="):
+            raise ConfigError(f"{where}: when: {op!r} is not supported (use < or <=)")
+        if not value.isdigit():
+            raise ConfigError(f"{where}: when: workers_alive needs a whole number, not {value!r}")
+        return metric, op, float(int(value))
     if op not in (">", ">="):
         raise ConfigError(f"{where}: when: {op!r} is not supported (use > or >=)")
-    value = value.strip()
     if metric == "failure_rate":
         number = value.removesuffix("%").strip()
         try:
@@ -395,9 +412,9 @@ def _condition(when: str, where: str) -> tuple[str, str, float]:
                 f"{where}: when: failure_rate needs a percentage from 0% to 100%, not {value!r}"
             )
         return metric, op, percent / 100
-    if metric == "lost":
+    if metric in ("lost", "backlog"):
         if not value.isdigit():
-            raise ConfigError(f"{where}: when: lost needs a whole number, not {value!r}")
+            raise ConfigError(f"{where}: when: {metric} needs a whole number, not {value!r}")
         return metric, op, float(int(value))
     try:
         return metric, op, parse_duration_ms(value)
@@ -467,6 +484,10 @@ def format_value(rule: Rule, value: float | None, detail: str | None = None) -> 
         return f"{value * 100:.1f}%"
     if rule.metric == "lost":
         return f"{value:.0f}"
+    if rule.metric == "backlog":
+        return f"{value:.0f} waiting"
+    if rule.metric == "workers_alive":
+        return f"{value:.0f} alive"
     if rule.metric == "new_error_type":
         return detail or f"{value:.0f}"
     return _duration(value)

@@ -15,6 +15,7 @@ import sys
 import time
 import tomllib
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -541,3 +542,66 @@ def test_no_rules_is_said_and_is_not_an_error(tmp_path: Path) -> None:
     assert result.returncode == 0 and "no alert rules" in result.stderr
     as_json = taskmon("alerts", "list", "--format", "json", TASKMON_CONFIG=str(path))
     assert as_json.returncode == 0 and json.loads(as_json.stdout) == []
+
+
+async def test_worker_and_queue_rules_follow_heartbeats_and_queue_samples(
+    db: asyncpg.Connection[Any],
+) -> None:
+    from taskmon.store.workers import QueueSample, WorkerBeat, beat
+
+    cfg = config(
+        """
+        [[alerts]]
+        name = "no workers"
+        when = "workers_alive < 1"
+        over = "1m"
+        [[alerts]]
+        name = "backlog"
+        when = "backlog > 100"
+        over = "5m"
+        """
+    )
+    evaluator = Evaluator(cfg)
+
+    async def check(at: datetime) -> dict[str, AlertStatus]:
+        return {s.name: s for s in await evaluator.evaluate(db, at)}
+
+    worker = WorkerBeat(
+        name="host-1:42", host="host-1", pid=42, broker="ListQueueBroker", queue="q",
+        taskmon_version=None, taskiq_version=None, heartbeat_s=5.0,
+        running=0, processed=0, failed=0,
+    )  # fmt: skip
+    now = datetime.now(UTC)
+    # given no worker ever beat and no queue was sampled
+    first = await check(now)
+    assert (first["no workers"].state_name, first["no workers"].value_text()) == (
+        "firing",
+        "0 alive",
+    )
+    assert (first["backlog"].state_name, first["backlog"].value_text()) == ("ok", "no data")
+
+    # when a worker beats, with 250 messages waiting in its queue
+    await beat(db, worker, QueueSample("ListQueueBroker", "q", 250, 12.0))
+    second = await check(now + timedelta(seconds=15))
+    assert (second["no workers"].transition, second["no workers"].value_text()) == (
+        "resolved",
+        "1 alive",
+    )
+    assert (second["backlog"].transition, second["backlog"].value_text()) == (
+        "firing",
+        "250 waiting",
+    )
+
+    # when the queue drains, the backlog rule resolves once
+    await beat(db, worker, QueueSample("ListQueueBroker", "q", 0, None))
+    third = await check(now + timedelta(seconds=30))
+    assert (third["backlog"].transition, third["backlog"].value_text()) == ("resolved", "0 waiting")
+    assert third["no workers"].transition is None
+
+    # and when the worker stops cleanly, no worker is alive: the first rule fires again
+    await beat(db, replace(worker, stopped=True))
+    fourth = await check(now + timedelta(seconds=45))
+    assert (fourth["no workers"].transition, fourth["no workers"].value_text()) == (
+        "firing",
+        "0 alive",
+    )

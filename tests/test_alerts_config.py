@@ -90,8 +90,14 @@ BAD = [
     (RULE.replace("p95 > 2s", "failure_rate > 150%"), "from 0% to 100%, not '150%'"),
     (RULE.replace("p95 > 2s", "lost > 1.5"), "lost needs a whole number"),
     (RULE.replace("p95 > 2s", "new_error_type > 1"), "new_error_type takes no comparison"),
-    (RULE.replace("p95 > 2s", "backlog > 1000"), "backlog needs worker heartbeats"),
-    (RULE.replace("p95 > 2s", "workers_alive < 1"), "workers_alive needs worker heartbeats"),
+    (RULE.replace("p95 > 2s", "backlog > many"), "backlog needs a whole number, not 'many'"),
+    (RULE.replace("p95 > 2s", "backlog < 10"), "alert 'slow': when: '<' is not supported"),
+    (RULE.replace("p95 > 2s", "workers_alive > 1"), "when: '>' is not supported (use < or <=)"),
+    (RULE.replace("p95 > 2s", "workers_alive"), "e.g. workers_alive < 1"),
+    (
+        RULE.replace("p95 > 2s", "workers_alive < 1") + 'filter = "task:a"\n',
+        "filter: workers_alive counts workers and queues, not attempts",
+    ),
     (RULE.replace('"1h"', '"an hour"'), "alert 'slow': over: 'an hour' is not a duration"),
     ('[[alerts]]\nname = "slow"\nwhen = "p95 > 2s"\n', "alert 'slow': needs over"),
     (RULE + 'filter = "colour:red"\n', "alert 'slow': filter: unknown filter key 'colour'"),
@@ -133,12 +139,12 @@ def test_hysteresis_and_min_count() -> None:
 
 @pytest.mark.parametrize("command", [["alerts"], ["alerts", "check"], ["serve"], ["tui"]])
 def test_commands_refuse_a_bad_rule_at_load_in_one_line(tmp_path: Path, command: list[str]) -> None:
-    # given a config whose rule needs what does not exist yet
+    # given a config whose rule compares the wrong way
     path = tmp_path / "config.toml"
-    path.write_text(RULE.replace("p95 > 2s", "workers_alive < 1"))
+    path.write_text(RULE.replace("p95 > 2s", "workers_alive > 1"))
     # when a command that loads the rules starts; then it stops there, exit 2, one line
     line = one_error_line(taskmon(*command, TASKMON_CONFIG=str(path)))
-    assert f"config file {path}: alert 'slow': when: workers_alive needs worker heartbeats" in line
+    assert f"config file {path}: alert 'slow': when: '>' is not supported (use < or <=)" in line
 
 
 def test_alert_commands_refuse_a_bad_format_and_explain_themselves() -> None:

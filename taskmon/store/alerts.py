@@ -33,6 +33,7 @@ from taskmon.store.stats import (
     _unpack,
     fetch_stats,
 )
+from taskmon.store.workers import fetch_queues, fetch_workers
 
 __all__ = [
     "METRICS",
@@ -44,7 +45,10 @@ __all__ = [
     "save_state",
 ]
 
-METRICS = ("failure_rate", "lost", "p50", "p95", "p99", "p95_queue_wait", "new_error_type")
+METRICS = (
+    "failure_rate", "lost", "p50", "p95", "p99", "p95_queue_wait", "new_error_type",
+    "backlog", "workers_alive",
+)  # fmt: skip
 """What a rule can compare; see :func:`measure`."""
 
 _TERMINAL = ("success", "failed", "retrying", "lost")
@@ -143,7 +147,10 @@ async def measure(
             (success + failed + lost)), ``lost`` (attempts lost, marked or
             running too long), ``p50``/``p95``/``p99`` (duration, ms, within
             the histograms' 2 %), ``p95_queue_wait`` (ms), ``new_error_type``
-            (error types of the window not seen in the `baseline` before it).
+            (error types of the window not seen in the `baseline` before it),
+            ``backlog`` (the deepest queue's latest depth among the queues sampled
+            in the window; `flt` does not apply), ``workers_alive`` (workers whose
+            heartbeat is fresh, now; `flt` does not apply).
         flt: the rule's filter (no since/until: the window is given).
         start: the window's start.
         end: the window's end (the evaluation's now).
@@ -165,6 +172,15 @@ async def measure(
         return await _percentile(conn, metric, flt, start, end, lost_after_s)
     if metric == "new_error_type":
         return await _new_error_types(conn, flt, start, end, lost_after_s, baseline)
+    if metric == "backlog":
+        # the deepest queue among those sampled in the window, by its latest sample
+        queues = await fetch_queues(conn, window_s=max(1.0, (end - start).total_seconds()))
+        if not queues:
+            return Measurement(None, 0)
+        return Measurement(float(max(q["depth"] for q in queues)), len(queues))
+    if metric == "workers_alive":
+        workers = await fetch_workers(conn)
+        return Measurement(float(sum(1 for w in workers if w["state"] == "alive")), 1)
     raise ValueError(f"unknown alert metric {metric!r} (known: {', '.join(METRICS)})")
 
 
