@@ -269,6 +269,32 @@ class StoreCollector:
             lost.add_metric([task_name], float(snap.lost.get(task_name, 0)))
         yield running
         yield lost
+        workers = GaugeMetricFamily(
+            "taskmon_workers",
+            "Worker processes by the state of their heartbeat: alive, stale (silent for 3 "
+            "heartbeats: its running attempts are lost), stopped (shut down cleanly).",
+            labels=["state"],
+        )
+        for state in ("alive", "stale", "stopped"):
+            workers.add_metric([state], float(snap.workers.get(state, 0)))
+        yield workers
+        depth = GaugeMetricFamily(
+            "taskmon_queue_depth",
+            "Messages waiting in each queue the workers sample (latest sample, last 5 minutes).",
+            labels=["broker", "queue"],
+        )
+        oldest = GaugeMetricFamily(
+            "taskmon_queue_oldest_wait",
+            "How long the oldest waiting message has waited (latest sample).",
+            labels=["broker", "queue"],
+            unit="seconds",
+        )
+        for q in snap.queues:
+            depth.add_metric([q["broker"], q["queue"]], float(q["depth"]))
+            if q["oldest_wait_s"] is not None:
+                oldest.add_metric([q["broker"], q["queue"]], float(q["oldest_wait_s"]))
+        yield depth
+        yield oldest
 
 
 class HubCollector:

@@ -387,3 +387,36 @@ async def test_older_rollups_are_summed_rarely_and_recent_ones_at_every_read(
         assert value(third["taskmon_attempts"], task="app:work", status="success") == 2
     finally:
         await hub.stop()
+
+
+async def test_workers_and_queues_from_their_heartbeats(dsn: str) -> None:
+    import asyncpg
+
+    from taskmon.store.workers import QueueSample, WorkerBeat, beat
+
+    # given one worker alive with a sampled queue, and one that stopped cleanly
+    conn = await asyncpg.connect(dsn)
+    try:
+        for name, stopped in (("h:1", False), ("h:2", True)):
+            worker = WorkerBeat(
+                name=name, host="h", pid=int(name[-1]), broker="ListQueueBroker", queue="q",
+                taskmon_version=None, taskiq_version=None, heartbeat_s=5.0,
+                running=0, processed=0, failed=0, stopped=stopped,
+            )  # fmt: skip
+            await beat(conn, worker, QueueSample("ListQueueBroker", "q", 42, 3.5))
+    finally:
+        await conn.close()
+    hub = Hub(dsn=dsn)
+    await hub.start()
+    try:
+        # when Prometheus scrapes
+        families = (await scrape(hub)).families()
+        # then the workers count by state, and the queue shows its latest sample
+        assert value(families["taskmon_workers"], state="alive") == 1
+        assert value(families["taskmon_workers"], state="stopped") == 1
+        assert value(families["taskmon_workers"], state="stale") == 0
+        labels = {"broker": "ListQueueBroker", "queue": "q"}
+        assert value(families["taskmon_queue_depth"], **labels) == 42
+        assert value(families["taskmon_queue_oldest_wait_seconds"], **labels) == 3.5
+    finally:
+        await hub.stop()

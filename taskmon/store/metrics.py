@@ -39,6 +39,7 @@ from typing import Any
 import asyncpg
 
 from taskmon.store.schema import lost_cutoff_sql
+from taskmon.store.workers import QueueRow, fetch_queues, fetch_workers
 
 __all__ = [
     "METRICS",
@@ -201,6 +202,10 @@ class MetricsSnapshot:
     """Per task: attempts running now and not (yet) lost."""
     lost: dict[str, int] = field(default_factory=dict)
     """Per task: attempts still marked running past the lost rule (the worker probably died)."""
+    workers: dict[str, int] = field(default_factory=dict)
+    """Worker processes per state (alive, stale, stopped), from their heartbeats."""
+    queues: list[QueueRow] = field(default_factory=list)
+    """Each queue sampled in the last 5 minutes: its latest depth and oldest wait."""
 
 
 def _unpack(packed: str) -> list[int]:
@@ -258,6 +263,9 @@ async def fetch_metrics(
         else:
             edges.append((row["n"], row["edge"], row["lane"]))
     edges.sort()
+    for worker in await fetch_workers(conn):
+        snapshot.workers[worker["state"]] = snapshot.workers.get(worker["state"], 0) + 1
+    snapshot.queues.extend(await fetch_queues(conn))
     for (task_name, status), (n, ds, dn, qs, qn) in sorted(counts.items()):
         snapshot.totals.append(TaskTotals(task_name, status, n, ds, dn, qs, qn))
     for (task_name, metric), lanes in sorted(packed.items()):
