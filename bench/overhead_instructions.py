@@ -1,0 +1,87 @@
+"""The middleware's added cost per task in instructions, a figure noise does not move.
+
+CPU time on a shared machine moves with whatever else runs (the same no-op task
+cost 39 µs one day and 105 µs another here). Instructions executed do not:
+each configuration runs under ``valgrind --tool=callgrind`` twice, with N and
+3N no-op tasks on an ``InMemoryBroker`` loop shaped like a worker's (the writer
+runs meanwhile and everything is written before the run ends), and the
+difference divided by 2N is the per-task count, start-up excluded. Only this
+process is counted: PostgreSQL's own work is not.
+
+    python bench/overhead_instructions.py [--tasks 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+CHILD = """
+import asyncio, sys
+sys.path.insert(0, {here!r})
+from overhead import _loop_run
+asyncio.run(_loop_run(int(sys.argv[1]), sys.argv[2] or None))
+"""
+
+
+def _instructions(n: int, dsn: str | None) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "callgrind.out"
+        proc = subprocess.run(
+            [
+                "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                sys.executable, "-c", CHILD.format(here=str(HERE)), str(n), dsn or "",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )  # fmt: skip
+        found = re.search(r"Collected : (\d+)", proc.stderr)
+        if proc.returncode != 0 or found is None:
+            raise RuntimeError(proc.stderr[-2000:])
+        return int(found.group(1))
+
+
+async def _migrate(dsn: str) -> None:
+    from taskmon.recorder import Recorder
+
+    recorder = Recorder(dsn)
+    await recorder.start(wait_connected=30)
+    await recorder.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=1000)
+    parser.add_argument(
+        "--dsn",
+        default=os.environ.get("TASKMON_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"),
+    )
+    args = parser.parse_args()
+    sys.path.insert(0, str(HERE))
+    from overhead import _reset
+
+    dsn = asyncio.run(_reset(args.dsn))
+    asyncio.run(_migrate(dsn))  # not inside a measured run
+    n = args.tasks
+    per_task: dict[str, float] = {}
+    for kind, target in (("bare", None), ("monitored", dsn)):
+        small, large = _instructions(n, target), _instructions(3 * n, target)
+        per_task[kind] = (large - small) / (2 * n)
+    added = per_task["monitored"] - per_task["bare"]
+    print(f"instructions per no-op task ({n} and {3 * n} tasks, start-up excluded)")
+    print(f"   without the middleware   {per_task['bare']:12,.0f}")
+    print(f"   with the middleware      {per_task['monitored']:12,.0f}")
+    print(f"   added                    {added:12,.0f} ({added / per_task['bare']:.0%} of bare)")
+
+
+if __name__ == "__main__":
+    main()
