@@ -276,7 +276,8 @@ def test_split_covers_the_window_once_on_each_level_s_boundaries() -> None:
         for step, pair in zip(steps, levels, strict=True):
             for a, b in pair:
                 if a < b:
-                    assert store_stats._floor(a, step) == a and store_stats._floor(b, step) == b
+                    assert store_stats.floor_bucket(a, step) == a
+                    assert store_stats.floor_bucket(b, step) == b
                     spans.append((a, b))
         spans.sort()
         # disjoint and gapless: together exactly [since, until)

@@ -31,7 +31,10 @@ from taskmon.store.filter_sql import filter_sql, resolve_task_names, resolve_wor
 from taskmon.store.stats import (
     _quantiles,  # the histogram codec of the stats queries: one home for the lane layout
     _unpack,
+    ceil_bucket,
     fetch_stats,
+    floor_bucket,
+    needs_raw,
 )
 from taskmon.store.workers import fetch_queues, fetch_workers
 
@@ -55,7 +58,6 @@ _TERMINAL = ("success", "failed", "retrying", "lost")
 _ERROR_STATUSES = ("failed", "retrying", "lost")
 _QUANTILE = {"p50": (0, 0.5), "p95": (0, 0.95), "p99": (0, 0.99), "p95_queue_wait": (1, 0.95)}
 _COLUMN = {0: "duration_ms", 1: "queue_wait_ms"}
-_ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)  # the rollups' date_bin origin
 _FIVE_MINUTES = timedelta(minutes=5)
 
 
@@ -76,19 +78,6 @@ class Measurement:
     value: float | None
     count: int
     detail: tuple[str, ...] = ()
-
-
-def _needs_raw(flt: TaskFilter) -> bool:
-    """Whether `flt` uses a field the rollups do not keep (the stats queries' rule)."""
-    return bool(
-        flt.workers
-        or flt.errors
-        or flt.words
-        or flt.task_id is not None
-        or flt.min_duration_ms is not None
-        or flt.max_duration_ms is not None
-        or flt.attempt is not None
-    )
 
 
 def _arg(params: list[object], value: object, cast: str = "") -> str:
@@ -118,15 +107,6 @@ async def _rollup_condition(
         names = await resolve_task_names(conn, flt.tasks)
         cond += f" AND r.task_name = ANY({_arg(params, names, '::text[]')})"
     return cond
-
-
-def _floor(t: datetime, step: timedelta) -> datetime:
-    return _ORIGIN + ((t - _ORIGIN) // step) * step
-
-
-def _ceil(t: datetime, step: timedelta) -> datetime:
-    floor = _floor(t, step)
-    return floor if floor == t else floor + step
 
 
 async def measure(
@@ -198,8 +178,8 @@ async def _percentile(
     params: list[object] = []
     # the stats queries' guard: NaN and infinities have no bin
     value = f"CASE WHEN r.{column} > '-Infinity' AND r.{column} < 'Infinity' THEN r.{column} END"
-    lo, hi = _ceil(start, _FIVE_MINUTES), _floor(end, _FIVE_MINUTES)
-    if _needs_raw(flt) or lo >= hi:
+    lo, hi = ceil_bucket(start, _FIVE_MINUTES), floor_bucket(end, _FIVE_MINUTES)
+    if needs_raw(flt) or lo >= hi:
         status = f"r.status = ANY({_arg(params, statuses, '::text[]')})"
         cond = await _raw_condition(conn, flt, params, lost_after_s)
         sql = (
@@ -244,7 +224,7 @@ async def _new_error_types(
     cond = await _raw_condition(conn, flt, params, lost_after_s)
     status = f"r.status = ANY({_arg(params, statuses, '::text[]')})"
     before = start - baseline
-    if _needs_raw(flt):
+    if needs_raw(flt):
         lookback = (
             "SELECT 1 FROM task_execution_logs r WHERE r.error_type = c.error_type "
             f"AND r.created_at >= {_arg(params, before)} AND r.created_at < {_arg(params, start)} "
@@ -254,9 +234,9 @@ async def _new_error_types(
         # whole hours from the hour rollups (the first may reach up to an hour further
         # back), then whole minutes, then the raw rows of the minute the window starts in
         sel = await _rollup_condition(conn, flt, params, statuses)
-        h0 = _arg(params, _floor(before, timedelta(hours=1)))
-        h1 = _arg(params, _floor(start, timedelta(hours=1)))
-        m1 = _arg(params, _floor(start, timedelta(minutes=1)))
+        h0 = _arg(params, floor_bucket(before, timedelta(hours=1)))
+        h1 = _arg(params, floor_bucket(start, timedelta(hours=1)))
+        m1 = _arg(params, floor_bucket(start, timedelta(minutes=1)))
         lookback = (
             "SELECT 1 FROM task_error_hour r WHERE r.error_type = c.error_type "
             f"AND r.bucket >= {h0} AND r.bucket < {h1} AND r.n > 0 AND {sel} "

@@ -198,12 +198,14 @@ class Stats:
         }
 
 
-def _floor(t: datetime, step: timedelta) -> datetime:
+def floor_bucket(t: datetime, step: timedelta) -> datetime:
+    """The start of the rollup bucket of size `step` holding `t`."""
     return _ORIGIN + ((t - _ORIGIN) // step) * step
 
 
-def _ceil(t: datetime, step: timedelta) -> datetime:
-    floor = _floor(t, step)
+def ceil_bucket(t: datetime, step: timedelta) -> datetime:
+    """`t` if it starts a rollup bucket of size `step`, else the start of the next one."""
+    floor = floor_bucket(t, step)
     return floor if floor == t else floor + step
 
 
@@ -223,7 +225,7 @@ def _split(
         Per level (finest first) its two half-open ranges, maybe empty, and the two raw ranges.
     """
     none = (since, since)
-    bounds = [(_ceil(since, step), _floor(until, step)) for step in steps]
+    bounds = [(ceil_bucket(since, step), floor_bucket(until, step)) for step in steps]
     usable = [i for i, (lo, hi) in enumerate(bounds) if lo < hi]
     if not usable:
         return [(none, none) for _ in steps], ((since, until), (until, until))
@@ -560,8 +562,8 @@ def _bucket_step(window: timedelta) -> timedelta:
     return timedelta(hours=hour_steps[-1] * ((window // timedelta(weeks=96)) + 1))
 
 
-def _needs_raw(flt: TaskFilter) -> bool:
-    """Whether `flt` uses a field the rollups do not keep."""
+def needs_raw(flt: TaskFilter) -> bool:
+    """Whether `flt` uses a field the rollups do not keep (then raw rows are read)."""
     return bool(
         flt.workers
         or flt.errors
@@ -617,7 +619,7 @@ async def fetch_stats(
     window = f"r.created_at >= {q.arg(start)} AND r.created_at < {q.arg(end)}"
     lost_after = q.arg(float(lost_after_s), "::float8")
     status = f"r.status = ANY({q.arg(statuses, '::text[]')})"
-    raw = _needs_raw(flt)
+    raw = needs_raw(flt)
     if raw:
         cond = await resolved_filter_sql(conn, flt, q.params, lost_after_s)
         sql = _stats_sql(
@@ -735,7 +737,7 @@ def _assemble(
     tasks.sort(key=lambda ts: (-ts.count, ts.task_name))
 
     decided = by_status["success"] + by_status["failed"] + by_status["lost"]
-    first = _floor(start, step)
+    first = floor_bucket(start, step)
     throughput = []
     tick = first
     while tick < end:
