@@ -617,7 +617,10 @@ async def test_events_are_forwarded_as_published(dsn: str, pg_recorder: Recorder
         await publish(pg_recorder, [record(i, task="app:café") for i in range(5)])
 
         # then each frame is the event's text from the notification, unchanged
+        # (the test's own listener is another connection: its notifications
+        # may arrive after the hub's, so wait for both)
         await wait_for(lambda: len(client.events) == 5)
+        await wait_for(lambda: sum(len(json.loads(p)) for p in payloads) == 5)
         assert "".join("[" + ",".join(client.raw_events) + "]") == "".join(payloads)
         assert "café" in client.raw_events[0]
         await client.close()
