@@ -38,7 +38,7 @@ from taskmon.bus import Publisher
 from taskmon.encode import Prepared, encode_event, prepare, row_of
 from taskmon.events import AttemptRecord, Status
 from taskmon.params import ParamsPolicy
-from taskmon.store import ingest, migrations, workers
+from taskmon.store import ingest, migrations, partitions, workers
 from taskmon.store.db import CONNECTION_ERRORS, DsnError, connect, redact_dsn
 from taskmon.store.workers import QueueSample, WorkerBeat
 
@@ -53,6 +53,8 @@ _REACH_WAIT = 0.5
 must not hold up a worker's start-up (a reachable one may take longer to migrate)."""
 _STOP_RETRY_CONNECT = 1.0
 _MARK_LOST_EVERY = 15.0
+_PARTITIONS_EVERY = 600.0
+"""Seconds between checks that the next partitions exist (they are made days ahead)."""
 """Seconds between a writer's searches for dead workers' attempts (each scans the running
 rows: with many workers beating every few seconds, every beat would be too often)."""
 
@@ -211,6 +213,9 @@ class Recorder:
         self._task: asyncio.Task[None] | None = None
         self._conn: asyncpg.Connection[Any] | None = None
         self._migrated = False
+        self._upsert_sql = ingest.UPSERT
+        self._next_partitions = 0.0
+        self._unpartitioned_said = False
         self._connected = asyncio.Event()
         self._answered = asyncio.Event()
         """Set once the server answered (a connection is open, maybe still migrating)."""
@@ -402,6 +407,8 @@ class Recorder:
             beat_due = self.worker is not None and time.monotonic() >= self._next_beat
             if beat_due and not self._stopping:
                 await self._beat()
+            if self._conn is not None and time.monotonic() >= self._next_partitions:
+                await self._partitions(self._conn)
             if not self._pending:
                 self._hurry = False
                 if self._stopping:
@@ -441,6 +448,29 @@ class Recorder:
                 self._busy = False
             backoff = 0.1
             self._note_recovery()
+
+    async def _partitions(self, conn: asyncpg.Connection[Any]) -> None:
+        """Make sure the next days' partitions exist; never raises (a default partition waits)."""
+        self._next_partitions = time.monotonic() + _PARTITIONS_EVERY
+        try:
+            created = await partitions.ensure(conn)
+            if created:
+                logger.info("taskmon: created %d partitions of task_execution_logs", created)
+            elif (
+                self._upsert_sql is ingest.UPSERT_UNPARTITIONED
+                and not self._unpartitioned_said
+                and await partitions.is_partitioned(conn) is False
+                and await conn.fetchval("SELECT to_regclass('taskmon_partitioning') IS NOT NULL")
+            ):
+                self._unpartitioned_said = True
+                logger.warning(
+                    "taskmon: task_execution_logs is not partitioned yet (it was too large to "
+                    "convert at start-up): run `taskmon db upgrade`; recording goes on meanwhile"
+                )
+        except Exception as exc:
+            # a lock not granted in time, a connection lost (the writes notice that):
+            # try again at the next check
+            logger.debug("taskmon: partition check failed: %s", exc)
 
     def _until_beat(self) -> float | None:
         if self.worker is None:
@@ -625,11 +655,12 @@ class Recorder:
                 if notice:
                     logger.warning("taskmon: %s", notice)
                 self._migrated = True
-            await ingest.prepare_connection(conn)
+            self._upsert_sql = await ingest.prepare_connection(conn)
         except BaseException:
             conn.terminate()
             raise
         self._conn = conn
+        self._next_partitions = 0.0  # checked before the first write
         self._connected.set()
         return conn
 
@@ -642,7 +673,13 @@ class Recorder:
     async def _write(self, batch: list[_Pending]) -> None:
         conn = await self._connection()
         try:
-            events = await self._upsert(conn, batch)
+            try:
+                events = await self._upsert(conn, batch)
+            except asyncpg.InvalidColumnReferenceError:
+                # ON CONFLICT names a key the table no longer has: `taskmon db
+                # upgrade` partitioned it meanwhile; ask which key it has now
+                self._upsert_sql = await ingest.prepare_connection(conn)
+                events = await self._upsert(conn, batch)
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError):
             # one bad record must not hold up the rest: write them one by one
             events = []
@@ -701,7 +738,7 @@ class Recorder:
                 announce.append((order, status, record, prepared.params))
         events: list[bytes] = []
         async with conn.transaction():
-            await ingest.upsert(conn, rows)
+            await ingest.upsert(conn, rows, self._upsert_sql)
             if announce and self.publisher is not None:
                 # announced in the order they happened, whatever the rows' order
                 announce.sort(key=lambda a: a[0])

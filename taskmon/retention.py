@@ -42,6 +42,7 @@ import asyncpg
 from taskmon.bus import Publisher
 from taskmon.encode import encode_record_event
 from taskmon.events import AttemptRecord, Status
+from taskmon.store import partitions
 from taskmon.store import retention as statements
 from taskmon.store.ingest import next_seqs
 from taskmon.store.retention import HOUR_ROLLUP_TABLES, MINUTE_ROLLUP_TABLES
@@ -239,6 +240,8 @@ class CleanupResult:
     """Running attempts marked lost (with ``dry_run``: that would be)."""
     rollups_deleted: dict[str, int] = field(default_factory=dict)
     """Rows deleted (or that would be) per rollup table."""
+    partitions_dropped: list[str] = field(default_factory=list)
+    """Whole partitions dropped (or that would be), their rows counted in ``deleted``."""
     workers_deleted: int = 0
     """Heartbeat rows of workers not seen for :data:`WORKER_RETENTION` (not counted by dry runs)."""
     batches: int = 0
@@ -288,6 +291,75 @@ async def _delete_raw(
                 progress(total)
         if n < batch_size:
             return total, batches
+
+
+async def _expire_partitions(
+    conn: asyncpg.Connection[Any],
+    cutoff: datetime,
+    *,
+    lost_after_s: float,
+    archive: Archive | None,
+    progress: Callable[[int], None] | None,
+) -> tuple[list[str], int]:
+    """Detach, archive and drop every partition wholly older than `cutoff`; (names, rows).
+
+    A partition is detached first (a moment's lock, retried under a 50 ms lock
+    timeout, so no writer waits longer), then read out to the archive with
+    nothing writing to it any more, then dropped. If the archive cannot be
+    written, the partition is attached again (nothing lost) and
+    :class:`ArchiveError` raised. A partition detached by a run that died
+    before dropping it is attached again first, and expires like the others.
+    """
+    for name in await partitions.leftovers(conn):
+        logger.warning("taskmon: attaching %s again (a cleanup stopped before dropping it)", name)
+        await partitions.reattach(conn, name)
+    dropped: list[str] = []
+    total = 0
+    for part in await partitions.expired(conn, cutoff):
+        await partitions.detach(conn, part.name)
+        try:
+            if archive is not None:
+                rows = await _archive_table(conn, part.name, archive, lost_after_s)
+            else:
+                rows = await conn.fetchval(f'SELECT count(*) FROM "{part.name}"')
+        except BaseException:
+            await partitions.reattach(conn, part.name)
+            raise
+        await partitions.drop(conn, part.name)
+        dropped.append(part.name)
+        total += rows
+        if progress is not None:
+            progress(total)
+    return dropped, total
+
+
+async def _archive_table(
+    conn: asyncpg.Connection[Any], name: str, archive: Archive, lost_after_s: float
+) -> int:
+    """Write every row of the detached partition `name` to `archive`; how many."""
+    line = statements.archive_line_sql("$1::float8")
+    written = 0
+    writing: asyncio.Future[None] | None = None
+    try:
+        # the next batch is read while the previous one is compressed and fsynced
+        async for lines in partitions.archive_lines(
+            conn, name, line, _ARCHIVE_BATCH, float(lost_after_s)
+        ):
+            if writing is not None:
+                await writing
+            writing = asyncio.ensure_future(asyncio.to_thread(archive.write_batch, lines))
+            written += len(lines)
+        if writing is not None:
+            await writing
+    except OSError as exc:
+        raise ArchiveError(
+            f"cannot write the archive {archive.path}: {exc.strerror or exc}"
+            f" (partition {name} kept)"
+        ) from exc
+    return written
+
+
+_ARCHIVE_BATCH = 20_000
 
 
 async def _delete_rollups(
@@ -372,20 +444,38 @@ async def cleanup(
     if dry_run:
         result.marked_lost = await statements.count_stale(conn, lost_after_s)
         result.deleted = await statements.count_older(conn, result.cutoff)
+        result.partitions_dropped = [p.name for p in await partitions.expired(conn, result.cutoff)]
         for table, cutoff in plans:
             result.rollups_deleted[table] = await statements.count_rollups(conn, table, cutoff)
     else:
         result.marked_lost = await mark_lost(
             conn, lost_after_s=lost_after_s, batch_size=min(batch_size, 1000), publisher=publisher
         )
-        result.deleted, result.batches = await _delete_raw(
+        if await partitions.is_partitioned(conn):
+            try:
+                await partitions.ensure(conn)
+            except asyncpg.LockNotAvailableError:
+                logger.warning("taskmon: partitions not created now (a lock was busy)")
+            result.partitions_dropped, in_partitions = await _expire_partitions(
+                conn, result.cutoff, lost_after_s=lost_after_s, archive=archive, progress=progress
+            )
+        else:
+            in_partitions = 0
+
+        def more(n: int) -> None:
+            if progress is not None:
+                progress(in_partitions + n)
+
+        # what is left: the partition that straddles the cutoff, the old table's, the default
+        deleted, result.batches = await _delete_raw(
             conn,
             result.cutoff,
             batch_size=batch_size,
             lost_after_s=lost_after_s,
             archive=archive,
-            progress=progress,
+            progress=more,
         )
+        result.deleted = in_partitions + deleted
         result.archived = result.deleted if archive is not None else 0
         for table, cutoff in plans:
             result.rollups_deleted[table] = await _delete_rollups(conn, table, cutoff, batch_size)

@@ -235,8 +235,8 @@ async def test_a_no_transaction_migration_builds_indexes_concurrently(
             "concurrently",
             "-- taskmon: no-transaction\n"
             "CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_by_worker\n"
-            "    ON task_execution_logs (worker);\n"
-            'CREATE INDEX CONCURRENTLY "Idx By Queue" ON task_execution_logs (queue);\n',
+            "    ON taskmon_workers (host);\n"
+            'CREATE INDEX CONCURRENTLY "Idx By Queue" ON taskmon_workers (queue);\n',
         ),
     ]
     result = await migrations.upgrade(db, source=source)
@@ -372,7 +372,7 @@ async def test_many_processes_upgrading_at_once_apply_each_migration_once(empty_
             "-- taskmon: no-transaction\n"
             f"INSERT INTO runs VALUES ({NEXT + 1});\n"
             "CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_by_worker\n"
-            "    ON task_execution_logs (worker);",
+            "    ON taskmon_workers (host);",
         ),
         mig(NEXT + 2, "manual", f"-- taskmon: manual\nINSERT INTO runs VALUES ({NEXT + 2});"),
     ]

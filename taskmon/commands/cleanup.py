@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from taskmon.retention import Archive, CleanupResult
 
 
-def _age(option: str, text: str) -> timedelta:
+def age_option(option: str, text: str) -> timedelta:
     from taskmon.filters import FilterError, parse_window
 
     try:
@@ -23,7 +23,7 @@ def _age(option: str, text: str) -> timedelta:
         fail(f"{option}: {exc}")
 
 
-def _describe(age: timedelta) -> str:
+def describe_age(age: timedelta) -> str:
     seconds = age.total_seconds()
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:
@@ -38,10 +38,16 @@ def _report(result: CleanupResult, older_than: timedelta, archive: Path | None) 
     typer.echo(f"would mark {running} lost" if result.dry_run else f"marked {running} lost")
     verb = "delete" if result.dry_run else "deleted"
     typer.echo(
-        f"{would}{verb} {plural(result.deleted, 'attempt')} older than {_describe(older_than)} "
+        f"{would}{verb} {plural(result.deleted, 'attempt')} older than {describe_age(older_than)} "
         f"(created before {cutoff})"
         + ("" if result.dry_run else f" in {plural(result.batches, 'batch', 'batches')}")
     )
+    if result.partitions_dropped:
+        typer.echo(
+            f"{would}{'drop' if result.dry_run else 'dropped'} "
+            f"{plural(len(result.partitions_dropped), 'whole partition')}: "
+            + ", ".join(result.partitions_dropped)
+        )
     if archive is not None and not result.dry_run:
         typer.echo(f"archived {plural(result.archived, 'row')} to {archive}")
     for table, n in result.rollups_deleted.items():
@@ -100,13 +106,13 @@ def cleanup(
         except (ValueError, ConfigError) as exc:
             fail(str(exc))
     else:
-        age = _age("--older-than", older_than)
+        age = age_option("--older-than", older_than)
     rollup_age = (
         None
         if rollups_older_than.strip().lower() == "never"
-        else _age("--rollups-older-than", rollups_older_than)
+        else age_option("--rollups-older-than", rollups_older_than)
     )
-    lost_after_s = _age("--lost-after", lost_after).total_seconds()
+    lost_after_s = age_option("--lost-after", lost_after).total_seconds()
     if batch_size < 1:
         fail(f"--batch-size must be at least 1, not {batch_size}")
 

@@ -11,7 +11,12 @@ import typer
 from taskmon.commands.common import DsnOption, fail, run
 
 if TYPE_CHECKING:
+    from typing import Any
+
+    import asyncpg
+
     from taskmon.store.migrations import Migration
+    from taskmon.store.partitions import ConvertResult
 
 app = typer.Typer(help="Database schema and the embedded PostgreSQL.", no_args_is_help=True)
 
@@ -99,12 +104,18 @@ def upgrade(dsn: DsnOption = None, sql_dir: SqlDirOption = None) -> None:
             except BaseException:
                 lines.end("interrupted")
                 raise
+            converted = await _partition(conn) if source is None else None
         finally:
             await conn.close()
         if result.filled:
             typer.echo(
                 f"recorded the checksums of {len(result.filled)} migrations applied before "
                 "checksums were kept"
+            )
+        if converted is not None and converted.converted:
+            typer.echo(
+                f"task_execution_logs partitioned in {_took(converted.seconds)}; writers waited "
+                f"at most {_took(converted.swap_seconds)} (the swap)"
             )
         if result.applied:
             n = len(result.applied)
@@ -117,13 +128,25 @@ def upgrade(dsn: DsnOption = None, sql_dir: SqlDirOption = None) -> None:
     run(go())
 
 
+async def _partition(conn: asyncpg.Connection[Any]) -> ConvertResult | None:
+    """Partition a table migration 0008 left plain (too large to convert at start-up)."""
+    from taskmon.store import partitions
+
+    if not await conn.fetchval("SELECT to_regclass('taskmon_partitioning') IS NOT NULL"):
+        return None
+    if await partitions.is_partitioned(conn) is not False:
+        return None
+    typer.echo("partitioning task_execution_logs online (writers go on recording):")
+    return await partitions.convert(conn, say=lambda text: typer.echo(f"  {text}"))
+
+
 @app.command()
 def status(dsn: DsnOption = None, sql_dir: SqlDirOption = None) -> None:
     """Show each migration and whether it is applied."""
 
     async def go() -> tuple[int, int]:
         from taskmon.config import resolve_dsn
-        from taskmon.store import migrations
+        from taskmon.store import migrations, partitions
         from taskmon.store.db import connect, redact_dsn
 
         source = migrations.load(sql_dir) if sql_dir is not None else None
@@ -131,6 +154,7 @@ def status(dsn: DsnOption = None, sql_dir: SqlDirOption = None) -> None:
         conn = await connect(url)
         try:
             rows = await migrations.status(conn, source=source)
+            layout = await partitions.is_partitioned(conn)
         finally:
             await conn.close()
         typer.echo(f"database: {redact_dsn(url)}")
@@ -140,6 +164,9 @@ def status(dsn: DsnOption = None, sql_dir: SqlDirOption = None) -> None:
             note = f"  ({', '.join(notes)})" if notes else ""
             typer.echo(f"{row.version:04d}_{row.name:<32} {when}{note}")
         pending = sum(1 for r in rows if r.applied_at is None)
+        partitioning = next((r for r in rows if r.name == "partitions"), None)
+        if layout is False and partitioning is not None and partitioning.applied_at is not None:
+            typer.echo("task_execution_logs is not partitioned yet: run `taskmon db upgrade`")
         return pending, sum(1 for r in rows if r.edited)
 
     pending, edited = run(go())
@@ -217,3 +244,77 @@ def search_indexes(dsn: DsnOption = None) -> None:
             await conn.close()
 
     run(go())
+
+
+@app.command("partitions")
+def partitions_command(
+    dsn: DsnOption = None,
+    span: Annotated[
+        str | None,
+        typer.Option(
+            "--span",
+            help="Width of the partitions made from now on, e.g. 1d (the default) or 6h; "
+            "between 1h and 31d. Existing partitions stay as they are.",
+            show_default=False,
+        ),
+    ] = None,
+    ahead: Annotated[
+        str | None,
+        typer.Option(
+            "--ahead",
+            help="How far ahead of now partitions are made (default 2d).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """List the partitions of task_execution_logs (and change how new ones are made).
+
+    Partitions are made ahead of time by every writer and by `taskmon cleanup`;
+    a row that no partition covers lands in the default partition, never lost.
+    `taskmon cleanup` drops whole partitions older than the retention.
+    """
+    from taskmon.commands.cleanup import age_option, describe_age
+
+    new_span = age_option("--span", span) if span is not None else None
+    new_ahead = age_option("--ahead", ahead) if ahead is not None else None
+
+    async def go() -> None:
+        from taskmon.config import resolve_dsn
+        from taskmon.store import partitions
+        from taskmon.store.db import connect
+
+        conn = await connect(resolve_dsn(dsn))
+        try:
+            if await partitions.is_partitioned(conn) is not True:
+                fail("task_execution_logs is not partitioned yet: run `taskmon db upgrade`", code=1)
+            if new_span is not None or new_ahead is not None:
+                try:
+                    await partitions.set_settings(conn, span=new_span, ahead=new_ahead)
+                except ValueError as exc:
+                    fail(str(exc))
+                await partitions.ensure(conn)
+            cfg = await partitions.settings(conn)
+            parts = await partitions.list_partitions(conn)
+        finally:
+            await conn.close()
+        span_text, ahead_text = describe_age(cfg.span), describe_age(cfg.ahead)
+        typer.echo(f"new partitions span {span_text}, made {ahead_text} ahead")
+        for part in parts:
+            if part.is_default:
+                where = "rows no other partition covers"
+            else:
+                lo = part.lo.isoformat(timespec="minutes") if part.lo else "the beginning"
+                hi = part.hi.isoformat(timespec="minutes") if part.hi else "the end"
+                where = f"{lo} … {hi}"
+            rows = "?" if part.rows < 0 else f"~{part.rows:,}"
+            typer.echo(f"{part.name:<34} {where:<38} {rows:>12} rows {_size(part.bytes):>9}")
+
+    run(go())
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"

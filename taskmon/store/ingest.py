@@ -1,4 +1,4 @@
-"""Writing attempts: the one upsert on ``(task_id, attempt)`` and the event sequence.
+"""Writing attempts: the one upsert per attempt and the event sequence.
 
 A batch is copied (binary ``COPY``, the cheapest way into PostgreSQL for both
 sides) into a temporary staging table of the writer's connection, then one
@@ -17,7 +17,16 @@ from typing import Any
 
 import asyncpg
 
-__all__ = ["COLUMNS", "SEQS", "STAGE", "UPSERT", "next_seqs", "prepare_connection", "upsert"]
+__all__ = [
+    "COLUMNS",
+    "SEQS",
+    "STAGE",
+    "UPSERT",
+    "UPSERT_UNPARTITIONED",
+    "next_seqs",
+    "prepare_connection",
+    "upsert",
+]
 
 COLUMNS = (
     "task_id", "attempt", "task_name", "status", "worker", "queue", "labels", "params",
@@ -35,7 +44,7 @@ CREATE TEMPORARY TABLE IF NOT EXISTS taskmon_stage (
 ) ON COMMIT DELETE ROWS
 """
 
-UPSERT = """
+_UPSERT = """
 INSERT INTO task_execution_logs AS t (
     task_id, attempt, task_name, status, worker, queue, labels, params,
     error_type, error_message, traceback, timeout_s,
@@ -49,7 +58,7 @@ SELECT u.task_id, u.attempt, u.task_name, u.status, u.worker, u.queue,
 FROM taskmon_stage AS u
 -- one order for every writer: concurrent batches sharing attempts never deadlock
 ORDER BY u.task_id, u.attempt
-ON CONFLICT (task_id, attempt) DO UPDATE SET
+ON CONFLICT ({key}) DO UPDATE SET
     -- a late "running" never overwrites an outcome already recorded
     status = CASE WHEN EXCLUDED.status IN ('running', 'pending') AND t.status NOT IN
                   ('running', 'pending') THEN t.status ELSE EXCLUDED.status END,
@@ -76,20 +85,39 @@ ON CONFLICT (task_id, attempt) DO UPDATE SET
     updated_at = now()
 """
 
+# The attempt's key: a partitioned table's unique keys hold the partition key
+# (sql/0008_partitions.sql); a table not converted yet keeps (task_id, attempt).
+# Both states of an attempt carry the same created_at, so both find the same row.
+UPSERT = _UPSERT.replace("{key}", "task_id, attempt, created_at")
+UPSERT_UNPARTITIONED = _UPSERT.replace("{key}", "task_id, attempt")
+
+_PARTITIONED = "SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass('task_execution_logs')"
+
 SEQS = "SELECT array_agg(nextval('taskmon_event_seq')) FROM generate_series(1, $1::int)"
 
 
-async def prepare_connection(conn: asyncpg.Connection[Any]) -> None:
-    """Create the connection's staging table (once per connection)."""
+async def prepare_connection(conn: asyncpg.Connection[Any]) -> str:
+    """Create the connection's staging table; the upsert for the table's layout.
+
+    Ask again after :class:`asyncpg.InvalidColumnReferenceError` from :func:`upsert`:
+    the table was partitioned meanwhile (``taskmon db upgrade`` converts it online).
+    """
     await conn.execute(STAGE)
+    partitioned = await conn.fetchval(_PARTITIONED)
+    return UPSERT if partitioned is not False else UPSERT_UNPARTITIONED
 
 
-async def upsert(conn: asyncpg.Connection[Any], rows: Sequence[tuple[Any, ...]]) -> None:
-    """Write `rows` in the caller's transaction (the staging table empties at commit)."""
+async def upsert(
+    conn: asyncpg.Connection[Any], rows: Sequence[tuple[Any, ...]], statement: str = UPSERT
+) -> None:
+    """Write `rows` in the caller's transaction (the staging table empties at commit).
+
+    `statement` is what :func:`prepare_connection` returned.
+    """
     await conn.copy_records_to_table("taskmon_stage", records=rows, columns=COLUMNS)
     # fetch, not execute: a statement without arguments given to execute() goes by
     # the simple protocol, planned at every batch; fetch() prepares it once
-    await conn.fetch(UPSERT)
+    await conn.fetch(statement)
 
 
 async def next_seqs(conn: asyncpg.Connection[Any], n: int) -> list[int]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from taskmon.store import migrations
+from taskmon.store import migrations, partitions
 
 __all__ = ["SEARCH_INDEX_MIGRATION", "build_search_indexes", "rebuild_rollups", "search_indexes"]
 
@@ -58,20 +58,55 @@ async def build_search_indexes(
     Migration 0003 skips them on a table that is already large. Safe to re-run:
     an index left invalid by an interrupted build is dropped and built again.
     `progress` is called with ``(index name, "present" | "building" | "built")``.
+
+    A partitioned table cannot build an index concurrently: the index is made
+    on the parent alone (``ON ONLY``, invalid until complete), built
+    concurrently on each partition, and attached; it is valid once every
+    partition has its own, and partitions made later get it at once.
     """
     await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+    partitioned = await partitions.is_partitioned(conn)
     for name, definition in search_indexes().items():
-        valid = await conn.fetchval(
-            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-            "WHERE c.relname = $1",
-            name,
-        )
+        valid = await _validity(conn, name)
         if valid:
             progress(name, "present")
             continue
-        if valid is not None:  # left INVALID by an interrupted build
-            await conn.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"')
         progress(name, "building")
         # name and definition come from the shipped migration file, never from input
-        await conn.execute(f'CREATE INDEX CONCURRENTLY "{name}" {definition}')
+        if not partitioned:
+            if valid is not None:  # left INVALID by an interrupted build
+                await conn.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"')
+            await conn.execute(f'CREATE INDEX CONCURRENTLY "{name}" {definition}')
+        else:
+            await _build_on_partitions(conn, name, definition)
         progress(name, "built")
+
+
+async def _validity(conn: asyncpg.Connection[Any], name: str) -> bool | None:
+    valid: bool | None = await conn.fetchval(
+        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "WHERE c.relname = $1",
+        name,
+    )
+    return valid
+
+
+async def _build_on_partitions(conn: asyncpg.Connection[Any], name: str, definition: str) -> None:
+    on_only = definition.replace("ON task_execution_logs ", "ON ONLY task_execution_logs ", 1)
+    await conn.execute(f'CREATE INDEX IF NOT EXISTS "{name}" {on_only}')
+    for part in await partitions.list_partitions(conn):
+        attached = await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pg_inherits AS i JOIN pg_index AS x"
+            " ON x.indexrelid = i.inhrelid WHERE i.inhparent = to_regclass($1)"
+            " AND x.indrelid = to_regclass($2))",
+            name,
+            part.name,
+        )
+        if attached:
+            continue
+        child = f"{part.name}_{name}"[:63]
+        if await _validity(conn, child) is False:
+            await conn.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{child}"')
+        on_part = definition.replace("ON task_execution_logs ", f'ON "{part.name}" ', 1)
+        await conn.execute(f'CREATE INDEX CONCURRENTLY IF NOT EXISTS "{child}" {on_part}')
+        await conn.execute(f'ALTER INDEX "{name}" ATTACH PARTITION "{child}"')

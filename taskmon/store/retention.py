@@ -20,6 +20,7 @@ __all__ = [
     "HOUR_ROLLUP_TABLES",
     "MINUTE_ROLLUP_TABLES",
     "archive_batch",
+    "archive_line_sql",
     "count_older",
     "count_rollups",
     "count_stale",
@@ -107,19 +108,25 @@ WHERE t.id = doomed.id
 RETURNING t.created_at, t.id
 """
 
+
 # The archive's line: the keys of `taskmon history --format json` (COLUMNS), in
 # its order, built by PostgreSQL (JSON encoding in Python was the slowest part
 # of archiving). A row still running past its threshold ($5) is written as
 # lost, as readers show it. Timestamps are ISO 8601 in UTC (the transaction
 # sets it).
-_ARCHIVE_LINE = (
-    "json_build_object("
-    + ", ".join(
-        f"'{c}', " + (shown_status_sql("$5::float8", alias="t") if c == "status" else f"t.{c}")
-        for c in COLUMNS
+def archive_line_sql(lost_after: str) -> str:
+    """The SQL of one archive line of row ``t``; `lost_after` is the threshold's parameter."""
+    return (
+        "json_build_object("
+        + ", ".join(
+            f"'{c}', " + (shown_status_sql(lost_after, alias="t") if c == "status" else f"t.{c}")
+            for c in COLUMNS
+        )
+        + ")::text"
     )
-    + ")::text"
-)
+
+
+_ARCHIVE_LINE = archive_line_sql("$5::float8")
 
 _SELECT_BATCH = f"""
 SELECT t.id, t.created_at, {_ARCHIVE_LINE} AS line
