@@ -43,7 +43,7 @@ async def test_a_new_database_is_partitioned_by_day_from_today_on(
     assert days[0].lo is not None and days[0].lo <= today
     assert days[-1].hi is not None and days[-1].hi >= today + timedelta(days=3)
     assert all(p.hi is not None and p.lo is not None for p in days)
-    assert all(p.hi - p.lo == timedelta(days=1) for p in days if p.hi and p.lo)  # type: ignore[operator]
+    assert all(p.hi - p.lo == timedelta(days=1) for p in days if p.hi and p.lo)
     assert parts[-1].is_default and parts[-1].name == partitions.DEFAULT_PARTITION
     assert await partitions.is_partitioned(db) is True
 
