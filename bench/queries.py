@@ -31,7 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from taskmon.filters import TaskFilter, parse
-from taskmon.store import history, maintenance, migrations
+from taskmon.store import history, maintenance, migrations, partitions
 from taskmon.store import stats as store_stats
 from taskmon.store.db import connect
 from taskmon.store.filter_sql import filter_sql
@@ -196,7 +196,10 @@ async def _seed_sql(conn: asyncpg.Connection[Any], n: int, end: datetime) -> Non
         SELECT CASE WHEN c.conname IS NULL THEN format('DROP INDEX %I', x.relname)
                     ELSE format('ALTER TABLE task_execution_logs DROP CONSTRAINT %I', c.conname)
                END AS drop_sql,
-               CASE WHEN c.conname IS NULL THEN pg_get_indexdef(i.indexrelid)
+               -- a partitioned table's index reads "ON ONLY": built that way, it
+               -- would cover no partition
+               CASE WHEN c.conname IS NULL
+                    THEN replace(pg_get_indexdef(i.indexrelid), ' ON ONLY ', ' ON ')
                     ELSE format('ALTER TABLE task_execution_logs ADD CONSTRAINT %I %s',
                                 c.conname, pg_get_constraintdef(c.oid))
                END AS create_sql
@@ -241,6 +244,8 @@ async def seed(dsn: str, n: int, *, bulk: bool = False) -> None:
         )
         rng = random.Random(42)
         end = datetime.now(UTC)
+        # a partition for each day the rows span (else they would all land in the default one)
+        await partitions.ensure(conn, since=end - timedelta(days=n / PER_DAY + 1))
         t0 = time.perf_counter()
         if bulk:
             async with conn.transaction():

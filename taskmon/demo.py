@@ -154,6 +154,15 @@ async def backfill(dsn: str, *, hours: int = 24, count: int = 3000, seed: int = 
     recorder = Recorder(dsn, flush_interval=0.05)
     try:
         await recorder.start(wait_connected=30)
+        from taskmon.store import partitions
+        from taskmon.store.db import connect
+
+        # the past day's partitions, so that the history does not wait in the default one
+        conn = await connect(dsn)
+        try:
+            await partitions.ensure(conn, since=datetime.now(UTC) - timedelta(hours=hours))
+        finally:
+            await conn.close()
         _submit_past(recorder, rng, names, errors, hours, count)
         await recorder.flush(timeout=120)
     finally:

@@ -6,6 +6,9 @@ import asyncio
 import gzip
 import itertools
 import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -326,3 +329,69 @@ async def test_a_small_table_is_partitioned_by_the_start_up_migration(empty_dsn:
     assert await partitions.is_partitioned(conn) is True
     assert await _partition_of(conn, "a") == [partitions.LEGACY_PARTITION]
     await conn.close()
+
+
+# -- the commands ---------------------------------------------------------------------
+
+
+def _cli(*args: str, dsn: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TASKMON_DSN": dsn, "NO_COLOR": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "taskmon", *args], capture_output=True, text=True, env=env,
+        timeout=120,
+    )  # fmt: skip
+
+
+def test_db_partitions_lists_them_and_changes_the_span(dsn: str) -> None:
+    out = _cli("db", "partitions", dsn=dsn)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "new partitions span 1d, made 2d ahead"
+    assert lines[-1].startswith(partitions.DEFAULT_PARTITION)
+    assert any(line.startswith("task_execution_logs_p") for line in lines)
+
+    changed = _cli("db", "partitions", "--span", "12h", "--ahead", "3d", dsn=dsn)
+    assert changed.returncode == 0, changed.stderr
+    assert changed.stdout.splitlines()[0] == "new partitions span 12h, made 3d ahead"
+
+    bad = _cli("db", "partitions", "--span", "5m", dsn=dsn)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "error: a partition spans between 1 hour and 31 days"
+    ]
+
+
+def test_db_upgrade_partitions_what_the_workers_left_plain(empty_dsn: str) -> None:
+    # given a populated database of the previous schema, migrated by a worker that found
+    # its table too large to convert at start-up
+    async def prepare() -> None:
+        conn = await connect(empty_dsn)
+        await migrations.upgrade(conn, source=BEFORE_PARTITIONS)
+        await insert(conn, [{"task_id": f"o{i}", "task_name": "tests:old", "status": "success",
+                             "created_at": datetime.now(UTC) - timedelta(minutes=i)}
+                            for i in range(50)])  # fmt: skip
+        await conn.execute("SET taskmon.partition_inline_max_bytes = 0")
+        await migrations.upgrade(conn)
+        assert await partitions.is_partitioned(conn) is False
+        await conn.close()
+
+    asyncio.run(prepare())
+    status = _cli("db", "status", dsn=empty_dsn)
+    assert "task_execution_logs is not partitioned yet: run `taskmon db upgrade`" in status.stdout
+
+    # when the operator upgrades
+    out = _cli("db", "upgrade", dsn=empty_dsn)
+
+    # then the table is partitioned, every row kept
+    assert out.returncode == 0, out.stderr
+    assert "partitioning task_execution_logs online" in out.stdout
+    assert "task_execution_logs partitioned in " in out.stdout
+
+    async def check() -> None:
+        conn = await connect(empty_dsn)
+        assert await partitions.is_partitioned(conn) is True
+        assert await conn.fetchval("SELECT count(*) FROM task_execution_logs") == 50
+        await conn.close()
+
+    asyncio.run(check())
+    assert "not partitioned" not in _cli("db", "status", dsn=empty_dsn).stdout
