@@ -357,7 +357,7 @@ def test_db_partitions_lists_them_and_changes_the_span(dsn: str) -> None:
     bad = _cli("db", "partitions", "--span", "5m", dsn=dsn)
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
-        "error: a partition spans between 1 hour and 31 days"
+        "taskmon: error: a partition spans between 1 hour and 31 days"
     ]
 
 
