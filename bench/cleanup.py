@@ -220,8 +220,7 @@ async def bench(dsn: str, batch_size: int, strategy: str, archive_path: str | No
     try:
         total, size = await conn.fetchrow(
             "SELECT sum(c.reltuples)::bigint, pg_size_pretty(sum(pg_total_relation_size(c.oid)))"
-            " FROM pg_class AS c WHERE c.oid = 'task_execution_logs'::regclass"
-            " OR c.oid IN (SELECT inhrelid FROM pg_inherits"
+            " FROM pg_class AS c WHERE c.oid IN (SELECT inhrelid FROM pg_inherits"
             "              WHERE inhparent = 'task_execution_logs'::regclass)"
         )
         print(f"table: about {total:,} rows, {size} with indexes")
