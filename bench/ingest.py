@@ -12,6 +12,7 @@ spent building and submitting the records: the writer's share (encoding,
 asyncpg, publishing), which is what a worker pays in the background.
 
     python bench/ingest.py [--attempts 200000] [--processes 1 4] [--bus postgres redis]
+    python bench/ingest.py --layout plain partitioned   # partitioning side by side
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from taskmon.bus import Publisher
 from taskmon.events import AttemptRecord, Status
 from taskmon.params import CallSpec, capture_call
 from taskmon.recorder import Recorder
+from taskmon.store import migrations
 from taskmon.store.db import connect
 
 DB = "taskmon_bench_ingest"
@@ -59,7 +61,10 @@ def _publisher(bus: str, redis_url: str) -> Publisher:
 
 
 async def _produce(dsn: str, bus: str, redis_url: str, attempts: int, tag: str) -> Result:
-    recorder = Recorder(dsn, publisher=_publisher(bus, redis_url), max_pending=100_000)
+    # the schema is migrated once by _reset (--layout plain stops before partitioning)
+    recorder = Recorder(
+        dsn, publisher=_publisher(bus, redis_url), max_pending=100_000, auto_migrate=False
+    )
     await recorder.start(wait_connected=10)
     payload = {"user": "alice", "password": "x", "body": "y" * 200}
     labels = {"_retries": 0, "timeout": 30}
@@ -164,7 +169,7 @@ async def _count(dsn: str) -> tuple[int, int]:
         await conn.close()
 
 
-async def _reset(server_dsn: str) -> str:
+async def _reset(server_dsn: str, layout: str = "partitioned") -> str:
     conn = await connect(server_dsn)
     try:
         await conn.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
@@ -173,9 +178,14 @@ async def _reset(server_dsn: str) -> str:
         await conn.close()
     dsn = server_dsn.rsplit("/", 1)[0] + "/" + DB
     # migrate once, outside the measured runs
-    recorder = Recorder(dsn)
-    await recorder.start(wait_connected=30)
-    await recorder.stop()
+    conn = await connect(dsn)
+    try:
+        source = migrations.available()
+        if layout == "plain":  # the table as it was before sql/0008_partitions.sql
+            source = [m for m in source if m.version < 8]
+        await migrations.upgrade(conn, source=source)
+    finally:
+        await conn.close()
     return dsn
 
 
@@ -185,6 +195,14 @@ def main() -> None:
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--bus", nargs="+", default=["postgres", "redis"])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--layout",
+        nargs="+",
+        choices=("partitioned", "plain"),
+        default=["partitioned"],
+        help="the table partitioned by day (today's schema) and/or plain, as before "
+        "partitioning; with both, runs alternate plain, partitioned, partitioned, plain",
+    )
     parser.add_argument(
         "--dsn",
         default=os.environ.get("TASKMON_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"),
@@ -196,28 +214,36 @@ def main() -> None:
 
     print(f"{args.attempts} attempts per run (running, then finished), events on")
     print(
-        f"{'bus':9} {'procs':>5} {'attempts/s (median, min-max)':>30} "
+        f"{'bus':9} {'procs':>5} {'layout':>11} {'attempts/s (median, min-max)':>30} "
         f"{'writer CPU µs/attempt':>24} {'loss':>5}"
     )
     for bus in args.bus:
         for processes in args.processes:
-            rates, cpus = [], []
-            lost = 0
+            rates: dict[str, list[float]] = {layout: [] for layout in args.layout}
+            cpus: dict[str, list[float]] = {layout: [] for layout in args.layout}
+            lost = dict.fromkeys(args.layout, 0)
+            # interleaved A-B-B-A: a slow spell of this shared machine hits both alike
+            order = [*args.layout, *reversed(args.layout)]
             for _ in range(args.repeat):
-                dsn = asyncio.run(_reset(args.dsn))
-                r = run_processes(dsn, bus, args.redis_url, args.attempts, processes)
-                n, ok = asyncio.run(_count(dsn))
-                lost += (r.attempts - n) + (r.attempts - ok) + (2 * r.attempts - r.events)
-                lost += r.dropped + r.rejected
-                rates.append(r.attempts / r.wall)
-                cpus.append((r.cpu - r.producer_cpu) * 1e6 / r.attempts)
-            print(
-                f"{bus:9} {processes:>5} "
-                f"{statistics.median(rates):>12,.0f} ({min(rates):,.0f}-{max(rates):,.0f})"
-                f"{'':>4}"
-                f"{statistics.median(cpus):>12.1f} ({min(cpus):.1f}-{max(cpus):.1f})"
-                f"{lost:>6}"
-            )
+                for layout in order if len(args.layout) > 1 else [args.layout[0]]:
+                    dsn = asyncio.run(_reset(args.dsn, layout))
+                    r = run_processes(dsn, bus, args.redis_url, args.attempts, processes)
+                    n, ok = asyncio.run(_count(dsn))
+                    lost[layout] += (
+                        (r.attempts - n) + (r.attempts - ok) + (2 * r.attempts - r.events)
+                    )
+                    lost[layout] += r.dropped + r.rejected
+                    rates[layout].append(r.attempts / r.wall)
+                    cpus[layout].append((r.cpu - r.producer_cpu) * 1e6 / r.attempts)
+            for layout in args.layout:
+                rs, cs = rates[layout], cpus[layout]
+                print(
+                    f"{bus:9} {processes:>5} {layout:>11} "
+                    f"{statistics.median(rs):>12,.0f} ({min(rs):,.0f}-{max(rs):,.0f})"
+                    f"{'':>4}"
+                    f"{statistics.median(cs):>12.1f} ({min(cs):.1f}-{max(cs):.1f})"
+                    f"{lost[layout]:>6}"
+                )
 
 
 if __name__ == "__main__":
