@@ -86,6 +86,41 @@ async def test_filters_lost_rule_and_metacharacters(db: asyncpg.Connection[Any])
     assert await db.fetchval("SELECT count(*) FROM task_execution_logs") == 99
 
 
+async def test_filtered_pages_are_exact_across_the_search_windows(
+    db: asyncpg.Connection[Any],
+) -> None:
+    """A filtered page is looked for in the newest day, then week, then everywhere.
+
+    Rows spread over 40 days put matches inside and outside each window: every
+    page size must still give every matching row once, newest first, whatever
+    window it was found in (and with `until`, windows count back from it).
+    """
+    now = datetime.now(UTC)
+    rows: list[dict[str, Any]] = [
+        {"task_id": f"w{h}", "task_name": "app.tasks:extract" if h % 2 else "app.tasks:load",
+         "status": "failed" if h % 3 == 0 else "success", "created_at": now - timedelta(hours=h)}
+        for h in (1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377, 610, 960)
+    ]  # fmt: skip
+    await insert(db, rows)
+
+    def expected(keep: Any) -> list[str]:
+        return [r["task_id"] for r in sorted(rows, key=lambda r: r["created_at"], reverse=True)
+                if keep(r)]  # fmt: skip
+
+    cases = [
+        (parse("status:failed"), lambda r: r["status"] == "failed"),
+        (parse("task:app.tasks:extract"), lambda r: r["task_name"] == "app.tasks:extract"),
+        (parse("task:app.tasks:load status:success"),
+         lambda r: r["task_name"] == "app.tasks:load" and r["status"] == "success"),
+        (TaskFilter(statuses=frozenset({"failed"}), until=now - timedelta(days=3)),
+         lambda r: r["status"] == "failed" and r["created_at"] < now - timedelta(days=3)),
+    ]  # fmt: skip
+    for flt, keep in cases:
+        for limit in (1, 2, 3, 50):
+            got = [r["task_id"] for r in await all_pages(db, flt, limit=limit)]
+            assert got == expected(keep), (flt, limit)
+
+
 async def test_attempts_and_bad_cursor(db: asyncpg.Connection[Any]) -> None:
     await seed(db)
     attempts = await history.fetch_attempts(db, "id1")
