@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio
 from helpers import publish, record, wait_for
 
+from taskmon.bus import pack
 from taskmon.bus.postgres import MAX_PAYLOAD, PgNotifySubscriber
 from taskmon.bus.redis import PACK_EVENTS, STREAM, RedisStreamPublisher, RedisStreamSubscriber
 from taskmon.bus.subscriber import BusEvents, BusGap, BusItem, BusState, Subscriber
@@ -254,3 +255,23 @@ async def test_redis_publisher_packs_a_batch_into_few_entries(
     assert seqs == sorted(seqs) and len(set(seqs)) == 100
     await admin.aclose()
     await sub.stop()
+
+
+def test_pack_groups_events_under_both_limits_and_loses_none() -> None:
+    events = [json.dumps({"seq": i, "pad": "x" * (i % 7) * 10}).encode() for i in range(200)]
+    for max_bytes, max_events, bare in ((300, None, False), (1000, 5, True), (10**6, 32, True)):
+        groups = list(pack(events, max_bytes=max_bytes, max_events=max_events, bare=bare))
+        decoded = [json.loads(g) for g in groups]
+        flat = [e for d in decoded for e in (d if isinstance(d, list) else [d])]
+        # every event once, in order
+        assert [e["seq"] for e in flat] == list(range(200))
+        for group, d in zip(groups, decoded, strict=True):
+            assert len(group) <= max_bytes
+            if isinstance(d, list):
+                assert max_events is None or len(d) <= max_events
+                assert not (bare and len(d) == 1)  # a single event goes bare
+            else:
+                assert bare
+    # an event over the limit still goes, alone
+    big = b'{"seq":0,"pad":"' + b"y" * 500 + b'"}'
+    assert list(pack([big, b'{"seq":1}'], max_bytes=100)) == [b"[" + big + b"]", b'[{"seq":1}]']

@@ -9,6 +9,7 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+from taskmon.bus import pack
 from taskmon.bus.subscriber import Backoff, BusEvents, BusGap, BusItem, BusState, split_events
 from taskmon.events import dumps
 
@@ -48,18 +49,8 @@ def shrink(event: bytes, limit: int = MAX_PAYLOAD) -> bytes:
 
 def pack_payloads(events: list[bytes]) -> Iterator[str]:
     """Group encoded events into JSON arrays, each payload under PostgreSQL's limit."""
-    batch: list[bytes] = []
-    size = 2
-    for event in events:
-        event = shrink(event)
-        n = len(event) + 1
-        if batch and size + n > MAX_PAYLOAD:
-            yield (b"[" + b",".join(batch) + b"]").decode()
-            batch, size = [], 2
-        batch.append(event)
-        size += n
-    if batch:
-        yield (b"[" + b",".join(batch) + b"]").decode()
+    for payload in pack((shrink(event) for event in events), max_bytes=MAX_PAYLOAD):
+        yield payload.decode()
 
 
 def unpack_payload(payload: str) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from taskmon.bus import pack
 from taskmon.bus.subscriber import Backoff, BusEvents, BusGap, BusItem, BusState, split_events
 
 __all__ = [
@@ -36,18 +37,7 @@ def pack_entries(events: list[bytes]) -> list[bytes]:
     Each ``XADD`` costs the publisher far more than the bytes it carries, so a
     batch of events goes out as a few entries of up to :data:`PACK_EVENTS`.
     """
-    entries: list[bytes] = []
-    chunk: list[bytes] = []
-    size = 2
-    for event in events:
-        if chunk and (len(chunk) >= PACK_EVENTS or size + len(event) > PACK_BYTES):
-            entries.append(chunk[0] if len(chunk) == 1 else b"[" + b",".join(chunk) + b"]")
-            chunk, size = [], 2
-        chunk.append(event)
-        size += len(event) + 1
-    if chunk:
-        entries.append(chunk[0] if len(chunk) == 1 else b"[" + b",".join(chunk) + b"]")
-    return entries
+    return list(pack(events, max_bytes=PACK_BYTES, max_events=PACK_EVENTS, bare=True))
 
 
 class RedisStreamPublisher:
