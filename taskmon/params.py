@@ -208,7 +208,11 @@ class ParamsPolicy:
         # substring tests on the lowered text: far cheaper than one case-insensitive
         # regex over it, and a key that holds a word holds it in any text holding the key
         low = text.lower()
-        return any(word in low for word in self._words)
+        # a plain loop: any() over a generator costs ~30 ns more per word, on every attempt
+        for word in self._words:  # noqa: SIM110
+            if word in low:
+                return True
+        return False
 
     def redact(self, value: Any) -> Any:
         """Replace the values of secret-looking keys, in nested mappings and lists too."""
