@@ -1,7 +1,8 @@
 """The middleware's hooks alone: CPU per task of pre_send, pre_execute and post_execute.
 
 `overhead.py` measures hooks and writer together; this isolates the part every
-task pays on its own path. The hooks run on prebuilt messages of one no-op task
+task pays on its own path. The hooks are called as TaskIQ calls them (each
+result through ``maybe_awaitable``), on prebuilt messages of one no-op task
 ``noop(i, payload)`` (TaskIQ's own work, building and parsing messages, is left
 out), against the recorder the middleware makes for itself, never started: its
 buffer is emptied every 1000 tasks, as a running writer would, so submit costs
@@ -21,6 +22,7 @@ noise on a shared machine does not move. ``--profile`` prints a cProfile of one 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import re
 import statistics
 import subprocess
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from taskiq import InMemoryBroker, TaskiqMessage, TaskiqResult
+from taskiq.utils import maybe_awaitable
 
 from taskmon.middleware import MonitoringMiddleware
 
@@ -59,8 +62,7 @@ def _messages(n: int) -> list[TaskiqMessage]:
     ]
 
 
-def run(n: int, fail: bool, built: int = 0) -> float:
-    """CPU seconds the hooks spend on `n` tasks (of `built` messages made beforehand)."""
+async def _run(n: int, fail: bool, built: int) -> float:
     monitor, _ = _setup()
     recorder = monitor.recorder
     assert recorder is not None
@@ -76,14 +78,20 @@ def run(n: int, fail: bool, built: int = 0) -> float:
         chunk = messages[start : start + 1000]
         cpu0 = time.process_time()
         for message in chunk:
-            pre_send(message)
-            pre_execute(message)
+            # called as TaskIQ calls them: whatever a hook returns goes through maybe_awaitable
+            await maybe_awaitable(pre_send(message))
+            await maybe_awaitable(pre_execute(message))
             if fail:
-                on_error(message, result, error)
-            post_execute(message, result)
+                await maybe_awaitable(on_error(message, result, error))
+            await maybe_awaitable(post_execute(message, result))
         spent += time.process_time() - cpu0
         recorder._pending.clear()
     return spent
+
+
+def run(n: int, fail: bool, built: int = 0) -> float:
+    """CPU seconds the hooks spend on `n` tasks (of `built` messages made beforehand)."""
+    return asyncio.run(_run(n, fail, built))
 
 
 CHILD = """
