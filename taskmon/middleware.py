@@ -11,6 +11,11 @@ be had later (clock readings, the arguments before TaskIQ converts them, the
 exception) into one record per attempt, and submit it once running and once
 finished. Binding arguments to names, redaction, bounds, tracebacks and JSON
 are the writer's work (``taskmon.encode``), done once per attempt.
+
+The hooks are coroutines that never await: TaskIQ passes whatever a hook
+returns to ``maybe_awaitable``, which tells a coroutine at once but checks any
+other value against ``collections.abc.Awaitable``, and that check costs more
+than making and running the coroutine (~300 ns against ~170 ns per hook).
 """
 
 from __future__ import annotations
@@ -266,7 +271,7 @@ class MonitoringMiddleware(TaskiqMiddleware):
 
     # -- client side -----------------------------------------------------------
 
-    def pre_send(self, message: TaskiqMessage) -> TaskiqMessage:
+    async def pre_send(self, message: TaskiqMessage) -> TaskiqMessage:
         """Stamp the enqueue time; notice retries re-kicked from inside a running attempt."""
         try:
             if self.stamp_enqueue:
@@ -286,7 +291,7 @@ class MonitoringMiddleware(TaskiqMiddleware):
 
     # -- worker side -----------------------------------------------------------
 
-    def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
+    async def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
         """Snapshot the attempt (args are still JSON here) and record it as running."""
         try:
             t0 = _perf_counter()
@@ -342,7 +347,7 @@ class MonitoringMiddleware(TaskiqMiddleware):
             logger.exception("taskmon: pre_execute failed")
         return message
 
-    def on_error(
+    async def on_error(
         self, message: TaskiqMessage, result: TaskiqResult[Any], exception: BaseException
     ) -> None:
         """Keep the real exception: a retry middleware may replace it by NoResultError."""
@@ -355,7 +360,7 @@ class MonitoringMiddleware(TaskiqMiddleware):
         except Exception:
             logger.exception("taskmon: on_error failed")
 
-    def post_execute(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
+    async def post_execute(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
         """Record the attempt's outcome, duration and error."""
         try:
             finished = _perf_counter()
