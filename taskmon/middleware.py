@@ -11,6 +11,11 @@ be had later (clock readings, the arguments before TaskIQ converts them, the
 exception) into one record per attempt, and submit it once running and once
 finished. Binding arguments to names, redaction, bounds, tracebacks and JSON
 are the writer's work (``taskmon.encode``), done once per attempt.
+
+The hooks are coroutines that never await: TaskIQ passes whatever a hook
+returns to ``maybe_awaitable``, which tells a coroutine at once but checks any
+other value against ``collections.abc.Awaitable``, and that check costs more
+than making and running the coroutine (~300 ns against ~170 ns per hook).
 """
 
 from __future__ import annotations
@@ -65,9 +70,12 @@ def _attempt(labels: dict[str, Any]) -> int:
     return int(n) if n is not None and n >= 0 else 0
 
 
-def _ms(seconds: float) -> float:
-    """Milliseconds to the microsecond (never negative: clocks of two hosts may disagree)."""
-    return int(seconds * 1_000_000 + 0.5) / 1000 if seconds > 0 else 0.0
+# bound once: the hooks call them for every task
+_time = time.time
+_perf_counter = time.perf_counter
+_from_timestamp = datetime.fromtimestamp
+_now = datetime.now
+_RUNNING = Status.RUNNING
 
 
 @dataclass(slots=True)
@@ -263,11 +271,12 @@ class MonitoringMiddleware(TaskiqMiddleware):
 
     # -- client side -----------------------------------------------------------
 
-    def pre_send(self, message: TaskiqMessage) -> TaskiqMessage:
+    async def pre_send(self, message: TaskiqMessage) -> TaskiqMessage:
         """Stamp the enqueue time; notice retries re-kicked from inside a running attempt."""
         try:
             if self.stamp_enqueue:
-                message.labels[ENQUEUED_LABEL] = round(time.time(), 3)
+                # to the millisecond; round(t, 3) costs ~2.5 times as much
+                message.labels[ENQUEUED_LABEL] = int(_time() * 1000 + 0.5) / 1000
             if self._running:
                 # a retry middleware re-kicks with the same task_id while the failed
                 # attempt is still being handled: that attempt is "retrying"
@@ -282,49 +291,63 @@ class MonitoringMiddleware(TaskiqMiddleware):
 
     # -- worker side -----------------------------------------------------------
 
-    def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
+    async def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
         """Snapshot the attempt (args are still JSON here) and record it as running."""
         try:
-            self._start(message)
+            t0 = _perf_counter()
+            now = _time()
+            labels = dict(message.labels)  # a retry middleware rewrites `_retries` in place
+            enqueued = labels.pop(ENQUEUED_LABEL, None)
+            if enqueued is not None and type(enqueued) is not float:
+                enqueued = _number(enqueued)
+            retries = labels.get("_retries")
+            timeout = labels.get("timeout")
+            name = message.task_name
+            try:
+                spec = self._specs[name]
+            except KeyError:
+                spec = self._spec_of(name)
+            enqueued_at: datetime | None = None
+            queue_wait: float | None = None
+            if enqueued and enqueued == enqueued:  # neither missing, zero nor NaN
+                try:
+                    enqueued_at = _from_timestamp(enqueued, UTC)
+                except (OverflowError, OSError, ValueError):
+                    pass  # no time a clock gives: the attempt is recorded without it
+                else:
+                    wait = now - enqueued
+                    # milliseconds to the microsecond, never negative: clocks may disagree
+                    queue_wait = int(wait * 1_000_000 + 0.5) / 1000 if wait > 0 else 0.0
+            # positional: a dataclass's keyword arguments cost this hook three times as much
+            record = AttemptRecord(
+                message.task_id,
+                0 if retries is None else _attempt(labels),
+                name,
+                _RUNNING,
+                self.worker,
+                self._queue or labels.get("queue_name"),
+                labels,
+                None,  # params: captured raw below, encoded by the writer
+                None,  # error_type
+                None,  # error_message
+                None,  # traceback
+                None if timeout is None else _number(timeout),
+                enqueued_at,
+                _from_timestamp(now, UTC),
+                None,  # finished_at
+                None,  # duration_ms
+                queue_wait,
+                capture_call(message.args, message.kwargs, spec, self.policy),
+            )
+            self._running[id(message)] = _Running(record, t0)
+            recorder = self.recorder or self._ensure_recorder()
+            if recorder is not None:
+                recorder.submit(record)
         except Exception:
             logger.exception("taskmon: pre_execute failed")
         return message
 
-    def _start(self, message: TaskiqMessage) -> None:
-        t0 = time.perf_counter()
-        now = time.time()
-        labels = dict(message.labels)  # a retry middleware rewrites `_retries` in place
-        enqueued = _number(labels.pop(ENQUEUED_LABEL, None))
-        timeout = labels.get("timeout")
-        # positional: a dataclass's keyword arguments cost this hook three times as much
-        record = AttemptRecord(
-            message.task_id,
-            _attempt(labels),
-            message.task_name,
-            Status.RUNNING,
-            self.worker,
-            self._queue or labels.get("queue_name"),
-            labels,
-            None,  # params: captured raw below, encoded by the writer
-            None,  # error_type
-            None,  # error_message
-            None,  # traceback
-            None if timeout is None else _number(timeout),
-            datetime.fromtimestamp(enqueued, UTC) if enqueued else None,
-            datetime.fromtimestamp(now, UTC),
-            None,  # finished_at
-            None,  # duration_ms
-            _ms(now - enqueued) if enqueued else None,
-            capture_call(
-                message.args, message.kwargs, self._spec_of(message.task_name), self.policy
-            ),
-        )
-        self._running[id(message)] = _Running(record, t0)
-        recorder = self.recorder or self._ensure_recorder()
-        if recorder is not None:
-            recorder.submit(record)
-
-    def on_error(
+    async def on_error(
         self, message: TaskiqMessage, result: TaskiqResult[Any], exception: BaseException
     ) -> None:
         """Keep the real exception: a retry middleware may replace it by NoResultError."""
@@ -337,10 +360,38 @@ class MonitoringMiddleware(TaskiqMiddleware):
         except Exception:
             logger.exception("taskmon: on_error failed")
 
-    def post_execute(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
+    async def post_execute(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
         """Record the attempt's outcome, duration and error."""
         try:
-            self._finish(message, result)
+            finished = _perf_counter()
+            running = self._running.pop(id(message), None)
+            if running is None:
+                key = self._key(message)
+                if key is None:
+                    return
+                running = self._running.pop(key)
+            exc = running.exception
+            if exc is None and result.is_err and not isinstance(result.error, NoResultError):
+                exc = result.error
+            if running.rekicked:
+                status = Status.RETRYING
+            elif exc is not None and not isinstance(exc, NoResultError):
+                status = Status.FAILED
+            else:
+                # success, or a task that raised NoResultError on purpose (no result to save)
+                status = Status.SUCCESS
+                exc = None
+            # the running state was submitted as this same object: the writer announces
+            # each state, and encodes the attempt once
+            record = running.record
+            record.status = status
+            record.finished_at = _now(UTC)
+            elapsed = finished - running.t0  # milliseconds to the microsecond, as queue_wait_ms
+            record.duration_ms = int(elapsed * 1_000_000 + 0.5) / 1000 if elapsed > 0 else 0.0
+            record.exception = exc
+            recorder = self.recorder or self._ensure_recorder()
+            if recorder is not None:
+                recorder.submit(record)
         except Exception:
             logger.exception("taskmon: post_execute failed")
 
@@ -357,31 +408,3 @@ class MonitoringMiddleware(TaskiqMiddleware):
     def _lookup(self, message: TaskiqMessage) -> _Running | None:
         key = self._key(message)
         return None if key is None else self._running[key]
-
-    def _finish(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
-        key = self._key(message)
-        if key is None:
-            return
-        running = self._running.pop(key)
-        elapsed = time.perf_counter() - running.t0
-        exc = running.exception
-        if exc is None and result.is_err and not isinstance(result.error, NoResultError):
-            exc = result.error
-        if running.rekicked:
-            status = Status.RETRYING
-        elif exc is not None and not isinstance(exc, NoResultError):
-            status = Status.FAILED
-        else:
-            # success, or a task that raised NoResultError on purpose (no result to save)
-            status = Status.SUCCESS
-            exc = None
-        # the running state was submitted as this same object: the writer announces
-        # each state, and encodes the attempt once
-        record = running.record
-        record.status = status
-        record.finished_at = datetime.now(UTC)
-        record.duration_ms = _ms(elapsed)
-        record.exception = exc
-        recorder = self.recorder or self._ensure_recorder()
-        if recorder is not None:
-            recorder.submit(record)

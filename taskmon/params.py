@@ -106,6 +106,17 @@ def loads(data: bytes) -> Any:
         return json.loads(data)
 
 
+def _kept(data: bytes) -> bytes:
+    """`data` in a block of its own size, for bytes kept a while (until the writer's batch).
+
+    orjson writes into a buffer of 1 KiB or more and shrinks it in place: kept by
+    the hundreds, such leftovers cut the heap into pieces no later buffer fits, and
+    each new one is carved from fresh memory (a call of a few hundred bytes then
+    costs 3 to 5 times as much to encode). An exact copy costs far less than that.
+    """
+    return memoryview(data).tobytes()
+
+
 def capture_call(
     args: list[Any],
     kwargs: dict[str, Any],
@@ -120,9 +131,18 @@ def capture_call(
     knows them (see :meth:`ParamsPolicy.bind`); redaction of keys and size bounds
     are left to the writer (:meth:`ParamsPolicy.encode_captured`).
     """
-    if spec is not None and args:
-        return dumps((policy or _DEFAULT_POLICY).bind(args, kwargs, spec))
-    return dumps({"args": args, "kwargs": kwargs})
+    if spec is None or not args:
+        value: dict[str, Any] = {"args": args, "kwargs": kwargs}
+    elif not kwargs and not spec.positional_only and len(args) <= len(spec.names):
+        # the usual call, all by position (ParamsPolicy.bind's first case, inlined)
+        value = {"args": [], "kwargs": dict(zip(spec.names, args, strict=False))}
+    else:
+        value = (policy or _DEFAULT_POLICY).bind(args, kwargs, spec)
+    try:
+        data = orjson.dumps(value, default=_orjson_default)
+    except (TypeError, orjson.JSONEncodeError):
+        data = dumps(value)
+    return _kept(data)
 
 
 def _encoded_size(value: Any) -> int:
@@ -188,7 +208,11 @@ class ParamsPolicy:
         # substring tests on the lowered text: far cheaper than one case-insensitive
         # regex over it, and a key that holds a word holds it in any text holding the key
         low = text.lower()
-        return any(word in low for word in self._words)
+        # a plain loop: any() over a generator costs ~30 ns more per word, on every attempt
+        for word in self._words:  # noqa: SIM110
+            if word in low:
+                return True
+        return False
 
     def redact(self, value: Any) -> Any:
         """Replace the values of secret-looking keys, in nested mappings and lists too."""

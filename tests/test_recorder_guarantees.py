@@ -202,6 +202,38 @@ async def test_the_enqueue_label_can_be_turned_off(dsn: str, db: asyncpg.Connect
     assert row["status"] == "success" and row["queue_wait_ms"] is None
 
 
+async def test_an_impossible_enqueue_time_still_records_the_attempt(
+    dsn: str, db: asyncpg.Connection[Any]
+) -> None:
+    # given a message whose enqueue label no clock could give (a sender's bug, say)
+    monitor = MonitoringMiddleware(dsn=dsn, flush_interval=0.01)
+    broker = InMemoryBroker(await_inplace=True).with_middlewares(monitor)
+
+    @broker.task(task_name="app:odd_stamp")
+    async def odd_stamp() -> None:
+        return None
+
+    class Garble(TaskiqMiddleware):
+        def pre_send(self, message: Any) -> Any:
+            message.labels[ENQUEUED_LABEL] = 1e300
+            return message
+
+    broker.add_middlewares(Garble())
+    await broker.startup()
+    try:
+        await odd_stamp.kiq()
+        assert monitor.recorder is not None
+        await monitor.recorder.flush()
+    finally:
+        await broker.shutdown()
+
+    # then the attempt has its row all the same, with no enqueue time or queue wait
+    row = await db.fetchrow("SELECT status, enqueued_at, queue_wait_ms FROM task_execution_logs")
+    assert row is not None
+    assert row["status"] == "success"
+    assert row["enqueued_at"] is None and row["queue_wait_ms"] is None
+
+
 async def test_times_are_stored_to_the_microsecond(dsn: str, db: asyncpg.Connection[Any]) -> None:
     # given attempts whose times carry every microsecond digit, one of them naive (UTC)
     from datetime import UTC, datetime, timedelta
