@@ -8,6 +8,7 @@ the broker itself, now. Only the table format loads rich.
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -55,6 +56,28 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
     return rounded
 
 
+def _read(dsn: str | None, read_dsn: str | None, fetch: Any, *args: Any) -> Any:
+    """`fetch(conn, *args)` on the read DSN (a replica if one is given)."""
+
+    async def go() -> Any:
+        from taskmon.config import resolve_read_dsn
+        from taskmon.store.db import connect
+
+        conn = await connect(resolve_read_dsn(read_dsn, dsn))
+        try:
+            return await fetch(conn, *args)
+        finally:
+            await conn.close()
+
+    return run(go())
+
+
+def _print_json(rows: Sequence[Mapping[str, Any]]) -> None:
+    import json
+
+    sys.stdout.write(json.dumps([_jsonable(dict(r)) for r in rows], ensure_ascii=False) + "\n")
+
+
 def _ago(seconds: float | None) -> str:
     from taskmon.display import duration
 
@@ -86,22 +109,11 @@ def workers(
     """
     form = _format(fmt)
 
-    async def go() -> list[WorkerRow]:
-        from taskmon.config import resolve_read_dsn
-        from taskmon.store.db import connect
-        from taskmon.store.workers import fetch_workers
+    from taskmon.store.workers import fetch_workers
 
-        conn = await connect(resolve_read_dsn(read_dsn, dsn))
-        try:
-            return await fetch_workers(conn)
-        finally:
-            await conn.close()
-
-    rows = run(go())
+    rows: list[WorkerRow] = _read(dsn, read_dsn, fetch_workers)
     if form == "json":
-        import json
-
-        sys.stdout.write(json.dumps([_jsonable(dict(r)) for r in rows], ensure_ascii=False) + "\n")
+        _print_json(rows)
         return
     from rich.table import Table
     from rich.text import Text
@@ -178,22 +190,11 @@ def queues(
         _inspect(broker, form)
         return
 
-    async def go() -> list[QueueRow]:
-        from taskmon.config import resolve_read_dsn
-        from taskmon.store.db import connect
-        from taskmon.store.workers import fetch_queues
+    from taskmon.store.workers import fetch_queues
 
-        conn = await connect(resolve_read_dsn(read_dsn, dsn))
-        try:
-            return await fetch_queues(conn, window_s)
-        finally:
-            await conn.close()
-
-    rows = run(go())
+    rows: list[QueueRow] = _read(dsn, read_dsn, fetch_queues, window_s)
     if form == "json":
-        import json
-
-        sys.stdout.write(json.dumps([_jsonable(dict(r)) for r in rows], ensure_ascii=False) + "\n")
+        _print_json(rows)
         return
     console = _console()
     if not rows:
