@@ -749,11 +749,13 @@ class Recorder:
                 announce.append((entry[i], entry[i + 1], entry[i + 2], params))
         events: list[bytes] = []
         async with conn.transaction():
-            await ingest.upsert(conn, rows, self._upsert_sql)
-            if announce and self.publisher is not None:
+            if not announce or self.publisher is None:
+                await ingest.upsert(conn, rows, self._upsert_sql)
+            else:
+                # the rows and the events' seqs in one statement (one round trip)
+                seqs = await ingest.upsert_taking_seqs(conn, rows, len(announce), self._upsert_sql)
                 # announced in the order they happened, whatever the rows' order
                 announce.sort(key=_first)
-                seqs = await ingest.next_seqs(conn, len(announce))
                 events = [
                     encode_event(record, status, seq, params)
                     for (_, status, record, params), seq in zip(announce, seqs, strict=True)
