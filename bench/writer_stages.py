@@ -108,7 +108,8 @@ async def run(dsn: str, batch: int, batches: int, rounds: int) -> None:
     stages = {"prepare": "prepare", "encode_parts": "prepare", "row_of": "row", "row": "row"}
     stages["encode_event"] = "encode_event"
     saved = {name: getattr(rec, name) for name in stages if hasattr(rec, name)}
-    saved_ingest = {name: getattr(ingest, name) for name in ("upsert", "next_seqs")}
+    names = ("upsert", "next_seqs", "upsert_taking_seqs")
+    saved_ingest = {name: getattr(ingest, name) for name in names if hasattr(ingest, name)}
     for name, func in saved.items():
         setattr(rec, name, timed.wrap(stages[name], func))
     for name, func in saved_ingest.items():
