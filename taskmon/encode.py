@@ -48,6 +48,22 @@ def _jsonb(data: bytes) -> str:
     return text.replace("\\u0000", "\\ufffd") if "\\u0000" in text else text
 
 
+_LABEL_TEXTS: dict[bytes, str] = {}
+"""The stored text of labels' encodings seen lately: most attempts repeat a few."""
+
+
+def _labels_text(policy: ParamsPolicy, labels: dict[str, Any]) -> str:
+    data = policy.encode(labels, remember=True)
+    text = _LABEL_TEXTS.get(data)
+    if text is None:
+        text = _jsonb(data)
+        if len(data) <= 1024:
+            if len(_LABEL_TEXTS) >= 1024:
+                _LABEL_TEXTS.clear()
+            _LABEL_TEXTS[data] = text
+    return text
+
+
 @dataclass(slots=True)
 class Prepared:
     """What one attempt costs to encode, computed once and reused for each of its states."""
@@ -70,7 +86,7 @@ def prepare(record: AttemptRecord, policy: ParamsPolicy) -> Prepared:
 
 def encode_parts(record: AttemptRecord, policy: ParamsPolicy) -> tuple[str, bytes | None]:
     """:func:`prepare` without the wrapper: the labels' stored text and the params' JSON."""
-    labels = _jsonb(policy.encode(record.labels)) if record.labels else _EMPTY_TEXT
+    labels = _labels_text(policy, record.labels) if record.labels else _EMPTY_TEXT
     raw = record.raw_params
     if raw is not None:
         return labels, policy.encode_captured(raw)

@@ -299,7 +299,7 @@ async def test_with_notify_every_row_rollup_and_event_arrives_in_order(
             await asyncio.sleep(0.02)
     for i, r in enumerate(records):
         r.status = Status.SUCCESS if i % 2 else Status.FAILED
-        r.finished_at = r.started_at + timedelta(seconds=1)  # type: ignore[operator]
+        r.finished_at = t0 + timedelta(seconds=31 * i + 1)
         r.duration_ms = 1000.0
         rec.submit(r)
     await rec.flush()
