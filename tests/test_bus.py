@@ -275,3 +275,53 @@ def test_pack_groups_events_under_both_limits_and_loses_none() -> None:
     # an event over the limit still goes, alone
     big = b'{"seq":0,"pad":"' + b"y" * 500 + b'"}'
     assert list(pack([big, b'{"seq":1}'], max_bytes=100)) == [b"[" + big + b"]", b'[{"seq":1}]']
+
+
+async def test_events_notified_by_the_upsert_statement_are_those_the_writer_encodes(
+    dsn: str,
+) -> None:
+    # given: events encoded with seq 0, large ones among them, split for the statement
+    from taskmon.bus.postgres import PgNotifyPublisher, shrink
+    from taskmon.bus.subscriber import split_events
+    from taskmon.encode import encode_event, prepare, row_of
+    from taskmon.events import Status
+    from taskmon.params import ParamsPolicy
+    from taskmon.store import ingest
+
+    policy = ParamsPolicy(max_value_bytes=64 * 1024, max_row_bytes=64 * 1024)
+    # some large, one too large for a payload (its params are then left out)
+    records = [record(i, pad=3000 if i % 4 == 0 else 0) for i in range(12)]
+    records[7] = record(7, pad=9000)
+    records[5].error_message = 'quote " backslash \\ unicode é \u2028'
+    prepared = [prepare(r, policy) for r in records]
+    announce = [(p, s) for p in prepared for s in (Status.RUNNING, p.record.status)]
+    zeroed = [encode_event(p.record, s, 0, p.params) for p, s in announce]
+    parts = PgNotifyPublisher().split(zeroed)
+    assert parts is not None
+    raw: list[str] = []
+    listener = await asyncpg.connect(dsn)
+    await listener.add_listener("taskmon_events", lambda *a: raw.append(a[3]))
+    conn = await asyncpg.connect(dsn)
+    try:
+        statement = await ingest.prepare_connection(conn)
+        # when
+        await ingest.upsert_notifying(
+            conn, [row_of(p, 4096) for p in prepared], *parts, "taskmon_events", statement
+        )
+        await wait_for(lambda: sum(len(split_events(t)[0]) for t in raw) >= len(announce))
+    finally:
+        await conn.close()
+        await listener.close()
+
+    # then: each event is the writer's encoding with the seq the database gave, in order
+    assert all(len(t.encode()) < 8000 for t in raw)
+    events = [e for t in raw for e in zip(*split_events(t), strict=True)]
+    assert len(events) == len(announce)
+    seqs = [e["seq"] for e, _ in events]
+    assert seqs == list(range(seqs[0], seqs[0] + len(announce)))
+    for (p, status), (_, text), seq in zip(announce, events, seqs, strict=True):
+        expected = encode_event(p.record, status, seq, p.params)
+        if p.record is records[7]:
+            expected = shrink(expected, MAX_PAYLOAD - 19)
+            assert b"_omitted" in expected
+        assert text == expected
