@@ -108,7 +108,7 @@ async def run(dsn: str, batch: int, batches: int, rounds: int) -> None:
     stages = {"prepare": "prepare", "encode_parts": "prepare", "row_of": "row", "row": "row"}
     stages["encode_event"] = "encode_event"
     saved = {name: getattr(rec, name) for name in stages if hasattr(rec, name)}
-    names = ("upsert", "next_seqs", "upsert_taking_seqs")
+    names = ("upsert", "next_seqs", "upsert_taking_seqs", "upsert_notifying")
     saved_ingest = {name: getattr(ingest, name) for name in names if hasattr(ingest, name)}
     for name, func in saved.items():
         setattr(rec, name, timed.wrap(stages[name], func))
@@ -117,6 +117,8 @@ async def run(dsn: str, batch: int, batches: int, rounds: int) -> None:
     publisher = recorder.publisher
     assert publisher is not None
     publisher.in_transaction = timed.wrap("notify", publisher.in_transaction)  # type: ignore[method-assign]
+    if hasattr(publisher, "split"):  # newer trees: the statement sends, split() prepares
+        publisher.split = timed.wrap("split", publisher.split)
     per_round: dict[str, list[float]] = defaultdict(list)
     try:
         for _ in range(rounds):
