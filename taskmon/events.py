@@ -12,7 +12,6 @@ from enum import StrEnum
 from typing import Any
 
 __all__ = [
-    "EVENT_HEAD",
     "EVENT_VERSION",
     "TERMINAL_STATUSES",
     "AttemptRecord",
@@ -23,9 +22,6 @@ __all__ = [
 ]
 
 EVENT_VERSION = 1
-EVENT_HEAD = b'{"v":%d,"seq":' % EVENT_VERSION
-"""How every encoded event begins (its seq comes next): the recorder's NOTIFY statement
-puts the seqs it takes there (``taskmon.store.ingest.upsert_notifying``)."""
 
 
 class Status(StrEnum):

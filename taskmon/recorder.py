@@ -685,20 +685,18 @@ class Recorder:
         conn = await self._connection()
         try:
             try:
-                announced, events = await self._upsert(conn, batch)
+                events = await self._upsert(conn, batch)
             except asyncpg.InvalidColumnReferenceError:
                 # ON CONFLICT names a key the table no longer has: `taskmon db
                 # upgrade` partitioned it meanwhile; ask which key it has now
                 self._upsert_sql = await ingest.prepare_connection(conn)
-                announced, events = await self._upsert(conn, batch)
+                events = await self._upsert(conn, batch)
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError):
             # one bad record must not hold up the rest: write them one by one
-            announced, events = 0, []
+            events = []
             for entry in batch:
                 try:
-                    one, more = await self._upsert(conn, [entry])
-                    announced += one
-                    events += more
+                    events += await self._upsert(conn, [entry])
                 except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
                     self.stats.rejected += 1
                     logger.error(
@@ -716,7 +714,6 @@ class Recorder:
                     self._processed += 1
                     if status is Status.FAILED or status is Status.RETRYING:
                         self._failed += 1
-        self.stats.events_published += announced  # with NOTIFY, sent at commit
         if events and self.publisher is not None:
             try:
                 await self.publisher.after_commit(events)
@@ -739,16 +736,7 @@ class Recorder:
                 del self._prepared[next(iter(self._prepared))]
         return labels, params
 
-    async def _upsert(
-        self, conn: asyncpg.Connection[Any], batch: list[_Pending]
-    ) -> tuple[int, list[bytes]]:
-        """Write the batch and announce its states; (events sent, events to send after commit).
-
-        With ``NOTIFY`` (a publisher that can split its payloads), rows, seqs and
-        notifications are one statement after the COPY; otherwise the rows and the
-        seqs are one statement, and the publisher sends in the same transaction or
-        after it (Redis: the events it returns are published once committed).
-        """
+    async def _upsert(self, conn: asyncpg.Connection[Any], batch: list[_Pending]) -> list[bytes]:
         max_message = self.policy.max_value_bytes
         prepare = self._prepare
         rows = []
@@ -759,31 +747,21 @@ class Recorder:
             rows.append(row(record, labels, params, max_message))
             for i in range(_EVENTS, len(entry), 3):
                 announce.append((entry[i], entry[i + 1], entry[i + 2], params))
-        publisher = self.publisher
-        if not announce or publisher is None:
-            await ingest.upsert(conn, rows, self._upsert_sql)  # one statement: atomic
-            return 0, []
-        # announced in the order they happened, whatever the rows' order
-        announce.sort(key=_first)
-        split = getattr(publisher, "split", None)
-        channel = getattr(publisher, "channel", None)
-        if split is not None and channel is not None:
-            # the seqs are the database's, taken by the statement: encoded as 0 here
-            parts = split([encode_event(r, status, 0, p) for _, status, r, p in announce])
-            if parts is not None:
-                payloads, tails = parts
-                await ingest.upsert_notifying(
-                    conn, rows, payloads, tails, channel, self._upsert_sql
-                )
-                return len(announce), []
+        events: list[bytes] = []
         async with conn.transaction():
-            seqs = await ingest.upsert_taking_seqs(conn, rows, len(announce), self._upsert_sql)
-            events = [
-                encode_event(record, status, seq, params)
-                for (_, status, record, params), seq in zip(announce, seqs, strict=True)
-            ]
-            await publisher.in_transaction(conn, events)
-        return 0, events
+            if not announce or self.publisher is None:
+                await ingest.upsert(conn, rows, self._upsert_sql)
+            else:
+                # the rows and the events' seqs in one statement (one round trip)
+                seqs = await ingest.upsert_taking_seqs(conn, rows, len(announce), self._upsert_sql)
+                # announced in the order they happened, whatever the rows' order
+                announce.sort(key=_first)
+                events = [
+                    encode_event(record, status, seq, params)
+                    for (_, status, record, params), seq in zip(announce, seqs, strict=True)
+                ]
+                await self.publisher.in_transaction(conn, events)
+        return events
 
 
 _first = operator.itemgetter(0)

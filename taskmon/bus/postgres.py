@@ -11,7 +11,7 @@ from typing import Any
 
 from taskmon.bus import pack
 from taskmon.bus.subscriber import Backoff, BusEvents, BusGap, BusItem, BusState, split_events
-from taskmon.events import EVENT_HEAD, dumps
+from taskmon.events import dumps
 
 __all__ = [
     "CHANNEL",
@@ -84,37 +84,6 @@ class PgNotifyPublisher:
 
     async def close(self) -> None:
         return None
-
-    def split(self, events: list[bytes]) -> tuple[list[int], list[str]] | None:
-        """How the recorder's statement is to send `events`, encoded with seq 0.
-
-        Returns, for each event, the payload it goes in (payloads of at most
-        :data:`MAX_PAYLOAD` bytes whatever the seqs, grouped as :func:`pack_payloads`
-        groups them) and its text after the seq; None if an event does not begin as
-        events do (the recorder then sends them itself, seqs filled in).
-        """
-        head = EVENT_HEAD + b"0"
-        skip = len(head)
-        # the statement writes each event as EVENT_HEAD, its seq (at most 19 digits), the tail
-        room = len(EVENT_HEAD) + 19 + 1  # and a comma
-        payloads: list[int] = []
-        tails: list[str] = []
-        payload = 0
-        size = 2  # the brackets
-        for event in events:
-            if len(event) >= MAX_PAYLOAD - 19:
-                event = shrink(event, MAX_PAYLOAD - 19)
-            if not event.startswith(head):
-                return None
-            tail = event[skip:]
-            n = len(tail) + room
-            if tails and size + n > MAX_PAYLOAD:
-                payload += 1
-                size = 2
-            payloads.append(payload)
-            tails.append(tail.decode())
-            size += n
-        return payloads, tails
 
 
 class PgNotifySubscriber:

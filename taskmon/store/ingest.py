@@ -17,8 +17,6 @@ from typing import Any
 
 import asyncpg
 
-from taskmon.events import EVENT_HEAD
-
 __all__ = [
     "COLUMNS",
     "SEQS",
@@ -28,7 +26,6 @@ __all__ = [
     "next_seqs",
     "prepare_connection",
     "upsert",
-    "upsert_notifying",
     "upsert_taking_seqs",
 ]
 
@@ -45,14 +42,10 @@ CREATE TEMPORARY TABLE IF NOT EXISTS taskmon_stage (
     timeout_s double precision, enqueued_at double precision, started_at double precision,
     finished_at double precision, duration_ms double precision, queue_wait_ms double precision,
     created_at double precision
-)
+) ON COMMIT DELETE ROWS
 """
-# Rows stay until the statement that writes them takes them out (DELETE ... RETURNING):
-# the COPY and that statement need no transaction of their own around them.
 
-_STAGED = "staged AS (DELETE FROM taskmon_stage RETURNING *)"
-
-_INSERT = """
+_UPSERT = """
 INSERT INTO task_execution_logs AS t (
     task_id, attempt, task_name, status, worker, queue, labels, params,
     error_type, error_message, traceback, timeout_s,
@@ -63,7 +56,7 @@ SELECT u.task_id, u.attempt, u.task_name, u.status, u.worker, u.queue,
        u.error_type, u.error_message, u.traceback, u.timeout_s,
        to_timestamp(u.enqueued_at), to_timestamp(u.started_at), to_timestamp(u.finished_at),
        u.duration_ms, u.queue_wait_ms, to_timestamp(u.created_at)
-FROM staged AS u
+FROM taskmon_stage AS u
 -- one order for every writer: concurrent batches sharing attempts never deadlock
 ORDER BY u.task_id, u.attempt
 ON CONFLICT ({key}) DO UPDATE SET
@@ -96,49 +89,19 @@ ON CONFLICT ({key}) DO UPDATE SET
 # The attempt's key: a partitioned table's unique keys hold the partition key
 # (sql/0008_partitions.sql); a table not converted yet keeps (task_id, attempt).
 # Both states of an attempt carry the same created_at, so both find the same row.
-UPSERT = f"WITH {_STAGED}" + _INSERT.replace("{key}", "task_id, attempt, created_at")
-UPSERT_UNPARTITIONED = f"WITH {_STAGED}" + _INSERT.replace("{key}", "task_id, attempt")
-
-
-def _written(statement: str) -> str:
-    """The CTEs of `statement` (one of the upserts), the rows written as ``written``."""
-    insert = statement.removeprefix(f"WITH {_STAGED}")
-    return f"WITH {_STAGED},\nwritten AS ({insert})\n"
+UPSERT = _UPSERT.replace("{key}", "task_id, attempt, created_at")
+UPSERT_UNPARTITIONED = _UPSERT.replace("{key}", "task_id, attempt")
 
 
 def _taking_seqs(statement: str) -> str:
-    """`statement` that also takes $1 values of the event sequence."""
+    """`statement` (one of the upserts) that also takes $1 values of the event sequence."""
     return (
-        _written(statement)
-        + "SELECT array_agg(nextval('taskmon_event_seq')) FROM generate_series(1, $1::int)"
-    )
-
-
-def _notifying(statement: str) -> str:
-    """`statement` that also announces the events whose parts are $1 (payload), $2 (tail).
-
-    Each event takes the next value of the sequence in the order given and is
-    written ``EVENT_HEAD || seq || tail``; the events of one payload are sent as
-    one JSON array, the payloads in order, on channel $3.
-    """
-    head = EVENT_HEAD.decode()
-    return _written(statement) + (
-        "-- MATERIALIZED: each event takes its seq once, in the order given\n"
-        ", numbered AS MATERIALIZED (\n"
-        "    SELECT e.payload, e.n, nextval('taskmon_event_seq') AS seq, e.tail\n"
-        "    FROM unnest($1::int[], $2::text[]) WITH ORDINALITY AS e(payload, tail, n)\n"
-        "),\n"
-        "payloads AS (\n"
-        f"    SELECT payload, '[' || string_agg('{head}' || seq || tail, ',' ORDER BY n) || ']'"
-        " AS body\n"
-        "    FROM numbered GROUP BY payload\n"
-        ")\n"
-        "SELECT count(*) FROM (SELECT pg_notify($3, body) FROM payloads ORDER BY payload) AS sent"
+        f"WITH written AS ({statement})\n"
+        "SELECT array_agg(nextval('taskmon_event_seq')) FROM generate_series(1, $1::int)"
     )
 
 
 _TAKING_SEQS = {statement: _taking_seqs(statement) for statement in (UPSERT, UPSERT_UNPARTITIONED)}
-_NOTIFYING = {statement: _notifying(statement) for statement in (UPSERT, UPSERT_UNPARTITIONED)}
 
 _PARTITIONED = "SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass('task_execution_logs')"
 
@@ -156,32 +119,17 @@ async def prepare_connection(conn: asyncpg.Connection[Any]) -> str:
     return UPSERT if partitioned is not False else UPSERT_UNPARTITIONED
 
 
-async def _write(
-    conn: asyncpg.Connection[Any], rows: Sequence[tuple[Any, ...]], statement: str, *args: Any
-) -> Any:
-    """Stage `rows`, run `statement` (which takes them out); its value."""
-    await conn.copy_records_to_table("taskmon_stage", records=rows, columns=COLUMNS)
-    try:
-        # fetchval, not execute: a statement without arguments given to execute() goes
-        # by the simple protocol, planned at every batch; fetchval() prepares it once
-        return await conn.fetchval(statement, *args)
-    except Exception:
-        if not conn.is_in_transaction():
-            # the statement failed, so its DELETE too: the next batch must not meet
-            # these rows (a rolled-back transaction takes them out by itself). If this
-            # fails as well, the connection is unusable and the caller closes it.
-            await conn.execute("DELETE FROM taskmon_stage")
-        raise
-
-
 async def upsert(
     conn: asyncpg.Connection[Any], rows: Sequence[tuple[Any, ...]], statement: str = UPSERT
 ) -> None:
-    """Write `rows` (in the caller's transaction, if any; one statement is atomic).
+    """Write `rows` in the caller's transaction (the staging table empties at commit).
 
     `statement` is what :func:`prepare_connection` returned.
     """
-    await _write(conn, rows, statement)
+    await conn.copy_records_to_table("taskmon_stage", records=rows, columns=COLUMNS)
+    # fetch, not execute: a statement without arguments given to execute() goes by
+    # the simple protocol, planned at every batch; fetch() prepares it once
+    await conn.fetch(statement)
 
 
 async def upsert_taking_seqs(
@@ -192,26 +140,9 @@ async def upsert_taking_seqs(
     One round trip less per batch than :func:`upsert` then :func:`next_seqs` (each
     costs the writer more CPU than a few dozen rows do); the sequence is the same.
     """
-    seqs: list[int] | None = await _write(conn, rows, _TAKING_SEQS[statement], n)
+    await conn.copy_records_to_table("taskmon_stage", records=rows, columns=COLUMNS)
+    seqs: list[int] | None = await conn.fetchval(_TAKING_SEQS[statement], n)
     return seqs or []
-
-
-async def upsert_notifying(
-    conn: asyncpg.Connection[Any],
-    rows: Sequence[tuple[Any, ...]],
-    payloads: list[int],
-    tails: list[str],
-    channel: str,
-    statement: str = UPSERT,
-) -> None:
-    """:func:`upsert`, and ``NOTIFY`` of events, seqs taken, in one statement (atomic).
-
-    The writer's two round trips per batch (the COPY and this) instead of five
-    (BEGIN, COPY, upsert, NOTIFY, COMMIT), for the same rows and events: each
-    event is ``EVENT_HEAD``, its seq, then ``tails[i]``, sent in payload
-    ``payloads[i]`` (ascending) in the order given, which is the seqs' order.
-    """
-    await _write(conn, rows, _NOTIFYING[statement], payloads, tails, channel)
 
 
 async def next_seqs(conn: asyncpg.Connection[Any], n: int) -> list[int]:
