@@ -324,3 +324,41 @@ async def test_with_notify_every_row_rollup_and_event_arrives_in_order(
         mine = [e["status"] for e in received if e["data"]["task_id"] == r.task_id]
         assert mine == ["running", r.status.value]
     assert all(e["data"]["params"]["nested"][0]["api_key"] == "[REDACTED]" for e in received)
+
+
+async def test_a_record_postgres_refuses_costs_only_itself_with_notify_on(
+    dsn: str, db: asyncpg.Connection[Any]
+) -> None:
+    # given: a batch holding one attempt whose params PostgreSQL refuses as JSON
+    from taskmon.bus.postgres import PgNotifyPublisher, unpack_payload
+    from taskmon.events import Status
+
+    received: list[dict[str, Any]] = []
+    listener = await asyncpg.connect(dsn)
+    await listener.add_listener("taskmon_events", lambda *a: received.extend(unpack_payload(a[3])))
+    rec = Recorder(dsn, publisher=PgNotifyPublisher(), batch_size=100, flush_interval=0.01)
+    await rec.start(wait_connected=5)
+    records = [record(i) for i in range(5)]
+    records[2].raw_params = b"{not json"
+    for r in records:
+        rec.submit(r)
+    await rec.flush()
+    # when: the next batch is written over the same connection
+    later = [record(10 + i) for i in range(3)]
+    for r in later:
+        rec.submit(r)
+    await rec.flush()
+    await rec.stop()
+    for _ in range(100):
+        if len(received) >= 7:
+            break
+        await asyncio.sleep(0.02)
+    await listener.close()
+
+    # then: the refused attempt alone is counted, the others written once, announced once
+    assert rec.stats.rejected == 1
+    ids = sorted(r["task_id"] for r in await db.fetch("SELECT task_id FROM task_execution_logs"))
+    assert ids == sorted(r.task_id for r in records + later if r is not records[2])
+    announced = [e["data"]["task_id"] for e in received]
+    assert sorted(announced) == ids
+    assert all(e["status"] == Status.SUCCESS for e in received)
