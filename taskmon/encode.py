@@ -22,14 +22,16 @@ __all__ = [
     "MAX_TRACEBACK",
     "Prepared",
     "encode_event",
+    "encode_parts",
     "encode_record_event",
     "prepare",
+    "row",
     "row_of",
 ]
 
 MAX_TRACEBACK = 32 * 1024
 _UNFINISHED = (Status.RUNNING, Status.PENDING)
-_EMPTY = b"{}"
+_EMPTY_TEXT = "{}"
 _TYPES = {status: event_type_for(status).value for status in Status}
 
 
@@ -44,6 +46,22 @@ def _jsonb(data: bytes) -> str:
     # jsonb refuses \u0000 as well
     text = data.decode()
     return text.replace("\\u0000", "\\ufffd") if "\\u0000" in text else text
+
+
+_LABEL_TEXTS: dict[bytes, str] = {}
+"""The stored text of labels' encodings seen lately: most attempts repeat a few."""
+
+
+def _labels_text(policy: ParamsPolicy, labels: dict[str, Any]) -> str:
+    data = policy.encode(labels, remember=True)
+    text = _LABEL_TEXTS.get(data)
+    if text is None:
+        text = _jsonb(data)
+        if len(data) <= 1024:
+            if len(_LABEL_TEXTS) >= 1024:
+                _LABEL_TEXTS.clear()
+            _LABEL_TEXTS[data] = text
+    return text
 
 
 @dataclass(slots=True)
@@ -63,14 +81,18 @@ def prepare(record: AttemptRecord, policy: ParamsPolicy) -> Prepared:
             over ``params`` (from other writers).
         policy: redaction and size bounds.
     """
-    labels = policy.encode(record.labels) if record.labels else _EMPTY
-    if record.raw_params is not None:
-        params: bytes | None = policy.encode_captured(record.raw_params)
-    elif record.params is not None:
-        params = policy.encode(record.params)
-    else:
-        params = None
-    return Prepared(record, _jsonb(labels), params)
+    return Prepared(record, *encode_parts(record, policy))
+
+
+def encode_parts(record: AttemptRecord, policy: ParamsPolicy) -> tuple[str, bytes | None]:
+    """:func:`prepare` without the wrapper: the labels' stored text and the params' JSON."""
+    labels = _labels_text(policy, record.labels) if record.labels else _EMPTY_TEXT
+    raw = record.raw_params
+    if raw is not None:
+        return labels, policy.encode_captured(raw)
+    if record.params is not None:
+        return labels, policy.encode(record.params)
+    return labels, None
 
 
 def _fill_error(record: AttemptRecord, max_message: int) -> None:
@@ -98,29 +120,81 @@ def _seconds(value: datetime | None) -> float | None:
 
 def row_of(prepared: Prepared, max_message: int) -> tuple[Any, ...]:
     """The upsert's columns for the attempt's current state (see ``store.ingest``)."""
-    r = prepared.record
+    return row(prepared.record, prepared.labels, prepared.params, max_message)
+
+
+def row(r: AttemptRecord, labels: str, params: bytes | None, max_message: int) -> tuple[Any, ...]:
+    """:func:`row_of` from the parts :func:`encode_parts` returned.
+
+    Called once per attempt in the writer: the text checks and time conversions
+    are written out rather than called (a call costs more than most of them).
+    """
     if r.exception is not None:
         _fill_error(r, max_message)
-    params = prepared.params
+    task_id = r.task_id
+    task_name = r.task_name
+    worker = r.worker
+    queue = r.queue
+    error_type = r.error_type
+    error_message = r.error_message
+    traceback = r.traceback
+    # PostgreSQL text cannot hold NUL (see _text): the usual texts are checked in place
+    if (task_id is not None and "\x00" in task_id) or (
+        task_name is not None and "\x00" in task_name
+    ):
+        task_id, task_name = _text(task_id), _text(task_name)  # type: ignore[assignment]
+    if worker is not None and "\x00" in worker:
+        worker = _text(worker)  # type: ignore[assignment]
+    if queue is not None and "\x00" in queue:
+        queue = _text(queue)
+    if error_type is not None:
+        error_type, error_message, traceback = (
+            _text(error_type),
+            _text(error_message),
+            _text(traceback),
+        )
+    elif error_message is not None or traceback is not None:
+        error_message, traceback = _text(error_message), _text(traceback)
+    if params is None:
+        params_text = None
+    else:
+        params_text = params.decode()
+        if "\\u0000" in params_text:
+            params_text = params_text.replace("\\u0000", "\\ufffd")
+    # Unix seconds (naive times are UTC), as _seconds does
+    t = r.enqueued_at
+    enqueued_s = None if t is None else t.timestamp() if t.tzinfo is not None else _seconds(t)
+    t = r.started_at
+    started_s = None if t is None else t.timestamp() if t.tzinfo is not None else _seconds(t)
+    t = r.finished_at
+    finished_s = None if t is None else t.timestamp() if t.tzinfo is not None else _seconds(t)
+    # AttemptRecord.created_at, from the seconds already computed
+    created_s: float | None
+    if started_s is not None:
+        created_s = started_s
+    elif finished_s is not None:
+        created_s = finished_s
+    else:
+        created_s = _seconds(r.created_at)
     return (
-        _text(r.task_id),
+        task_id,
         r.attempt,
-        _text(r.task_name),
+        task_name,
         r.status,
-        _text(r.worker),
-        _text(r.queue),
-        prepared.labels,
-        None if params is None else _jsonb(params),
-        _text(r.error_type),
-        _text(r.error_message),
-        _text(r.traceback),
+        worker,
+        queue,
+        labels,
+        params_text,
+        error_type,
+        error_message,
+        traceback,
         r.timeout_s,
-        _seconds(r.enqueued_at),
-        _seconds(r.started_at),
-        _seconds(r.finished_at),
+        enqueued_s,
+        started_s,
+        finished_s,
         r.duration_ms,
         r.queue_wait_ms,
-        _seconds(r.created_at),
+        created_s,
     )
 
 

@@ -195,6 +195,8 @@ class ParamsPolicy:
         self.max_value_bytes = max_value_bytes
         self.max_row_bytes = max_row_bytes
         self._verdicts: dict[str, bool] = {}
+        self._plain: dict[bytes, bytes] = {}
+        """Encodings of flat mappings known to hold no secret and to fit (see :meth:`encode`)."""
 
     def is_secret(self, key: str) -> bool:
         secret = self._verdicts.get(key)
@@ -303,7 +305,12 @@ class ParamsPolicy:
         The common case only reads the bytes: without any secret-looking word
         anywhere, and within the bounds, the captured JSON is stored as it is.
         """
-        if not self._mentions_secret_bytes(raw):
+        # _mentions_secret_bytes, written out: this runs once per attempt
+        low = raw.decode(errors="replace").lower()
+        for word in self._words:
+            if word in low:
+                break
+        else:
             if len(raw) <= min(self.max_value_bytes, self.max_row_bytes):
                 return raw
             return dumps(self.bound(loads(raw)))
@@ -318,22 +325,34 @@ class ParamsPolicy:
         # decoding first: substring search is faster on str than on bytes
         return self._mentions_secret(data.decode(errors="replace"))
 
-    def encode(self, value: dict[str, Any]) -> bytes:
+    def encode(self, value: dict[str, Any], *, remember: bool = False) -> bytes:
         """Compact JSON of a JSON-safe mapping, redacted and bounded.
 
         The common cases cost one encoding and a look at the keys (a mapping of
         plain values, such as labels) or one search of the text (a text without
         any secret-looking word anywhere has no secret key to redact).
+
+        With `remember`, for values that repeat (labels): a flat mapping of plain
+        values found to hold no secret key and to fit the bounds is stored as it
+        is encoded, and the same encoding met again is returned at once. That is
+        exact: the verdict depends only on the keys and the sizes, which the
+        encoding gives; a value whose encoding merely equals a remembered one
+        (say, an object shown as its text) has the same keys, so the same verdict.
         """
-        secret = self._flat_secret(value)
         data = dumps(value)
-        if secret is None:
-            secret = self._mentions_secret_bytes(data)
+        if remember:
+            known = self._plain.get(data)
+            if known is not None:
+                return known
+        flat = self._flat_secret(value)
+        secret = self._mentions_secret_bytes(data) if flat is None else flat
         if secret:
             value = self.redact(value)
             data = dumps(value)
         if len(data) > min(self.max_value_bytes, self.max_row_bytes):
             data = dumps(self.bound(value))
+        elif remember and flat is False and len(data) <= 1024 and len(self._plain) < 1024:
+            self._plain[data] = data
         return data
 
     def bound(self, params: dict[str, Any]) -> dict[str, Any]:

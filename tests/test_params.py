@@ -106,3 +106,20 @@ def test_a_large_nested_value_keeps_its_shape_where_it_can() -> None:
     params = policy.snapshot([], {"doc": {"title": "t", "body": "b" * 1000}})
     assert params["kwargs"]["doc"]["title"] == "t"
     assert "…[truncated" in params["kwargs"]["doc"]["body"]
+
+
+def test_remembered_encodings_are_those_of_encode() -> None:
+    policy = ParamsPolicy(max_value_bytes=64, max_row_bytes=64)
+    plain = {"_retries": 0, "queue": "default"}
+    secret = {"_retries": 0, "api_token": "s3cr3t"}
+    large = {"note": "x" * 100}
+    for _ in range(3):  # the first time encodes, the others may remember
+        assert policy.encode(plain, remember=True) == policy.encode(plain)
+        assert b"s3cr3t" not in policy.encode(secret, remember=True)
+        assert policy.encode(secret, remember=True) == policy.encode(secret)
+        assert policy.encode(large, remember=True) == policy.encode(large)
+        assert len(policy.encode(large, remember=True)) <= 64
+    # a nested value is never remembered, whatever its encoding
+    nested = {"outer": {"password": "hunter2"}}
+    assert b"hunter2" not in policy.encode(nested, remember=True)
+    assert b"hunter2" not in policy.encode(nested, remember=True)

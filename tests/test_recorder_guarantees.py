@@ -268,3 +268,97 @@ async def test_times_are_stored_to_the_microsecond(dsn: str, db: asyncpg.Connect
         assert row["started_at"] == r.started_at
         assert row["created_at"] == r.started_at
         assert row["finished_at"] == r.finished_at.replace(tzinfo=UTC)
+
+
+async def test_with_notify_every_row_rollup_and_event_arrives_in_order(
+    dsn: str, db: asyncpg.Connection[Any]
+) -> None:
+    # given: a writer publishing with NOTIFY (rows and seqs taken by one statement),
+    # attempts submitted running then finished, in batches that split some of them
+    from datetime import UTC, datetime, timedelta
+
+    from taskmon.bus.postgres import PgNotifyPublisher, unpack_payload
+    from taskmon.events import AttemptRecord, Status
+
+    received: list[dict[str, Any]] = []
+    listener = await asyncpg.connect(dsn)
+    await listener.add_listener("taskmon_events", lambda *a: received.extend(unpack_payload(a[3])))
+    rec = Recorder(dsn, publisher=PgNotifyPublisher(), batch_size=7, flush_interval=0.01)
+    await rec.start(wait_connected=5)
+    t0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
+    records = []
+    for i in range(40):
+        r = AttemptRecord(
+            task_id=f"n{i}", attempt=0, task_name=f"app:job{i % 3}", status=Status.RUNNING,
+            worker="w:1", started_at=t0 + timedelta(seconds=31 * i),
+            params={"i": i, "nested": [{"api_key": "k"}]},
+        )  # fmt: skip
+        records.append(r)
+        rec.submit(r)
+        if i % 5 == 4:
+            await asyncio.sleep(0.02)
+    for i, r in enumerate(records):
+        r.status = Status.SUCCESS if i % 2 else Status.FAILED
+        r.finished_at = t0 + timedelta(seconds=31 * i + 1)
+        r.duration_ms = 1000.0
+        rec.submit(r)
+    await rec.flush()
+    await rec.stop()
+    for _ in range(100):
+        if len(received) >= 80:
+            break
+        await asyncio.sleep(0.02)
+    await listener.close()
+
+    # then: one row per attempt, rollups that agree with the rows
+    rows = await db.fetch("SELECT task_id, status, params FROM task_execution_logs")
+    assert len(rows) == 40
+    assert all(r["params"]["nested"] == [{"api_key": "[REDACTED]"}] for r in rows)
+    counted = await db.fetchval("SELECT sum(n) FROM task_rollup_hour")
+    assert counted == 40
+    # every state announced once, in order, with consecutive seqs from the sequence
+    assert len(received) == 80
+    seqs = [e["seq"] for e in received]
+    assert seqs == list(range(seqs[0], seqs[0] + 80))
+    for r in records:
+        mine = [e["status"] for e in received if e["data"]["task_id"] == r.task_id]
+        assert mine == ["running", r.status.value]
+    assert all(e["data"]["params"]["nested"][0]["api_key"] == "[REDACTED]" for e in received)
+
+
+async def test_a_record_postgres_refuses_costs_only_itself_with_notify_on(
+    dsn: str, db: asyncpg.Connection[Any]
+) -> None:
+    # given: a batch holding one attempt whose params PostgreSQL refuses as JSON
+    from taskmon.bus.postgres import PgNotifyPublisher, unpack_payload
+    from taskmon.events import Status
+
+    received: list[dict[str, Any]] = []
+    listener = await asyncpg.connect(dsn)
+    await listener.add_listener("taskmon_events", lambda *a: received.extend(unpack_payload(a[3])))
+    rec = Recorder(dsn, publisher=PgNotifyPublisher(), batch_size=100, flush_interval=0.01)
+    await rec.start(wait_connected=5)
+    records = [record(i) for i in range(5)]
+    records[2].raw_params = b"{not json"
+    for r in records:
+        rec.submit(r)
+    await rec.flush()
+    # when: the next batch is written over the same connection
+    later = [record(10 + i) for i in range(3)]
+    for r in later:
+        rec.submit(r)
+    await rec.flush()
+    await rec.stop()
+    for _ in range(100):
+        if len(received) >= 7:
+            break
+        await asyncio.sleep(0.02)
+    await listener.close()
+
+    # then: the refused attempt alone is counted, the others written once, announced once
+    assert rec.stats.rejected == 1
+    ids = sorted(r["task_id"] for r in await db.fetch("SELECT task_id FROM task_execution_logs"))
+    assert ids == sorted(r.task_id for r in records + later if r is not records[2])
+    announced = [e["data"]["task_id"] for e in received]
+    assert sorted(announced) == ids
+    assert all(e["status"] == Status.SUCCESS for e in received)

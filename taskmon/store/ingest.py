@@ -26,6 +26,7 @@ __all__ = [
     "next_seqs",
     "prepare_connection",
     "upsert",
+    "upsert_taking_seqs",
 ]
 
 COLUMNS = (
@@ -91,6 +92,17 @@ ON CONFLICT ({key}) DO UPDATE SET
 UPSERT = _UPSERT.replace("{key}", "task_id, attempt, created_at")
 UPSERT_UNPARTITIONED = _UPSERT.replace("{key}", "task_id, attempt")
 
+
+def _taking_seqs(statement: str) -> str:
+    """`statement` (one of the upserts) that also takes $1 values of the event sequence."""
+    return (
+        f"WITH written AS ({statement})\n"
+        "SELECT array_agg(nextval('taskmon_event_seq')) FROM generate_series(1, $1::int)"
+    )
+
+
+_TAKING_SEQS = {statement: _taking_seqs(statement) for statement in (UPSERT, UPSERT_UNPARTITIONED)}
+
 _PARTITIONED = "SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass('task_execution_logs')"
 
 SEQS = "SELECT array_agg(nextval('taskmon_event_seq')) FROM generate_series(1, $1::int)"
@@ -118,6 +130,19 @@ async def upsert(
     # fetch, not execute: a statement without arguments given to execute() goes by
     # the simple protocol, planned at every batch; fetch() prepares it once
     await conn.fetch(statement)
+
+
+async def upsert_taking_seqs(
+    conn: asyncpg.Connection[Any], rows: Sequence[tuple[Any, ...]], n: int, statement: str = UPSERT
+) -> list[int]:
+    """:func:`upsert`, and `n` values of the event sequence taken by the same statement.
+
+    One round trip less per batch than :func:`upsert` then :func:`next_seqs` (each
+    costs the writer more CPU than a few dozen rows do); the sequence is the same.
+    """
+    await conn.copy_records_to_table("taskmon_stage", records=rows, columns=COLUMNS)
+    seqs: list[int] | None = await conn.fetchval(_TAKING_SEQS[statement], n)
+    return seqs or []
 
 
 async def next_seqs(conn: asyncpg.Connection[Any], n: int) -> list[int]:
