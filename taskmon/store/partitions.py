@@ -214,19 +214,14 @@ async def detach(
     :data:`DETACH_LOCK_TIMEOUT_MS` gives up (so the writers queued behind it go
     on) and is repeated after a pause, up to `attempts` times.
     """
-    statement = f'ALTER TABLE task_execution_logs DETACH PARTITION "{_checked(name)}"'
-    for attempt in range(attempts):
-        try:
-            async with conn.transaction():
-                await conn.execute(f"SET LOCAL lock_timeout = {DETACH_LOCK_TIMEOUT_MS}")
-                await conn.execute(statement)
-            return
-        except asyncpg.LockNotAvailableError:
-            if attempt == attempts - 1:
-                raise
-            if on_retry is not None:
-                on_retry()
-            await asyncio.sleep(min(0.05 * (attempt + 1), 1.0))
+    await _with_lock_retries(
+        conn,
+        f'ALTER TABLE task_execution_logs DETACH PARTITION "{_checked(name)}"',
+        attempts,
+        lock_timeout_ms=DETACH_LOCK_TIMEOUT_MS,
+        pause=lambda attempt: min(0.05 * (attempt + 1), 1.0),
+        on_retry=on_retry,
+    )
 
 
 _QUOTED_TIME = re.compile(r"'([^']+)'::timestamp with time zone")
@@ -392,15 +387,29 @@ async def convert(
     )
 
 
-async def _with_lock_retries(conn: asyncpg.Connection[Any], statement: str, attempts: int) -> None:
-    """Run `statement` in a transaction whose lock waits give up after 1 s, retrying."""
+async def _with_lock_retries(
+    conn: asyncpg.Connection[Any],
+    statement: str,
+    attempts: int,
+    *,
+    lock_timeout_ms: int = ENSURE_LOCK_TIMEOUT_MS,
+    pause: Callable[[int], float] = lambda _attempt: 0.1,
+    on_retry: Callable[[], None] | None = None,
+) -> None:
+    """Run `statement` in a transaction whose lock waits give up after `lock_timeout_ms`.
+
+    A try that does not get its lock in time is repeated after `pause(attempt)`
+    seconds, up to `attempts` times; the last failure is raised.
+    """
     for attempt in range(attempts):
         try:
             async with conn.transaction():
-                await conn.execute(f"SET LOCAL lock_timeout = {ENSURE_LOCK_TIMEOUT_MS}")
+                await conn.execute(f"SET LOCAL lock_timeout = {lock_timeout_ms}")
                 await conn.execute(statement)
             return
         except asyncpg.LockNotAvailableError:
             if attempt == attempts - 1:
                 raise
-            await asyncio.sleep(0.1)
+            if on_retry is not None:
+                on_retry()
+            await asyncio.sleep(pause(attempt))
