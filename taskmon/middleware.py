@@ -381,8 +381,8 @@ class MonitoringMiddleware(TaskiqMiddleware):
                 # success, or a task that raised NoResultError on purpose (no result to save)
                 status = Status.SUCCESS
                 exc = None
-            # the running state was submitted as this same object: the writer announces
-            # each state, and encodes the attempt once
+            # the running state was submitted as this same object: the writer
+            # encodes the attempt once, and writes and announces its latest state
             record = running.record
             record.status = status
             record.finished_at = _now(UTC)

@@ -74,17 +74,20 @@ def _merge(old: AttemptRecord, new: AttemptRecord) -> AttemptRecord:
 
 
 _Pending: TypeAlias = list[Any]
-"""One buffered attempt, as one flat list: ``[record, since, *events]``.
+"""One buffered attempt, as one flat list: ``[record, since, order]``.
 
 ``record`` is the attempt's (merged) record; ``since`` when the attempt entered the
-buffer (monotonic: it is written by since + flush_interval); then, for each state
-submitted and to be announced, three items: submission order, status, record.
-One list rather than an object holding a list of tuples: every attempt passes
-through here, and each container fewer is an allocation less and one object
-less for the garbage collector to visit while the batch waits."""
+buffer (monotonic: it is written by since + flush_interval); ``order`` when its
+latest state was submitted, the order in which the batch's events are announced.
+A batch announces each attempt once, in the state it writes: a state that a later
+one replaced before it was written (a task that started and ended within one
+flush) is not announced on its own, as it never was in the table either.
+One list rather than an object: every attempt passes through here, and each
+container fewer is an allocation less and one object less for the garbage
+collector to visit while the batch waits."""
 _RECORD = 0
 _SINCE = 1
-_EVENTS = 2
+_ORDER = 2
 _monotonic = time.monotonic
 
 
@@ -162,8 +165,9 @@ class Recorder:
 
     The same :class:`AttemptRecord` object may be submitted once per state (the
     middleware submits it running, then finished): it is prepared for storage
-    once — labels and parameters redacted, bounded and encoded — and each state
-    is announced as its own event.
+    once — labels and parameters redacted, bounded and encoded. Each write of an
+    attempt is announced by one event, of the state written: an attempt that
+    started and ended before the writer's next batch is announced once, ended.
 
     Args:
         dsn: the database to write to, or a function that finds it. The writer
@@ -264,10 +268,7 @@ class Recorder:
             entry = pending.get(key)
             if entry is None:
                 first = not pending
-                if self.publisher is None:
-                    pending[key] = [record, _monotonic()]
-                else:
-                    pending[key] = [record, _monotonic(), next(self._order), record.status, record]
+                pending[key] = [record, _monotonic(), next(self._order)]
                 if len(pending) > self.max_pending:
                     self._bound()
                 if first:
@@ -275,10 +276,7 @@ class Recorder:
             else:
                 if entry[_RECORD] is not record:
                     entry[_RECORD] = _merge(entry[_RECORD], record)
-                if self.publisher is not None:
-                    entry.append(next(self._order))
-                    entry.append(record.status)
-                    entry.append(record)
+                entry[_ORDER] = next(self._order)
             if len(pending) >= self.batch_size:
                 self._wake.set()
         except Exception:
@@ -592,7 +590,7 @@ class Recorder:
             else:
                 if old[_RECORD] is not entry[_RECORD]:
                     old[_RECORD] = _merge(old[_RECORD], entry[_RECORD])
-                old.extend(entry[_EVENTS:])
+                old[_ORDER] = entry[_ORDER]
         self._bound()
 
     def _note_outage(self, exc: BaseException) -> None:
@@ -745,11 +743,12 @@ class Recorder:
             record = entry[_RECORD]
             labels, params = prepare(record)
             rows.append(row(record, labels, params, max_message))
-            for i in range(_EVENTS, len(entry), 3):
-                announce.append((entry[i], entry[i + 1], entry[i + 2], params))
+            # the state written now is the one announced (a hook may change the
+            # record while the batch is being written: its next state comes next)
+            announce.append((entry[_ORDER], record.status, record, params))
         events: list[bytes] = []
         async with conn.transaction():
-            if not announce or self.publisher is None:
+            if self.publisher is None:
                 await ingest.upsert(conn, rows, self._upsert_sql)
             else:
                 # the rows and the events' seqs in one statement (one round trip)

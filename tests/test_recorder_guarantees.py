@@ -274,7 +274,8 @@ async def test_with_notify_every_row_rollup_and_event_arrives_in_order(
     dsn: str, db: asyncpg.Connection[Any]
 ) -> None:
     # given: a writer publishing with NOTIFY (rows and seqs taken by one statement),
-    # attempts submitted running then finished, in batches that split some of them
+    # in batches of 7; 20 attempts written running before they finish, 20 that
+    # start and finish before the writer's next batch
     from datetime import UTC, datetime, timedelta
 
     from taskmon.bus.postgres import PgNotifyPublisher, unpack_payload
@@ -294,18 +295,28 @@ async def test_with_notify_every_row_rollup_and_event_arrives_in_order(
             params={"i": i, "nested": [{"api_key": "k"}]},
         )  # fmt: skip
         records.append(r)
-        rec.submit(r)
-        if i % 5 == 4:
-            await asyncio.sleep(0.02)
-    for i, r in enumerate(records):
+
+    def finish(i: int, r: AttemptRecord) -> None:
         r.status = Status.SUCCESS if i % 2 else Status.FAILED
         r.finished_at = t0 + timedelta(seconds=31 * i + 1)
         r.duration_ms = 1000.0
         rec.submit(r)
+
+    # when: the first 20 are written running, then the last 20 start and finish
+    # with no await between (the writer cannot run), then the first 20 finish
+    for r in records[:20]:
+        rec.submit(r)
+    await rec.flush()
+    for r in records[20:]:
+        rec.submit(r)
+    for i, r in enumerate(records[20:], 20):
+        finish(i, r)
+    for i, r in enumerate(records[:20]):
+        finish(i, r)
     await rec.flush()
     await rec.stop()
     for _ in range(100):
-        if len(received) >= 80:
+        if len(received) >= 60:
             break
         await asyncio.sleep(0.02)
     await listener.close()
@@ -314,15 +325,26 @@ async def test_with_notify_every_row_rollup_and_event_arrives_in_order(
     rows = await db.fetch("SELECT task_id, status, params FROM task_execution_logs")
     assert len(rows) == 40
     assert all(r["params"]["nested"] == [{"api_key": "[REDACTED]"}] for r in rows)
+    assert {r["task_id"]: r["status"] for r in rows} == {r.task_id: r.status for r in records}
     counted = await db.fetchval("SELECT sum(n) FROM task_rollup_hour")
     assert counted == 40
-    # every state announced once, in order, with consecutive seqs from the sequence
-    assert len(received) == 80
+    # each written state announced once, in order, with consecutive seqs: an
+    # attempt written running is announced twice, one that finished before it
+    # was written once, by its outcome
+    assert len(received) == 60
     seqs = [e["seq"] for e in received]
-    assert seqs == list(range(seqs[0], seqs[0] + 80))
-    for r in records:
-        mine = [e["status"] for e in received if e["data"]["task_id"] == r.task_id]
-        assert mine == ["running", r.status.value]
+    assert seqs == list(range(seqs[0], seqs[0] + 60))
+    for i, r in enumerate(records):
+        mine = [e for e in received if e["data"]["task_id"] == r.task_id]
+        expected = ["running", r.status.value] if i < 20 else [r.status.value]
+        assert [e["status"] for e in mine] == expected
+        assert mine[-1]["data"]["duration_ms"] == 1000.0
+        assert mine[-1]["timestamp"] == (t0 + timedelta(seconds=31 * i + 1)).isoformat()
+        if i < 20:
+            assert mine[0]["data"]["duration_ms"] is None
+    # the finishes of the last 20 were submitted first: announced first
+    finished = [e["data"]["task_id"] for e in received if e["status"] != "running"]
+    assert finished == [r.task_id for r in records[20:] + records[:20]]
     assert all(e["data"]["params"]["nested"][0]["api_key"] == "[REDACTED]" for e in received)
 
 
