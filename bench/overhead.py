@@ -7,12 +7,22 @@ ends when every attempt is written, so the writer's whole cost is inside it.
 Runs are interleaved A-B-B-A after a warm-up; the figures are the median and
 the range of the per-task CPU time (``time.process_time``) and wall time.
 
+With ``--floor``, two reference middlewares join the rotation, to show what
+any recorder pays before it writes anything: ``empty`` has the three hooks and
+does nothing in them (TaskIQ's cost of calling a middleware); ``capture`` does
+only what a recorder cannot leave for later (stamps the enqueue time on the
+message, reads the clocks, copies the arguments as JSON, keeps the attempt in
+a list that is emptied every 1000 tasks) and writes nothing.
+
 Part 2, a real worker: ``taskiq worker --workers 2`` on a taskiq-redis
 ``ListQueueBroker`` drains M no-op tasks queued beforehand, with and without the
 middleware (A-B-B-A); tasks/s from the first task to the last, and the ratio.
+It also prints the CPU time per task of the worker processes, PostgreSQL and
+Redis (all their processes, from /proc), to show where the monitored runs'
+extra time goes on a machine whose cores they share.
 
     python bench/overhead.py [--tasks 20000] [--rounds 3] [--worker-tasks 50000]
-        [--skip-worker] [--skip-loop]
+        [--skip-worker] [--skip-loop] [--floor]
 """
 
 from __future__ import annotations
@@ -29,9 +39,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from taskiq import InMemoryBroker
+import orjson
+from taskiq import InMemoryBroker, TaskiqMessage, TaskiqMiddleware, TaskiqResult
 
-from taskmon.middleware import MonitoringMiddleware
+from taskmon.middleware import ENQUEUED_LABEL, MonitoringMiddleware
 from taskmon.store.db import connect
 
 HERE = Path(__file__).resolve().parent
@@ -39,12 +50,62 @@ DB = "taskmon_bench_overhead"
 PAYLOAD = {"user": "alice", "password": "x", "body": "y" * 200}
 
 
-async def _loop_run(n: int, dsn: str | None) -> tuple[float, float]:
-    """CPU and wall seconds for `n` tasks, with the middleware when `dsn` is given."""
-    monitor = MonitoringMiddleware(dsn=dsn) if dsn else None
+class EmptyHooks(TaskiqMiddleware):
+    """The floor of any middleware: TaskIQ calls the three hooks, which do nothing."""
+
+    async def pre_send(self, message: TaskiqMessage) -> TaskiqMessage:
+        return message
+
+    async def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
+        return message
+
+    async def post_execute(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
+        return None
+
+
+class CaptureOnly(EmptyHooks):
+    """What a recorder must capture inside the hooks, and nothing else (nothing is written)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running: dict[int, list[Any]] = {}
+        self.done: list[list[Any]] = []
+
+    async def pre_send(self, message: TaskiqMessage) -> TaskiqMessage:
+        message.labels[ENQUEUED_LABEL] = int(time.time() * 1000 + 0.5) / 1000
+        return message
+
+    async def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
+        labels = dict(message.labels)
+        self.running[id(message)] = [
+            message.task_id, message.task_name, labels, labels.pop(ENQUEUED_LABEL, None),
+            time.time(), time.perf_counter(), orjson.dumps([message.args, message.kwargs]),
+        ]  # fmt: skip
+        return message
+
+    async def post_execute(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
+        attempt = self.running.pop(id(message))
+        attempt.append(time.perf_counter() - attempt[5])
+        attempt.append(result.is_err)
+        self.done.append(attempt)
+        if len(self.done) >= 1000:
+            self.done.clear()
+
+
+FLOORS: dict[str, type[TaskiqMiddleware]] = {"empty": EmptyHooks, "capture": CaptureOnly}
+
+
+async def _loop_run(n: int, dsn: str | None, floor: str | None = None) -> tuple[float, float]:
+    """CPU and wall seconds for `n` tasks, with the middleware when `dsn` is given.
+
+    `floor` names one of :data:`FLOORS` to run instead of the middleware.
+    """
+    monitor = MonitoringMiddleware(dsn=dsn) if dsn and floor is None else None
     broker = InMemoryBroker(await_inplace=True)
     if monitor is not None:
         broker = broker.with_middlewares(monitor)
+    elif floor is not None:
+        broker = broker.with_middlewares(FLOORS[floor]())
 
     @broker.task(task_name="bench:noop")
     async def noop(i: int, payload: dict[str, str]) -> int:
@@ -78,29 +139,42 @@ def _summary(values: list[float]) -> str:
     return f"{statistics.median(values):7.1f} ({min(values):.1f}-{max(values):.1f})"
 
 
-def loop_bench(server_dsn: str, n: int, rounds: int) -> None:
+def loop_bench(server_dsn: str, n: int, rounds: int, floor: bool) -> None:
     dsn = asyncio.run(_reset(server_dsn))
+    kinds = ["bare", "monitored", *(FLOORS if floor else ())]
     print(f"\n1. in-process loop: {n} no-op tasks per run, A-B-B-A x {rounds}, after a warm-up")
     asyncio.run(_loop_run(n // 4, None))
     asyncio.run(_loop_run(n // 4, dsn))
-    runs: dict[str, list[tuple[float, float]]] = {"bare": [], "monitored": []}
+    runs: dict[str, list[tuple[float, float]]] = {kind: [] for kind in kinds}
     for _ in range(rounds):
-        for kind in ("bare", "monitored", "monitored", "bare"):
-            runs[kind].append(asyncio.run(_loop_run(n, dsn if kind == "monitored" else None)))
+        for kind in kinds + kinds[::-1]:
+            runs[kind].append(
+                asyncio.run(
+                    _loop_run(
+                        n,
+                        None if kind == "bare" else dsn,
+                        kind if kind in FLOORS else None,
+                    )
+                )
+            )
     cpu = {k: [c * 1e6 / n for c, _ in v] for k, v in runs.items()}
     wall = {k: [w * 1e6 / n for _, w in v] for k, v in runs.items()}
-    # pair each monitored run with the bare run next to it (A-B-B-A), so drift cancels
-    added_cpu = [m - b for m, b in zip(cpu["monitored"], cpu["bare"], strict=True)]
-    added_wall = [m - b for m, b in zip(wall["monitored"], wall["bare"], strict=True)]
+    names = {
+        "bare": "without the middleware",
+        "monitored": "with the middleware",
+        "empty": "empty hooks (floor)",
+        "capture": "capture only (floor)",
+    }
     print(f"   {'µs per task, median (min-max)':34} {'CPU':>22} {'wall':>22}")
-    print(
-        f"   {'without the middleware':34} {_summary(cpu['bare']):>22} {_summary(wall['bare']):>22}"
-    )
-    print(
-        f"   {'with the middleware':34} "
-        f"{_summary(cpu['monitored']):>22} {_summary(wall['monitored']):>22}"
-    )
-    print(f"   {'added (paired runs)':34} {_summary(added_cpu):>22} {_summary(added_wall):>22}")
+    for kind in kinds:
+        print(f"   {names[kind]:34} {_summary(cpu[kind]):>22} {_summary(wall[kind]):>22}")
+    # pair each run with the bare run of the same position in its round (A-B-B-A),
+    # so drift cancels
+    for kind in kinds[1:]:
+        added_cpu = [m - b for m, b in zip(cpu[kind], cpu["bare"], strict=True)]
+        added_wall = [m - b for m, b in zip(wall[kind], wall["bare"], strict=True)]
+        label = "added (paired runs)" if kind == "monitored" else f"added by {kind}"
+        print(f"   {label:34} {_summary(added_cpu):>22} {_summary(added_wall):>22}")
 
 
 def _redis(url: str) -> Any:
@@ -109,8 +183,38 @@ def _redis(url: str) -> Any:
     return redis.Redis.from_url(url)
 
 
-def _worker_run(n: int, monitored: bool, dsn: str, redis_url: str) -> float:
-    """Tasks/s of a 2-process `taskiq worker` draining `n` queued no-op tasks."""
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_WHO = (("postgres", "postgres"), ("redis-server", "redis"), ("taskiq worker", "workers"))
+
+
+def _cpu_by_kind() -> dict[str, float]:
+    """CPU seconds used so far by the worker processes, PostgreSQL and Redis (from /proc)."""
+    totals = dict.fromkeys((kind for _, kind in _WHO), 0.0)
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it ended meanwhile
+        for needle, kind in _WHO:
+            if needle in cmdline:
+                totals[kind] += (int(stat[11]) + int(stat[12])) / _CLOCK_TICKS
+                break
+    return totals
+
+
+def _worker_run(
+    n: int, monitored: bool, dsn: str, redis_url: str
+) -> tuple[float, dict[str, float]]:
+    """Tasks/s of a 2-process `taskiq worker` draining `n` queued no-op tasks.
+
+    Also the CPU µs per task of each kind of process (see :func:`_cpu_by_kind`),
+    over the same span as the rate.
+    """
     env = {
         **os.environ,
         "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
@@ -148,15 +252,19 @@ def _worker_run(n: int, monitored: bool, dsn: str, redis_url: str) -> float:
                 worker.wait()
 
 
-def _drained(r: Any, worker: subprocess.Popen[bytes], log: Any, n: int) -> float:
-    """Tasks/s from the first task reported done to the last."""
+def _drained(
+    r: Any, worker: subprocess.Popen[bytes], log: Any, n: int
+) -> tuple[float, dict[str, float]]:
+    """Tasks/s from the first task reported done to the last, and CPU µs per task meanwhile."""
     first = last = None
+    cpu0: dict[str, float] = {}
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         done = int(r.get("bench:done") or 0)
         now = time.perf_counter()
         if done and first is None:
             first = (now, done)
+            cpu0 = _cpu_by_kind()  # the workers' start-up (imports) is left out
         if done >= n:
             last = now
             break
@@ -165,7 +273,9 @@ def _drained(r: Any, worker: subprocess.Popen[bytes], log: Any, n: int) -> float
             raise RuntimeError(log.read().decode(errors="replace") or "the worker died")
         time.sleep(0.005)
     assert first is not None and last is not None, "the worker did not finish"
-    return (n - first[1]) / (last - first[0])
+    cpu1 = _cpu_by_kind()
+    tasks = n - first[1]
+    return tasks / (last - first[0]), {k: (cpu1[k] - cpu0[k]) * 1e6 / tasks for k in cpu1}
 
 
 def worker_bench(server_dsn: str, n: int, rounds: int, redis_url: str) -> None:
@@ -174,9 +284,13 @@ def worker_bench(server_dsn: str, n: int, rounds: int, redis_url: str) -> None:
     _worker_run(n // 10, False, dsn, redis_url)  # warm-up (and migrations)
     _worker_run(n // 10, True, dsn, redis_url)
     rates: dict[str, list[float]] = {"bare": [], "monitored": []}
+    cpu: dict[str, dict[str, list[float]]] = {"bare": {}, "monitored": {}}
     for _ in range(rounds):
         for kind in ("bare", "monitored", "monitored", "bare"):
-            rates[kind].append(_worker_run(n, kind == "monitored", dsn, redis_url))
+            rate, split = _worker_run(n, kind == "monitored", dsn, redis_url)
+            rates[kind].append(rate)
+            for who, us in split.items():
+                cpu[kind].setdefault(who, []).append(us)
     ratios = [m / b for m, b in zip(rates["monitored"], rates["bare"], strict=True)]
     print(f"   {'tasks/s, median (min-max)':34}")
     print(f"   {'without the middleware':34} {_summary(rates['bare'])}")
@@ -185,6 +299,10 @@ def worker_bench(server_dsn: str, n: int, rounds: int, redis_url: str) -> None:
         f"   {'monitored / bare (paired runs)':34} {statistics.median(ratios):7.1%} "
         f"({min(ratios):.1%}-{max(ratios):.1%})"
     )
+    whos = [kind for _, kind in _WHO]
+    print(f"\n   {'CPU µs per task, median (min-max)':34} " + " ".join(f"{w:>22}" for w in whos))
+    for kind in ("bare", "monitored"):
+        print(f"   {kind:34} " + " ".join(f"{_summary(cpu[kind][w]):>22}" for w in whos))
 
 
 def main() -> None:
@@ -195,6 +313,9 @@ def main() -> None:
     parser.add_argument("--skip-loop", action="store_true")
     parser.add_argument("--skip-worker", action="store_true")
     parser.add_argument(
+        "--floor", action="store_true", help="also run the empty and capture-only middlewares"
+    )
+    parser.add_argument(
         "--dsn",
         default=os.environ.get("TASKMON_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"),
     )
@@ -204,7 +325,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"load average at start: {os.getloadavg()[0]:.2f}")
     if not args.skip_loop:
-        loop_bench(args.dsn, args.tasks, args.rounds)
+        loop_bench(args.dsn, args.tasks, args.rounds, args.floor)
     if not args.skip_worker:
         worker_bench(args.dsn, args.worker_tasks, args.rounds, args.redis_url)
     print(f"\nload average at end: {os.getloadavg()[0]:.2f}")

@@ -469,7 +469,7 @@ class Recorder:
                 self._upsert_sql is ingest.UPSERT_UNPARTITIONED
                 and not self._unpartitioned_said
                 and await partitions.is_partitioned(conn) is False
-                and await conn.fetchval("SELECT to_regclass('taskmon_partitioning') IS NOT NULL")
+                and await partitions.supported(conn)
             ):
                 self._unpartitioned_said = True
                 logger.warning(

@@ -132,7 +132,7 @@ async def _partition(conn: asyncpg.Connection[Any]) -> ConvertResult | None:
     """Partition a table migration 0008 left plain (too large to convert at start-up)."""
     from taskmon.store import partitions
 
-    if not await conn.fetchval("SELECT to_regclass('taskmon_partitioning') IS NOT NULL"):
+    if not await partitions.supported(conn):
         return None
     if await partitions.is_partitioned(conn) is not False:
         return None

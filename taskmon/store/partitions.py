@@ -43,6 +43,7 @@ __all__ = [
     "reattach",
     "set_settings",
     "settings",
+    "supported",
 ]
 
 DEFAULT_PARTITION = "task_execution_logs_default"
@@ -93,7 +94,8 @@ async def is_partitioned(conn: asyncpg.Connection[Any]) -> bool | None:
     return None if kind is None else kind == "p"
 
 
-async def _has_functions(conn: asyncpg.Connection[Any]) -> bool:
+async def supported(conn: asyncpg.Connection[Any]) -> bool:
+    """Whether the schema has partitioning's settings and functions (migration 0008)."""
     found: bool = await conn.fetchval("SELECT to_regclass('taskmon_partitioning') IS NOT NULL")
     return found
 
@@ -111,7 +113,7 @@ async def ensure(
     creating partitions. Raises :class:`asyncpg.LockNotAvailableError` when a
     lock was not granted within a second (try again later).
     """
-    if not await _has_functions(conn):
+    if not await supported(conn):
         return 0
     async with conn.transaction():
         await conn.execute(f"SET LOCAL lock_timeout = {ENSURE_LOCK_TIMEOUT_MS}")
