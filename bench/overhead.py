@@ -19,16 +19,20 @@ Part 2, a real worker: ``taskiq worker --workers 2`` on a taskiq-redis
 middleware (A-B-B-A); tasks/s from the first task to the last, and the ratio.
 It also prints the CPU time per task of the worker processes, PostgreSQL and
 Redis (all their processes, from /proc), to show where the monitored runs'
-extra time goes on a machine whose cores they share.
+extra time goes on a machine whose cores they share. With ``--pin``, the
+services get the last core and ``taskiq worker --workers 1`` the first, as if
+PostgreSQL and Redis ran on another host: the ratio is then the recorder's own
+cost (Linux only; affinities are restored at the end).
 
     python bench/overhead.py [--tasks 20000] [--rounds 3] [--worker-tasks 50000]
-        [--skip-worker] [--skip-loop] [--floor]
+        [--skip-worker] [--skip-loop] [--floor] [--pin]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import statistics
@@ -36,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -207,10 +212,46 @@ def _cpu_by_kind() -> dict[str, float]:
     return totals
 
 
+def _service_pids() -> list[int]:
+    """The PostgreSQL and Redis processes (a backend forked later takes its postmaster's CPUs)."""
+    pids = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmdline = f.read().decode(errors="replace")
+            except OSError:
+                continue
+            if "postgres" in cmdline or "redis-server" in cmdline:
+                pids.append(int(pid))
+    return pids
+
+
+@contextlib.contextmanager
+def _pinned_services(cpus: set[int]) -> Iterator[None]:
+    """Run PostgreSQL and Redis (every thread) on `cpus` meanwhile."""
+    everything = os.sched_getaffinity(0)
+
+    def pin(to: set[int]) -> None:
+        for pid in _service_pids():
+            with contextlib.suppress(OSError):
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    with contextlib.suppress(OSError):
+                        os.sched_setaffinity(int(tid), to)
+
+    pin(cpus)
+    try:
+        yield
+    finally:
+        pin(everything)
+
+
 def _worker_run(
-    n: int, monitored: bool, dsn: str, redis_url: str
+    n: int, monitored: bool, dsn: str, redis_url: str, workers: int = 2, cpu: int | None = None
 ) -> tuple[float, dict[str, float]]:
-    """Tasks/s of a 2-process `taskiq worker` draining `n` queued no-op tasks.
+    """Tasks/s of a `taskiq worker` (2 processes, or `workers`) draining `n` queued no-op tasks.
+
+    `cpu`: the one CPU the worker's processes may use (None: any).
 
     Also the CPU µs per task of each kind of process (see :func:`_cpu_by_kind`),
     over the same span as the rate.
@@ -230,11 +271,12 @@ def _worker_run(
     # its log goes to a file: a pipe nobody reads fills up and blocks the worker.
     # WARNING, not TaskIQ's default INFO line per task: the bare worker is faster
     # without it, so the ratio is the harder one
+    pin = [] if cpu is None else ["taskset", "-c", str(cpu)]
     with tempfile.TemporaryFile() as log:
         worker = subprocess.Popen(
             [
-                sys.executable, "-m", "taskiq", "worker", "overhead_app:broker",
-                "--workers", "2", "--log-level", "WARNING",
+                *pin, sys.executable, "-m", "taskiq", "worker", "overhead_app:broker",
+                "--workers", str(workers), "--log-level", "WARNING",
             ],
             env=env,
             stdout=subprocess.DEVNULL,
@@ -278,19 +320,37 @@ def _drained(
     return tasks / (last - first[0]), {k: (cpu1[k] - cpu0[k]) * 1e6 / tasks for k in cpu1}
 
 
-def worker_bench(server_dsn: str, n: int, rounds: int, redis_url: str) -> None:
+def worker_bench(server_dsn: str, n: int, rounds: int, redis_url: str, pin: bool) -> None:
     dsn = asyncio.run(_reset(server_dsn))
-    print(f"\n2. taskiq worker --workers 2, ListQueueBroker: {n} queued no-op tasks per run")
-    _worker_run(n // 10, False, dsn, redis_url)  # warm-up (and migrations)
-    _worker_run(n // 10, True, dsn, redis_url)
+    with contextlib.ExitStack() as stack:
+        workers, cpu = 2, None
+        if pin:
+            cpus = sorted(os.sched_getaffinity(0))
+            if len(cpus) < 2:
+                raise SystemExit("--pin needs two CPUs")
+            stack.enter_context(_pinned_services({cpus[-1]}))
+            workers, cpu = 1, cpus[0]
+        where = f", pinned to CPU {cpu}, services on the other" if pin else ""
+        print(
+            f"\n2. taskiq worker --workers {workers}{where}, ListQueueBroker: "
+            f"{n} queued no-op tasks per run"
+        )
+        _worker_bench(dsn, n, rounds, redis_url, workers, cpu)
+
+
+def _worker_bench(
+    dsn: str, n: int, rounds: int, redis_url: str, workers: int, cpu: int | None
+) -> None:
+    _worker_run(n // 10, False, dsn, redis_url, workers, cpu)  # warm-up (and migrations)
+    _worker_run(n // 10, True, dsn, redis_url, workers, cpu)
     rates: dict[str, list[float]] = {"bare": [], "monitored": []}
-    cpu: dict[str, dict[str, list[float]]] = {"bare": {}, "monitored": {}}
+    used: dict[str, dict[str, list[float]]] = {"bare": {}, "monitored": {}}
     for _ in range(rounds):
         for kind in ("bare", "monitored", "monitored", "bare"):
-            rate, split = _worker_run(n, kind == "monitored", dsn, redis_url)
+            rate, split = _worker_run(n, kind == "monitored", dsn, redis_url, workers, cpu)
             rates[kind].append(rate)
             for who, us in split.items():
-                cpu[kind].setdefault(who, []).append(us)
+                used[kind].setdefault(who, []).append(us)
     ratios = [m / b for m, b in zip(rates["monitored"], rates["bare"], strict=True)]
     print(f"   {'tasks/s, median (min-max)':34}")
     print(f"   {'without the middleware':34} {_summary(rates['bare'])}")
@@ -302,7 +362,7 @@ def worker_bench(server_dsn: str, n: int, rounds: int, redis_url: str) -> None:
     whos = [kind for _, kind in _WHO]
     print(f"\n   {'CPU µs per task, median (min-max)':34} " + " ".join(f"{w:>22}" for w in whos))
     for kind in ("bare", "monitored"):
-        print(f"   {kind:34} " + " ".join(f"{_summary(cpu[kind][w]):>22}" for w in whos))
+        print(f"   {kind:34} " + " ".join(f"{_summary(used[kind][w]):>22}" for w in whos))
 
 
 def main() -> None:
@@ -316,6 +376,11 @@ def main() -> None:
         "--floor", action="store_true", help="also run the empty and capture-only middlewares"
     )
     parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="one worker process on the first CPU, PostgreSQL and Redis on the other",
+    )
+    parser.add_argument(
         "--dsn",
         default=os.environ.get("TASKMON_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"),
     )
@@ -327,7 +392,7 @@ def main() -> None:
     if not args.skip_loop:
         loop_bench(args.dsn, args.tasks, args.rounds, args.floor)
     if not args.skip_worker:
-        worker_bench(args.dsn, args.worker_tasks, args.rounds, args.redis_url)
+        worker_bench(args.dsn, args.worker_tasks, args.rounds, args.redis_url, args.pin)
     print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
 
 
