@@ -122,29 +122,31 @@ async def _produce(dsn: str, bus: str, redis_url: str, attempts: int, tag: str) 
     )
 
 
-def _child(args: tuple[str, str, str, int, str, Any]) -> None:
-    dsn, bus, redis_url, attempts, tag, queue = args
-    barrier_at = queue.get()  # every process starts at the same moment
+def _child(args: tuple[str, str, str, int, str, Any, Any]) -> None:
+    dsn, bus, redis_url, attempts, tag, start, done = args
+    barrier_at = start.get()  # every process starts at the same moment
     time.sleep(max(0.0, barrier_at - time.time()))
-    queue.put(asyncio.run(_produce(dsn, bus, redis_url, attempts, tag)))
+    done.put(asyncio.run(_produce(dsn, bus, redis_url, attempts, tag)))
 
 
 def run_processes(dsn: str, bus: str, redis_url: str, attempts: int, processes: int) -> Result:
     ctx = mp.get_context("spawn")
-    queues = [ctx.Queue() for _ in range(processes)]
+    # a queue each way: a child slower to start than the parent to ask for results
+    # would otherwise leave its start time to be read back by the parent
+    starts = [ctx.Queue() for _ in range(processes)]
+    dones = [ctx.Queue() for _ in range(processes)]
     per = attempts // processes
     tag = uuid.uuid4().hex[:8]
     procs = [
-        ctx.Process(target=_child, args=((dsn, bus, redis_url, per, f"{tag}-{p}", q),))
-        for p, q in enumerate(queues)
+        ctx.Process(target=_child, args=((dsn, bus, redis_url, per, f"{tag}-{p}", s, d),))
+        for p, (s, d) in enumerate(zip(starts, dones, strict=True))
     ]
     for proc in procs:
         proc.start()
     start_at = time.time() + 3.0  # time for every child to import and connect
-    for q in queues:
+    for q in starts:
         q.put(start_at)
-    time.sleep(0.5)
-    results: list[Result] = [q.get(timeout=600) for q in queues]
+    results: list[Result] = [q.get(timeout=600) for q in dones]
     for proc in procs:
         proc.join()
     return Result(

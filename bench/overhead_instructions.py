@@ -8,7 +8,7 @@ runs meanwhile and everything is written before the run ends), and the
 difference divided by 2N is the per-task count, start-up excluded. Only this
 process is counted: PostgreSQL's own work is not.
 
-    python bench/overhead_instructions.py [--tasks 1000]
+    python bench/overhead_instructions.py [--tasks 1000] [--floor]
 """
 
 from __future__ import annotations
@@ -28,17 +28,18 @@ CHILD = """
 import asyncio, sys
 sys.path.insert(0, {here!r})
 from overhead import _loop_run
-asyncio.run(_loop_run(int(sys.argv[1]), sys.argv[2] or None))
+asyncio.run(_loop_run(int(sys.argv[1]), sys.argv[2] or None, sys.argv[3] or None))
 """
 
 
-def _instructions(n: int, dsn: str | None) -> int:
+def _instructions(n: int, dsn: str | None, floor: str | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         proc = subprocess.run(
             [
                 "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                 sys.executable, "-c", CHILD.format(here=str(HERE)), str(n), dsn or "",
+                floor or "",
             ],
             capture_output=True,
             text=True,
@@ -62,25 +63,40 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also the empty and capture-only middlewares of overhead.py --floor",
+    )
+    parser.add_argument(
         "--dsn",
         default=os.environ.get("TASKMON_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"),
     )
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
-    from overhead import _reset
+    from overhead import FLOORS, _reset
 
     dsn = asyncio.run(_reset(args.dsn))
     asyncio.run(_migrate(dsn))  # not inside a measured run
     n = args.tasks
     per_task: dict[str, float] = {}
-    for kind, target in (("bare", None), ("monitored", dsn)):
-        small, large = _instructions(n, target), _instructions(3 * n, target)
+    runs: list[tuple[str, str | None, str | None]] = [
+        ("bare", None, None),
+        ("monitored", dsn, None),
+    ]
+    if args.floor:
+        runs += [(floor, None, floor) for floor in FLOORS]
+    for kind, target, floor in runs:
+        small, large = _instructions(n, target, floor), _instructions(3 * n, target, floor)
         per_task[kind] = (large - small) / (2 * n)
-    added = per_task["monitored"] - per_task["bare"]
+    bare = per_task["bare"]
     print(f"instructions per no-op task ({n} and {3 * n} tasks, start-up excluded)")
-    print(f"   without the middleware   {per_task['bare']:12,.0f}")
+    print(f"   without the middleware   {bare:12,.0f}")
     print(f"   with the middleware      {per_task['monitored']:12,.0f}")
-    print(f"   added                    {added:12,.0f} ({added / per_task['bare']:.0%} of bare)")
+    for kind in per_task:
+        if kind != "bare":
+            added = per_task[kind] - bare
+            label = "added" if kind == "monitored" else f"added by {kind} (floor)"
+            print(f"   {label:24} {added:12,.0f} ({added / bare:.0%} of bare)")
 
 
 if __name__ == "__main__":
