@@ -16,7 +16,14 @@ from helpers import publish, record, wait_for
 from taskmon.bus import pack
 from taskmon.bus.postgres import MAX_PAYLOAD, PgNotifySubscriber
 from taskmon.bus.redis import PACK_EVENTS, STREAM, RedisStreamPublisher, RedisStreamSubscriber
-from taskmon.bus.subscriber import BusEvents, BusGap, BusItem, BusState, Subscriber
+from taskmon.bus.subscriber import (
+    BusEvents,
+    BusGap,
+    BusItem,
+    BusState,
+    Subscriber,
+    check_cancelled,
+)
 from taskmon.recorder import Recorder
 
 
@@ -42,9 +49,11 @@ class Collector:
         return [i for i in self.items if isinstance(i, BusGap)]
 
     async def stop(self) -> None:
+        # bounded: a subscriber that ignores cancellation fails the test, not the run
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await self.task
+            async with asyncio.timeout(10):
+                await self.task
 
 
 @pytest.fixture
@@ -275,3 +284,22 @@ def test_pack_groups_events_under_both_limits_and_loses_none() -> None:
     # an event over the limit still goes, alone
     big = b'{"seq":0,"pad":"' + b"y" * 500 + b'"}'
     assert list(pack([big, b'{"seq":1}'], max_bytes=100)) == [b"[" + big + b"]", b'[{"seq":1}]']
+
+
+async def test_a_cancellation_a_library_swallowed_still_stops_a_subscriber_loop() -> None:
+    # given: a loop shaped like the subscribers' whose awaits swallow a cancellation,
+    # as redis-py's blocking read sometimes does
+    async def loop() -> None:
+        while True:
+            check_cancelled()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(10)
+
+    task = asyncio.create_task(loop())
+    await asyncio.sleep(0.01)
+    # when
+    task.cancel()
+    # then: it stops at its next check, not after another read
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(5):
+            await task

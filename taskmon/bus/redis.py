@@ -10,7 +10,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from taskmon.bus import pack
-from taskmon.bus.subscriber import Backoff, BusEvents, BusGap, BusItem, BusState, split_events
+from taskmon.bus.subscriber import (
+    Backoff,
+    BusEvents,
+    BusGap,
+    BusItem,
+    BusState,
+    check_cancelled,
+    split_events,
+)
 
 __all__ = [
     "PACK_EVENTS",
@@ -214,6 +222,7 @@ class RedisStreamSubscriber:
                         first = BusEvents([])
                         gap = await self._check_resume(client)
                 except Exception as exc:
+                    check_cancelled()
                     if not reported_down:
                         reported_down = True
                         yield BusState(False, _describe(exc))
@@ -228,6 +237,7 @@ class RedisStreamSubscriber:
                     yield first
                 try:
                     while True:
+                        check_cancelled()  # redis-py may have swallowed it in the last read
                         reply = await client.xread(
                             {self.stream: self.last_id}, count=self.count, block=self.block_ms
                         )
@@ -238,6 +248,7 @@ class RedisStreamSubscriber:
                             if batch.events:
                                 yield batch
                 except Exception as exc:
+                    check_cancelled()
                     reported_down = True
                     yield BusState(False, _describe(exc))
                     await asyncio.sleep(backoff.next())

@@ -9,6 +9,7 @@ by themselves; they end only when the consumer stops iterating.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ __all__ = [
     "BusItem",
     "BusState",
     "Subscriber",
+    "check_cancelled",
     "split_events",
 ]
 
@@ -128,6 +130,19 @@ def _skip_space(text: str, i: int) -> int:
     while i < len(text) and text[i] in _SPACE:
         i += 1
     return i
+
+
+def check_cancelled() -> None:
+    """Raise CancelledError if the current task was asked to stop.
+
+    redis-py (8.1) can swallow the cancellation of a task blocked in a read and
+    go on reading, so a subscriber's loop would run forever after
+    ``task.cancel()``. The task still counts the request (``cancelling()``),
+    so a loop that checks this between reads stops within one read.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class Backoff:
