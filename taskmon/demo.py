@@ -549,6 +549,8 @@ class DemoSummary:
     retries: int
     events_delivered: int
     dsn: str
+    outcomes_delivered: int = 0
+    """Events announcing an attempt's outcome (each attempt's last event)."""
     ended_by: str | None = None
     """The signal that ended the run early, if one did."""
 
@@ -560,7 +562,8 @@ class DemoSummary:
             f"start-up): {self.kicked} task{'' if self.kicked == 1 else 's'} kicked",
             f"attempts recorded: {self.attempts_recorded} ({statuses})",
             f"failures: {self.failures}, retried attempts: {self.retries}",
-            f"events delivered to a live subscriber: {self.events_delivered}",
+            f"events delivered to a live subscriber: {self.events_delivered} "
+            f"({self.outcomes_delivered} outcomes)",
         ]
 
 
@@ -584,12 +587,15 @@ async def run_headless(
     started = time.monotonic()
     async with demo_environment(rate=rate, seed=seed, stop=stop) as env:
         delivered = 0
+        outcomes = 0
 
         async def listen() -> None:
-            nonlocal delivered
+            nonlocal delivered, outcomes
             async for message in subscribe(env.hub_url, since_seq=0):
                 if isinstance(message, EventReceived):
                     delivered += 1
+                    if message.event.get("type") != "task_started":
+                        outcomes += 1
 
         listener = asyncio.create_task(listen())
         with contextlib.suppress(TimeoutError):
@@ -620,6 +626,7 @@ async def run_headless(
             failures=by_status.get("failed", 0),
             retries=by_status.get("retrying", 0),
             events_delivered=delivered,
+            outcomes_delivered=outcomes,
             dsn=env.dsn,
             ended_by=stop.signal_name if stop.ended.is_set() else None,
         )

@@ -52,8 +52,12 @@ def test_headless_demo_records_tasks_and_delivers_every_event() -> None:
     assert attempts >= 20
     assert "running" not in out.stdout.split("attempts recorded:")[1].split("\n")[0]
     assert failures >= 1
-    # every attempt announces its start and its outcome, and none is missed
-    assert events == 2 * attempts
+    # every attempt's outcome is announced, and none is missed; its start too when
+    # it was written running before it ended (a start and end within one write are
+    # announced once)
+    outcomes = int(re.search(r"\((\d+) outcomes\)", out.stdout).group(1))  # type: ignore[union-attr]
+    assert outcomes == attempts
+    assert attempts <= events <= 2 * attempts
     assert "Traceback" not in out.stderr
 
 
