@@ -29,12 +29,12 @@ import orjson
 import psutil
 
 from taskmon.bus.postgres import PgNotifyPublisher
-from taskmon.encode import prepare, row_of
-from taskmon.events import AttemptRecord, Status
-from taskmon.params import CallSpec, ParamsPolicy, capture_call
-from taskmon.recorder import Recorder
+from taskmon.domain.events import AttemptRecord, Status
+from taskmon.domain.params import CallSpec, ParamsPolicy, capture_call
 from taskmon.store import ingest
 from taskmon.store.db import connect
+from taskmon.worker.encode import prepare, row_of
+from taskmon.worker.recorder import Recorder
 
 DB = "taskmon_bench_batch"
 PAYLOAD = {"user": "alice", "password": "x", "body": "y" * 200}

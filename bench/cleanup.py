@@ -33,9 +33,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from taskmon import retention
 from taskmon.store import migrations, partitions
 from taskmon.store.db import connect
+from taskmon.worker import cleanup as retention
 
 DATABASE = "taskmon_bench_cleanup"
 CHUNK = 500_000

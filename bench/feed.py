@@ -7,7 +7,7 @@ For each bus (PostgreSQL NOTIFY, Redis stream) it runs a real hub
 process, then reports:
 
 * latency from the attempt's ``finished_at`` (wall clock, in the worker) to its
-  arrival at the probe subscriber (a ``taskmon.client.subscribe`` consumer
+  arrival at the probe subscriber (a ``taskmon.server.client.subscribe`` consumer
   that decodes every event): p50 / p99 / max;
 * completeness: every subscriber must receive every event, with no ``gap``;
 * hub CPU (its process's user+system time over the run) and CPU per delivery.
@@ -50,8 +50,8 @@ import asyncio, sys, time
 from datetime import UTC, datetime
 from taskmon.bus.postgres import PgNotifyPublisher
 from taskmon.bus.redis import RedisStreamPublisher
-from taskmon.events import AttemptRecord, Status
-from taskmon.recorder import Recorder
+from taskmon.domain.events import AttemptRecord, Status
+from taskmon.worker.recorder import Recorder
 
 async def main(dsn, redis_url, rate, duration):
     pub = RedisStreamPublisher(redis_url) if redis_url else PgNotifyPublisher()
@@ -211,7 +211,7 @@ async def run_one(
     subscribers: int,
     duration: float,
 ) -> Result:
-    from taskmon.client import EventReceived, Gap, subscribe
+    from taskmon.server.client import EventReceived, Gap, subscribe
 
     loop = asyncio.get_running_loop()
     parts = urlsplit(url)

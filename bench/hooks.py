@@ -35,7 +35,7 @@ from typing import Any
 from taskiq import InMemoryBroker, TaskiqMessage, TaskiqResult
 from taskiq.utils import maybe_awaitable
 
-from taskmon.middleware import MonitoringMiddleware
+from taskmon.worker.middleware import MonitoringMiddleware
 
 PAYLOAD = {"user": "alice", "password": "x", "body": "y" * 200}
 

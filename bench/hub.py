@@ -62,8 +62,8 @@ import asyncio, sys, time
 from datetime import UTC, datetime
 from taskmon.bus.postgres import PgNotifyPublisher
 from taskmon.bus.redis import RedisStreamPublisher
-from taskmon.events import AttemptRecord, Status
-from taskmon.recorder import Recorder
+from taskmon.domain.events import AttemptRecord, Status
+from taskmon.worker.recorder import Recorder
 
 async def main(dsn, redis_url, rate, duration):
     pub = RedisStreamPublisher(redis_url) if redis_url else PgNotifyPublisher()

@@ -32,11 +32,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from taskmon.bus import Publisher
-from taskmon.events import AttemptRecord, Status
-from taskmon.params import CallSpec, capture_call
-from taskmon.recorder import Recorder
+from taskmon.domain.events import AttemptRecord, Status
+from taskmon.domain.params import CallSpec, capture_call
 from taskmon.store import migrations
 from taskmon.store.db import connect
+from taskmon.worker.recorder import Recorder
 
 DB = "taskmon_bench_ingest"
 

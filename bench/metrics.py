@@ -25,7 +25,7 @@ import time
 from datetime import UTC, datetime
 from urllib.parse import urlsplit, urlunsplit
 
-from taskmon.metrics import BOUNDS_S, SETTLED_TTL_S
+from taskmon.server.exporter import BOUNDS_S, SETTLED_TTL_S
 from taskmon.store import migrations
 from taskmon.store.db import connect
 from taskmon.store.metrics import fetch_metrics, fetch_settled, settled_boundary

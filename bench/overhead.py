@@ -47,8 +47,8 @@ from typing import Any
 import orjson
 from taskiq import InMemoryBroker, TaskiqMessage, TaskiqMiddleware, TaskiqResult
 
-from taskmon.middleware import ENQUEUED_LABEL, MonitoringMiddleware
 from taskmon.store.db import connect
+from taskmon.worker.middleware import ENQUEUED_LABEL, MonitoringMiddleware
 
 HERE = Path(__file__).resolve().parent
 DB = "taskmon_bench_overhead"

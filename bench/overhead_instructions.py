@@ -52,7 +52,7 @@ def _instructions(n: int, dsn: str | None, floor: str | None = None) -> int:
 
 
 async def _migrate(dsn: str) -> None:
-    from taskmon.recorder import Recorder
+    from taskmon.worker.recorder import Recorder
 
     recorder = Recorder(dsn)
     await recorder.start(wait_connected=30)

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from taskmon.filters import TaskFilter, parse
+from taskmon.domain.filters import TaskFilter, parse
 from taskmon.store import history, maintenance, migrations, partitions
 from taskmon.store import stats as store_stats
 from taskmon.store.db import connect

@@ -16,8 +16,8 @@ every ``--key-interval`` seconds (0.5) and reports:
 
 ``--source synthetic`` (default) generates events inside the process, as the
 websocket client would hand them over; ``--source hub`` writes attempts with
-a real :class:`~taskmon.recorder.Recorder` (PostgreSQL NOTIFY) and receives
-them through an in-process :class:`~taskmon.hub.Hub`.
+a real :class:`~taskmon.worker.recorder.Recorder` (PostgreSQL NOTIFY) and receives
+them through an in-process :class:`~taskmon.server.hub.Hub`.
 """
 
 from __future__ import annotations
@@ -101,8 +101,8 @@ class SyntheticLive:
 
 async def _hub_producer(dsn: str, rate: int, seconds: float, counter: list[int]) -> None:
     from taskmon.bus.postgres import PgNotifyPublisher
-    from taskmon.events import AttemptRecord, Status
-    from taskmon.recorder import Recorder
+    from taskmon.domain.events import AttemptRecord, Status
+    from taskmon.worker.recorder import Recorder
 
     rec = Recorder(dsn, publisher=PgNotifyPublisher(), auto_migrate=False)
     await rec.start(wait_connected=5)

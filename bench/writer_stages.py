@@ -22,11 +22,11 @@ from collections import defaultdict
 from datetime import UTC, datetime
 
 from taskmon.bus.postgres import PgNotifyPublisher
-from taskmon.events import AttemptRecord, Status
-from taskmon.params import CallSpec, capture_call
-from taskmon.recorder import Recorder
+from taskmon.domain.events import AttemptRecord, Status
+from taskmon.domain.params import CallSpec, capture_call
 from taskmon.store import ingest
 from taskmon.store.db import connect
+from taskmon.worker.recorder import Recorder
 
 DB = "taskmon_bench_stages"
 PAYLOAD = {"user": "alice", "password": "x", "body": "y" * 200}
@@ -98,7 +98,7 @@ class _Timed:
 
 
 async def run(dsn: str, batch: int, batches: int, rounds: int) -> None:
-    import taskmon.recorder as rec
+    import taskmon.worker.recorder as rec
 
     recorder = Recorder(dsn, publisher=PgNotifyPublisher(), batch_size=batch)
     conn = await recorder._connection()

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from taskmon.domain.version import __version__
+
 __all__ = ["MonitoringMiddleware", "__version__"]
-__version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from taskmon.middleware import MonitoringMiddleware
+    from taskmon.worker.middleware import MonitoringMiddleware
 
 
 def __getattr__(name: str) -> Any:
     # lazy, so that `taskmon history` does not pay for importing taskiq
     if name == "MonitoringMiddleware":
-        from taskmon.middleware import MonitoringMiddleware
+        from taskmon.worker.middleware import MonitoringMiddleware
 
         return MonitoringMiddleware
     raise AttributeError(name)

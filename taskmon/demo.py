@@ -2,7 +2,7 @@
 
 Starts a private embedded PostgreSQL (its own temporary data directory, not
 the user's default cluster), runs a realistic mix of TaskIQ tasks in-process
-through the real :class:`~taskmon.middleware.MonitoringMiddleware` (successes,
+through the real :class:`~taskmon.worker.middleware.MonitoringMiddleware` (successes,
 failures with tracebacks, retries, timeouts, slow tasks, a steady rate with
 bursts), runs the websocket hub in-process and opens the TUI on it. Quitting
 stops all of it and deletes the data directory.
@@ -31,9 +31,9 @@ from typing import Any, TypeVar
 
 from taskiq import AsyncBroker, InMemoryBroker, SimpleRetryMiddleware
 
-from taskmon.events import AttemptRecord, Status
-from taskmon.middleware import MonitoringMiddleware
-from taskmon.recorder import Recorder
+from taskmon.domain.events import AttemptRecord, Status
+from taskmon.worker.middleware import MonitoringMiddleware
+from taskmon.worker.recorder import Recorder
 
 __all__ = [
     "DemoStop",
@@ -403,7 +403,7 @@ async def demo_environment(
     With `stop`, a signal during start-up raises :class:`DemoStopped` out of the
     ``async with`` once everything started so far is stopped and deleted.
     """
-    from taskmon.hub import Hub
+    from taskmon.server.hub import Hub
     from taskmon.store.embedded import embedded_dsn
 
     stop = stop or DemoStop()
@@ -579,7 +579,7 @@ async def run_headless(
     With `stop`, its signal ends the load early (the summary says so), or, during
     start-up, raises :class:`DemoStopped`.
     """
-    from taskmon.client import EventReceived, subscribe
+    from taskmon.server.client import EventReceived, subscribe
     from taskmon.store.db import connect
     from taskmon.store.history import count_by_status
 

@@ -22,9 +22,9 @@ import asyncpg
 import pytest
 from helpers import with_database
 
-from taskmon.recorder import Recorder
 from taskmon.store import migrations
 from taskmon.store.db import connect
+from taskmon.worker.recorder import Recorder
 
 TEMPLATE = f"taskmon_tmpl_{os.getpid()}"
 

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from taskmon.events import AttemptRecord, Status
+from taskmon.domain.events import AttemptRecord, Status
 
 if TYPE_CHECKING:
-    from taskmon.recorder import Recorder
+    from taskmon.worker.recorder import Recorder
 
 
 async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:

@@ -27,8 +27,14 @@ from helpers import unconfigured_env, wait_for
 from test_cli_errors import ROOT, one_error_line, taskmon
 from test_rollups import insert
 
-from taskmon.alerts import AlertConfig, AlertRunner, AlertStatus, Evaluator, parse_alert_config
-from taskmon.filters import parse
+from taskmon.domain.filters import parse
+from taskmon.server.alerts import (
+    AlertConfig,
+    AlertRunner,
+    AlertStatus,
+    Evaluator,
+    parse_alert_config,
+)
 from taskmon.store.alerts import load_states, measure
 from taskmon.store.db import connect
 

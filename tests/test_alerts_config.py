@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 from test_cli_errors import one_error_line, taskmon
 
-from taskmon.alerts import (
+from taskmon.config import ConfigError
+from taskmon.domain.filters import TaskFilter
+from taskmon.server.alerts import (
     DEFAULT_INTERVAL_S,
     AlertConfig,
     Rule,
     format_value,
     parse_alert_config,
 )
-from taskmon.config import ConfigError
-from taskmon.filters import TaskFilter
 
 ISSUE_EXAMPLE = """
 [[alerts]]

@@ -24,7 +24,7 @@ from taskmon.bus.subscriber import (
     Subscriber,
     check_cancelled,
 )
-from taskmon.recorder import Recorder
+from taskmon.worker.recorder import Recorder
 
 
 class Collector:

@@ -264,7 +264,7 @@ async def test_the_filter_bar_shows_a_repeated_key_inline() -> None:
 async def test_the_tui_goes_offline_saying_why_instead_of_retrying(dsn: str, case: str) -> None:
     from helpers import wait_for
 
-    from taskmon.hub import Hub
+    from taskmon.server.hub import Hub
     from taskmon.tui.app import make_app
     from taskmon.tui.sources import HubLiveSource, PgDataSource
     from taskmon.tui.widgets.live_feed import LiveFeed

@@ -1,4 +1,4 @@
-"""taskmon.client.subscribe against real hubs that restart, fed by a real worker process."""
+"""taskmon.server.client.subscribe against real hubs that restart, fed by a real worker process."""
 
 from __future__ import annotations
 
@@ -14,11 +14,18 @@ from typing import Any
 import pytest
 from helpers import publish, record, wait_for
 
-from taskmon.client import ClientMessage, Connected, Disconnected, EventReceived, Gap, subscribe
-from taskmon.events import Status
-from taskmon.filters import parse
-from taskmon.hub import Hub
-from taskmon.recorder import Recorder
+from taskmon.domain.events import Status
+from taskmon.domain.filters import parse
+from taskmon.server.client import (
+    ClientMessage,
+    Connected,
+    Disconnected,
+    EventReceived,
+    Gap,
+    subscribe,
+)
+from taskmon.server.hub import Hub
+from taskmon.worker.recorder import Recorder
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,8 +34,8 @@ import asyncio, sys
 from datetime import UTC, datetime
 from taskmon.bus.postgres import PgNotifyPublisher
 from taskmon.bus.redis import RedisStreamPublisher
-from taskmon.events import AttemptRecord, Status
-from taskmon.recorder import Recorder
+from taskmon.domain.events import AttemptRecord, Status
+from taskmon.worker.recorder import Recorder
 
 async def main(dsn: str, redis_url: str) -> None:
     publisher = RedisStreamPublisher(redis_url) if redis_url else PgNotifyPublisher()

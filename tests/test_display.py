@@ -1,12 +1,12 @@
-"""The CLI and the TUI say a status and a duration the same way (taskmon.display)."""
+"""The CLI and the TUI say a status and a duration the same way (taskmon.domain.display)."""
 
 from __future__ import annotations
 
 import pytest
 
 from taskmon.commands.render import STATUS_STYLES, status_text
-from taskmon.display import STATUS_SYMBOLS, duration, status_label
-from taskmon.events import Status
+from taskmon.domain.display import STATUS_SYMBOLS, duration, status_label
+from taskmon.domain.events import Status
 from taskmon.store.schema import STATUSES
 
 

@@ -1,4 +1,4 @@
-"""Tests for taskmon.filters (the query language, its event matcher) and its SQL (the store's)."""
+"""Tests for taskmon.domain.filters (the query language, its event matcher) and its SQL."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taskmon.filters import (
+from taskmon.domain.filters import (
     STATUSES,
     FilterError,
     TaskFilter,
@@ -45,7 +45,7 @@ def p(text: str, **kwargs: Any) -> TaskFilter:
 
 
 def event(**overrides: Any) -> dict[str, Any]:
-    """A live event in the wire shape of taskmon.events; `overrides` go into data too."""
+    """A live event in the wire shape of taskmon.domain.events; `overrides` go into data too."""
     top = {"task_name", "status", "timestamp"}
     ev: dict[str, Any] = {
         "v": 1,

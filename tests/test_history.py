@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 from test_rollups import insert
 
-from taskmon.filters import STATUSES, TaskFilter, parse
+from taskmon.domain.filters import STATUSES, TaskFilter, parse
 from taskmon.store import history
 from taskmon.store.filter_sql import filter_sql
 

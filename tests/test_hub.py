@@ -17,12 +17,12 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from taskmon.bus.postgres import PgNotifyPublisher, PgNotifySubscriber
 from taskmon.bus.redis import RedisStreamPublisher
 from taskmon.bus.subscriber import BusEvents, BusItem
-from taskmon.events import AttemptRecord, Status, dumps, event_from_record
-from taskmon.filters import TaskFilter
-from taskmon.hub import Hub, HubError
-from taskmon.recorder import Recorder
+from taskmon.domain.events import AttemptRecord, Status, dumps, event_from_record
+from taskmon.domain.filters import TaskFilter
+from taskmon.server.hub import Hub, HubError
 from taskmon.store.db import connect as db_connect
 from taskmon.tui.sources import InProcessHubSource, LiveConnected
+from taskmon.worker.recorder import Recorder
 
 
 class Listener:
@@ -481,7 +481,7 @@ async def test_a_failing_bus_reader_shows_in_healthz_clients_and_log(
             await connect(url)
         assert refused.value.response.status_code == 503
         assert not hub.bus_connected and "the reader broke" in (hub.bus_error or "")
-        logged = [r for r in caplog.records if r.name == "taskmon.hub"]
+        logged = [r for r in caplog.records if r.name == "taskmon.server.hub"]
         assert any("the reader broke" in r.getMessage() for r in logged)
 
         # and when a new reader runs, clients come back and are told what they may have missed
@@ -540,7 +540,7 @@ async def test_a_client_that_cannot_be_served_is_closed_and_logged(
     assert client.closed is not None and client.closed.rcvd is not None
     assert client.closed.rcvd.code == 1011 and "filter broke" in client.closed.rcvd.reason
     assert any(
-        r.name == "taskmon.hub" and r.exc_info and "filter broke" in str(r.exc_info[1])
+        r.name == "taskmon.server.hub" and r.exc_info and "filter broke" in str(r.exc_info[1])
         for r in caplog.records
     )
     monkeypatch.setattr(TaskFilter, "matches", original)

@@ -18,12 +18,12 @@ import pytest
 from helpers import app_client, wait_for
 
 from taskmon.bus.postgres import CHANNEL, unpack_payload
-from taskmon.filters import TaskFilter
-from taskmon.retention import mark_lost
+from taskmon.domain.filters import TaskFilter
 from taskmon.store.db import connect
 from taskmon.store.history import fetch_history
 from taskmon.store.schema import AttemptRow
 from taskmon.store.stats import fetch_stats
+from taskmon.worker.cleanup import mark_lost
 
 _INSERT = """
 INSERT INTO task_execution_logs
@@ -220,8 +220,8 @@ async def test_an_outcome_arriving_after_mark_lost_replaces_the_lost_error(
 ) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from taskmon.events import AttemptRecord, Status
-    from taskmon.recorder import Recorder
+    from taskmon.domain.events import AttemptRecord, Status
+    from taskmon.worker.recorder import Recorder
 
     # given an attempt that was marked lost while it was in fact still running
     started = datetime.now(UTC) - timedelta(hours=2)

@@ -25,10 +25,10 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
-from taskmon.events import AttemptRecord, Status
-from taskmon.hub import Hub
-from taskmon.metrics import BOUNDS_S
-from taskmon.recorder import Recorder
+from taskmon.domain.events import AttemptRecord, Status
+from taskmon.server.exporter import BOUNDS_S
+from taskmon.server.hub import Hub
+from taskmon.worker.recorder import Recorder
 
 GAMMA = 1.02 / 0.98  # the rollups' bin ratio: a bucket edge is at most this far above its bound
 

@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 from taskiq import InMemoryBroker, SimpleRetryMiddleware
 
-from taskmon.middleware import MonitoringMiddleware
+from taskmon.worker.middleware import MonitoringMiddleware
 
 
 @pytest.fixture

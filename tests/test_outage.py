@@ -14,9 +14,9 @@ import pytest
 from helpers import wait_for
 from taskiq import InMemoryBroker
 
-from taskmon.events import AttemptRecord, Status
-from taskmon.middleware import MonitoringMiddleware
-from taskmon.recorder import Recorder
+from taskmon.domain.events import AttemptRecord, Status
+from taskmon.worker.middleware import MonitoringMiddleware
+from taskmon.worker.recorder import Recorder
 
 
 class Proxy:
@@ -113,7 +113,7 @@ async def test_database_outage_mid_run_loses_nothing_and_fails_no_task(
 
     # when the database goes away, tasks keep running at full speed
     await proxy.cut()
-    caplog.set_level(logging.WARNING, logger="taskmon.recorder")
+    caplog.set_level(logging.WARNING, logger="taskmon.worker.recorder")
     loop = asyncio.get_running_loop()
     started = loop.time()
     for i in range(10, 210):
@@ -172,7 +172,7 @@ async def test_buffer_bound_drops_oldest_and_counts(
     recorder = Recorder(proxy.dsn, max_pending=100, flush_interval=0.02)
     await recorder.start(wait_connected=5)
     await proxy.cut()
-    caplog.set_level(logging.ERROR, logger="taskmon.recorder")
+    caplog.set_level(logging.ERROR, logger="taskmon.worker.recorder")
 
     # when more attempts come than it may keep
     for i in range(250):
@@ -250,7 +250,7 @@ async def test_a_database_that_cannot_be_found_yet_is_an_outage(
             raise RuntimeError("the embedded server did not start")
         return dsn
 
-    caplog.set_level(logging.WARNING, logger="taskmon.recorder")
+    caplog.set_level(logging.WARNING, logger="taskmon.worker.recorder")
     recorder = Recorder(find, flush_interval=0.02, max_backoff=0.2)
     await recorder.start()
     # when attempts arrive meanwhile

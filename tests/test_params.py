@@ -6,7 +6,7 @@ import json
 from datetime import date
 from decimal import Decimal
 
-from taskmon.params import REDACTED, ParamsPolicy, to_jsonable
+from taskmon.domain.params import REDACTED, ParamsPolicy, to_jsonable
 
 
 def test_json_values_pass_through_unchanged() -> None:

@@ -19,11 +19,11 @@ import pytest
 from helpers import publish, record
 from test_rollups import assert_rollups_match, insert
 
-from taskmon.events import Status
-from taskmon.recorder import Recorder
-from taskmon.retention import Archive, ArchiveError, cleanup
+from taskmon.domain.events import Status
 from taskmon.store import migrations, partitions
 from taskmon.store.db import connect
+from taskmon.worker.cleanup import Archive, ArchiveError, cleanup
+from taskmon.worker.recorder import Recorder
 
 BEFORE_PARTITIONS = [m for m in migrations.available() if m.version < 8]
 

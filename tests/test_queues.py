@@ -19,9 +19,9 @@ import helpers
 import pytest
 from helpers import app_client, wait_for
 
-from taskmon.queues import QueueProbe, inspect_broker
-from taskmon.recorder import Recorder, WorkerIdentity
 from taskmon.store.workers import QueueRow, fetch_queues
+from taskmon.worker.queues import QueueProbe, inspect_broker
+from taskmon.worker.recorder import Recorder, WorkerIdentity
 
 TASKMON = [sys.executable, "-m", "taskmon"]
 

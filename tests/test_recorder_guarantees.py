@@ -15,8 +15,8 @@ import pytest
 from helpers import record, unconfigured_env
 from taskiq import InMemoryBroker, TaskiqMiddleware
 
-from taskmon.middleware import ENQUEUED_LABEL, MonitoringMiddleware
-from taskmon.recorder import Recorder
+from taskmon.worker.middleware import ENQUEUED_LABEL, MonitoringMiddleware
+from taskmon.worker.recorder import Recorder
 
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/nowhere"
 
@@ -39,7 +39,7 @@ async def test_startup_and_shutdown_do_not_wait_for_an_unreachable_database(
     await noop.kiq()
     recorder = monitor.recorder
     assert recorder is not None
-    with caplog.at_level(logging.ERROR, logger="taskmon.recorder"):
+    with caplog.at_level(logging.ERROR, logger="taskmon.worker.recorder"):
         t0 = time.monotonic()
         await broker.shutdown()
         stopped = time.monotonic() - t0
@@ -70,7 +70,7 @@ async def test_a_stop_that_times_out_mid_write_counts_the_batch(
             await asyncio.sleep(0.01)
 
         # when the stop's time runs out during that write
-        with caplog.at_level(logging.ERROR, logger="taskmon.recorder"):
+        with caplog.at_level(logging.ERROR, logger="taskmon.worker.recorder"):
             await recorder.stop(timeout=0.3)
     finally:
         await tx.rollback()
@@ -279,7 +279,7 @@ async def test_with_notify_every_row_rollup_and_event_arrives_in_order(
     from datetime import UTC, datetime, timedelta
 
     from taskmon.bus.postgres import PgNotifyPublisher, unpack_payload
-    from taskmon.events import AttemptRecord, Status
+    from taskmon.domain.events import AttemptRecord, Status
 
     received: list[dict[str, Any]] = []
     listener = await asyncpg.connect(dsn)
@@ -353,7 +353,7 @@ async def test_a_record_postgres_refuses_costs_only_itself_with_notify_on(
 ) -> None:
     # given: a batch holding one attempt whose params PostgreSQL refuses as JSON
     from taskmon.bus.postgres import PgNotifyPublisher, unpack_payload
-    from taskmon.events import Status
+    from taskmon.domain.events import Status
 
     received: list[dict[str, Any]] = []
     listener = await asyncpg.connect(dsn)

@@ -23,15 +23,15 @@ from tui_conftest_helpers import screen_text
 from websockets.asyncio.client import connect as ws_connect
 
 from taskmon.bus.postgres import PgNotifyPublisher
-from taskmon.events import dumps
-from taskmon.hub import Hub
-from taskmon.recorder import Recorder
+from taskmon.domain.events import dumps
+from taskmon.server.hub import Hub
 from taskmon.store import migrations
 from taskmon.store.db import connect
 from taskmon.store.replica import fetch_replica_status
 from taskmon.tui.app import make_app
 from taskmon.tui.sources import PgDataSource
 from taskmon.tui.widgets.status_bar import StatusBar
+from taskmon.worker.recorder import Recorder
 
 
 @pytest.fixture(scope="module")

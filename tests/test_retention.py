@@ -16,7 +16,7 @@ import pytest
 from taskiq import InMemoryBroker
 from taskiq.schedule_sources import LabelScheduleSource
 
-from taskmon.retention import (
+from taskmon.worker.cleanup import (
     Archive,
     ArchiveError,
     cleanup,

@@ -26,9 +26,9 @@ import pytest
 import redis
 from helpers import app_client, publish, wait_for
 
-from taskmon.events import AttemptRecord, Status
-from taskmon.params import ParamsPolicy
-from taskmon.recorder import Recorder
+from taskmon.domain.events import AttemptRecord, Status
+from taskmon.domain.params import ParamsPolicy
+from taskmon.worker.recorder import Recorder
 
 BROKER = "retry_worker_app:broker"
 

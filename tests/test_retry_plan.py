@@ -1,7 +1,7 @@
 """Rebuilding a recorded call, and what a retry refuses, on real TaskIQ brokers and functions.
 
 The recorder stores an argument passed by position under its parameter's name
-(``taskmon.params.ParamsPolicy.bind``); these check that the call rebuilt from
+(``taskmon.domain.params.ParamsPolicy.bind``); these check that the call rebuilt from
 what it stored is the call that was made, by binding both to the signature.
 """
 
@@ -15,8 +15,8 @@ import pytest
 from taskiq import InMemoryBroker
 from taskiq.serializers import PickleSerializer
 
-from taskmon.params import CallSpec, ParamsPolicy, loads
-from taskmon.retry import RetryError, make_plan, rebuild_call
+from taskmon.domain.params import CallSpec, ParamsPolicy, loads
+from taskmon.service.resend import RetryError, make_plan, rebuild_call
 from taskmon.store.schema import AttemptRow
 
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import asyncpg
 
-from taskmon.events import AttemptRecord, Status
-from taskmon.filters import TaskFilter
-from taskmon.recorder import Recorder
+from taskmon.domain.events import AttemptRecord, Status
+from taskmon.domain.filters import TaskFilter
 from taskmon.store import maintenance
 from taskmon.store import stats as store_stats
+from taskmon.worker.recorder import Recorder
 
 T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
 BOUND = store_stats.RELATIVE_ERROR + 1e-9  # the issue asks for 5 %; the histograms promise 2 %

@@ -6,9 +6,9 @@ from typing import Any
 
 import asyncpg
 
-from taskmon.events import Status
-from taskmon.filters import STATUSES as FILTER_STATUSES
-from taskmon.filters import TaskFilter
+from taskmon.domain.events import Status
+from taskmon.domain.filters import STATUSES as FILTER_STATUSES
+from taskmon.domain.filters import TaskFilter
 from taskmon.store.history import fetch_attempts, fetch_history
 from taskmon.store.maintenance import search_indexes
 from taskmon.store.schema import COLUMNS, STATUSES, TERMINAL, AttemptRow, select_list_sql

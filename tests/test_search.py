@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 from test_rollups import insert
 
-from taskmon.filters import TaskFilter, parse
+from taskmon.domain.filters import TaskFilter, parse
 from taskmon.store import migrations
 from taskmon.store.db import connect
 from taskmon.store.filter_sql import filter_sql, word_task_names_sql

@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 from test_rollups import insert
 
-from taskmon.filters import TaskFilter, parse
+from taskmon.domain.filters import TaskFilter, parse
 from taskmon.store import stats as store_stats
 
 NOW = datetime.now(UTC).replace(microsecond=0)

@@ -17,9 +17,9 @@ import pytest
 from helpers import publish, unconfigured_env, wait_for
 from helpers import record as finished
 
-from taskmon.events import Status
-from taskmon.hub import Hub
-from taskmon.recorder import Recorder
+from taskmon.domain.events import Status
+from taskmon.server.hub import Hub
+from taskmon.worker.recorder import Recorder
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,9 +14,8 @@ import pytest
 from helpers import wait_for, with_database
 from tui_conftest_helpers import screen_text
 
-from taskmon.events import AttemptRecord, Status
-from taskmon.hub import Hub
-from taskmon.recorder import Recorder
+from taskmon.domain.events import AttemptRecord, Status
+from taskmon.server.hub import Hub
 from taskmon.store.schema import AttemptRow
 from taskmon.tui.app import TaskmonApp, make_app
 from taskmon.tui.screens.detail import DetailScreen
@@ -28,6 +27,7 @@ from taskmon.tui.widgets.live_feed import LiveFeed
 from taskmon.tui.widgets.status_bar import StatusBar
 from taskmon.tui.widgets.task_table import TaskTable
 from taskmon.tui.widgets.too_small import TooSmall
+from taskmon.worker.recorder import Recorder
 
 SIZE = (120, 36)
 

@@ -12,7 +12,7 @@ from helpers import wait_for
 from test_rollups import insert
 from tui_conftest_helpers import screen_text
 
-from taskmon.alerts import AlertReader, Evaluator, parse_alert_config
+from taskmon.server.alerts import AlertReader, Evaluator, parse_alert_config
 from taskmon.tui.app import make_app
 from taskmon.tui.screens.alerts import AlertsScreen
 from taskmon.tui.sources import PgDataSource

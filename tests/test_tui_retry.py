@@ -16,14 +16,14 @@ import redis
 from helpers import app_client, publish, wait_for
 from tui_conftest_helpers import screen_text
 
-from taskmon.events import AttemptRecord, Status
-from taskmon.recorder import Recorder
-from taskmon.retry import Retrier
+from taskmon.domain.events import AttemptRecord, Status
+from taskmon.service.resend import Retrier
 from taskmon.tui.app import TaskmonApp, make_app
 from taskmon.tui.screens.confirm_retry import ConfirmRetryScreen
 from taskmon.tui.screens.detail import DetailScreen
 from taskmon.tui.sources import PgDataSource
 from taskmon.tui.widgets.history_table import HistoryTable
+from taskmon.worker.recorder import Recorder
 
 SIZE = (80, 24)
 BROKER = "retry_worker_app:broker"

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from taskmon.filters import FilterError
+from taskmon.domain.filters import FilterError
 from taskmon.tui.view_state import STATUS_CYCLE, ViewState
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)

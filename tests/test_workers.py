@@ -20,15 +20,15 @@ import pytest
 from helpers import app_client, record, wait_for
 
 from taskmon.bus.postgres import CHANNEL, PgNotifyPublisher, unpack_payload
-from taskmon.events import Status
-from taskmon.filters import TaskFilter
-from taskmon.recorder import Recorder, WorkerIdentity
-from taskmon.retention import mark_lost
+from taskmon.domain.events import Status
+from taskmon.domain.filters import TaskFilter
 from taskmon.store.db import connect
 from taskmon.store.history import fetch_history
 from taskmon.store.metrics import fetch_metrics
 from taskmon.store.stats import fetch_stats
 from taskmon.store.workers import WorkerRow, fetch_workers
+from taskmon.worker.cleanup import mark_lost
+from taskmon.worker.recorder import Recorder, WorkerIdentity
 
 HEARTBEAT_S = 0.3
 
@@ -240,7 +240,7 @@ async def test_heartbeat_counts_what_the_writer_wrote(
 async def test_retention_removes_workers_gone_for_a_week(db: asyncpg.Connection[Any]) -> None:
     from datetime import timedelta
 
-    from taskmon.retention import cleanup
+    from taskmon.worker.cleanup import cleanup
 
     # given a worker stopped 8 days ago, one stale for 8 days, one stopped yesterday
     for name, days, stopped in (("old:1", 8, True), ("dead:2", 8, False), ("recent:3", 1, True)):
@@ -337,7 +337,7 @@ async def test_heartbeats_through_a_database_outage_lose_no_record(
         await wait_for(lambda: rec.stats.heartbeats >= 2)
 
         # when the database goes away while attempts arrive and heartbeats fall due
-        caplog.set_level(logging.WARNING, logger="taskmon.recorder")
+        caplog.set_level(logging.WARNING, logger="taskmon.worker.recorder")
         await proxy.cut()
         for i in range(30):
             rec.submit(record(i, Status.SUCCESS))

@@ -15,7 +15,7 @@ from typing import Any
 from rich.console import Console
 from textual.app import App
 
-from taskmon.filters import TaskFilter
+from taskmon.domain.filters import TaskFilter
 from taskmon.store.history import HistoryPage
 from taskmon.store.schema import AttemptRow
 from taskmon.store.stats import Stats, TaskStats

@@ -39,7 +39,7 @@ def pack(
 class Publisher(Protocol):
     """Sends a batch of events for rows the recorder is writing.
 
-    Events arrive encoded (compact UTF-8 JSON objects, see ``taskmon.encode``):
+    Events arrive encoded (compact UTF-8 JSON objects, see ``taskmon.worker.encode``):
     a publisher forwards them without parsing them again.
     """
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from taskmon.bus import pack
 from taskmon.bus.subscriber import Backoff, BusEvents, BusGap, BusItem, BusState, split_events
-from taskmon.events import dumps
+from taskmon.domain.events import dumps
 
 __all__ = [
     "CHANNEL",

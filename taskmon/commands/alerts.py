@@ -13,7 +13,7 @@ from taskmon.commands.common import DsnOption, database_url, fail, run
 from taskmon.commands.history import LostAfterOption, seconds_option
 
 if TYPE_CHECKING:
-    from taskmon.alerts import AlertConfig, AlertStatus
+    from taskmon.server.alerts import AlertConfig, AlertStatus
 
 __all__ = ["app"]
 
@@ -39,8 +39,8 @@ FormatOption = Annotated[str, typer.Option("--format", "-f", help="table or json
 
 
 def _config() -> AlertConfig:
-    from taskmon.alerts import load_alert_config
     from taskmon.config import ConfigError
+    from taskmon.server.alerts import load_alert_config
 
     try:
         return load_alert_config()
@@ -83,7 +83,7 @@ def list_rules(fmt: FormatOption = "table", dsn: DsnOption = None) -> None:
     url = database_url(dsn)
 
     async def go() -> list[AlertStatus]:
-        from taskmon.alerts import read_statuses
+        from taskmon.server.alerts import read_statuses
         from taskmon.store.db import connect
 
         conn = await connect(url)
@@ -123,7 +123,7 @@ def check(
     url = database_url(dsn)
 
     async def go() -> list[AlertStatus]:
-        from taskmon.alerts import Evaluator
+        from taskmon.server.alerts import Evaluator
         from taskmon.store.db import connect
 
         evaluator = Evaluator(config, lost_after_s=lost_s)

@@ -11,11 +11,11 @@ import typer
 from taskmon.commands.common import DsnOption, fail, plural, run
 
 if TYPE_CHECKING:
-    from taskmon.retention import Archive, CleanupResult
+    from taskmon.worker.cleanup import Archive, CleanupResult
 
 
 def age_option(option: str, text: str) -> timedelta:
-    from taskmon.filters import FilterError, parse_window
+    from taskmon.domain.filters import FilterError, parse_window
 
     try:
         return parse_window(text.strip())
@@ -98,7 +98,7 @@ def cleanup(
 ) -> None:
     """Mark lost attempts, then delete (optionally archive) old rows and old rollups."""
     from taskmon.config import ConfigError
-    from taskmon.retention import Archive, retention_days_setting
+    from taskmon.worker.cleanup import Archive, retention_days_setting
 
     if older_than is None:
         try:
@@ -127,9 +127,9 @@ def cleanup(
 
     async def go() -> CleanupResult | str:
         from taskmon.config import resolve_dsn
-        from taskmon.retention import ArchiveError
-        from taskmon.retention import cleanup as run_cleanup
         from taskmon.store.db import connect
+        from taskmon.worker.cleanup import ArchiveError
+        from taskmon.worker.cleanup import cleanup as run_cleanup
 
         conn = await connect(resolve_dsn(dsn))
         try:

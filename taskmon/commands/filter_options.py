@@ -9,7 +9,7 @@ import typer
 from taskmon.commands.common import fail
 
 if TYPE_CHECKING:
-    from taskmon.filters import TaskFilter
+    from taskmon.domain.filters import TaskFilter
 
 __all__ = [
     "ErrorOption",
@@ -86,7 +86,7 @@ def build_filter(
         ignored: query keys this command does not use, and why: ``("since,until",
             "a live tail has no time window")``; typing one of them is refused.
     """
-    from taskmon.filters import KEYS, FilterError, TaskFilter, parse
+    from taskmon.domain.filters import KEYS, FilterError, TaskFilter, parse
 
     flt = TaskFilter()
     flags: list[tuple[str, str, Any]] = [

@@ -51,7 +51,7 @@ def _choice(flag: str, value: str, accepted: tuple[str, ...]) -> str:
 
 def seconds_option(flag: str, value: str) -> float:
     """A duration option (90s, 15m, 1h, 7d) in seconds; bad input ends the command."""
-    from taskmon.filters import FilterError, parse_window
+    from taskmon.domain.filters import FilterError, parse_window
 
     try:
         return parse_window(value).total_seconds()
@@ -118,7 +118,7 @@ def history(
     async def go() -> Any:
         from taskmon.config import resolve_read_dsn
         from taskmon.store.db import connect
-        from taskmon.store.retry import fetch_history_with_links
+        from taskmon.store.retry_links import fetch_history_with_links
 
         conn = await connect(resolve_read_dsn(read_dsn, dsn))
         try:
@@ -142,8 +142,8 @@ def history(
 def _json_row(row: AttemptRow) -> dict[str, Any]:
     """The documented JSON shape of a row: the keys of AttemptRow, in their order,
     then ``retry_of`` and ``retried_as`` (``taskmon retry``)."""
-    from taskmon.events import iso
-    from taskmon.store.retry import retried_as, retry_of
+    from taskmon.domain.events import iso
+    from taskmon.store.retry_links import retried_as, retry_of
     from taskmon.store.schema import COLUMNS
 
     data: dict[str, Any] = {}
@@ -159,7 +159,7 @@ def _json_row(row: AttemptRow) -> dict[str, Any]:
 def _print_rows(rows: list[AttemptRow], form: str) -> None:
     import json
 
-    from taskmon.store.retry import LINK_KEYS
+    from taskmon.store.retry_links import LINK_KEYS
     from taskmon.store.schema import COLUMNS
 
     out = sys.stdout

@@ -30,10 +30,10 @@ from taskmon.commands.filter_options import (
     build_filter,
 )
 from taskmon.commands.history import LostAfterOption
-from taskmon.display import duration
+from taskmon.domain.display import duration
 
 if TYPE_CHECKING:
-    from taskmon.client import ClientMessage
+    from taskmon.server.client import ClientMessage
 
 __all__ = ["serve", "tail"]
 
@@ -121,7 +121,7 @@ def serve(
     them and notifies (see `taskmon alerts`).
     """
     from taskmon.commands.history import seconds_option
-    from taskmon.hub import is_loopback
+    from taskmon.server.hub import is_loopback
 
     if not 0 <= port <= 65535:
         fail(f"--port: {port} is not a TCP port (0-65535)")
@@ -136,8 +136,8 @@ def serve(
     redis = _setting(redis_url, "TASKMON_REDIS_URL", "redis_url")
     if alert_interval is not None and not alert_interval >= 1:
         fail(f"--alert-interval: {alert_interval:g} is not a number of seconds >= 1")
-    from taskmon.alerts import load_alert_config
     from taskmon.config import ConfigError
+    from taskmon.server.alerts import load_alert_config
 
     try:
         alert_config = load_alert_config()
@@ -151,8 +151,8 @@ def serve(
     async def go() -> None:
         import asyncio
 
-        from taskmon.alerts import AlertRunner
-        from taskmon.hub import Hub, HubError
+        from taskmon.server.alerts import AlertRunner
+        from taskmon.server.hub import Hub, HubError
         from taskmon.store.db import redact_dsn
 
         source = None if redis else database_url(dsn)
@@ -258,12 +258,12 @@ def tail(
         import asyncio
         import secrets
 
-        from taskmon.client import subscribe
+        from taskmon.server.client import subscribe
 
         hub: Any = None
         target, key = url, secret
         if target is None:
-            from taskmon.hub import Hub, HubError
+            from taskmon.server.hub import Hub, HubError
 
             key = secrets.token_urlsafe(16)  # other local users must not read our feed
             source = None if redis else database_url(dsn)
@@ -325,7 +325,7 @@ class _Printer:
         sys.stderr.flush()
 
     def show(self, message: ClientMessage) -> None:
-        from taskmon.client import Connected, Disconnected, EventReceived, Gap
+        from taskmon.server.client import Connected, Disconnected, EventReceived, Gap
 
         if isinstance(message, EventReceived):
             self._event(message.event)
@@ -359,7 +359,7 @@ class _Printer:
                 self.note(f"lost the hub at {self.url} ({message.error}); reconnecting…")
 
     def _event(self, event: dict[str, Any]) -> None:
-        from taskmon.events import dumps
+        from taskmon.domain.events import dumps
 
         line = dumps(round_durations(event)) if self.form == "jsonl" else format_event(event)
         sys.stdout.write(line + "\n")

@@ -2,7 +2,7 @@
 
 Status is always a symbol and a word as well as a colour, so it reads the same
 with NO_COLOR, on a monochrome terminal or in a copy-paste; symbols and
-durations read as in the TUI (:mod:`taskmon.display`).
+durations read as in the TUI (:mod:`taskmon.domain.display`).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from rich.table import Table
 from rich.text import Text
 
 from taskmon.commands.common import plural
-from taskmon.display import duration, status_label
+from taskmon.domain.display import duration, status_label
 
 if TYPE_CHECKING:
-    from taskmon.filters import TaskFilter
+    from taskmon.domain.filters import TaskFilter
     from taskmon.store.schema import AttemptRow
     from taskmon.store.stats import Stats
 
@@ -41,7 +41,7 @@ STATUS_STYLES: dict[str, str] = {
     "pending": "dim",
     "lost": "magenta",
 }
-"""The colour of each status; its symbol and word are :func:`taskmon.display.status_label`."""
+"""The colour of each status; its symbol and word: :func:`taskmon.domain.display.status_label`."""
 _BLOCKS = "▁▂▃▄▅▆▇█"
 
 
@@ -89,8 +89,8 @@ def _error(row: AttemptRow) -> str:
         text = f"{kind}: {' '.join(str(message).split())}"
     else:
         text = str(kind or message or "")
-    # `taskmon retry` links (taskmon.store.retry.add_retry_links), ahead of the error
-    from taskmon.store.retry import retried_as, retry_of
+    # `taskmon retry` links (taskmon.store.retry_links.add_retry_links), ahead of the error
+    from taskmon.store.retry_links import retried_as, retry_of
 
     origin, retries = retry_of(row), retried_as(row)
     links = [f"retry of {origin}"] if origin else []

@@ -21,7 +21,7 @@ from taskmon.commands.filter_options import QueryOption
 if TYPE_CHECKING:
     from taskiq import AsyncBroker
 
-    from taskmon.retry import RetryPlan
+    from taskmon.service.resend import RetryPlan
 
 __all__ = ["retry"]
 
@@ -54,7 +54,7 @@ def _confirm(question: str, yes: bool) -> None:
 
 def _broker(flag: str | None) -> tuple[str, AsyncBroker]:
     from taskmon.config import ConfigError
-    from taskmon.retry import RetryError, load_broker, resolve_broker_spec
+    from taskmon.service.resend import RetryError, load_broker, resolve_broker_spec
 
     try:
         spec = resolve_broker_spec(flag)
@@ -153,7 +153,7 @@ def retry(
 
         flt = build_filter(status=None, task=None, error=None, worker=None, query=query)
     else:
-        from taskmon.retry import RetryError, check_task_id
+        from taskmon.service.resend import RetryError, check_task_id
 
         try:
             task_id = check_task_id(task_id or "")
@@ -186,7 +186,7 @@ def _retry_one(
     yes: bool,
     form: str,
 ) -> None:
-    from taskmon.retry import plan_task
+    from taskmon.service.resend import plan_task
 
     async def plan() -> RetryPlan:
         from taskmon.store.db import connect
@@ -220,7 +220,7 @@ def _retry_many(
     yes: bool,
     form: str,
 ) -> None:
-    from taskmon.retry import plan_matching
+    from taskmon.service.resend import plan_matching
 
     async def plan() -> list[RetryPlan]:
         from taskmon.store.db import connect
@@ -250,7 +250,7 @@ def _retry_many(
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     """:func:`run`, with a refused retry as one line and exit status 2."""
     from taskmon.commands.common import UsageError
-    from taskmon.retry import RetryError
+    from taskmon.service.resend import RetryError
 
     async def guarded() -> T:
         try:
@@ -264,7 +264,7 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 def _send(broker: AsyncBroker, plans: list[RetryPlan]) -> dict[str, str]:
     """Send each plan; at a broker error, say what was sent before it, and end."""
     from taskmon.commands.common import UsageError
-    from taskmon.retry import RetryError, send, started
+    from taskmon.service.resend import RetryError, send, started
 
     sent: dict[str, str] = {}
 

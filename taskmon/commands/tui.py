@@ -64,7 +64,7 @@ def tui(
     """Watch metrics, history and live events in a terminal UI (keys: press ?)."""
     lost_after_s = seconds_option("--lost-after", lost_after)
     from taskmon.config import ConfigError, resolve_setting
-    from taskmon.filters import FilterError
+    from taskmon.domain.filters import FilterError
     from taskmon.tui.view_state import ViewState
 
     # bad input is said before anything is started (the embedded server, say)
@@ -74,7 +74,7 @@ def tui(
         fail(f"--query: {exc}")
     except ValueError as exc:
         fail(f"--since: {str(exc).removeprefix('window: ')}")
-    from taskmon.alerts import AlertReader, load_alert_config
+    from taskmon.server.alerts import AlertReader, load_alert_config
 
     try:
         alert_config = load_alert_config()
@@ -103,7 +103,7 @@ def tui(
         HubLiveSource(hub, token=secret) if hub else InProcessHubSource(url, redis_url=redis)
     )
     # the broker module is imported at the first R, not before the UI starts
-    from taskmon.retry import Retrier
+    from taskmon.service.resend import Retrier
 
     retrier = Retrier(broker_spec, url) if broker_spec else None
     try:

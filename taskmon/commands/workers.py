@@ -49,7 +49,7 @@ def _window(value: str) -> float:
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    from taskmon.events import iso
+    from taskmon.domain.events import iso
 
     data = {k: iso(v) if isinstance(v, datetime) else v for k, v in row.items()}
     rounded: dict[str, Any] = round_durations(data)
@@ -79,7 +79,7 @@ def _print_json(rows: Sequence[Mapping[str, Any]]) -> None:
 
 
 def _ago(seconds: float | None) -> str:
-    from taskmon.display import duration
+    from taskmon.domain.display import duration
 
     return "-" if seconds is None else duration(max(0.0, seconds) * 1000) + " ago"
 
@@ -118,7 +118,7 @@ def workers(
     from rich.table import Table
     from rich.text import Text
 
-    from taskmon.display import worker_state_label
+    from taskmon.domain.display import worker_state_label
 
     console = _console()
     if not rows:
@@ -213,7 +213,7 @@ def _print_queues(console: Any, rows: list[QueueRow]) -> None:
     from rich.table import Table
 
     from taskmon.commands.render import sparkline
-    from taskmon.display import duration, trend_label
+    from taskmon.domain.display import duration, trend_label
 
     table = Table(box=None, pad_edge=False)
     for name, justify in (
@@ -244,7 +244,7 @@ def _print_queues(console: Any, rows: list[QueueRow]) -> None:
 def _inspect(spec: str, form: str) -> None:
     import os
 
-    from taskmon.queues import NotInspectable, inspect_broker, load_broker
+    from taskmon.worker.queues import NotInspectable, inspect_broker, load_broker
 
     sys.path.insert(0, os.getcwd())  # as `taskiq worker` finds the app
     try:
@@ -286,7 +286,7 @@ def _inspect(spec: str, form: str) -> None:
 
         sys.stdout.write(json.dumps(round_durations(row)) + "\n")
         return
-    from taskmon.display import duration
+    from taskmon.domain.display import duration
 
     wait = result.oldest_wait_s
     typer.echo(

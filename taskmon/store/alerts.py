@@ -26,7 +26,7 @@ from typing import Any
 
 import asyncpg
 
-from taskmon.filters import TaskFilter
+from taskmon.domain.filters import TaskFilter
 from taskmon.store.filter_sql import filter_sql, resolve_task_names, resolve_word_task_names
 from taskmon.store.stats import (
     _quantiles,  # the histogram codec of the stats queries: one home for the lane layout

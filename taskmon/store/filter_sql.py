@@ -1,10 +1,10 @@
-"""A :class:`~taskmon.filters.TaskFilter` compiled to a parameterised SQL condition.
+"""A :class:`~taskmon.domain.filters.TaskFilter` compiled to a parameterised SQL condition.
 
-The filter language (:mod:`taskmon.filters`) parses queries and matches live
+The filter language (:mod:`taskmon.domain.filters`) parses queries and matches live
 events; this module gives the same filter its meaning over
 ``task_execution_logs``. Patterns come from the filter module
-(:func:`~taskmon.filters.task_like_patterns`,
-:func:`~taskmon.filters.contains_pattern`), so a task glob or an error text
+(:func:`~taskmon.domain.filters.task_like_patterns`,
+:func:`~taskmon.domain.filters.contains_pattern`), so a task glob or an error text
 means the same in SQL as on a live event.
 
 Error texts and words are ``ILIKE`` substrings, which the trigram indexes of
@@ -23,7 +23,7 @@ from typing import Any
 
 import asyncpg
 
-from taskmon.filters import (
+from taskmon.domain.filters import (
     ERROR_COLUMNS,
     WORD_COLUMNS,
     TaskFilter,

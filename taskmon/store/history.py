@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import asyncpg
 
-from taskmon.filters import TaskFilter
+from taskmon.domain.filters import TaskFilter
 from taskmon.store.filter_sql import filter_sql, resolve_task_names, resolve_word_task_names
 from taskmon.store.schema import (
     DEFAULT_LOST_AFTER_S,

@@ -7,7 +7,7 @@ late ``running`` overwrite an outcome. Times travel as Unix seconds (``float``):
 asyncpg encodes a float several times faster than a datetime, and a double holds
 today's times to a fraction of the microsecond PostgreSQL keeps. The rollup triggers of
 ``sql/0002_rollups.sql`` fire once per statement. Rows are tuples in
-:data:`COLUMNS` order (see :func:`taskmon.encode.row_of`).
+:data:`COLUMNS` order (see :func:`taskmon.worker.encode.row_of`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Facts about ``task_execution_logs`` that every statement shares.
 
-* :data:`STATUSES` and :data:`TERMINAL`, from :class:`taskmon.events.Status`;
+* :data:`STATUSES` and :data:`TERMINAL`, from :class:`taskmon.domain.events.Status`;
 * :class:`AttemptRow`, the row as readers return it, whose keys in order are
   :data:`COLUMNS` (the documented JSON shape of ``taskmon history``, the
   archive's line, the select list of every read);
@@ -9,8 +9,8 @@
   its ``timeout`` label when it has one, else ``lost_after`` seconds
   (``--lost-after``, default :data:`DEFAULT_LOST_AFTER_S`). Readers show such
   rows as ``lost``, retention stores it; all of them build the condition here
-  (:func:`stale_sql`), so they cannot drift apart. :func:`is_stale` is the same
-  rule in Python, for live events (``TaskFilter.matches``).
+  (:func:`stale_sql`), so they cannot drift apart. The rule's numbers and its
+  Python form for live events live in :mod:`taskmon.domain.statuses`.
 
   An attempt also counts as lost at once when its worker is dead: the
   worker's heartbeat row (``taskmon_workers``, ``sql/0007_workers.sql``) was
@@ -18,8 +18,6 @@
   heartbeats ago (:func:`dead_worker_sql`). The time rule stays for workers
   that are alive but stuck, and for workers without a heartbeat row.
 
-This module imports nothing but the standard library and :mod:`taskmon.events`:
-the filter language, which runs inside workers, uses it too.
 
 The ``'running'`` literal is a constant of the schema, not a user value:
 written inline, it lets the planner use the partial index on running rows.
@@ -27,10 +25,16 @@ written inline, it lets the planner use the partial index on running rows.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, TypedDict
 
-from taskmon.events import TERMINAL_STATUSES, Status
+from taskmon.domain.statuses import (
+    DEFAULT_LOST_AFTER_S,
+    STALE_BEATS,
+    STATUSES,
+    TERMINAL,
+    is_stale,
+)
 
 __all__ = [
     "COLUMNS",
@@ -47,11 +51,6 @@ __all__ = [
     "shown_status_sql",
     "stale_sql",
 ]
-
-STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
-"""Every status, in the order lists and filters show them."""
-TERMINAL: tuple[str, ...] = tuple(s.value for s in Status if s in TERMINAL_STATUSES)
-"""The statuses of a finished attempt (success, failed, retrying, lost)."""
 
 
 class AttemptRow(TypedDict):
@@ -86,13 +85,6 @@ class AttemptRow(TypedDict):
 
 COLUMNS: tuple[str, ...] = tuple(AttemptRow.__annotations__)
 """The keys of an :class:`AttemptRow`, in order: also the JSON shape of ``taskmon history``."""
-
-DEFAULT_LOST_AFTER_S = 3600.0
-"""Seconds a ``running`` attempt without a timeout label may run before it counts as lost."""
-
-
-STALE_BEATS = 3
-"""Heartbeats a worker may miss before it counts as stale (and its running attempts lost)."""
 
 WORKER_STATE_SQL = (
     "CASE WHEN {p}stopped_at IS NOT NULL THEN 'stopped'"
@@ -147,34 +139,6 @@ def shown_status_sql(lost_after: str, *, alias: str = "r") -> str:
     """The status as readers show it: ``lost`` for a stale running row, else the stored one."""
     p = _prefix(alias)
     return f"CASE WHEN {stale_sql(lost_after, alias=alias)} THEN 'lost' ELSE {p}status END"
-
-
-def is_stale(
-    status: object,
-    created_at: datetime | None,
-    timeout_s: float | None,
-    *,
-    now: datetime,
-    lost_after_s: float,
-    worker_dead: bool = False,
-) -> bool:
-    """:func:`stale_sql` in Python: whether an attempt marked `status` counts as lost at `now`.
-
-    `worker_dead`: the attempt's worker is dead (:func:`dead_worker_sql`), when known.
-    A NaN or absurd timeout never makes an attempt lost (it cannot be compared).
-    """
-    if status != "running":
-        return False
-    if worker_dead:
-        return True
-    if created_at is None:
-        return False
-    try:
-        limit = timedelta(seconds=lost_after_s if timeout_s is None else timeout_s * 2)
-        cutoff = now - limit
-    except (ValueError, OverflowError):
-        return False
-    return created_at < cutoff
 
 
 def select_list_sql(lost_after: str, *, alias: str = "r") -> str:

@@ -26,7 +26,7 @@ from typing import Any
 
 import asyncpg
 
-from taskmon.filters import TaskFilter
+from taskmon.domain.filters import TaskFilter
 from taskmon.store.filter_sql import filter_sql, resolve_task_names, resolved_filter_sql
 from taskmon.store.schema import DEFAULT_LOST_AFTER_S, TERMINAL, lost_cutoff_sql
 

@@ -26,8 +26,8 @@ from taskmon.tui.widgets.status_bar import StatusBar
 from taskmon.tui.widgets.task_table import TaskTable
 
 if TYPE_CHECKING:
-    from taskmon.alerts import AlertStatus
-    from taskmon.retry import Retrier
+    from taskmon.server.alerts import AlertStatus
+    from taskmon.service.resend import Retrier
     from taskmon.store.workers import QueueRow, WorkerRow
 
 __all__ = ["TaskmonApp", "make_app"]
@@ -241,7 +241,7 @@ def make_app(
         clock: now, with the zone to show times in; tests pass a frozen one.
         page_size: history rows per page.
         close_sources: close both sources when the app exits.
-        alerts: the alert rules' states (:class:`~taskmon.alerts.AlertReader`), or None.
+        alerts: the alert rules' states (:class:`~taskmon.server.alerts.AlertReader`), or None.
         retrier: sends a task again on `R` (None: `R` says how to configure a broker).
         workers: heartbeats and queue samples
             (:class:`~taskmon.tui.screens.workers.PgWorkersSource`), or None.

@@ -1,6 +1,6 @@
 """How values look in the TUI: times, counts, rates, text clipped to a cell width.
 
-Statuses and durations read as in the CLI: :mod:`taskmon.display`.
+Statuses and durations read as in the CLI: :mod:`taskmon.domain.display`.
 """
 
 from __future__ import annotations

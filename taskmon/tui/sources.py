@@ -19,7 +19,7 @@ from taskmon.store.schema import DEFAULT_LOST_AFTER_S, AttemptRow
 if TYPE_CHECKING:
     import asyncpg
 
-    from taskmon.filters import TaskFilter
+    from taskmon.domain.filters import TaskFilter
     from taskmon.store.history import HistoryPage
     from taskmon.store.replica import ReplicaStatus
     from taskmon.store.stats import Stats
@@ -180,7 +180,7 @@ class PgDataSource:
     async def history(
         self, flt: TaskFilter, *, limit: int = 50, after: str | None = None
     ) -> HistoryPage:
-        from taskmon.store.retry import fetch_history_with_links
+        from taskmon.store.retry_links import fetch_history_with_links
 
         page: HistoryPage = await self._run(
             fetch_history_with_links, flt, limit=limit, after=after, lost_after_s=self.lost_after_s
@@ -211,7 +211,7 @@ class PgDataSource:
         return rows
 
     async def retried_as(self, task_id: str) -> list[str]:
-        from taskmon.store.retry import fetch_retried_as
+        from taskmon.store.retry_links import fetch_retried_as
 
         links: dict[str, list[str]] = await self._run(fetch_retried_as, [task_id])
         return links.get(task_id, [])
@@ -261,7 +261,7 @@ class HubLiveSource:
         self._closed = asyncio.Event()
 
     async def stream(self) -> AsyncIterator[LiveItem]:
-        from taskmon import client
+        from taskmon.server import client
 
         # the client resumes from the last seq by itself across reconnects
         async for item in client.subscribe(
@@ -288,7 +288,7 @@ class HubLiveSource:
 
 
 class InProcessHubSource:
-    """Starts a :class:`taskmon.hub.Hub` on 127.0.0.1 (port 0) for the same DSN, then subscribes.
+    """Starts a :class:`~taskmon.server.hub.Hub` on 127.0.0.1 (port 0) for the same DSN, subscribes.
 
     The hub wants a random token, as ``taskmon tail``'s does: loopback is open to
     every local user, who must not read a feed the database may not show them.
@@ -309,7 +309,7 @@ class InProcessHubSource:
         self._token = secrets.token_urlsafe(16)
 
     async def _url(self) -> str:
-        from taskmon.hub import Hub
+        from taskmon.server.hub import Hub
 
         async with self._start_lock:
             if self._hub is None:

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from taskmon.filters import FilterError, TaskFilter, parse, parse_window
+from taskmon.domain.filters import FilterError, TaskFilter, parse, parse_window
 
 __all__ = ["STATUS_CYCLE", "WINDOWS", "ViewState"]
 

@@ -22,7 +22,7 @@ from textual.widgets import DataTable, Footer, Static
 from taskmon.tui.format import timestamp
 
 if TYPE_CHECKING:
-    from taskmon.alerts import AlertStatus
+    from taskmon.server.alerts import AlertStatus
 
 __all__ = ["ALERTS_REFRESH_S", "AlertSource", "AlertsPoller", "AlertsScreen", "banner_text"]
 
@@ -40,7 +40,7 @@ STATE_LABELS: dict[str, tuple[str, str]] = {
 
 
 class AlertSource(Protocol):
-    """Where the rules' states come from (:class:`taskmon.alerts.AlertReader`)."""
+    """Where the rules' states come from (:class:`taskmon.server.alerts.AlertReader`)."""
 
     async def statuses(self) -> list[AlertStatus]:
         """Every rule with its stored state."""

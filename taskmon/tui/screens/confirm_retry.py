@@ -19,10 +19,10 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Static
 
-from taskmon.display import status_label
+from taskmon.domain.display import status_label
 
 if TYPE_CHECKING:
-    from taskmon.retry import Retrier, RetryPlan
+    from taskmon.service.resend import Retrier, RetryPlan
     from taskmon.store.schema import AttemptRow
 
 __all__ = ["HOW_TO_ENABLE", "ConfirmRetryScreen", "retry_attempt"]
@@ -123,7 +123,7 @@ def retry_attempt(screen: Screen[Any], row: AttemptRow | None) -> None:
 
 
 async def _plan_ask_send(screen: Screen[Any], retrier: Retrier, task_id: str, attempt: int) -> None:
-    from taskmon.retry import RetryError
+    from taskmon.service.resend import RetryError
 
     try:
         # importing the user's broker module may take a while: not on the UI's loop

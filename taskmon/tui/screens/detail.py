@@ -17,7 +17,7 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from taskmon.display import duration, status_label
+from taskmon.domain.display import duration, status_label
 from taskmon.store.schema import AttemptRow
 from taskmon.tui.format import timestamp
 from taskmon.tui.messages import AttemptsLoaded, LoadFailed

@@ -21,8 +21,8 @@ from textual.containers import Container, Horizontal
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer
 
-from taskmon.events import TERMINAL_STATUSES
-from taskmon.filters import FilterError, TaskFilter
+from taskmon.domain.events import TERMINAL_STATUSES
+from taskmon.domain.filters import FilterError, TaskFilter
 from taskmon.tui.format import parse_timestamp, timestamp
 from taskmon.tui.messages import (
     EventsReceived,

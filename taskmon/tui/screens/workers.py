@@ -19,7 +19,7 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from taskmon.display import duration, trend_label, worker_state_label
+from taskmon.domain.display import duration, trend_label, worker_state_label
 
 if TYPE_CHECKING:
     import asyncpg

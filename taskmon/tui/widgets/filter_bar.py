@@ -12,7 +12,7 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Input, Static
 
-from taskmon.filters import FilterError, parse
+from taskmon.domain.filters import FilterError, parse
 
 __all__ = ["FilterBar"]
 

@@ -15,8 +15,8 @@ from textual.geometry import Size
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from taskmon.display import duration
-from taskmon.events import TERMINAL_STATUSES
+from taskmon.domain.display import duration
+from taskmon.domain.events import TERMINAL_STATUSES
 from taskmon.store.schema import AttemptRow
 from taskmon.tui.format import clip, count, parse_timestamp, timestamp
 from taskmon.tui.widgets.status_styles import STATUS_CLASSES, styled_status

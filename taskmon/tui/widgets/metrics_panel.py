@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Sparkline, Static
 
-from taskmon.display import duration, status_label
+from taskmon.domain.display import duration, status_label
 from taskmon.tui.format import count, percent
 
 if TYPE_CHECKING:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widget import Widget
 
-from taskmon.display import status_label
-from taskmon.filters import STATUSES
+from taskmon.domain.display import status_label
+from taskmon.domain.filters import STATUSES
 
 __all__ = ["STATUS_CLASSES", "styled_status"]
 

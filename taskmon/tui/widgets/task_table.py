@@ -9,7 +9,7 @@ from rich.text import Text
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable
 
-from taskmon.display import duration
+from taskmon.domain.display import duration
 from taskmon.tui.format import count, percent
 
 if TYPE_CHECKING:

@@ -46,9 +46,16 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from taskmon import __version__
 from taskmon.config import ConfigError, config_path, config_table
-from taskmon.filters import KEYS, FilterError, TaskFilter, parse, parse_duration_ms, parse_window
+from taskmon.domain.filters import (
+    KEYS,
+    FilterError,
+    TaskFilter,
+    parse,
+    parse_duration_ms,
+    parse_window,
+)
+from taskmon.domain.version import __version__
 
 if TYPE_CHECKING:
     from taskmon.store.alerts import StoredState
@@ -71,7 +78,7 @@ __all__ = [
     "read_statuses",
 ]
 
-logger = logging.getLogger("taskmon.alerts")
+logger = logging.getLogger("taskmon.server.alerts")
 
 DEFAULT_INTERVAL_S = 15.0
 """How often ``taskmon serve`` evaluates the rules (config key ``alert_interval``)."""

@@ -36,16 +36,16 @@ from typing import Any, TypeAlias
 import asyncpg
 
 from taskmon.bus import Publisher
-from taskmon.encode import encode_event, encode_parts, row
-from taskmon.events import AttemptRecord, Status
-from taskmon.params import ParamsPolicy
+from taskmon.domain.events import AttemptRecord, Status
+from taskmon.domain.params import ParamsPolicy
 from taskmon.store import ingest, migrations, partitions, workers
 from taskmon.store.db import CONNECTION_ERRORS, DsnError, connect, redact_dsn
 from taskmon.store.workers import QueueSample, WorkerBeat
+from taskmon.worker.encode import encode_event, encode_parts, row
 
 __all__ = ["Recorder", "RecorderStats", "WorkerIdentity"]
 
-logger = logging.getLogger("taskmon.recorder")
+logger = logging.getLogger("taskmon.worker.recorder")
 
 _UNFINISHED = (Status.RUNNING, Status.PENDING)
 _FIELDS = [f.name for f in fields(AttemptRecord)]
@@ -122,7 +122,7 @@ class _NoEvents:
 def _versions() -> tuple[str | None, str | None]:
     from importlib.metadata import PackageNotFoundError, version
 
-    from taskmon import __version__
+    from taskmon.domain.version import __version__
 
     try:
         taskiq: str | None = version("taskiq")
@@ -529,7 +529,7 @@ class Recorder:
             self.stats.heartbeats += 1
             if not stopped and time.monotonic() >= self._next_mark:
                 self._next_mark = time.monotonic() + max(_MARK_LOST_EVERY, self.heartbeat_interval)
-                from taskmon.retention import mark_lost
+                from taskmon.worker.cleanup import mark_lost
 
                 await mark_lost(
                     conn,

@@ -8,7 +8,7 @@ stylesheet). No rich, textual or typer here: the core may use it too.
 
 from __future__ import annotations
 
-from taskmon.events import Status
+from taskmon.domain.events import Status
 
 __all__ = [
     "STATUS_SYMBOLS",
@@ -28,7 +28,7 @@ STATUS_SYMBOLS: dict[str, str] = {
     Status.RETRYING: "↻",
     Status.LOST: "⊘",
 }
-"""One symbol per status (every :class:`~taskmon.events.Status` has one)."""
+"""One symbol per status (every :class:`~taskmon.domain.events.Status` has one)."""
 UNKNOWN_SYMBOL = "·"
 """The symbol of a status this version does not know."""
 

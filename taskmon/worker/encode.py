@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 
-from taskmon.events import EVENT_VERSION, AttemptRecord, Status, event_type_for
-from taskmon.params import ParamsPolicy, dumps
+from taskmon.domain.events import EVENT_VERSION, AttemptRecord, Status, event_type_for
+from taskmon.domain.params import ParamsPolicy, dumps
 
 __all__ = [
     "MAX_TRACEBACK",

@@ -3,10 +3,10 @@
 A retry is the same call again: the task registered on the broker under the
 recorded name, with the recorded arguments, as a new task (a new task id)
 whose label ``taskmon_retry_of`` names the original. Its worker records that
-label, which is how "retried as" is found later (:mod:`taskmon.store.retry`).
+label, which is how "retried as" is found later (:mod:`taskmon.store.retry_links`).
 
 Only a faithful call is sent. The recorder stores parameters redacted and
-bounded (``taskmon.params``), with arguments passed by position stored under
+bounded (``taskmon.domain.params``), with arguments passed by position stored under
 their parameter names; so a retry is refused, and nothing sent, when a
 recorded value was redacted or truncated, when the call cannot be rebuilt
 from the task's signature, or when the broker does not carry arguments as
@@ -29,14 +29,14 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from taskmon.params import REDACTED, TRUNCATED_MARK
-from taskmon.store.retry import RETRY_LABEL, fetch_retried_as
+from taskmon.domain.params import REDACTED, TRUNCATED_MARK
+from taskmon.store.retry_links import RETRY_LABEL, fetch_retried_as
 
 if TYPE_CHECKING:
     import asyncpg
     from taskiq import AsyncBroker
 
-    from taskmon.filters import TaskFilter
+    from taskmon.domain.filters import TaskFilter
     from taskmon.store.schema import AttemptRow
 
 __all__ = [
@@ -488,7 +488,7 @@ class Retrier:
             await conn.close()
 
     async def retried_as(self, task_ids: Sequence[str]) -> dict[str, list[str]]:
-        """See :func:`taskmon.store.retry.fetch_retried_as`."""
+        """See :func:`taskmon.store.retry_links.fetch_retried_as`."""
         from taskmon.store.db import connect
 
         conn = await connect(self.dsn, timeout=5.0)

@@ -1,6 +1,6 @@
 """Retention's statements: lost attempts marked, old rows archived and deleted, rollups trimmed.
 
-Each function is one statement; :mod:`taskmon.retention` puts them together
+Each function is one statement; :mod:`taskmon.worker.cleanup` puts them together
 into batches and transactions, and publishes the events. Deletes walk the
 ``created_at`` index as a keyset (after the last deleted key), so a batch
 never re-reads the dead index entries its predecessors left behind.

@@ -21,7 +21,7 @@ from taskmon.store.workers import QueueSample
 
 __all__ = ["NotInspectable", "QueueProbe", "broker_kind", "inspect_broker", "load_broker"]
 
-ENQUEUED_LABEL = "taskmon_enqueued_at"  # taskmon.middleware.ENQUEUED_LABEL, without taskiq
+ENQUEUED_LABEL = "taskmon_enqueued_at"  # taskmon.worker.middleware.ENQUEUED_LABEL, without taskiq
 _KINDS = ("ListQueueBroker", "RedisStreamBroker")
 
 

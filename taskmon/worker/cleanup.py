@@ -18,7 +18,7 @@ recording an outcome. Readers already show such rows as lost; :func:`mark_lost`
 stores it, with one ``task_failed`` event per row on the bus.
 
 Run it from TaskIQ's scheduler with :func:`register_cleanup`, or as
-``taskmon cleanup``. The statements are in :mod:`taskmon.store.retention`; this
+``taskmon cleanup``. The statements are in :mod:`taskmon.store.purge`; this
 module batches them and publishes the events. No textual, typer or rich here:
 it runs inside workers.
 """
@@ -40,13 +40,13 @@ from typing import IO, TYPE_CHECKING, Any
 import asyncpg
 
 from taskmon.bus import Publisher
-from taskmon.encode import encode_record_event
-from taskmon.events import AttemptRecord, Status
+from taskmon.domain.events import AttemptRecord, Status
 from taskmon.store import partitions
-from taskmon.store import retention as statements
+from taskmon.store import purge as statements
 from taskmon.store.ingest import next_seqs
-from taskmon.store.retention import HOUR_ROLLUP_TABLES, MINUTE_ROLLUP_TABLES
+from taskmon.store.purge import HOUR_ROLLUP_TABLES, MINUTE_ROLLUP_TABLES
 from taskmon.store.schema import DEFAULT_LOST_AFTER_S
+from taskmon.worker.encode import encode_record_event
 
 if TYPE_CHECKING:
     from taskiq import AsyncBroker, AsyncTaskiqDecoratedTask
@@ -70,7 +70,7 @@ __all__ = [
     "retention_days_setting",
 ]
 
-logger = logging.getLogger("taskmon.retention")
+logger = logging.getLogger("taskmon.worker.cleanup")
 
 RETENTION_ENV = "TASK_LOG_RETENTION_DAYS"
 DEFAULT_RETENTION_DAYS = 30.0
@@ -584,7 +584,7 @@ def register_cleanup(
         # myapp/tasks.py
         from taskiq import TaskiqScheduler
         from taskiq.schedule_sources import LabelScheduleSource
-        from taskmon.retention import register_cleanup
+        from taskmon.worker.cleanup import register_cleanup
 
         cleanup_task = register_cleanup(broker)  # every day at 03:00 (UTC)
         scheduler = TaskiqScheduler(broker, [LabelScheduleSource(broker)])

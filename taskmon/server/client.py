@@ -28,8 +28,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from taskmon.bus.subscriber import Backoff
-from taskmon.events import dumps
-from taskmon.filters import TaskFilter
+from taskmon.domain.events import dumps
+from taskmon.domain.filters import TaskFilter
 
 __all__ = [
     "ClientMessage",
@@ -41,7 +41,7 @@ __all__ = [
     "subscribe",
 ]
 
-logger = logging.getLogger("taskmon.client")
+logger = logging.getLogger("taskmon.server.client")
 
 # hub frames stay far below this (the hub cuts events to 16 KiB)
 _MAX_MESSAGE = 4 * 1024 * 1024

@@ -9,7 +9,7 @@ The wire protocol is documented in ``docs/protocol.md``. In short:
   without ``N``, of what arrived since the hello), then the live stream;
 * without its bus the hub answers ``/healthz`` and new connections with 503
   and closes its clients with 1013, saying why;
-* ``/metrics`` is for Prometheus (:mod:`taskmon.metrics`), behind the token
+* ``/metrics`` is for Prometheus (:mod:`taskmon.server.exporter`), behind the token
   when one is set, with or without the bus;
 * ``gap`` says that events may be missing (the hub no longer holds what was
   asked, the bus reconnected, or the client was too slow): the client heals
@@ -57,18 +57,18 @@ from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from taskmon import __version__
 from taskmon.bus.postgres import shrink
 from taskmon.bus.subscriber import Backoff, BusEvents, BusGap, BusState, Subscriber
-from taskmon.events import EVENT_VERSION, dumps
-from taskmon.filters import FilterError, TaskFilter
+from taskmon.domain.events import EVENT_VERSION, dumps
+from taskmon.domain.filters import FilterError, TaskFilter
+from taskmon.domain.version import __version__
 
 if TYPE_CHECKING:
-    from taskmon.metrics import MetricsExporter
+    from taskmon.server.exporter import MetricsExporter
 
 __all__ = ["PROTOCOL_VERSION", "Hub", "HubError", "HubStats", "is_loopback"]
 
-logger = logging.getLogger("taskmon.hub")
+logger = logging.getLogger("taskmon.server.hub")
 
 PROTOCOL_VERSION = 1
 # frames sent to clients stay under this size (params, then error text, are cut)
@@ -627,7 +627,7 @@ class Hub:
 
     async def _metrics(self, connection: ServerConnection, request: Request) -> Response:
         if self.metrics is None:
-            from taskmon.metrics import MetricsExporter
+            from taskmon.server.exporter import MetricsExporter
 
             self.metrics = MetricsExporter(self, self.read_dsn, lost_after_s=self.lost_after_s)
         body, content_type = await self.metrics.render(request.headers.get("Accept"))

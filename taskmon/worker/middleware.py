@@ -3,14 +3,14 @@
 Client side it only stamps the enqueue time on each message (``pre_send``).
 Worker side it snapshots each attempt in ``pre_execute``, keeps the real
 exception from ``on_error``, and hands the outcome to the process's
-:class:`~taskmon.recorder.Recorder` in ``post_execute``. No hook awaits the
+:class:`~taskmon.worker.recorder.Recorder` in ``post_execute``. No hook awaits the
 database or raises: a failing monitor must never fail a task.
 
 The hooks are the hot path, paid by every task: they only capture what cannot
 be had later (clock readings, the arguments before TaskIQ converts them, the
 exception) into one record per attempt, and submit it once running and once
 finished. Binding arguments to names, redaction, bounds, tracebacks and JSON
-are the writer's work (``taskmon.encode``), done once per attempt.
+are the writer's work (``taskmon.worker.encode``), done once per attempt.
 
 The hooks are coroutines that never await: TaskIQ passes whatever a hook
 returns to ``maybe_awaitable``, which tells a coroutine at once but checks any
@@ -35,8 +35,8 @@ from taskiq.exceptions import NoResultError
 
 from taskmon.bus import Publisher
 from taskmon.config import ConfigError
-from taskmon.events import AttemptRecord, Status
-from taskmon.params import (
+from taskmon.domain.events import AttemptRecord, Status
+from taskmon.domain.params import (
     DEFAULT_MAX_ROW_BYTES,
     DEFAULT_MAX_VALUE_BYTES,
     DEFAULT_REDACT_KEYS,
@@ -44,11 +44,11 @@ from taskmon.params import (
     ParamsPolicy,
     capture_call,
 )
-from taskmon.recorder import Recorder, WorkerIdentity
+from taskmon.worker.recorder import Recorder, WorkerIdentity
 
 __all__ = ["ENQUEUED_LABEL", "MonitoringMiddleware"]
 
-logger = logging.getLogger("taskmon.middleware")
+logger = logging.getLogger("taskmon.worker.middleware")
 
 ENQUEUED_LABEL = "taskmon_enqueued_at"
 """Label stamped by ``pre_send``: the enqueue time as Unix seconds, to the millisecond."""
@@ -176,7 +176,7 @@ class MonitoringMiddleware(TaskiqMiddleware):
 
                 publisher = PgNotifyPublisher()
         self._queue = getattr(self.broker, "queue_name", None)
-        from taskmon.queues import NotInspectable, QueueProbe
+        from taskmon.worker.queues import NotInspectable, QueueProbe
 
         try:
             self._probe = QueueProbe(self.broker)

@@ -9,7 +9,7 @@ parses into a :class:`TaskFilter`, which can then be
 * compiled by the store to a parameterised SQL condition with the same meaning
   (:func:`taskmon.store.filter_sql.filter_sql`).
 
-Standard library only (and the schema facts of :mod:`taskmon.store.schema`, which
+Standard library only (and the status rules of :mod:`taskmon.domain.statuses`, which
 are too): this module is imported inside worker processes.
 """
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, TypeGuard, TypeVar
 
-from taskmon.store.schema import DEFAULT_LOST_AFTER_S, STATUSES, is_stale
+from taskmon.domain.statuses import DEFAULT_LOST_AFTER_S, STATUSES, is_stale
 
 __all__ = [
     "ERROR_COLUMNS",
@@ -792,7 +792,7 @@ class _EventFields:
     def status(
         self, started: datetime | None, now: datetime | None, lost_after_s: float
     ) -> str | None:
-        """The status, with the lost rule of :mod:`taskmon.store.schema`."""
+        """The status, with the lost rule of :mod:`taskmon.domain.statuses`."""
         status = self.get("status")
         if not isinstance(status, str):
             return None

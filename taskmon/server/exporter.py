@@ -51,11 +51,11 @@ from taskmon.store.metrics import (
 if TYPE_CHECKING:
     import asyncpg
 
-    from taskmon.hub import Hub
+    from taskmon.server.hub import Hub
 
 __all__ = ["BOUNDS_S", "HubCollector", "MetricsExporter", "StoreCollector"]
 
-logger = logging.getLogger("taskmon.metrics")
+logger = logging.getLogger("taskmon.server.exporter")
 
 BOUNDS_S: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600,
@@ -298,7 +298,7 @@ class StoreCollector:
 
 
 class HubCollector:
-    """The hub's own counters, read from the running :class:`taskmon.hub.Hub`."""
+    """The hub's own counters, read from the running :class:`taskmon.server.hub.Hub`."""
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 import asyncpg
 
 if TYPE_CHECKING:
-    from taskmon.filters import TaskFilter
+    from taskmon.domain.filters import TaskFilter
     from taskmon.store.history import HistoryPage
     from taskmon.store.schema import AttemptRow
 
