@@ -2,7 +2,7 @@
 
 Precedence: command-line flag > environment (``TASKMON_DSN``,
 ``TASKMON_READ_DSN``, ``TASKMON_REDIS_URL``, ``TASKMON_HUB_URL``, ``TASKMON_HUB_TOKEN``,
-``TASKMON_BROKER``,
+``TASKMON_BROKER``, ``TASKMON_LOST_AFTER``,
 ``TASK_LOG_RETENTION_DAYS``) > config file (``$XDG_CONFIG_HOME/taskmon/config.toml``
 or ``TASKMON_CONFIG``, which ``taskmon --config`` sets) > the embedded
 PostgreSQL under the user's data directory.
@@ -47,6 +47,7 @@ CONFIG_KEYS: dict[str, str] = {
     "hub_token": "a string",
     "broker": "a string (module:variable)",
     "retention_days": "a number of days",
+    "lost_after": 'a duration ("1h", "90m") or a number of seconds',
     "alerts": "an array of tables ([[alerts]])",
     "notifiers": "a table of tables ([notifiers.NAME])",
     "alert_interval": "a number of seconds",
@@ -56,6 +57,8 @@ CONFIG_KEYS: dict[str, str] = {
 def _type_ok(key: str, value: object) -> bool:
     if key in ("dsn", "read_dsn", "redis_url", "hub_url", "hub_token", "broker"):
         return isinstance(value, str)
+    if key == "lost_after":
+        return isinstance(value, str | int | float) and not isinstance(value, bool)
     if key in ("retention_days", "alert_interval"):
         return isinstance(value, int | float) and not isinstance(value, bool)
     if key == "alerts":

@@ -95,3 +95,28 @@ def test_the_import_contract_is_kept() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
     assert f"{len(contracts['contracts'])} kept, 0 broken" in out.stdout
+
+
+def test_the_front_ends_reach_the_store_only_through_the_service_layer() -> None:
+    # given the contracts of pyproject.toml
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    by_name = {c["name"]: c for c in config["contracts"]}
+    # then one forbids the front ends the store and the buses, directly
+    (front,) = [c for n, c in by_name.items() if n.startswith("The CLI and the TUI")]
+    assert set(front["source_modules"]) == {"taskmon.cli", "taskmon.commands", "taskmon.tui"}
+    assert set(front["forbidden_modules"]) == {
+        "taskmon.store",
+        "taskmon.bus",
+        "taskmon.server",
+        "taskmon.worker",
+    }
+    # and the layers put every top-level package of taskmon in one place
+    (layers,) = [c for c in config["contracts"] if c["type"] == "layers"]
+    named = {m.strip() for layer in layers["layers"] for m in layer.split("|")}
+    packages = {
+        f"taskmon.{p.stem}"
+        for p in (ROOT / "taskmon").iterdir()
+        if (p.suffix == ".py" and p.stem not in {"__init__", "__main__"})
+        or (p / "__init__.py").exists()
+    }
+    assert packages == named

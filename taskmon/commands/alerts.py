@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from taskmon.commands.common import DsnOption, database_url, fail, run
-from taskmon.commands.history import LostAfterOption, seconds_option
+from taskmon.commands.common import DsnOption, fail, primary_dsn, resolve_settings, run
+from taskmon.commands.history import LostAfterOption
 
 if TYPE_CHECKING:
-    from taskmon.server.alerts import AlertConfig, AlertStatus
+    from taskmon.service.alerts import AlertConfig, AlertStatus
 
 __all__ = ["app"]
 
@@ -40,7 +40,7 @@ FormatOption = Annotated[str, typer.Option("--format", "-f", help="table or json
 
 def _config() -> AlertConfig:
     from taskmon.config import ConfigError
-    from taskmon.server.alerts import load_alert_config
+    from taskmon.service.alerts import load_alert_config
 
     try:
         return load_alert_config()
@@ -80,20 +80,17 @@ def list_rules(fmt: FormatOption = "table", dsn: DsnOption = None) -> None:
         if form == "table":
             sys.stderr.write("taskmon: no alert rules: add [[alerts]] to the config file\n")
         return
-    url = database_url(dsn)
+    settings = resolve_settings(dsn=dsn)
+    primary_dsn(settings)
 
     async def go() -> list[AlertStatus]:
-        from taskmon.server.alerts import read_statuses
-        from taskmon.store.db import connect
+        from taskmon.service.alerts import list_statuses
 
-        conn = await connect(url)
         try:
-            return await read_statuses(conn, config)
+            return await list_statuses(settings, config)
         except Exception as exc:
             _missing_table(exc)
             raise
-        finally:
-            await conn.close()
 
     _print(run(go()), form)
 
@@ -107,7 +104,7 @@ def check(
             "--dry-run", help="Say what the check would do; change no state, notify nobody."
         ),
     ] = False,
-    lost_after: LostAfterOption = "1h",
+    lost_after: LostAfterOption = None,
     dsn: DsnOption = None,
 ) -> None:
     """Check every rule now, record the states and notify transitions (for cron).
@@ -118,31 +115,24 @@ def check(
     `taskmon serve` and cron share the states in the database.
     """
     form = _format(fmt)
-    lost_s = seconds_option("--lost-after", lost_after)
+    settings = resolve_settings(dsn=dsn, lost_after=lost_after)
     config = _config()
-    url = database_url(dsn)
+    primary_dsn(settings)
 
     async def go() -> list[AlertStatus]:
-        from taskmon.server.alerts import Evaluator
-        from taskmon.store.db import connect
+        from taskmon.service.alerts import check as check_now
 
-        evaluator = Evaluator(config, lost_after_s=lost_s)
-        conn = await connect(url)
         try:
-            statuses = await evaluator.evaluate(conn, save=not dry_run)
+            result = await check_now(settings, config, dry_run=dry_run)
         except Exception as exc:
             _missing_table(exc)
             raise
-        finally:
-            await conn.close()
-        if not dry_run:
-            for delivery in await evaluator.notify(statuses):
-                if not delivery.ok:
-                    sys.stderr.write(
-                        f"taskmon: notifier {delivery.notifier} could not deliver "
-                        f"{delivery.rule!r} ({delivery.transition}): {delivery.error}\n"
-                    )
-        return statuses
+        for delivery in result.failed:
+            sys.stderr.write(
+                f"taskmon: notifier {delivery.notifier} could not deliver "
+                f"{delivery.rule!r} ({delivery.transition}): {delivery.error}\n"
+            )
+        return result.statuses
 
     statuses = run(go())
     _print(statuses, form)

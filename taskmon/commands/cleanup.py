@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from taskmon.commands.common import DsnOption, fail, plural, run
+from taskmon.commands.common import DsnOption, fail, plural, primary_dsn, resolve_settings, run
 
 if TYPE_CHECKING:
-    from taskmon.worker.cleanup import Archive, CleanupResult
+    from taskmon.service.maintenance import Archive, CleanupResult
 
 
 def age_option(option: str, text: str) -> timedelta:
@@ -87,18 +87,20 @@ def cleanup(
         ),
     ] = "400d",
     lost_after: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--lost-after",
             help="A running attempt without a timeout label is lost after this "
-            "(with one: after twice its timeout).",
+            "(with one: after twice its timeout). Default: $TASKMON_LOST_AFTER, then "
+            "lost_after in the config file, then 1h.",
+            show_default=False,
         ),
-    ] = "1h",
+    ] = None,
     dsn: DsnOption = None,
 ) -> None:
     """Mark lost attempts, then delete (optionally archive) old rows and old rollups."""
     from taskmon.config import ConfigError
-    from taskmon.worker.cleanup import Archive, retention_days_setting
+    from taskmon.service.maintenance import Archive, retention_days_setting
 
     if older_than is None:
         try:
@@ -112,7 +114,7 @@ def cleanup(
         if rollups_older_than.strip().lower() == "never"
         else age_option("--rollups-older-than", rollups_older_than)
     )
-    lost_after_s = age_option("--lost-after", lost_after).total_seconds()
+    settings = resolve_settings(dsn=dsn, lost_after=lost_after)
     if batch_size < 1:
         fail(f"--batch-size must be at least 1, not {batch_size}")
 
@@ -125,27 +127,23 @@ def cleanup(
         except OSError as exc:
             fail(f"cannot write the archive {archive}: {exc.strerror or exc}")
 
-    async def go() -> CleanupResult | str:
-        from taskmon.config import resolve_dsn
-        from taskmon.store.db import connect
-        from taskmon.worker.cleanup import ArchiveError
-        from taskmon.worker.cleanup import cleanup as run_cleanup
+    url = primary_dsn(settings)
 
-        conn = await connect(resolve_dsn(dsn))
+    async def go() -> CleanupResult | str:
+        from taskmon.service.maintenance import ArchiveError, run_cleanup
+
         try:
             return await run_cleanup(
-                conn,
+                url,
                 older_than=age,
                 rollups_older_than=rollup_age,
                 batch_size=batch_size,
                 archive=sink,
                 dry_run=dry_run,
-                lost_after_s=lost_after_s,
+                lost_after_s=settings.lost_after_s,
             )
         except ArchiveError as exc:
             return str(exc)
-        finally:
-            await conn.close()
 
     try:
         result = run(go())

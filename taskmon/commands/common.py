@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Coroutine
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
+
+if TYPE_CHECKING:
+    from taskmon.service.settings import Settings
 
 __all__ = [
     "REPLICA_ONLY",
@@ -17,6 +20,8 @@ __all__ = [
     "database_url",
     "fail",
     "plural",
+    "primary_dsn",
+    "resolve_settings",
     "round_durations",
     "run",
     "usage_error_line",
@@ -116,19 +121,39 @@ def usage_error_line(exc: Exception) -> str:
     return f"taskmon: error: {message}"
 
 
+def resolve_settings(**flags: str | None) -> Settings:
+    """The command's :class:`~taskmon.service.settings.Settings`, from its flags.
+
+    A broken config file or an unusable value (a malformed DSN, a bad
+    ``--lost-after``) ends the command here, one line and exit status 2,
+    before anything is started with it.
+    """
+    from taskmon.config import ConfigError
+    from taskmon.service.settings import Settings
+
+    try:
+        return Settings.resolve(**flags)
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def primary_dsn(settings: Settings) -> str:
+    """The settings' primary DSN (the embedded server's is started here, when it is the one)."""
+    from taskmon.config import ConfigError
+
+    try:
+        return settings.dsn
+    except ConfigError as exc:
+        fail(str(exc))
+
+
 def database_url(flag: str | None) -> str:
     """The DSN to use (flag, environment, config file, embedded default), checked.
 
     A malformed DSN or config file ends the command here, exit status 2,
     before anything is started with it.
     """
-    from taskmon.config import ConfigError, resolve_dsn
-    from taskmon.store.db import DsnError, check_dsn
-
-    try:
-        return check_dsn(resolve_dsn(flag))
-    except (ConfigError, DsnError) as exc:
-        fail(str(exc))
+    return primary_dsn(resolve_settings(dsn=flag))
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

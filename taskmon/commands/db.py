@@ -8,15 +8,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from taskmon.commands.common import DsnOption, fail, run
+from taskmon.commands.common import DsnOption, database_url, fail, run
 
 if TYPE_CHECKING:
-    from typing import Any
-
-    import asyncpg
-
-    from taskmon.store.migrations import Migration
-    from taskmon.store.partitions import ConvertResult
+    from taskmon.service.maintenance import Migration
 
 app = typer.Typer(help="Database schema and the embedded PostgreSQL.", no_args_is_help=True)
 
@@ -85,28 +80,26 @@ def upgrade(dsn: DsnOption = None, sql_dir: SqlDirOption = None) -> None:
     """
 
     async def go() -> None:
-        from taskmon.config import resolve_dsn
-        from taskmon.store import migrations
-        from taskmon.store.db import connect_without_timeout
+        from taskmon.service import maintenance
 
-        source = migrations.load(sql_dir) if sql_dir is not None else None
+        source = maintenance.load_migrations(sql_dir) if sql_dir is not None else None
         began = time.monotonic()
-        # a long migration is why this command exists: no limit on the client or the server
-        conn = await connect_without_timeout(resolve_dsn(dsn))
         lines = _Lines()
-        conn.add_log_listener(lambda _conn, msg: lines.notice(msg.message))
         try:
-            try:
-                result = await migrations.upgrade(conn, worker=False, source=source, progress=lines)
-            except migrations.MigrationError as exc:
-                lines.end("failed")
-                fail(str(exc), code=1)
-            except BaseException:
-                lines.end("interrupted")
-                raise
-            converted = await _partition(conn) if source is None else None
-        finally:
-            await conn.close()
+            done = await maintenance.upgrade(
+                database_url(dsn),
+                source=source,
+                progress=lines,
+                notice=lines.notice,
+                say=typer.echo,
+            )
+        except maintenance.MigrationError as exc:
+            lines.end("failed")
+            fail(str(exc), code=1)
+        except BaseException:
+            lines.end("interrupted")
+            raise
+        result, converted = done.result, done.converted
         if result.filled:
             typer.echo(
                 f"recorded the checksums of {len(result.filled)} migrations applied before "
@@ -128,35 +121,18 @@ def upgrade(dsn: DsnOption = None, sql_dir: SqlDirOption = None) -> None:
     run(go())
 
 
-async def _partition(conn: asyncpg.Connection[Any]) -> ConvertResult | None:
-    """Partition a table migration 0008 left plain (too large to convert at start-up)."""
-    from taskmon.store import partitions
-
-    if not await partitions.supported(conn):
-        return None
-    if await partitions.is_partitioned(conn) is not False:
-        return None
-    typer.echo("partitioning task_execution_logs online (writers go on recording):")
-    return await partitions.convert(conn, say=lambda text: typer.echo(f"  {text}"))
-
-
 @app.command()
 def status(dsn: DsnOption = None, sql_dir: SqlDirOption = None) -> None:
     """Show each migration and whether it is applied."""
 
     async def go() -> tuple[int, int]:
-        from taskmon.config import resolve_dsn
-        from taskmon.store import migrations, partitions
-        from taskmon.store.db import connect, redact_dsn
+        from taskmon.service import maintenance
+        from taskmon.service.database import redact_dsn
 
-        source = migrations.load(sql_dir) if sql_dir is not None else None
-        url = resolve_dsn(dsn)
-        conn = await connect(url)
-        try:
-            rows = await migrations.status(conn, source=source)
-            layout = await partitions.is_partitioned(conn)
-        finally:
-            await conn.close()
+        source = maintenance.load_migrations(sql_dir) if sql_dir is not None else None
+        url = database_url(dsn)
+        found = await maintenance.schema_status(url, source=source)
+        rows, layout = found.migrations, found.partitioned
         typer.echo(f"database: {redact_dsn(url)}")
         for row in rows:
             when = row.applied_at.isoformat(timespec="seconds") if row.applied_at else "pending"
@@ -188,17 +164,12 @@ def rebuild_rollups(dsn: DsnOption = None) -> None:
     """
 
     async def go() -> float:
-        from taskmon.config import resolve_dsn
-        from taskmon.store import maintenance
-        from taskmon.store.db import connect_without_timeout
+        from taskmon.service import maintenance
 
-        conn = await connect_without_timeout(resolve_dsn(dsn))
-        try:
-            began = time.monotonic()
-            await maintenance.rebuild_rollups(conn)
-            return time.monotonic() - began
-        finally:
-            await conn.close()
+        url = database_url(dsn)
+        began = time.monotonic()
+        await maintenance.rebuild_rollups(url)
+        return time.monotonic() - began
 
     typer.echo(f"rollups rebuilt in {_took(run(go()))}")
 
@@ -206,13 +177,10 @@ def rebuild_rollups(dsn: DsnOption = None) -> None:
 @app.command()
 def stop() -> None:
     """Stop the embedded PostgreSQL server, if it runs."""
-    from taskmon.commands.common import fail
-    from taskmon.config import embedded_data_dir
-    from taskmon.store.embedded import EmbeddedError, stop_embedded
+    from taskmon.service.maintenance import EmbeddedError, stop_embedded_server
 
-    path = embedded_data_dir()
     try:
-        stopped = stop_embedded(path)
+        stopped, path = stop_embedded_server()
     except EmbeddedError as exc:
         fail(str(exc), code=1)
     typer.echo("stopped" if stopped else f"not running ({path})")
@@ -231,17 +199,11 @@ def search_indexes(dsn: DsnOption = None) -> None:
     """
 
     async def go() -> None:
-        from taskmon.config import resolve_dsn
-        from taskmon.store.db import connect_without_timeout
-        from taskmon.store.maintenance import build_search_indexes
+        from taskmon.service.maintenance import build_search_indexes
 
-        conn = await connect_without_timeout(resolve_dsn(dsn))
-        try:
-            await build_search_indexes(
-                conn, lambda name, state: typer.echo(f"{name}: {_INDEX_STATES[state]}")
-            )
-        finally:
-            await conn.close()
+        await build_search_indexes(
+            database_url(dsn), lambda name, state: typer.echo(f"{name}: {_INDEX_STATES[state]}")
+        )
 
     run(go())
 
@@ -279,24 +241,14 @@ def partitions_command(
     new_ahead = age_option("--ahead", ahead) if ahead is not None else None
 
     async def go() -> None:
-        from taskmon.config import resolve_dsn
-        from taskmon.store import partitions
-        from taskmon.store.db import connect
+        from taskmon.service.maintenance import NotPartitioned, partition_layout
 
-        conn = await connect(resolve_dsn(dsn))
         try:
-            if await partitions.is_partitioned(conn) is not True:
-                fail("task_execution_logs is not partitioned yet: run `taskmon db upgrade`", code=1)
-            if new_span is not None or new_ahead is not None:
-                try:
-                    await partitions.set_settings(conn, span=new_span, ahead=new_ahead)
-                except ValueError as exc:
-                    fail(str(exc))
-                await partitions.ensure(conn)
-            cfg = await partitions.settings(conn)
-            parts = await partitions.list_partitions(conn)
-        finally:
-            await conn.close()
+            cfg, parts = await partition_layout(database_url(dsn), span=new_span, ahead=new_ahead)
+        except NotPartitioned as exc:
+            fail(str(exc), code=1)
+        except ValueError as exc:
+            fail(str(exc))
         span_text, ahead_text = describe_age(cfg.span), describe_age(cfg.ahead)
         typer.echo(f"new partitions span {span_text}, made {ahead_text} ahead")
         for part in parts:

@@ -8,12 +8,18 @@ the machine formats need neither rich nor textual, so they start fast.
 from __future__ import annotations
 
 import sys
-from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from taskmon.commands.common import DsnOption, ReadDsnOption, fail, round_durations, run
+from taskmon.commands.common import (
+    DsnOption,
+    ReadDsnOption,
+    fail,
+    resolve_settings,
+    round_durations,
+    run,
+)
 from taskmon.commands.filter_options import (
     ErrorOption,
     QueryOption,
@@ -25,7 +31,7 @@ from taskmon.commands.filter_options import (
 )
 
 if TYPE_CHECKING:
-    from taskmon.store.schema import AttemptRow
+    from taskmon.service.rows import AttemptRow
 
 __all__ = ["history", "stats"]
 
@@ -34,10 +40,12 @@ STATS_FORMATS = ("table", "json")
 MAX_LIMIT = 10_000
 
 LostAfterOption = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--lost-after",
-        help="A running attempt without a timeout counts as lost after this long.",
+        help="A running attempt without a timeout counts as lost after this long (90m, 2h). "
+        "Default: $TASKMON_LOST_AFTER, then lost_after in the config file, then 1h.",
+        show_default=False,
     ),
 ]
 
@@ -92,7 +100,7 @@ def history(
     fmt: Annotated[
         str, typer.Option("--format", "-f", help="table, json, jsonl or csv.")
     ] = "table",
-    lost_after: LostAfterOption = "1h",
+    lost_after: LostAfterOption = None,
     dsn: DsnOption = None,
     read_dsn: ReadDsnOption = None,
 ) -> None:
@@ -106,27 +114,20 @@ def history(
     )
     rows_per_page = _limit(limit)
     form = _choice("--format", fmt, HISTORY_FORMATS)
-    lost_s = seconds_option("--lost-after", lost_after)
+    settings = resolve_settings(dsn=dsn, read_dsn=read_dsn, lost_after=lost_after)
     if after is not None:
-        from taskmon.store.history import CursorError, decode_cursor
+        from taskmon.service.rows import CursorError, check_cursor
 
         try:
-            decode_cursor(after)
+            check_cursor(after)
         except CursorError as exc:
             fail(str(exc))
 
     async def go() -> Any:
-        from taskmon.config import resolve_read_dsn
-        from taskmon.store.db import connect
-        from taskmon.store.retry_links import fetch_history_with_links
+        from taskmon.service.reader import Reader
 
-        conn = await connect(resolve_read_dsn(read_dsn, dsn))
-        try:
-            return await fetch_history_with_links(
-                conn, flt, limit=rows_per_page, after=after, lost_after_s=lost_s
-            )
-        finally:
-            await conn.close()
+        async with Reader.for_settings(settings, pool_size=1) as reader:
+            return await reader.history(flt, limit=rows_per_page, after=after)
 
     page = run(go())
     if form == "table":
@@ -140,17 +141,10 @@ def history(
 
 
 def _json_row(row: AttemptRow) -> dict[str, Any]:
-    """The documented JSON shape of a row: the keys of AttemptRow, in their order,
-    then ``retry_of`` and ``retried_as`` (``taskmon retry``)."""
-    from taskmon.domain.events import iso
-    from taskmon.store.retry_links import retried_as, retry_of
-    from taskmon.store.schema import COLUMNS
+    """The documented JSON shape of a row (:func:`taskmon.service.rows.json_row`), rounded."""
+    from taskmon.service.rows import json_row
 
-    data: dict[str, Any] = {}
-    for key in COLUMNS:
-        value = row.get(key)
-        data[key] = iso(value) if isinstance(value, datetime) else value
-    data["retry_of"], data["retried_as"] = retry_of(row), retried_as(row)
+    data = json_row(row)
     # durations as measured (30.226469039916992) are noise past a microsecond
     rounded: dict[str, Any] = round_durations(data)
     return rounded
@@ -159,8 +153,7 @@ def _json_row(row: AttemptRow) -> dict[str, Any]:
 def _print_rows(rows: list[AttemptRow], form: str) -> None:
     import json
 
-    from taskmon.store.retry_links import LINK_KEYS
-    from taskmon.store.schema import COLUMNS
+    from taskmon.service.rows import JSON_KEYS
 
     out = sys.stdout
     if form == "json":
@@ -173,7 +166,7 @@ def _print_rows(rows: list[AttemptRow], form: str) -> None:
         import csv
 
         writer = csv.writer(out, lineterminator="\n")
-        keys = (*COLUMNS, *LINK_KEYS)
+        keys = JSON_KEYS
         writer.writerow(keys)
         for row in rows:
             data = _json_row(row)
@@ -201,7 +194,7 @@ def stats(
     worker: WorkerOption = None,
     query: QueryOption = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
-    lost_after: LostAfterOption = "1h",
+    lost_after: LostAfterOption = None,
     dsn: DsnOption = None,
     read_dsn: ReadDsnOption = None,
 ) -> None:
@@ -222,18 +215,13 @@ def stats(
         default_since="24h",
     )
     form = _choice("--format", fmt, STATS_FORMATS)
-    lost_s = seconds_option("--lost-after", lost_after)
+    settings = resolve_settings(dsn=dsn, read_dsn=read_dsn, lost_after=lost_after)
 
     async def go() -> Any:
-        from taskmon.config import resolve_read_dsn
-        from taskmon.store.db import connect
-        from taskmon.store.stats import fetch_stats
+        from taskmon.service.reader import Reader
 
-        conn = await connect(resolve_read_dsn(read_dsn, dsn))
-        try:
-            return await fetch_stats(conn, flt, lost_after_s=lost_s)
-        finally:
-            await conn.close()
+        async with Reader.for_settings(settings, pool_size=1) as reader:
+            return await reader.stats(flt)
 
     result = run(go())
     if form == "json":

@@ -16,8 +16,9 @@ from taskmon.commands.common import (
     DsnOption,
     ReadDsnOption,
     TokenOption,
-    database_url,
     fail,
+    primary_dsn,
+    resolve_settings,
     round_durations,
     run,
 )
@@ -33,7 +34,7 @@ from taskmon.commands.history import LostAfterOption
 from taskmon.domain.display import duration
 
 if TYPE_CHECKING:
-    from taskmon.server.client import ClientMessage
+    from taskmon.service.live import ClientMessage
 
 __all__ = ["serve", "tail"]
 
@@ -50,19 +51,9 @@ RedisOption = Annotated[
 ]
 
 
-def _setting(flag: str | None, env: str, key: str) -> str | None:
-    from taskmon.config import ConfigError, resolve_setting
-
-    try:
-        return resolve_setting(flag, env, key)
-    except ConfigError as exc:
-        fail(str(exc))
-
-
 async def _bus_failed(exc: Exception, source: str | None) -> NoReturn:
     """Say why the hub could not start: a standby named as the primary gets its own words."""
-    from taskmon.store.db import redact_dsn
-    from taskmon.store.replica import is_standby
+    from taskmon.service.live import is_standby, redact_dsn
 
     if source and await is_standby(source):
         fail(
@@ -109,7 +100,7 @@ def serve(
             show_default=False,
         ),
     ] = None,
-    lost_after: LostAfterOption = "1h",
+    lost_after: LostAfterOption = None,
     read_dsn: ReadDsnOption = None,
 ) -> None:
     """Run the websocket hub: read the event bus once, fan events out to TUIs and tails.
@@ -120,54 +111,52 @@ def serve(
     header or ?token=). With alert rules in the config file it also checks
     them and notifies (see `taskmon alerts`).
     """
-    from taskmon.commands.history import seconds_option
-    from taskmon.server.hub import is_loopback
+    from taskmon.service.live import is_loopback
 
     if not 0 <= port <= 65535:
         fail(f"--port: {port} is not a TCP port (0-65535)")
     if ring_size < 1 or client_queue < 1:
         fail("--ring-size and --client-queue must be at least 1")
-    secret = _setting(token, "TASKMON_HUB_TOKEN", "hub_token")
+    settings = resolve_settings(
+        dsn=dsn, read_dsn=read_dsn, redis_url=redis_url, hub_token=token, lost_after=lost_after
+    )
+    secret, redis = settings.hub_token, settings.redis_url
     if not secret and not is_loopback(host):
         fail(
             f"a token is required to listen on {host}: pass --token or set "
             "TASKMON_HUB_TOKEN (or bind 127.0.0.1)"
         )
-    redis = _setting(redis_url, "TASKMON_REDIS_URL", "redis_url")
     if alert_interval is not None and not alert_interval >= 1:
         fail(f"--alert-interval: {alert_interval:g} is not a number of seconds >= 1")
     from taskmon.config import ConfigError
-    from taskmon.server.alerts import load_alert_config
+    from taskmon.service.alerts import load_alert_config
 
     try:
         alert_config = load_alert_config()
     except ConfigError as exc:
         fail(str(exc))
-    lost_after_s = seconds_option("--lost-after", lost_after)
-    replica = _setting(read_dsn, "TASKMON_READ_DSN", "read_dsn")
-    if replica and not redis and not _setting(dsn, "TASKMON_DSN", "dsn"):
+    replica = settings.configured_read_dsn
+    if replica and not redis and not settings.configured_dsn:
         fail(REPLICA_ONLY)
 
     async def go() -> None:
         import asyncio
 
-        from taskmon.server.alerts import AlertRunner
-        from taskmon.server.hub import Hub, HubError
-        from taskmon.store.db import redact_dsn
+        from taskmon.service.alerts import alert_runner
+        from taskmon.service.live import HubError, redact_dsn, served_hub
 
-        source = None if redis else database_url(dsn)
+        source = None if redis else primary_dsn(settings)
         # the rules read the database even when events come from Redis
-        alert_dsn = (source or database_url(dsn)) if alert_config.rules else None
+        alert_dsn = (source or primary_dsn(settings)) if alert_config.rules else None
         # on the Redis bus, /metrics reads attempts from a database only if one is named
-        configured = replica or (_setting(dsn, "TASKMON_DSN", "dsn") if redis else None)
-        hub = Hub(
-            dsn=source,
-            redis_url=redis,
+        configured = replica or (settings.configured_dsn if redis else None)
+        hub = served_hub(
+            settings,
+            source=source,
             token=secret,
             ring_size=ring_size,
             client_queue=client_queue,
-            read_dsn=database_url(configured) if configured else None,
-            lost_after_s=lost_after_s,
+            metrics_dsn=configured,
         )
         try:
             url = await hub.start(host, port)
@@ -187,7 +176,8 @@ def serve(
         )
         alerts = None
         if alert_dsn is not None:
-            alerts = AlertRunner(alert_dsn, alert_config, interval=alert_interval)
+            # the same lost rule as the hub's: `serve --lost-after` rules both
+            alerts = alert_runner(settings, alert_config, dsn=alert_dsn, interval=alert_interval)
             await alerts.start()
             sys.stderr.write(
                 f"taskmon: checking {len(alert_config.rules)} alert rule(s) every "
@@ -248,26 +238,24 @@ def tail(
     form = fmt.lower()
     if form not in TAIL_FORMATS:
         fail(f"--format: {fmt!r} is not a format (accepted: {', '.join(TAIL_FORMATS)})")
-    url = _setting(hub_url, "TASKMON_HUB_URL", "hub_url")
-    secret = _setting(token, "TASKMON_HUB_TOKEN", "hub_token")
-    redis = None if url else _setting(redis_url, "TASKMON_REDIS_URL", "redis_url")
+    settings = resolve_settings(dsn=dsn, redis_url=redis_url, hub_url=hub_url, hub_token=token)
+    url, secret = settings.hub_url, settings.hub_token
+    redis = None if url else settings.redis_url
     if url and not url.startswith(("ws://", "wss://")):
         fail(f"--hub-url: {url!r} is not a ws:// or wss:// URL")
 
     async def go() -> int:
         import asyncio
-        import secrets
 
-        from taskmon.server.client import subscribe
+        from taskmon.service.live import subscribe
 
         hub: Any = None
         target, key = url, secret
         if target is None:
-            from taskmon.server.hub import Hub, HubError
+            from taskmon.service.live import HubError, local_hub
 
-            key = secrets.token_urlsafe(16)  # other local users must not read our feed
-            source = None if redis else database_url(dsn)
-            hub = Hub(dsn=source, redis_url=redis, token=key)
+            source = None if redis else primary_dsn(settings)
+            hub, key = local_hub(settings, source=source)
             try:
                 target = await hub.start("127.0.0.1", 0)
             except HubError as exc:
@@ -325,7 +313,7 @@ class _Printer:
         sys.stderr.flush()
 
     def show(self, message: ClientMessage) -> None:
-        from taskmon.server.client import Connected, Disconnected, EventReceived, Gap
+        from taskmon.service.live import Connected, Disconnected, EventReceived, Gap
 
         if isinstance(message, EventReceived):
             self._event(message.event)

@@ -22,8 +22,7 @@ from taskmon.domain.display import duration, status_label
 
 if TYPE_CHECKING:
     from taskmon.domain.filters import TaskFilter
-    from taskmon.store.schema import AttemptRow
-    from taskmon.store.stats import Stats
+    from taskmon.service.rows import AttemptRow, Stats
 
 __all__ = [
     "STATUS_STYLES",
@@ -90,7 +89,7 @@ def _error(row: AttemptRow) -> str:
     else:
         text = str(kind or message or "")
     # `taskmon retry` links (taskmon.store.retry_links.add_retry_links), ahead of the error
-    from taskmon.store.retry_links import retried_as, retry_of
+    from taskmon.service.rows import retried_as, retry_of
 
     origin, retries = retry_of(row), retried_as(row)
     links = [f"retry of {origin}"] if origin else []

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from taskmon.commands.common import DsnOption, fail, plural, run
+from taskmon.commands.common import DsnOption, fail, plural, primary_dsn, resolve_settings, run
 from taskmon.commands.filter_options import QueryOption
 
 if TYPE_CHECKING:
@@ -113,13 +113,15 @@ def retry(
     ] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
     lost_after: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--lost-after",
-            help="A running attempt without a timeout counts as lost "
-            "after this long (lost tasks can be retried).",
+            help="A running attempt without a timeout counts as lost after this long "
+            "(lost tasks can be retried). Default: $TASKMON_LOST_AFTER, then lost_after "
+            "in the config file, then 1h.",
+            show_default=False,
         ),
-    ] = "1h",
+    ] = None,
     dsn: DsnOption = None,
 ) -> None:
     """Send a recorded task again, with the same arguments, through your broker.
@@ -133,8 +135,6 @@ def retry(
     (its newest matching attempt), skipping those already retried; --dry-run
     lists them and sends nothing.
     """
-    from taskmon.commands.history import seconds_option
-
     form = fmt.lower()
     if form not in FORMATS:
         fail(f"--format: {fmt!r} is not a format (accepted: {', '.join(FORMATS)})")
@@ -146,7 +146,8 @@ def retry(
         )
     if query is not None and attempt is not None:
         fail("--attempt goes with a TASK_ID, not with --query")
-    lost_s = seconds_option("--lost-after", lost_after)
+    settings = resolve_settings(dsn=dsn, broker=broker, lost_after=lost_after)
+    lost_s = settings.lost_after_s
     flt = None
     if query is not None:
         from taskmon.commands.filter_options import build_filter
@@ -159,20 +160,14 @@ def retry(
             task_id = check_task_id(task_id or "")
         except RetryError as exc:
             fail(str(exc))
-    spec, the_broker = _broker(broker)
-    url = _database(dsn)
+    spec, the_broker = _broker(settings.broker)
+    url = primary_dsn(settings)
 
     if task_id is not None:
         _retry_one(url, spec, the_broker, task_id, attempt, dry_run=dry_run, yes=yes, form=form)
     else:
         assert flt is not None
         _retry_many(url, spec, the_broker, flt, limit, lost_s, dry_run=dry_run, yes=yes, form=form)
-
-
-def _database(flag: str | None) -> str:
-    from taskmon.commands.common import database_url
-
-    return database_url(flag)
 
 
 def _retry_one(
@@ -189,13 +184,10 @@ def _retry_one(
     from taskmon.service.resend import plan_task
 
     async def plan() -> RetryPlan:
-        from taskmon.store.db import connect
+        from taskmon.service.database import connection
 
-        conn = await connect(url)
-        try:
+        async with connection(url) as conn:
             return await plan_task(conn, broker, task_id, attempt)
-        finally:
-            await conn.close()
 
     the_plan = _run(plan())
     if the_plan.refused:
@@ -223,13 +215,10 @@ def _retry_many(
     from taskmon.service.resend import plan_matching
 
     async def plan() -> list[RetryPlan]:
-        from taskmon.store.db import connect
+        from taskmon.service.database import connection
 
-        conn = await connect(url)
-        try:
+        async with connection(url) as conn:
             return await plan_matching(conn, broker, flt, limit=limit, lost_after_s=lost_s)
-        finally:
-            await conn.close()
 
     plans = _run(plan())
     ready = [p for p in plans if p.refused is None and not p.retried_as]

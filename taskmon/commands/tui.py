@@ -11,10 +11,11 @@ from taskmon.commands.common import (
     DsnOption,
     ReadDsnOption,
     TokenOption,
-    database_url,
     fail,
+    primary_dsn,
+    resolve_settings,
 )
-from taskmon.commands.history import LostAfterOption, seconds_option
+from taskmon.commands.history import LostAfterOption
 
 __all__ = ["tui"]
 
@@ -49,7 +50,7 @@ def tui(
         str,
         typer.Option("--query", "-q", help='Initial filter, e.g. "status:failed task:extract*".'),
     ] = "",
-    lost_after: LostAfterOption = "1h",
+    lost_after: LostAfterOption = None,
     read_dsn: ReadDsnOption = None,
     broker: Annotated[
         str | None,
@@ -62,52 +63,58 @@ def tui(
     ] = None,
 ) -> None:
     """Watch metrics, history and live events in a terminal UI (keys: press ?)."""
-    lost_after_s = seconds_option("--lost-after", lost_after)
-    from taskmon.config import ConfigError, resolve_setting
+    from taskmon.config import ConfigError
     from taskmon.domain.filters import FilterError
     from taskmon.tui.view_state import ViewState
 
     # bad input is said before anything is started (the embedded server, say)
+    settings = resolve_settings(
+        dsn=dsn,
+        read_dsn=read_dsn,
+        redis_url=redis_url,
+        hub_url=hub_url,
+        hub_token=token or old_token,
+        broker=broker,
+        lost_after=lost_after,
+    )
     try:
         ViewState.initial(window=since, query=query)
     except FilterError as exc:
         fail(f"--query: {exc}")
     except ValueError as exc:
         fail(f"--since: {str(exc).removeprefix('window: ')}")
-    from taskmon.server.alerts import AlertReader, load_alert_config
+    from taskmon.service.alerts import AlertReader, load_alert_config
 
     try:
         alert_config = load_alert_config()
-        hub = resolve_setting(hub_url, "TASKMON_HUB_URL", "hub_url")
-        secret = resolve_setting(token or old_token, "TASKMON_HUB_TOKEN", "hub_token")
-        redis = resolve_setting(redis_url, "TASKMON_REDIS_URL", "redis_url")
-        replica = resolve_setting(read_dsn, "TASKMON_READ_DSN", "read_dsn")
-        primary = resolve_setting(dsn, "TASKMON_DSN", "dsn")
-        broker_spec = resolve_setting(broker, "TASKMON_BROKER", "broker")
     except ConfigError as exc:
         fail(str(exc))
+    hub, redis = settings.hub_url, settings.redis_url
     if hub and not hub.startswith(("ws://", "wss://")):
         fail(f"--hub-url: {hub!r} is not a ws:// or wss:// URL")
     # the in-process hub LISTENs on the primary, unless it relays Redis
     listens = not hub and not redis
-    if replica and listens and not primary:
+    if settings.reads_from_replica and listens and not settings.configured_dsn:
         fail(REPLICA_ONLY)
-    reads = database_url(replica) if replica else None
-    url = database_url(dsn) if listens or not reads else reads
+    reads = settings.read_dsn if settings.reads_from_replica else None
+    url = primary_dsn(settings) if listens or not reads else reads
 
     from taskmon.tui.app import make_app
-    from taskmon.tui.screens.workers import PgWorkersSource
     from taskmon.tui.sources import HubLiveSource, InProcessHubSource, LiveSource, PgDataSource
 
     live: LiveSource = (
-        HubLiveSource(hub, token=secret) if hub else InProcessHubSource(url, redis_url=redis)
+        HubLiveSource(hub, token=settings.hub_token)
+        if hub
+        else InProcessHubSource(url, redis_url=redis, lost_after_s=settings.lost_after_s)
     )
     # the broker module is imported at the first R, not before the UI starts
     from taskmon.service.resend import Retrier
 
-    retrier = Retrier(broker_spec, url) if broker_spec else None
+    retrier = Retrier(settings.broker, url) if settings.broker else None
     try:
-        data = PgDataSource(reads or url, lost_after_s=lost_after_s, replica=reads is not None)
+        data = PgDataSource(
+            reads or url, lost_after_s=settings.lost_after_s, replica=reads is not None
+        )
         app = make_app(
             data,
             live,
@@ -116,7 +123,8 @@ def tui(
             # alert states are written by the evaluator on the primary
             alerts=AlertReader(url, alert_config) if alert_config.rules else None,
             retrier=retrier,
-            workers=PgWorkersSource(reads or url),
+            # the same reader: its pool serves the workers screen too
+            workers=data,
         )
     except (FilterError, ValueError) as exc:  # a relative time that went out of range since
         fail(str(exc))

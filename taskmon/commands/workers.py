@@ -8,16 +8,27 @@ the broker itself, now. Only the table format loads rich.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from taskmon.commands.common import DsnOption, ReadDsnOption, fail, plural, round_durations, run
+from taskmon.commands.common import (
+    DsnOption,
+    ReadDsnOption,
+    fail,
+    plural,
+    resolve_settings,
+    round_durations,
+    run,
+)
 
 if TYPE_CHECKING:
-    from taskmon.store.workers import QueueRow, WorkerRow
+    from taskmon.service.reader import Reader
+    from taskmon.service.rows import QueueRow, WorkerRow
+
+T = TypeVar("T")
 
 __all__ = ["queues", "workers"]
 
@@ -56,18 +67,15 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
     return rounded
 
 
-def _read(dsn: str | None, read_dsn: str | None, fetch: Any, *args: Any) -> Any:
-    """`fetch(conn, *args)` on the read DSN (a replica if one is given)."""
+def _read(dsn: str | None, read_dsn: str | None, ask: Callable[[Reader], Awaitable[T]]) -> T:
+    """What `ask` reads through the application layer's reader, on the read DSN."""
+    settings = resolve_settings(dsn=dsn, read_dsn=read_dsn)
 
-    async def go() -> Any:
-        from taskmon.config import resolve_read_dsn
-        from taskmon.store.db import connect
+    async def go() -> T:
+        from taskmon.service.reader import Reader
 
-        conn = await connect(resolve_read_dsn(read_dsn, dsn))
-        try:
-            return await fetch(conn, *args)
-        finally:
-            await conn.close()
+        async with Reader.for_settings(settings, pool_size=1) as reader:
+            return await ask(reader)
 
     return run(go())
 
@@ -109,9 +117,7 @@ def workers(
     """
     form = _format(fmt)
 
-    from taskmon.store.workers import fetch_workers
-
-    rows: list[WorkerRow] = _read(dsn, read_dsn, fetch_workers)
+    rows: list[WorkerRow] = _read(dsn, read_dsn, lambda reader: reader.workers())
     if form == "json":
         _print_json(rows)
         return
@@ -190,9 +196,7 @@ def queues(
         _inspect(broker, form)
         return
 
-    from taskmon.store.workers import fetch_queues
-
-    rows: list[QueueRow] = _read(dsn, read_dsn, fetch_queues, window_s)
+    rows: list[QueueRow] = _read(dsn, read_dsn, lambda reader: reader.queues(window_s))
     if form == "json":
         _print_json(rows)
         return
@@ -242,19 +246,17 @@ def _print_queues(console: Any, rows: list[QueueRow]) -> None:
 
 
 def _inspect(spec: str, form: str) -> None:
-    import os
+    from taskmon.service import backlog
+    from taskmon.service.backlog import NotInspectable
 
-    from taskmon.worker.queues import NotInspectable, inspect_broker, load_broker
-
-    sys.path.insert(0, os.getcwd())  # as `taskiq worker` finds the app
     try:
-        obj = load_broker(spec)
+        obj = backlog.load(spec)
     except ValueError as exc:
         fail(str(exc))
 
     async def go() -> Any:
         try:
-            return await inspect_broker(obj)
+            return await backlog.inspect(obj)
         except NotInspectable as exc:
             return exc
         except Exception as exc:

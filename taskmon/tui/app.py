@@ -26,9 +26,9 @@ from taskmon.tui.widgets.status_bar import StatusBar
 from taskmon.tui.widgets.task_table import TaskTable
 
 if TYPE_CHECKING:
-    from taskmon.server.alerts import AlertStatus
+    from taskmon.service.alerts import AlertStatus
     from taskmon.service.resend import Retrier
-    from taskmon.store.workers import QueueRow, WorkerRow
+    from taskmon.service.rows import QueueRow, WorkerRow
 
 __all__ = ["TaskmonApp", "make_app"]
 

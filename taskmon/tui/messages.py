@@ -15,9 +15,7 @@ from typing import TYPE_CHECKING, Any
 from textual.message import Message
 
 if TYPE_CHECKING:
-    from taskmon.store.history import HistoryPage
-    from taskmon.store.schema import AttemptRow
-    from taskmon.store.stats import Stats
+    from taskmon.service.rows import AttemptRow, HistoryPage, Stats
 
 __all__ = [
     "AttemptsLoaded",

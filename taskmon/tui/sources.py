@@ -1,7 +1,7 @@
 """Where the TUI gets its data: a database side and a live side, each behind a protocol.
 
 The app only talks to these protocols, so tests and the benchmark can hand it
-real sources (:class:`PgDataSource`, :class:`HubLiveSource`,
+real sources (:class:`~taskmon.service.reader.Reader`, :class:`HubLiveSource`,
 :class:`InProcessHubSource`) or small fakes with fixed data (snapshots).
 """
 
@@ -14,15 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from taskmon.store.schema import DEFAULT_LOST_AFTER_S, AttemptRow
+from taskmon.domain.statuses import DEFAULT_LOST_AFTER_S
+from taskmon.service.reader import Reader
+from taskmon.service.rows import AttemptRow
 
 if TYPE_CHECKING:
-    import asyncpg
-
     from taskmon.domain.filters import TaskFilter
-    from taskmon.store.history import HistoryPage
-    from taskmon.store.replica import ReplicaStatus
-    from taskmon.store.stats import Stats
+    from taskmon.service.rows import HistoryPage, Stats
 
 __all__ = [
     "DataSource",
@@ -92,7 +90,7 @@ class LiveGap:
 
 @dataclass(frozen=True)
 class LiveEvent:
-    """One live event (the wire dict of DESIGN.md, "Live events")."""
+    """One live event (the wire dict of docs/protocol.md)."""
 
     event: dict[str, Any]
 
@@ -112,132 +110,8 @@ class LiveSource(Protocol):
         """Stop what the source started."""
 
 
-class PgDataSource:
-    """Reads through the store's history and stats on a small asyncpg pool, rebuilt after an outage.
-
-    Args:
-        dsn: the database.
-        lost_after_s: the age after which a running attempt without timeout counts as lost.
-        statement_timeout: seconds a query may run.
-        replica: `dsn` is a read replica (``--read-dsn``): the status bar shows its lag.
-    """
-
-    def __init__(
-        self,
-        dsn: str,
-        *,
-        lost_after_s: float = DEFAULT_LOST_AFTER_S,
-        statement_timeout: float = 30.0,
-        replica: bool = False,
-    ) -> None:
-        from taskmon.store.db import redact_dsn
-
-        self.dsn = dsn
-        self.label = redact_dsn(dsn)
-        self.lost_after_s = lost_after_s
-        self.statement_timeout = statement_timeout
-        self.replica = replica
-        self._pool: asyncpg.Pool[Any] | None = None
-        self._lock = asyncio.Lock()
-
-    async def _get_pool(self) -> asyncpg.Pool[Any]:
-        import asyncpg
-
-        from taskmon.store.db import connect
-
-        async with self._lock:
-            if self._pool is None:
-
-                async def open_conn(*_args: Any, **_kwargs: Any) -> asyncpg.Connection[Any]:
-                    return await connect(
-                        self.dsn, timeout=5.0, command_timeout=self.statement_timeout
-                    )
-
-                # three: metrics, history and the detail screen may read at once
-                self._pool = await asyncpg.create_pool(
-                    min_size=1, max_size=3, connect=open_conn, max_inactive_connection_lifetime=60
-                )
-            return self._pool
-
-    async def _reset(self) -> None:
-        async with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.terminate()
-
-    async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        from taskmon.store.db import CONNECTION_ERRORS
-
-        pool = await self._get_pool()
-        try:
-            async with pool.acquire() as conn:
-                return await fn(conn, *args, **kwargs)
-        except CONNECTION_ERRORS:
-            # a dead server leaves dead connections behind: start afresh next time
-            await self._reset()
-            raise
-
-    async def history(
-        self, flt: TaskFilter, *, limit: int = 50, after: str | None = None
-    ) -> HistoryPage:
-        from taskmon.store.retry_links import fetch_history_with_links
-
-        page: HistoryPage = await self._run(
-            fetch_history_with_links, flt, limit=limit, after=after, lost_after_s=self.lost_after_s
-        )
-        return page
-
-    async def stats(
-        self, flt: TaskFilter, *, since: datetime, until: datetime | None, now: datetime
-    ) -> Stats:
-        from taskmon.store import stats as store_stats
-
-        stats: Stats = await self._run(
-            store_stats.fetch_stats,
-            flt,
-            since=since,
-            until=until,
-            lost_after_s=self.lost_after_s,
-            now=now,
-        )
-        return stats
-
-    async def attempts(self, task_id: str) -> list[AttemptRow]:
-        from taskmon.store import history
-
-        rows: list[AttemptRow] = await self._run(
-            history.fetch_attempts, task_id, lost_after_s=self.lost_after_s
-        )
-        return rows
-
-    async def retried_as(self, task_id: str) -> list[str]:
-        from taskmon.store.retry_links import fetch_retried_as
-
-        links: dict[str, list[str]] = await self._run(fetch_retried_as, [task_id])
-        return links.get(task_id, [])
-
-    async def attempts_by_key(self, keys: Sequence[tuple[str, int]]) -> list[AttemptRow]:
-        from taskmon.store import history
-
-        rows: list[AttemptRow] = await self._run(
-            history.fetch_attempts_by_key, keys, lost_after_s=self.lost_after_s
-        )
-        return rows
-
-    async def replica_status(self) -> ReplicaStatus:
-        """Whether the database is a standby, and how far behind its primary."""
-        from taskmon.store.replica import fetch_replica_status
-
-        status: ReplicaStatus = await self._run(fetch_replica_status)
-        return status
-
-    async def close(self) -> None:
-        async with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(pool.close(), 2.0)
-            pool.terminate()
+PgDataSource = Reader
+"""The database side of a real session: the application layer's reader."""
 
 
 class HubLiveSource:
@@ -261,7 +135,7 @@ class HubLiveSource:
         self._closed = asyncio.Event()
 
     async def stream(self) -> AsyncIterator[LiveItem]:
-        from taskmon.server import client
+        from taskmon.service import live as client
 
         # the client resumes from the last seq by itself across reconnects
         async for item in client.subscribe(
@@ -290,30 +164,34 @@ class HubLiveSource:
 class InProcessHubSource:
     """Starts a :class:`~taskmon.server.hub.Hub` on 127.0.0.1 (port 0) for the same DSN, subscribes.
 
-    The hub wants a random token, as ``taskmon tail``'s does: loopback is open to
-    every local user, who must not read a feed the database may not show them.
+    The hub wants a random token, as ``taskmon tail``'s does
+    (:func:`taskmon.service.live.local_hub`).
 
     Args:
         dsn: the database whose events the hub relays.
         redis_url: relay a Redis stream instead of PostgreSQL NOTIFY.
+        lost_after_s: the lost rule's threshold, for the hub's ``/metrics``.
     """
 
-    def __init__(self, dsn: str, *, redis_url: str | None = None) -> None:
-        import secrets
-
+    def __init__(
+        self, dsn: str, *, redis_url: str | None = None, lost_after_s: float = DEFAULT_LOST_AFTER_S
+    ) -> None:
         self.dsn = dsn
         self.redis_url = redis_url
+        self.lost_after_s = lost_after_s
         self.label = "in-process hub"
         self._hub: Any = None
         self._start_lock = asyncio.Lock()
-        self._token = secrets.token_urlsafe(16)
+        self._token = ""
 
     async def _url(self) -> str:
-        from taskmon.server.hub import Hub
+        from taskmon.service.live import local_hub
+        from taskmon.service.settings import Settings
 
         async with self._start_lock:
             if self._hub is None:
-                hub = Hub(dsn=self.dsn, redis_url=self.redis_url, token=self._token)
+                settings = Settings(redis_url=self.redis_url, lost_after_s=self.lost_after_s)
+                hub, self._token = local_hub(settings, source=self.dsn)
                 url = await hub.start("127.0.0.1", 0)
                 self._hub = hub
                 self._url_value = url

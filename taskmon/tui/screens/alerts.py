@@ -22,7 +22,7 @@ from textual.widgets import DataTable, Footer, Static
 from taskmon.tui.format import timestamp
 
 if TYPE_CHECKING:
-    from taskmon.server.alerts import AlertStatus
+    from taskmon.service.alerts import AlertStatus
 
 __all__ = ["ALERTS_REFRESH_S", "AlertSource", "AlertsPoller", "AlertsScreen", "banner_text"]
 

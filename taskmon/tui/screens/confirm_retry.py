@@ -23,7 +23,7 @@ from taskmon.domain.display import status_label
 
 if TYPE_CHECKING:
     from taskmon.service.resend import Retrier, RetryPlan
-    from taskmon.store.schema import AttemptRow
+    from taskmon.service.rows import AttemptRow
 
 __all__ = ["HOW_TO_ENABLE", "ConfirmRetryScreen", "retry_attempt"]
 

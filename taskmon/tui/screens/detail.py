@@ -18,7 +18,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from taskmon.domain.display import duration, status_label
-from taskmon.store.schema import AttemptRow
+from taskmon.service.rows import AttemptRow
 from taskmon.tui.format import timestamp
 from taskmon.tui.messages import AttemptsLoaded, LoadFailed
 from taskmon.tui.sources import DataSource

@@ -54,8 +54,7 @@ from taskmon.tui.widgets.task_table import TaskTable
 from taskmon.tui.widgets.too_small import MIN_HEIGHT, MIN_WIDTH, TooSmall
 
 if TYPE_CHECKING:
-    from taskmon.store.history import HistoryPage
-    from taskmon.store.schema import AttemptRow
+    from taskmon.service.rows import AttemptRow, HistoryPage
 
 __all__ = ["MainScreen"]
 

@@ -1,7 +1,7 @@
 """Workers and queues (key ``W``), and the status bar's warning when none is alive.
 
 The screen reads the heartbeat rows and the queue samples the workers write
-(:mod:`taskmon.store.workers`); :class:`WorkersPoller` re-reads them every
+(through :class:`~taskmon.service.reader.Reader`); :class:`WorkersPoller` re-reads them every
 :data:`WORKERS_REFRESH_S` seconds, for the screen and for the status bar's
 warning: no worker alive, or a backlog that grows.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from rich.text import Text
 from textual.app import App, ComposeResult
@@ -20,11 +20,10 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from taskmon.domain.display import duration, trend_label, worker_state_label
+from taskmon.service.reader import Reader
 
 if TYPE_CHECKING:
-    import asyncpg
-
-    from taskmon.store.workers import QueueRow, WorkerRow
+    from taskmon.service.rows import QueueRow, WorkerRow
 
 __all__ = [
     "WORKERS_REFRESH_S",
@@ -54,34 +53,8 @@ class WorkersSource(Protocol):
         """Release connections."""
 
 
-class PgWorkersSource:
-    """Reads workers and queues from PostgreSQL over one connection of its own."""
-
-    def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
-        self._conn: asyncpg.Connection[Any] | None = None
-
-    async def _connection(self) -> asyncpg.Connection[Any]:
-        from taskmon.store.db import connect
-
-        if self._conn is None or self._conn.is_closed():
-            self._conn = await connect(self.dsn)
-        return self._conn
-
-    async def workers(self) -> list[WorkerRow]:
-        from taskmon.store.workers import fetch_workers
-
-        return await fetch_workers(await self._connection())
-
-    async def queues(self) -> list[QueueRow]:
-        from taskmon.store.workers import fetch_queues
-
-        return await fetch_queues(await self._connection())
-
-    async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await conn.close()
+PgWorkersSource = Reader
+"""Workers and queues of a real session: the application layer's reader."""
 
 
 def warning_text(workers: Sequence[WorkerRow], queues: Sequence[QueueRow]) -> str:

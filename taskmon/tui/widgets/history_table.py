@@ -15,8 +15,7 @@ from textual.binding import Binding, BindingType
 from textual.widgets import DataTable
 
 from taskmon.domain.display import duration
-from taskmon.store.retry_links import retried_as, retry_of
-from taskmon.store.schema import AttemptRow
+from taskmon.service.rows import AttemptRow, retried_as, retry_of
 from taskmon.tui.format import clip, parse_timestamp, timestamp
 from taskmon.tui.widgets.status_styles import STATUS_CLASSES, styled_status
 

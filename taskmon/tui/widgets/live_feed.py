@@ -17,7 +17,7 @@ from textual.strip import Strip
 
 from taskmon.domain.display import duration
 from taskmon.domain.events import TERMINAL_STATUSES
-from taskmon.store.schema import AttemptRow
+from taskmon.service.rows import AttemptRow
 from taskmon.tui.format import clip, count, parse_timestamp, timestamp
 from taskmon.tui.widgets.status_styles import STATUS_CLASSES, styled_status
 

@@ -14,7 +14,7 @@ from taskmon.domain.display import duration, status_label
 from taskmon.tui.format import count, percent
 
 if TYPE_CHECKING:
-    from taskmon.store.stats import Stats
+    from taskmon.service.rows import Stats
 
 __all__ = ["MetricsPanel"]
 

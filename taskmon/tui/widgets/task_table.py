@@ -13,7 +13,7 @@ from taskmon.domain.display import duration
 from taskmon.tui.format import count, percent
 
 if TYPE_CHECKING:
-    from taskmon.store.stats import TaskStats
+    from taskmon.service.rows import TaskStats
 
 __all__ = ["TaskTable"]
 
