@@ -266,8 +266,9 @@ async def test_upgrade_partitions_a_populated_table_while_a_worker_records(
     top_id = await conn.fetchval("SELECT max(id) FROM task_execution_logs")
     # and a worker of this version recording into it: the start-up migration leaves a
     # table it considers large as it is (here: any size)
-    await conn.execute("ALTER DATABASE " + empty_dsn.rsplit("/", 1)[1]
-                       + " SET taskmon.partition_inline_max_bytes = 0")  # fmt: skip
+    # the name from the server, not the DSN: an embedded server's DSN ends in ?host=…&port=…
+    name = await conn.fetchval("SELECT current_database()")
+    await conn.execute(f'ALTER DATABASE "{name}" SET taskmon.partition_inline_max_bytes = 0')
     rec = Recorder(empty_dsn, flush_interval=0.01)
     await rec.start(wait_connected=10)
     assert await partitions.is_partitioned(conn) is False
