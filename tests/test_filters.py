@@ -881,3 +881,22 @@ async def test_sql_against_postgres() -> None:
         assert await conn.fetchval("SELECT count(*) FROM task_execution_logs") == len(ROWS)
     finally:
         await conn.close()
+
+
+@pytest.mark.parametrize(
+    ("wanted", "stored", "running"),
+    [
+        ({"running"}, (), "fresh"),
+        ({"lost"}, ("lost",), "stale"),
+        ({"running", "lost"}, ("running", "lost"), None),
+        ({"failed", "running"}, ("failed",), "fresh"),
+        ({"success", "failed"}, ("success", "failed"), None),
+        (set(), (), None),
+    ],
+)
+def test_the_lost_rule_splits_a_status_filter_in_one_place(
+    wanted: set[str], stored: tuple[str, ...], running: str | None
+) -> None:
+    from taskmon.domain.statuses import split_by_lost_rule
+
+    assert split_by_lost_rule(wanted) == (stored, running)

@@ -14,11 +14,19 @@ Standard library only: the filter language, which runs inside workers, uses it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from taskmon.domain.events import TERMINAL_STATUSES, Status
 
-__all__ = ["DEFAULT_LOST_AFTER_S", "STALE_BEATS", "STATUSES", "TERMINAL", "is_stale"]
+__all__ = [
+    "DEFAULT_LOST_AFTER_S",
+    "STALE_BEATS",
+    "STATUSES",
+    "TERMINAL",
+    "is_stale",
+    "split_by_lost_rule",
+]
 
 STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
 """Every status, in the order lists and filters show them."""
@@ -60,3 +68,23 @@ def is_stale(
     except (ValueError, OverflowError):
         return False
     return created_at < cutoff
+
+
+def split_by_lost_rule(wanted: Iterable[str]) -> tuple[tuple[str, ...], str | None]:
+    """Which rows a status filter selects, as the readers' SQL must select them.
+
+    ``lost`` is shown for rows stored as lost and for running rows the lost
+    rule calls stale; ``running`` only for the others. So a filter on
+    `wanted` selects the rows whose stored status is one of the first item
+    (in :data:`STATUSES` order; ``running`` there means every running row),
+    plus, when the second item says so, the running rows that are ``"stale"``
+    (lost by the rule) or ``"fresh"`` (still running).
+
+    Args:
+        wanted: the statuses asked for.
+    """
+    asked = set(wanted)
+    running_only = "running" in asked and "lost" not in asked
+    stale_only = "lost" in asked and "running" not in asked
+    stored = tuple(s for s in STATUSES if s in asked and not (s == "running" and running_only))
+    return stored, "fresh" if running_only else "stale" if stale_only else None

@@ -30,7 +30,8 @@ from taskmon.domain.filters import (
     contains_pattern,
     task_like_patterns,
 )
-from taskmon.store.schema import DEFAULT_LOST_AFTER_S, STATUSES, lost_cutoff_sql
+from taskmon.domain.statuses import DEFAULT_LOST_AFTER_S, split_by_lost_rule
+from taskmon.store.schema import lost_cutoff_sql
 
 __all__ = [
     "filter_sql",
@@ -133,18 +134,13 @@ def _status_sql(
     alias: str,
 ) -> str:
     """``status`` condition, where a long-running ``running`` row counts as ``lost``."""
-    plain = set(statuses)
-    stale = "lost" in statuses and "running" not in statuses
-    fresh = "running" in statuses and "lost" not in statuses
-    if fresh:
-        plain.discard("running")
+    stored, running = split_by_lost_rule(statuses)
     conditions: list[str] = []
-    if plain:
-        ordered = [s for s in STATUSES if s in plain]
-        conditions.append(f"{col('status')} = ANY({arg(ordered)}::text[])")
-    if stale or fresh:
+    if stored:
+        conditions.append(f"{col('status')} = ANY({arg(list(stored))}::text[])")
+    if running is not None:
         cutoff = lost_cutoff_sql(f"{arg(float(lost_after_s))}::double precision", alias=alias)
-        op = "<" if stale else ">="
+        op = "<" if running == "stale" else ">="
         conditions.append(f"({col('status')} = 'running' AND {col('created_at')} {op} {cutoff})")
     return _any(conditions)
 
