@@ -379,6 +379,11 @@ moments = st.datetimes(
     min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1), timezones=offsets
 )
 durations = st.floats(min_value=0, max_value=1e300, allow_nan=False, allow_infinity=False)
+# a term's key ends at its first '=', and a param's dots nest (no empty part)
+term_keys = st.text(st.characters(exclude_characters="\x00="), min_size=1, max_size=8).filter(
+    str.strip
+)
+param_keys = term_keys.filter(lambda k: all(k.split(".")))
 
 
 @st.composite
@@ -399,6 +404,9 @@ def filters(draw: st.DrawFn) -> TaskFilter:
         max_duration_ms=draw(st.none() | durations),
         attempt=draw(st.none() | st.tuples(ops, st.integers(0, 2**31 - 1))),
         words=tuple(draw(st.lists(values, max_size=3))),
+        queues=tuple(draw(st.lists(values, max_size=2))),
+        params=tuple(draw(st.lists(st.tuples(param_keys, st.none() | values), max_size=2))),
+        labels=tuple(draw(st.lists(st.tuples(term_keys, st.none() | values), max_size=2))),
     )
 
 
@@ -619,6 +627,9 @@ def shape_twin(f: TaskFilter) -> TaskFilter:
         min_duration_ms=None if f.min_duration_ms is None else 1.0,
         max_duration_ms=None if f.max_duration_ms is None else 1.0,
         attempt=None if f.attempt is None else (f.attempt[0], 1),
+        queues=bland(f.queues),
+        params=tuple((f"x{i}", None if v is None else "x") for i, (_, v) in enumerate(f.params)),
+        labels=tuple((f"x{i}", None if v is None else "x") for i, (_, v) in enumerate(f.labels)),
     )
 
 

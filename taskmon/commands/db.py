@@ -190,19 +190,33 @@ _INDEX_STATES = {"present": "present", "building": "building…", "built": "buil
 
 
 @app.command("search-indexes")
-def search_indexes(dsn: DsnOption = None) -> None:
-    """Build the error-search indexes without blocking writers (CREATE INDEX CONCURRENTLY).
+def search_indexes(
+    dsn: DsnOption = None,
+    params: Annotated[
+        bool,
+        typer.Option(
+            "--params",
+            help="Also index the param:, label: and queue: filter terms (GIN on params and "
+            "labels): faster searches by argument, at a cost on every write.",
+        ),
+    ] = False,
+) -> None:
+    """Build the search indexes without blocking writers (CREATE INDEX CONCURRENTLY).
 
-    Migration 0003 skips them on a table that is already large, since inside a
-    migration they would lock out inserts for the whole build. Safe to re-run:
-    an index left invalid by an interrupted build is dropped and built again.
+    The error-search indexes: migration 0003 skips them on a table that is
+    already large, since inside a migration they would lock out inserts for
+    the whole build. With --params, those of the param:, label: and queue:
+    terms too (opt-in: they cost every write). Safe to re-run: an index left
+    invalid by an interrupted build is dropped and built again.
     """
 
     async def go() -> None:
         from taskmon.service.maintenance import build_search_indexes
 
         await build_search_indexes(
-            database_url(dsn), lambda name, state: typer.echo(f"{name}: {_INDEX_STATES[state]}")
+            database_url(dsn),
+            lambda name, state: typer.echo(f"{name}: {_INDEX_STATES[state]}"),
+            params=params,
         )
 
     run(go())

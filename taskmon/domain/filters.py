@@ -40,6 +40,7 @@ __all__ = [
     "parse_time",
     "parse_window",
     "task_like_patterns",
+    "term_candidates",
 ]
 
 
@@ -55,6 +56,9 @@ _KEYS = (
     "min_duration",
     "max_duration",
     "attempt",
+    "param",
+    "label",
+    "queue",
 )
 # Keys that hold one value: typing one twice is a mistake, not "the last one wins".
 _SINGLE_KEYS = frozenset(("since", "until", "task_id", "min_duration", "max_duration", "attempt"))
@@ -71,6 +75,9 @@ _CANONICAL_ORDER = (
     "min_duration",
     "max_duration",
     "attempt",
+    "queue",
+    "param",
+    "label",
 )
 # Shown after "empty value" so the user sees what a value looks like.
 _EXAMPLES = {
@@ -84,6 +91,9 @@ _EXAMPLES = {
     "min_duration": "500ms",
     "max_duration": "2s",
     "attempt": ">0",
+    "param": "user.id=42",
+    "label": "tenant=acme",
+    "queue": "emails",
 }
 _OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
     ">=": operator.ge,
@@ -283,11 +293,22 @@ class TaskFilter:
     max_duration_ms: float | None = None
     attempt: tuple[str, int] | None = None
     words: tuple[str, ...] = ()
+    queues: tuple[str, ...] = ()
+    params: tuple[tuple[str, str | None], ...] = ()
+    """``(path, value)`` terms on the call's arguments; a ``None`` value asks for presence."""
+    labels: tuple[tuple[str, str | None], ...] = ()
+    """``(key, value)`` terms on the message's labels; a ``None`` value asks for presence."""
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: the only way to normalise in place
         set_(self, "statuses", parse_statuses(self.statuses))
-        for name in ("tasks", "workers", "errors", "words", "task_id"):
+        for name in ("params", "labels"):
+            try:
+                terms = tuple(dict.fromkeys(_check_term(name, t) for t in getattr(self, name)))
+            except FilterError as exc:
+                raise FilterError(f"{name[:-1]}: {exc}") from None
+            set_(self, name, terms)
+        for name in ("tasks", "workers", "errors", "words", "task_id", "queues"):
             value = getattr(self, name)
             values: tuple[str, ...] = (value,) if isinstance(value, str) else tuple(value or ())
             if "" in values:
@@ -341,6 +362,9 @@ class TaskFilter:
             max_duration_ms=_last(self.max_duration_ms, other.max_duration_ms),
             attempt=_last(self.attempt, other.attempt),
             words=self.words + other.words,
+            queues=self.queues + other.queues,
+            params=self.params + other.params,
+            labels=self.labels + other.labels,
         )
 
     # -- text and dict forms ------------------------------------------------
@@ -368,6 +392,9 @@ class TaskFilter:
             "min_duration": self.min_duration_ms,
             "max_duration": self.max_duration_ms,
             "attempt": None if self.attempt is None else _format_attempt(self.attempt),
+            "queue": list(self.queues),
+            "param": [_format_term(term) for term in self.params],
+            "label": [_format_term(term) for term in self.labels],
         }
         return {key: value for key, value in data.items() if value not in (None, [])}
 
@@ -407,6 +434,9 @@ class TaskFilter:
             "task": list(self.tasks),
             "worker": list(self.workers),
             "error": list(self.errors),
+            "queue": list(self.queues),
+            "param": [_format_term(term) for term in self.params],
+            "label": [_format_term(term) for term in self.labels],
         }
         if self.statuses:
             values["status"] = [",".join(s for s in STATUSES if s in self.statuses)]
@@ -442,7 +472,7 @@ class TaskFilter:
         Args:
             event: ``{"task_name", "status", "timestamp", "data": {"task_id",
                 "attempt", "worker", "duration_ms", "error_type", "error_message",
-                "timeout_s" (optional)}}``.
+                "params", "labels", "queue", "timeout_s" (optional)}}``.
             now: the current time, for deciding whether a running task is lost.
             lost_after_s: how long a ``running`` attempt without ``timeout_s`` may run
                 before it counts as ``lost`` (the store's lost rule).
@@ -465,6 +495,12 @@ class TaskFilter:
             _in_range(timestamp, self.since, self.until, upper_open=True),
             _in_range(fields.number("duration_ms"), self.min_duration_ms, self.max_duration_ms),
             self.attempt is None or _compare(fields.number("attempt"), *self.attempt),
+            not self.queues or fields.get("queue") in self.queues,
+            all(
+                _term_matches(fields.get("params"), ("kwargs", *_path(k)), v)
+                for k, v in self.params
+            ),
+            all(_term_matches(fields.get("labels"), (k,), v) for k, v in self.labels),
         )
         return all(checks)
 
@@ -569,6 +605,9 @@ class _Builder:
     workers: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     words: list[str] = field(default_factory=list)
+    queues: list[str] = field(default_factory=list)
+    params: list[tuple[str, str | None]] = field(default_factory=list)
+    labels: list[tuple[str, str | None]] = field(default_factory=list)
     single: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, str] = field(default_factory=dict)  # single-valued keys as typed
 
@@ -591,8 +630,10 @@ class _Builder:
     def _add(self, key: str, value: str) -> None:
         if key == "status":
             self.statuses |= parse_statuses([value])
-        elif key in ("task", "worker", "error"):
+        elif key in ("task", "worker", "error", "queue"):
             getattr(self, key + "s").append(value)
+        elif key in ("param", "label"):
+            getattr(self, key + "s").append(_parse_term(key, value))
         elif key == "task_id":
             self.single[key] = value
         elif key in ("since", "until"):
@@ -609,7 +650,15 @@ class _Builder:
                 self.words.append(value)
             else:
                 self.add(key, value)
-        elif isinstance(value, list | tuple) and key in ("status", "task", "worker", "error"):
+        elif isinstance(value, list | tuple) and key in (
+            "status",
+            "task",
+            "worker",
+            "error",
+            "queue",
+            "param",
+            "label",
+        ):
             for item in value:
                 self.add_json(key, _require(key, item, str))
         elif isinstance(value, list | tuple) and key == "words":
@@ -641,6 +690,9 @@ class _Builder:
             workers=tuple(self.workers),
             errors=tuple(self.errors),
             words=tuple(self.words),
+            queues=tuple(self.queues),
+            params=tuple(self.params),
+            labels=tuple(self.labels),
             **self.single,
         )
 
@@ -690,6 +742,102 @@ def parse(
             raise FilterError(f"{key}: has no effect here (used here: {', '.join(used)})")
         builder.add(key, token.value)
     return builder.build()
+
+
+# ---------------------------------------------------------------------------
+# param: and label: terms
+# ---------------------------------------------------------------------------
+
+_SECRET = "[REDACTED]"  # taskmon.domain.params.REDACTED: what a secret's value is stored as
+
+
+def _parse_term(key: str, text: str) -> tuple[str, str | None]:
+    """``user.id=42`` → ``("user.id", "42")``; ``user.id`` → ``("user.id", None)``."""
+    name, eq, value = text.partition("=")
+    return _check_term(key + "s", (name, value if eq else None))
+
+
+def _check_term(field_name: str, term: tuple[str, str | None]) -> tuple[str, str | None]:
+    """`term` checked; the message of a bad one does not name the key (its caller does)."""
+    kind = "param" if field_name == "params" else "label"
+    try:
+        name, value = term
+    except (TypeError, ValueError):
+        raise FilterError(f"{term!r} is not a (key, value) pair") from None
+    if not isinstance(name, str) or not (value is None or isinstance(value, str)):
+        raise FilterError(f"{term!r} is not a (key, value) pair of text")
+    if not name.strip():
+        raise FilterError(f"no key before '=' (e.g. {kind}:{_EXAMPLES[kind]})")
+    if "\x00" in name or (value is not None and "\x00" in value):
+        raise FilterError(f"{name!r} contains a NUL character")
+    if kind == "param" and any(not part for part in name.split(".")):
+        raise FilterError(f"{name!r} has an empty part between dots (e.g. user.id)")
+    return name, value
+
+
+def _format_term(term: tuple[str, str | None]) -> str:
+    name, value = term
+    return name if value is None else f"{name}={value}"
+
+
+def _path(name: str) -> tuple[str, ...]:
+    """A param's key as the path under the call's keyword arguments: dots nest."""
+    return tuple(name.split("."))
+
+
+def term_candidates(value: str) -> list[Any]:
+    """The JSON values a term's text `value` equals: the text itself, and the number,
+    boolean or null it spells (``42`` is both ``"42"`` and ``42``).
+
+    A secret's stored marker equals nothing: a search for it must not tell that
+    a secret is there.
+    """
+    if value == _SECRET:
+        return []
+    found: list[Any] = [value]
+    if value in ("true", "false"):
+        found.append(value == "true")
+    elif value == "null":
+        found.append(None)
+    else:
+        number = _json_number(value)
+        if number is not None:
+            found.append(number)
+    return found
+
+
+def _json_number(text: str) -> int | float | None:
+    if not re.fullmatch(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?", text):
+        return None
+    if re.fullmatch(r"-?\d+", text):
+        return int(text)
+    number = float(text)
+    return number if math.isfinite(number) else None
+
+
+def _term_matches(root: object, path: tuple[str, ...], value: str | None) -> bool:
+    """Whether the JSON `root` holds, at `path`, a value the term accepts (as its SQL does)."""
+    node = root
+    for part in path:
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    if node == _SECRET:
+        return False
+    if value is None:
+        return True
+    if isinstance(node, Mapping | list):
+        return False
+    return any(_json_equal(node, candidate) for candidate in term_candidates(value))
+
+
+def _json_equal(stored: object, candidate: object) -> bool:
+    """JSON equality as ``jsonb`` has it: a boolean is no number, ``42 == 42.0``."""
+    if isinstance(stored, bool) or isinstance(candidate, bool):
+        return type(stored) is type(candidate) and stored == candidate
+    if _is_number(stored) and _is_number(candidate):
+        return stored == candidate
+    return type(stored) is type(candidate) and stored == candidate
 
 
 # ---------------------------------------------------------------------------

@@ -125,10 +125,18 @@ async def rebuild_rollups(dsn: str) -> None:
         await maintenance.rebuild_rollups(conn)
 
 
-async def build_search_indexes(dsn: str, report: Callable[[str, str], None]) -> None:
-    """Build the error-search indexes concurrently; `report(name, state)` at each step."""
+async def build_search_indexes(
+    dsn: str, report: Callable[[str, str], None], *, params: bool = False
+) -> None:
+    """Build the search indexes concurrently; `report(name, state)` at each step.
+
+    Args:
+        dsn: the primary.
+        report: told of each index: present, building, built.
+        params: also the indexes of the ``param:``, ``label:`` and ``queue:`` terms.
+    """
     async with connection(dsn, long=True) as conn:
-        await maintenance.build_search_indexes(conn, report)
+        await maintenance.build_search_indexes(conn, report, params=params)
 
 
 def stop_embedded_server() -> tuple[bool, Path]:

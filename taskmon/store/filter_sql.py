@@ -18,6 +18,7 @@ indexes instead of by reading the whole table.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -29,7 +30,9 @@ from taskmon.domain.filters import (
     TaskFilter,
     contains_pattern,
     task_like_patterns,
+    term_candidates,
 )
+from taskmon.domain.params import REDACTED
 from taskmon.domain.statuses import DEFAULT_LOST_AFTER_S, split_by_lost_rule
 from taskmon.store.schema import lost_cutoff_sql
 
@@ -119,7 +122,49 @@ def filter_sql(
     if flt.attempt is not None:
         op, count = flt.attempt  # one of the comparison operators, checked on construction
         clauses.append(f"{col('attempt')} {op} {arg(count)}")
+    if flt.queues:
+        clauses.append(f"{col('queue')} = ANY({arg(list(flt.queues))}::text[])")
+    for name, value in flt.params:
+        clauses.append(_json_term(col("params"), ("kwargs", *name.split(".")), value, arg))
+    for name, value in flt.labels:
+        clauses.append(_json_term(col("labels"), (name,), value, arg))
     return " AND ".join(clauses) or "TRUE"
+
+
+def _json_term(
+    column: str, path: tuple[str, ...], value: str | None, arg: Callable[[object], str]
+) -> str:
+    """A ``param:``/``label:`` term over a jsonb column, as :meth:`TaskFilter.matches` has it.
+
+    A value is matched by containment (``@>``, which a ``jsonb_path_ops`` GIN
+    index answers) of the text, or of the number, boolean or null it spells
+    (``42``: the string and the number); presence by a strict JSON path. A
+    secret's stored marker is neither equal to anything nor present. The SQL
+    text depends only on the term's kind, never on its value.
+    """
+    if value is None:
+        steps = "".join("." + _json_string(part) for part in path)
+        # strict: no unwrapping of arrays on the way (lax mode would look inside them)
+        check = f'@.type() != "string" || @ != {_json_string(REDACTED)}'
+        return f"({column} @? {arg(f'strict ${steps} ? ({check})')}::text::jsonpath)"
+    found = term_candidates(value)
+    # two arms always: the text, and what else it spells (a NULL arm matches nothing)
+    docs = [_nested(path, c) for c in found[:1]] or [None]
+    docs.append(_nested(path, found[1]) if len(found) > 1 else None)
+    return _any(f"{column} @> {arg(doc)}::text::jsonb" for doc in docs)
+
+
+def _nested(path: tuple[str, ...], value: object) -> str:
+    """``{"kwargs": {"user": {"id": 42}}}`` for the path ``kwargs.user.id`` and 42, as JSON."""
+    doc: object = value
+    for part in reversed(path):
+        doc = {part: doc}
+    return json.dumps(doc, ensure_ascii=False)
+
+
+def _json_string(text: str) -> str:
+    """`text` as a JSON string literal, which is also a JSON path string literal."""
+    return json.dumps(text, ensure_ascii=True)
 
 
 def _any(conditions: Iterable[str]) -> str:

@@ -15,7 +15,13 @@ import asyncpg
 
 from taskmon.store import migrations, partitions
 
-__all__ = ["SEARCH_INDEX_MIGRATION", "build_search_indexes", "rebuild_rollups", "search_indexes"]
+__all__ = [
+    "PARAM_INDEXES",
+    "SEARCH_INDEX_MIGRATION",
+    "build_search_indexes",
+    "rebuild_rollups",
+    "search_indexes",
+]
 
 SEARCH_INDEX_MIGRATION = 3
 """The migration that creates the error-search indexes (``0003_error_search.sql``)."""
@@ -23,6 +29,21 @@ SEARCH_INDEX_MIGRATION = 3
 # `CREATE INDEX IF NOT EXISTS name ON ...;` outside comments: the statements the
 # migration runs when the table is small, and the ones to repeat CONCURRENTLY
 _CREATE_INDEX = re.compile(r"CREATE INDEX IF NOT EXISTS (\w+)\s+(ON [^;]+);")
+
+PARAM_INDEXES: dict[str, str] = {
+    "task_execution_logs_params_gin": "ON task_execution_logs USING gin (params jsonb_path_ops)",
+    "task_execution_logs_labels_gin": "ON task_execution_logs USING gin (labels jsonb_path_ops)",
+    "task_execution_logs_queue_created": (
+        "ON task_execution_logs (queue, created_at DESC, id DESC) WHERE queue IS NOT NULL"
+    ),
+}
+"""The indexes of the ``param:``, ``label:`` and ``queue:`` filter terms: name -> definition.
+
+Opt-in (``taskmon db search-indexes --params``): a GIN index on every
+attempt's arguments costs each write more than the error indexes, which only
+attempts with an error pay for. ``jsonb_path_ops`` answers the terms'
+containment (``@>``); presence (``param:KEY``) is checked on the rows found.
+"""
 
 
 async def rebuild_rollups(conn: asyncpg.Connection[Any]) -> None:
@@ -51,13 +72,18 @@ def search_indexes() -> dict[str, str]:
 
 
 async def build_search_indexes(
-    conn: asyncpg.Connection[Any], progress: Callable[[str, str], None]
+    conn: asyncpg.Connection[Any],
+    progress: Callable[[str, str], None],
+    *,
+    params: bool = False,
 ) -> None:
     """Build the error-search indexes without blocking writers (``CREATE INDEX CONCURRENTLY``).
 
     Migration 0003 skips them on a table that is already large. Safe to re-run:
     an index left invalid by an interrupted build is dropped and built again.
     `progress` is called with ``(index name, "present" | "building" | "built")``.
+    With `params`, the indexes of the param, label and queue terms
+    (:data:`PARAM_INDEXES`) are built too.
 
     A partitioned table cannot build an index concurrently: the index is made
     on the parent alone (``ON ONLY``, invalid until complete), built
@@ -66,7 +92,8 @@ async def build_search_indexes(
     """
     await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
     partitioned = await partitions.is_partitioned(conn)
-    for name, definition in search_indexes().items():
+    wanted = {**search_indexes(), **(PARAM_INDEXES if params else {})}
+    for name, definition in wanted.items():
         valid = await _validity(conn, name)
         if valid:
             progress(name, "present")

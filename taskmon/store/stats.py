@@ -563,16 +563,14 @@ def _bucket_step(window: timedelta) -> timedelta:
 
 
 def needs_raw(flt: TaskFilter) -> bool:
-    """Whether `flt` uses a field the rollups do not keep (then raw rows are read)."""
-    return bool(
-        flt.workers
-        or flt.errors
-        or flt.words
-        or flt.task_id is not None
-        or flt.min_duration_ms is not None
-        or flt.max_duration_ms is not None
-        or flt.attempt is not None
-    )
+    """Whether `flt` uses a field the rollups do not keep (then raw rows are read).
+
+    The rollups keep status, task and time; any other field set (worker,
+    error, words, task id, durations, attempt, queue, params, labels, and any
+    added later) is answered from the raw rows.
+    """
+    kept = dataclasses.replace(flt, statuses=frozenset(), tasks=(), since=None, until=None)
+    return not kept.is_empty()
 
 
 async def fetch_stats(

@@ -1,0 +1,201 @@
+"""param:, label: and queue: terms: one meaning in the parser, the SQL and on live events."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from helpers import unconfigured_env
+
+from taskmon.domain.filters import FilterError, TaskFilter, parse
+from taskmon.domain.params import REDACTED, ParamsPolicy
+from taskmon.service.reader import Reader
+from taskmon.store import maintenance, partitions
+from taskmon.store.filter_sql import filter_sql
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# given: the stored form of calls, as the recorder makes it (secrets redacted)
+POLICY = ParamsPolicy()
+CALLS: dict[str, dict[str, Any]] = {
+    "a": {"kwargs": {"user": {"id": 42}, "tenant": "acme", "password": "hunter2"},
+          "labels": {"tenant": "acme", "priority": 5}, "queue": "emails"},
+    "b": {"kwargs": {"user": {"id": "42"}, "tenant": "globex", "flag": True},
+          "labels": {"tenant": "globex"}, "queue": "billing"},
+    "c": {"kwargs": {"user": {"id": 7}, "city": "Zürich", "note": 'say "hi"', "ratio": 0.5,
+                     "tags": ["x", "y"], "nothing": None},
+          "labels": {}, "queue": None},
+    "d": {"kwargs": {"user": [{"id": 42}], "name": "Ada Lovelace"},
+          "labels": {"api_token": "s3cret"}, "queue": "emails"},
+}  # fmt: skip
+
+
+def _params(task: str) -> dict[str, Any]:
+    return POLICY.snapshot([], CALLS[task]["kwargs"])
+
+
+def _labels(task: str) -> dict[str, Any]:
+    return json.loads(POLICY.encode(dict(CALLS[task]["labels"])))
+
+
+async def _insert(db: asyncpg.Connection[Any]) -> None:
+    now = datetime.now(UTC)
+    for i, task in enumerate(CALLS):
+        await db.execute(
+            "INSERT INTO task_execution_logs (task_id, attempt, task_name, status, queue,"
+            " params, labels, created_at) VALUES ($1, 0, 'tests:call', 'success', $2, $3, $4, $5)",
+            task, CALLS[task]["queue"], _params(task), _labels(task),
+            now - timedelta(seconds=i),
+        )  # fmt: skip
+
+
+def _event(task: str) -> dict[str, Any]:
+    return {
+        "task_name": "tests:call",
+        "status": "success",
+        "timestamp": datetime.now(UTC).isoformat(),
+        "data": {"task_id": task, "attempt": 0, "params": _params(task),
+                 "labels": _labels(task), "queue": CALLS[task]["queue"]},
+    }  # fmt: skip
+
+
+QUERIES: list[tuple[str, set[str]]] = [
+    ("param:user.id=42", {"a", "b"}),  # the number and the text 42 alike, not inside a list
+    ("param:user.id=7", {"c"}),
+    ("param:user.id", {"a", "b", "c"}),  # presence; d's user is a list
+    ("param:tenant=acme", {"a"}),
+    ("param:flag=true", {"b"}),
+    ("param:ratio=0.5", {"c"}),
+    ("param:nothing=null", {"c"}),
+    ("param:city=Zürich", {"c"}),
+    ('param:"note=say \\"hi\\""', {"c"}),
+    ('param:"name=Ada Lovelace"', {"d"}),
+    ("param:tags=x", set()),  # a list is not a value
+    ("param:missing", set()),
+    ("param:tenant=acme param:user.id=42", {"a"}),
+    ("label:tenant=acme", {"a"}),
+    ("label:tenant", {"a", "b"}),
+    ("label:priority=5", {"a"}),
+    ("queue:emails", {"a", "d"}),
+    ("queue:emails queue:billing", {"a", "b", "d"}),
+    ("queue:emails param:tenant=acme", {"a"}),
+    # a secret: its value was never stored, and its marker matches nothing either
+    ("param:password=hunter2", set()),
+    (f"param:password={REDACTED}", set()),
+    ("param:password", set()),
+    ("label:api_token=s3cret", set()),
+    (f"label:api_token={REDACTED}", set()),
+    ("label:api_token", set()),
+]
+
+
+@pytest.mark.parametrize(("query", "expected"), QUERIES)
+async def test_a_term_means_the_same_in_sql_and_on_live_events(
+    dsn: str, db: asyncpg.Connection[Any], query: str, expected: set[str]
+) -> None:
+    await _insert(db)
+    flt = parse(query)
+    # when the history is read through the application layer
+    async with Reader(dsn, pool_size=1) as reader:
+        page = await reader.history(flt, limit=100)
+    # then it holds exactly the expected attempts, as the live matcher says
+    assert {r["task_id"] for r in page.rows} == expected
+    assert {t for t in CALLS if flt.matches(_event(t))} == expected
+
+
+def test_terms_parse_and_round_trip() -> None:
+    flt = parse('param:user.id=42 param:flag label:tenant=acme queue:emails param:"n=a b"')
+    assert flt.params == (("user.id", "42"), ("flag", None), ("n", "a b"))
+    assert flt.labels == (("tenant", "acme"),)
+    assert flt.queues == ("emails",)
+    assert parse(flt.to_query()) == flt
+    assert TaskFilter.from_dict(json.loads(json.dumps(flt.to_dict()))) == flt
+    # a value may hold '=': the key ends at the first one
+    assert parse("param:expr=a=b").params == (("expr", "a=b"),)
+
+
+@pytest.mark.parametrize(
+    ("query", "said"),
+    [
+        ("param:=42", "param: no key before '='"),
+        ("param:a..b=1", "param: 'a..b' has an empty part between dots"),
+        ("label:", "label: empty value (e.g. label:tenant=acme)"),
+        ("queue:", "queue: empty value (e.g. queue:emails)"),
+        ("param:", "param: empty value (e.g. param:user.id=42)"),
+    ],
+)
+def test_a_bad_term_is_one_line(query: str, said: str) -> None:
+    with pytest.raises(FilterError) as caught:
+        parse(query)
+    assert str(caught.value).startswith(said), caught.value
+    assert "\n" not in str(caught.value)
+
+
+def test_the_cli_refuses_a_bad_term_with_status_2() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "taskmon", "history", "--query", "param:=1"],
+        cwd=ROOT, env=unconfigured_env(TASKMON_DSN="postgresql://127.0.0.1:1/none"),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "taskmon: error: --query: param: no key before '=' (e.g. param:user.id=42)"
+    ]
+
+
+def test_the_filters_secret_marker_is_the_redaction_marker() -> None:
+    from taskmon.domain import filters
+
+    assert filters._SECRET == REDACTED
+
+
+async def test_history_cli_finds_a_task_by_param(dsn: str, db: asyncpg.Connection[Any]) -> None:
+    await _insert(db)
+    import asyncio
+
+    out = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "taskmon", "history", "--query", "param:tenant=acme",
+         "--format", "json"],
+        cwd=ROOT, env=unconfigured_env(TASKMON_DSN=dsn), capture_output=True, text=True,
+        timeout=60, check=True,
+    )  # fmt: skip
+    assert [r["task_id"] for r in json.loads(out.stdout)] == ["a"]
+
+
+async def test_the_term_indexes_serve_the_terms(dsn: str, db: asyncpg.Connection[Any]) -> None:
+    # given the opt-in indexes, built concurrently on a partitioned table
+    assert await partitions.is_partitioned(db) is True
+    await _insert(db)
+    built: list[tuple[str, str]] = []
+    await maintenance.build_search_indexes(db, lambda n, s: built.append((n, s)), params=True)
+    assert {n for n, s in built if s == "built"} >= set(maintenance.PARAM_INDEXES)
+    # when a param term's SQL is planned without the sequential and ordered scans
+    await db.execute("SET enable_seqscan = off")
+    await db.execute("SET enable_indexscan = off")
+    for query, index in (
+        ("param:user.id=42", "params_gin"),
+        ("label:tenant=acme", "labels_gin"),
+        ("queue:emails", "queue_created"),
+    ):
+        args: list[object] = []
+        where = filter_sql(parse(query), args)
+        plan = "\n".join(
+            r[0]
+            for r in await db.fetch(
+                f"EXPLAIN SELECT id FROM task_execution_logs WHERE {where}", *args
+            )
+        )
+        # then a bitmap scan of the term's index answers it
+        assert index in plan, plan
+    # and the rows it finds are the same
+    args = []
+    where = filter_sql(parse("param:user.id=42"), args)
+    found = await db.fetch(f"SELECT task_id FROM task_execution_logs WHERE {where}", *args)
+    assert {r["task_id"] for r in found} == {"a", "b"}
