@@ -41,7 +41,8 @@ def _params(task: str) -> dict[str, Any]:
 
 
 def _labels(task: str) -> dict[str, Any]:
-    return json.loads(POLICY.encode(dict(CALLS[task]["labels"])))
+    labels: dict[str, Any] = json.loads(POLICY.encode(dict(CALLS[task]["labels"])))
+    return labels
 
 
 async def _insert(db: asyncpg.Connection[Any]) -> None:

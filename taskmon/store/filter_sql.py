@@ -149,7 +149,7 @@ def _json_term(
         return f"({column} @? {arg(f'strict ${steps} ? ({check})')}::text::jsonpath)"
     found = term_candidates(value)
     # two arms always: the text, and what else it spells (a NULL arm matches nothing)
-    docs = [_nested(path, c) for c in found[:1]] or [None]
+    docs: list[str | None] = [_nested(path, found[0]) if found else None]
     docs.append(_nested(path, found[1]) if len(found) > 1 else None)
     return _any(f"{column} @> {arg(doc)}::text::jsonb" for doc in docs)
 
