@@ -200,3 +200,71 @@ async def test_the_term_indexes_serve_the_terms(dsn: str, db: asyncpg.Connection
     where = filter_sql(parse("param:user.id=42"), args)
     found = await db.fetch(f"SELECT task_id FROM task_execution_logs WHERE {where}", *args)
     assert {r["task_id"] for r in found} == {"a", "b"}
+
+
+def test_the_writer_and_the_dict_form_of_an_event_have_the_same_keys() -> None:
+    import orjson
+
+    from taskmon.domain.events import AttemptRecord, Status, event_from_record
+    from taskmon.worker.encode import encode_event
+
+    record = AttemptRecord(
+        task_id="t", attempt=0, task_name="tests:call", status=Status.SUCCESS,
+        worker="w:1", queue="emails", labels={"tenant": "acme"},
+        started_at=datetime.now(UTC), finished_at=datetime.now(UTC),
+    )  # fmt: skip
+    wire = orjson.loads(encode_event(record, Status.SUCCESS, 1, b"{}", '{"tenant":"acme"}'))
+    as_dict = event_from_record(record, 1)
+    assert list(wire) == list(as_dict)
+    assert list(wire["data"]) == list(as_dict["data"])
+    assert wire["data"]["labels"] == as_dict["data"]["labels"] == {"tenant": "acme"}
+    assert wire["data"]["queue"] == as_dict["data"]["queue"] == "emails"
+
+
+async def test_the_hub_filters_live_events_by_param_label_and_queue(dsn: str) -> None:
+    # given a hub on the database's NOTIFY, a real writer, and a subscription by terms
+    import asyncio
+    import dataclasses
+
+    from helpers import publish, record, wait_for
+
+    from taskmon.bus.postgres import PgNotifyPublisher
+    from taskmon.server.client import EventReceived, subscribe
+    from taskmon.server.hub import Hub
+    from taskmon.worker.recorder import Recorder
+
+    hub = Hub(dsn=dsn)
+    url = await hub.start("127.0.0.1", 0)
+    rec = Recorder(dsn, publisher=PgNotifyPublisher(), flush_interval=0.01)
+    await rec.start(wait_connected=10)
+    got: list[str] = []
+    flt = parse("label:tenant=acme queue:emails param:user.id=42")
+
+    async def follow() -> None:
+        async for message in subscribe(url, filters=flt):
+            if isinstance(message, EventReceived):
+                got.append(str(message.event["data"]["task_id"]))
+
+    follower = asyncio.create_task(follow())
+    try:
+        base = record(1)
+        call = {"args": [], "kwargs": {"user": {"id": 42}}}
+        hit = dataclasses.replace(base, queue="emails", labels={"tenant": "acme"}, params=call)
+        others = [
+            dataclasses.replace(record(2), queue="billing", labels={"tenant": "acme"}, params=call),
+            dataclasses.replace(record(3), queue="emails", labels={"tenant": "x"}, params=call),
+            dataclasses.replace(record(4), queue="emails", labels={"tenant": "acme"}),
+        ]
+        # retried until the subscription is in place: the first events may precede it
+        for _ in range(50):
+            await publish(rec, [*others, dataclasses.replace(hit, task_id=f"hit-{_}")])
+            if got:
+                break
+            await asyncio.sleep(0.2)
+        await wait_for(lambda: got, timeout=10)
+    finally:
+        follower.cancel()
+        await rec.stop()
+        await hub.stop()
+    # then only the attempt matching every term arrived
+    assert got and all(task_id.startswith("hit-") for task_id in got), got

@@ -106,7 +106,11 @@ def event_type_for(status: Status) -> EventType:
 
 
 def event_from_record(record: AttemptRecord, seq: int = 0) -> dict[str, Any]:
-    """The wire form of the event announcing `record` (DESIGN.md, "Live events")."""
+    """The wire form of the event announcing `record` (docs/protocol.md), as a dict.
+
+    The same keys as the writer's :func:`taskmon.worker.encode.encode_event`
+    (a test holds the two together).
+    """
     timestamp = record.finished_at or record.started_at or datetime.now(UTC)
     return {
         "v": EVENT_VERSION,
@@ -124,6 +128,8 @@ def event_from_record(record: AttemptRecord, seq: int = 0) -> dict[str, Any]:
             "error_type": record.error_type,
             "error_message": record.error_message,
             "params": record.params,
+            "labels": record.labels or {},
+            "queue": record.queue,
         },
     }
 

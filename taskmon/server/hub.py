@@ -466,10 +466,7 @@ class Hub:
                 raw = dumps(event).encode()
             if len(raw) >= MAX_EVENT_BYTES:
                 raw = shrink(raw, MAX_EVENT_BYTES)
-            data = event.get("data")
-            if isinstance(data, dict):
-                # filters never read params; the frame keeps them
-                data.pop("params", None)
+            # the view keeps the params: the param: filter term reads them
             entry = ring.append(seq, event, _text_frame(raw))
             entries.append(entry)
             size += len(entry.frame)

@@ -198,8 +198,18 @@ def row(r: AttemptRecord, labels: str, params: bytes | None, max_message: int) -
     )
 
 
-def encode_event(record: AttemptRecord, status: Status, seq: int, params: bytes | None) -> bytes:
-    """The wire form of the event announcing `record` in `status` (DESIGN.md, "Live events").
+def encode_event(
+    record: AttemptRecord,
+    status: Status,
+    seq: int,
+    params: bytes | None,
+    labels: str | bytes = _EMPTY_TEXT,
+) -> bytes:
+    """The wire form of the event announcing `record` in `status` (docs/protocol.md).
+
+    `params` and `labels` are the stored (redacted) encodings the row got, so
+    the ``param:`` and ``label:`` filter terms match a live event as they match
+    its row.
 
     An event of an unfinished state carries nothing of the outcome, even when the
     record (shared by the attempt's states) has meanwhile finished.
@@ -223,6 +233,8 @@ def encode_event(record: AttemptRecord, status: Status, seq: int, params: bytes 
                 "error_type": record.error_type if finished else None,
                 "error_message": record.error_message if finished else None,
                 "params": None if params is None else orjson.Fragment(params),
+                "labels": orjson.Fragment(labels),
+                "queue": record.queue,
             },
         },
         option=orjson.OPT_NAIVE_UTC,
@@ -232,4 +244,4 @@ def encode_event(record: AttemptRecord, status: Status, seq: int, params: bytes 
 def encode_record_event(record: AttemptRecord, seq: int) -> bytes:
     """The event of a record whose ``params`` are already in stored form (cleanup's lost events)."""
     params = None if record.params is None else dumps(record.params)
-    return encode_event(record, record.status, seq, params)
+    return encode_event(record, record.status, seq, params, dumps(record.labels or {}))

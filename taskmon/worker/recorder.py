@@ -738,14 +738,14 @@ class Recorder:
         max_message = self.policy.max_value_bytes
         prepare = self._prepare
         rows = []
-        announce: list[tuple[int, Status, AttemptRecord, bytes | None]] = []
+        announce: list[tuple[int, Status, AttemptRecord, bytes | None, str]] = []
         for entry in batch:
             record = entry[_RECORD]
             labels, params = prepare(record)
             rows.append(row(record, labels, params, max_message))
             # the state written now is the one announced (a hook may change the
             # record while the batch is being written: its next state comes next)
-            announce.append((entry[_ORDER], record.status, record, params))
+            announce.append((entry[_ORDER], record.status, record, params, labels))
         events: list[bytes] = []
         async with conn.transaction():
             if self.publisher is None:
@@ -756,8 +756,10 @@ class Recorder:
                 # announced in the order they happened, whatever the rows' order
                 announce.sort(key=_first)
                 events = [
-                    encode_event(record, status, seq, params)
-                    for (_, status, record, params), seq in zip(announce, seqs, strict=True)
+                    encode_event(record, status, seq, params, labels)
+                    for (_, status, record, params, labels), seq in zip(
+                        announce, seqs, strict=True
+                    )
                 ]
                 await self.publisher.in_transaction(conn, events)
         return events
