@@ -94,7 +94,7 @@ class Gap:
 
 @dataclass(frozen=True, slots=True)
 class EventReceived:
-    """One live event (see DESIGN.md, "Live events")."""
+    """One live event (docs/protocol.md, "Events")."""
 
     event: dict[str, Any]
 

@@ -40,6 +40,7 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import CollectorRegistry
 
+from taskmon.domain.statuses import DEFAULT_LOST_AFTER_S
 from taskmon.store.metrics import (
     MetricsSnapshot,
     Settled,
@@ -91,7 +92,7 @@ class StoreCollector:
         dsn: str,
         *,
         cache_s: float = DEFAULT_CACHE_S,
-        lost_after_s: float = 3600.0,
+        lost_after_s: float = DEFAULT_LOST_AFTER_S,
         bounds_s: Sequence[float] = BOUNDS_S,
         settled_ttl_s: float = SETTLED_TTL_S,
     ) -> None:
@@ -381,7 +382,7 @@ class MetricsExporter:
         dsn: str | None,
         *,
         cache_s: float = DEFAULT_CACHE_S,
-        lost_after_s: float = 3600.0,
+        lost_after_s: float = DEFAULT_LOST_AFTER_S,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(HubCollector(hub))

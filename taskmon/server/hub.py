@@ -61,6 +61,7 @@ from taskmon.bus.postgres import shrink
 from taskmon.bus.subscriber import Backoff, BusEvents, BusGap, BusState, Subscriber
 from taskmon.domain.events import EVENT_VERSION, dumps
 from taskmon.domain.filters import FilterError, TaskFilter
+from taskmon.domain.statuses import DEFAULT_LOST_AFTER_S
 from taskmon.domain.version import __version__
 
 if TYPE_CHECKING:
@@ -219,7 +220,7 @@ class Hub:
         client_queue: int = 1_000,
         max_frame: int = 64 * 1024,
         read_dsn: str | None = None,
-        lost_after_s: float = 3600.0,
+        lost_after_s: float = DEFAULT_LOST_AFTER_S,
     ) -> None:
         if not dsn and not redis_url:
             raise ValueError("the hub needs a database DSN or a Redis URL to read events from")

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from taskmon.domain.params import REDACTED, TRUNCATED_MARK
+from taskmon.domain.statuses import DEFAULT_LOST_AFTER_S
 from taskmon.store.retry_links import RETRY_LABEL, fetch_retried_as
 
 if TYPE_CHECKING:
@@ -394,7 +395,7 @@ async def plan_matching(
     flt: TaskFilter,
     *,
     limit: int,
-    lost_after_s: float = 3600.0,
+    lost_after_s: float = DEFAULT_LOST_AFTER_S,
 ) -> list[RetryPlan]:
     """The retries of the tasks with attempts matching `flt`, newest first, at most `limit`.
 

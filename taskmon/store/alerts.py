@@ -27,6 +27,7 @@ from typing import Any
 import asyncpg
 
 from taskmon.domain.filters import TaskFilter
+from taskmon.domain.statuses import DEFAULT_LOST_AFTER_S
 from taskmon.store.filter_sql import filter_sql, resolve_task_names, resolve_word_task_names
 from taskmon.store.stats import (
     _quantiles,  # the histogram codec of the stats queries: one home for the lane layout
@@ -116,7 +117,7 @@ async def measure(
     *,
     start: datetime,
     end: datetime,
-    lost_after_s: float = 3600.0,
+    lost_after_s: float = DEFAULT_LOST_AFTER_S,
     baseline: timedelta = timedelta(days=7),
 ) -> Measurement:
     """The figure `metric` for the attempts matching `flt` created in ``[start, end)``.

@@ -21,6 +21,7 @@ from typing import Any, cast
 import asyncpg
 
 from taskmon.domain.filters import TaskFilter
+from taskmon.domain.statuses import split_by_lost_rule
 from taskmon.store.filter_sql import filter_sql, resolve_task_names, resolve_word_task_names
 from taskmon.store.schema import (
     DEFAULT_LOST_AFTER_S,
@@ -127,23 +128,18 @@ def _status_branches(statuses: frozenset[str], arg: Callable[[object], str]) -> 
     ``(status, created_at, id)`` or ``(task_name, status, created_at, id)``
     index in order), narrowed for ``running`` rows by the lost rule: ``lost``
     is ``status = 'lost'`` plus the stale running rows, ``running`` only the
-    others. The 'running' literal is a schema constant, inline so the planner
+    others (:func:`taskmon.domain.statuses.split_by_lost_rule`, as the filter's
+    own SQL). The 'running' literal is a schema constant, inline so the planner
     may use the partial index on running rows.
     """
-    wanted = statuses or frozenset(STATUSES)
-    branches: list[str] = []
-    for status in STATUSES:
-        if status not in wanted:
-            continue
-        if status == "running":
-            if "lost" in wanted:
-                branches.append("r.status = 'running'")
-            else:
-                branches.append(f"r.status = 'running' AND r.created_at >= {_CUTOFF}")
-            continue
-        branches.append(f"r.status = {arg(status)}")
-        if status == "lost" and "running" not in wanted:
-            branches.append(f"r.status = 'running' AND r.created_at < {_CUTOFF}")
+    stored, running = split_by_lost_rule(statuses or STATUSES)
+    branches = [
+        "r.status = 'running'" if status == "running" else f"r.status = {arg(status)}"
+        for status in stored
+    ]
+    if running is not None:
+        op = "<" if running == "stale" else ">="
+        branches.append(f"r.status = 'running' AND r.created_at {op} {_CUTOFF}")
     return branches
 
 

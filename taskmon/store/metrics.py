@@ -38,6 +38,7 @@ from typing import Any
 
 import asyncpg
 
+from taskmon.domain.statuses import DEFAULT_LOST_AFTER_S
 from taskmon.store.schema import lost_cutoff_sql
 from taskmon.store.workers import QueueRow, fetch_queues, fetch_workers
 
@@ -230,7 +231,7 @@ async def fetch_metrics(
     conn: asyncpg.Connection[Any],
     bounds_ms: Sequence[float],
     *,
-    lost_after_s: float = 3600.0,
+    lost_after_s: float = DEFAULT_LOST_AFTER_S,
     settled: Settled | None = None,
 ) -> MetricsSnapshot:
     """Totals per task and status, histograms per task, and running and lost attempts now.
