@@ -146,7 +146,9 @@ def check(
 def _missing_table(exc: Exception) -> None:
     """A database from before the alerts migration: say what to run (exit status 1)."""
     if type(exc).__name__ == "UndefinedTableError" and "taskmon_alerts" in str(exc):
-        fail(f"{exc}: run `taskmon db upgrade` to add the alert states table", code=1)
+        from taskmon.service.maintenance import UPGRADE_HINT
+
+        fail(f"{exc}: {UPGRADE_HINT} to add the alert states table", code=1)
 
 
 def _print(statuses: list[AlertStatus], form: str) -> None:

@@ -175,10 +175,12 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     except Exception as exc:
         import asyncpg
 
+        from taskmon.service.maintenance import UPGRADE_HINT
+
         if isinstance(exc, asyncpg.UndefinedTableError):
             fail(
                 f"the database has no taskmon tables yet ({exc}): nothing was recorded there; "
-                "run `taskmon db upgrade`, or start a worker with MonitoringMiddleware",
+                f"{UPGRADE_HINT}, or start a worker with MonitoringMiddleware",
                 code=1,
             )
         if isinstance(exc, asyncpg.PostgresError):

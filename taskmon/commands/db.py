@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from taskmon.commands.common import DsnOption, database_url, fail, run
+from taskmon.service.maintenance import NOT_PARTITIONED, UPGRADE_COMMAND, UPGRADE_HINT
 
 if TYPE_CHECKING:
     from taskmon.service.maintenance import Migration
@@ -142,18 +143,18 @@ def status(dsn: DsnOption = None, sql_dir: SqlDirOption = None) -> None:
         pending = sum(1 for r in rows if r.applied_at is None)
         partitioning = next((r for r in rows if r.name == "partitions"), None)
         if layout is False and partitioning is not None and partitioning.applied_at is not None:
-            typer.echo("task_execution_logs is not partitioned yet: run `taskmon db upgrade`")
+            typer.echo(NOT_PARTITIONED)
         return pending, sum(1 for r in rows if r.edited)
 
     pending, edited = run(go())
     if edited:
         fail(
             f"{edited} applied migration file{'s were' if edited > 1 else ' was'} edited "
-            "afterwards (marked EDITED); `taskmon db upgrade` refuses to run",
+            f"afterwards (marked EDITED); `{UPGRADE_COMMAND}` refuses to run",
             code=1,
         )
     if pending:
-        typer.echo(f"{pending} pending; run `taskmon db upgrade`")
+        typer.echo(f"{pending} pending; {UPGRADE_HINT}")
 
 
 @app.command("rebuild-rollups")

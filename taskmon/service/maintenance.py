@@ -16,7 +16,16 @@ from taskmon.config import embedded_data_dir
 from taskmon.service.database import connection
 from taskmon.store import maintenance, migrations, partitions
 from taskmon.store.embedded import EmbeddedError, stop_embedded
-from taskmon.store.migrations import Migration, MigrationError, MigrationStatus, Progress, Upgrade
+from taskmon.store.migrations import (
+    NOT_PARTITIONED,
+    UPGRADE_COMMAND,
+    UPGRADE_HINT,
+    Migration,
+    MigrationError,
+    MigrationStatus,
+    Progress,
+    Upgrade,
+)
 from taskmon.store.partitions import ConvertResult, Partition
 from taskmon.store.partitions import Settings as PartitionSettings
 from taskmon.worker.cleanup import (
@@ -28,6 +37,9 @@ from taskmon.worker.cleanup import (
 )
 
 __all__ = [
+    "NOT_PARTITIONED",
+    "UPGRADE_COMMAND",
+    "UPGRADE_HINT",
     "Archive",
     "ArchiveError",
     "CleanupResult",
@@ -160,9 +172,7 @@ async def partition_layout(
     """
     async with connection(dsn) as conn:
         if await partitions.is_partitioned(conn) is not True:
-            raise NotPartitioned(
-                "task_execution_logs is not partitioned yet: run `taskmon db upgrade`"
-            )
+            raise NotPartitioned(NOT_PARTITIONED)
         if span is not None or ahead is not None:
             await partitions.set_settings(conn, span=span, ahead=ahead)
             await partitions.ensure(conn)

@@ -58,6 +58,9 @@ import asyncpg
 from taskmon.store.db import CONNECTION_ERRORS
 
 __all__ = [
+    "NOT_PARTITIONED",
+    "UPGRADE_COMMAND",
+    "UPGRADE_HINT",
     "ChecksumMismatch",
     "Migration",
     "MigrationError",
@@ -72,6 +75,11 @@ __all__ = [
     "status",
     "upgrade",
 ]
+
+UPGRADE_COMMAND = "taskmon db upgrade"
+"""The command that brings a database's schema up to date; every message naming it uses this."""
+UPGRADE_HINT = f"run `{UPGRADE_COMMAND}`"
+NOT_PARTITIONED = f"task_execution_logs is not partitioned yet: {UPGRADE_HINT}"
 
 # advisory lock key: "taskmon" in ASCII, so it won't collide by chance
 LOCK_KEY = 0x7461736B6D6F6E
@@ -190,7 +198,7 @@ class Upgrade:
         first = self.waiting[0].filename
         more = f" and {len(self.waiting) - 1} more" if len(self.waiting) > 1 else ""
         return (
-            f"migration {first}{more} is not run by workers: run `taskmon db upgrade`; "
+            f"migration {first}{more} is not run by workers: {UPGRADE_HINT}; "
             "recording goes on into the current schema"
         )
 

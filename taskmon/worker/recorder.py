@@ -473,8 +473,9 @@ class Recorder:
             ):
                 self._unpartitioned_said = True
                 logger.warning(
-                    "taskmon: task_execution_logs is not partitioned yet (it was too large to "
-                    "convert at start-up): run `taskmon db upgrade`; recording goes on meanwhile"
+                    "taskmon: %s (it was too large to convert at start-up); "
+                    "recording goes on meanwhile",
+                    migrations.NOT_PARTITIONED,
                 )
         except Exception as exc:
             # a lock not granted in time, a connection lost (the writes notice that):

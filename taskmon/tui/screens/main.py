@@ -23,6 +23,7 @@ from textual.widgets import DataTable, Footer
 
 from taskmon.domain.events import TERMINAL_STATUSES
 from taskmon.domain.filters import FilterError, TaskFilter
+from taskmon.service.maintenance import UPGRADE_COMMAND
 from taskmon.tui.format import parse_timestamp, timestamp
 from taskmon.tui.messages import (
     EventsReceived,
@@ -79,7 +80,7 @@ REPLICA_LAG_S = 2.0
 def describe_error(exc: BaseException) -> str:
     """One line for the status bar."""
     if type(exc).__name__ == "UndefinedTableError":  # asyncpg's, not imported here for it
-        return "no taskmon tables — run taskmon db upgrade"
+        return f"no taskmon tables — run {UPGRADE_COMMAND}"
     text = " ".join(str(exc).split()) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"[:200]
 
