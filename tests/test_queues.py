@@ -191,7 +191,7 @@ def test_queues_cli_says_not_inspectable_and_rejects_bad_specs(
     for spec, message in (
         ("no_colon", "expected module:variable"),
         ("no_such_module_xyz:broker", "cannot import no_such_module_xyz"),
-        ("heartbeat_app:nothing", "heartbeat_app has no nothing"),
+        ("heartbeat_app:nothing", "heartbeat_app has no variable nothing"),
     ):
         out = _cli(worker_env, "queues", "--broker", spec)
         assert out.returncode == 2

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import Any
 
 from taskmon.store.workers import QueueSample
@@ -18,8 +16,6 @@ def load(spec: str) -> Any:
     Raises:
         ValueError: the spec is malformed or names nothing importable (one line).
     """
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # as `taskiq worker` finds the app
     return load_broker(spec)
 
 

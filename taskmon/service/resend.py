@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import inspect
 import json
-import os
 import re
-import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -32,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from taskmon.domain.params import REDACTED, TRUNCATED_MARK
 from taskmon.domain.statuses import DEFAULT_LOST_AFTER_S
 from taskmon.store.retry_links import RETRY_LABEL, fetch_retried_as
+from taskmon.worker.imports import SpecError, import_object
 
 if TYPE_CHECKING:
     import asyncpg
@@ -92,41 +90,18 @@ def resolve_broker_spec(flag: str | None) -> str | None:
 def load_broker(spec: str) -> AsyncBroker:
     """Import the broker `spec` names: ``module:variable``, the form ``taskiq worker`` takes.
 
-    The current directory is on the import path while importing, as for
-    ``taskiq worker``.
-
     Raises:
         BrokerError: `spec` is malformed, the module cannot be imported, or the
             variable is missing or not a TaskIQ broker.
     """
     from taskiq import AsyncBroker
 
-    module_name, sep, name = spec.strip().partition(":")
-    if not sep or not module_name or not name.isidentifier():
-        raise BrokerError(
-            f"broker {spec!r} is not module:variable (the form `taskiq worker` takes, "
-            "e.g. myapp.tasks:broker)"
-        )
-    added = os.getcwd() not in sys.path
-    if added:
-        sys.path.insert(0, os.getcwd())
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise BrokerError(f"broker {spec}: cannot import {module_name}: {exc}") from exc
-    except Exception as exc:  # the user's module failed while importing
-        raise BrokerError(
-            f"broker {spec}: importing {module_name} failed: {type(exc).__name__}: {exc}"
-        ) from exc
-    finally:
-        if added:
-            with contextlib.suppress(ValueError):
-                sys.path.remove(os.getcwd())
-    broker = getattr(module, name, None)
-    if broker is None:
-        raise BrokerError(f"broker {spec}: module {module_name} has no variable {name}")
-    if not isinstance(broker, AsyncBroker):
-        raise BrokerError(f"broker {spec} is a {type(broker).__name__}, not a TaskIQ broker")
+        broker: AsyncBroker = import_object(
+            spec, what="broker", kind=AsyncBroker, kind_name="TaskIQ broker"
+        )
+    except SpecError as exc:
+        raise BrokerError(str(exc)) from None
     return broker
 
 

@@ -13,11 +13,11 @@ once (:func:`inspect_broker`).
 
 from __future__ import annotations
 
-import importlib
 import time
 from typing import Any
 
 from taskmon.store.workers import QueueSample
+from taskmon.worker.imports import import_object
 
 __all__ = ["NotInspectable", "QueueProbe", "broker_kind", "inspect_broker", "load_broker"]
 
@@ -38,25 +38,12 @@ def broker_kind(broker: object) -> str | None:
 
 
 def load_broker(spec: str) -> Any:
-    """The object named by ``module:variable`` (the form ``taskiq worker`` takes).
+    """The broker ``module:variable`` names (:func:`taskmon.worker.imports.import_object`).
 
     Raises:
         ValueError: a malformed spec, a module that fails to import, no such variable.
     """
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"--broker {spec!r}: expected module:variable, e.g. myapp.tasks:broker")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise ValueError(f"--broker {spec!r}: cannot import {module_name}: {exc}") from exc
-    obj: Any = module
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ValueError(f"--broker {spec!r}: {module_name} has no {attr}") from None
-    return obj
+    return import_object(spec, what="broker")
 
 
 def _oldest_wait(raw: bytes | None, broker: Any, now: float) -> float | None:
