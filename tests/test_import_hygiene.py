@@ -75,6 +75,18 @@ def test_history_cli_does_not_import_textual() -> None:
     assert out.stdout.strip() == "False"
 
 
+def test_the_cli_starts_without_loading_the_database_layers() -> None:
+    # `taskmon --help` and a bad flag answer at once: commands import the
+    # service, store and driver only when they run
+    code = (
+        "import sys\nfrom taskmon import cli\n"
+        "heavy = ('asyncpg', 'taskmon.store', 'taskmon.service.maintenance', 'taskmon.worker')\n"
+        "print(','.join(sorted(m for m in heavy if m in sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
 def test_the_import_contract_covers_every_core_module() -> None:
     # given the contract of pyproject.toml
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from taskmon.commands.common import DsnOption, fail, plural, primary_dsn, resolve_settings, run
+from taskmon.domain.display import span
 
 if TYPE_CHECKING:
     from taskmon.service.maintenance import Archive, CleanupResult
@@ -24,11 +25,8 @@ def age_option(option: str, text: str) -> timedelta:
 
 
 def describe_age(age: timedelta) -> str:
-    seconds = age.total_seconds()
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
+    """``5d``, ``12h``: an age as the options take it."""
+    return span(age.total_seconds())
 
 
 def _report(result: CleanupResult, older_than: timedelta, archive: Path | None) -> None:

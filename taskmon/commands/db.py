@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from taskmon.commands.common import DsnOption, database_url, fail, run
-from taskmon.service.maintenance import NOT_PARTITIONED, UPGRADE_COMMAND, UPGRADE_HINT
+from taskmon.domain.display import duration
 
 if TYPE_CHECKING:
     from taskmon.service.maintenance import Migration
@@ -66,10 +66,7 @@ class _Lines:
 
 
 def _took(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.2f} s"
-    minutes, rest = divmod(int(seconds), 60)
-    return f"{minutes} min {rest:02d} s"
+    return duration(seconds * 1000)
 
 
 @app.command()
@@ -143,10 +140,12 @@ def status(dsn: DsnOption = None, sql_dir: SqlDirOption = None) -> None:
         pending = sum(1 for r in rows if r.applied_at is None)
         partitioning = next((r for r in rows if r.name == "partitions"), None)
         if layout is False and partitioning is not None and partitioning.applied_at is not None:
-            typer.echo(NOT_PARTITIONED)
+            typer.echo(maintenance.NOT_PARTITIONED)
         return pending, sum(1 for r in rows if r.edited)
 
     pending, edited = run(go())
+    from taskmon.service.maintenance import UPGRADE_COMMAND, UPGRADE_HINT
+
     if edited:
         fail(
             f"{edited} applied migration file{'s were' if edited > 1 else ' was'} edited "

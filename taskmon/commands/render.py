@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from taskmon.commands.common import plural
-from taskmon.domain.display import duration, status_label
+from taskmon.domain.display import duration, span, status_label
 
 if TYPE_CHECKING:
     from taskmon.domain.filters import TaskFilter
@@ -214,8 +214,4 @@ def print_stats(stats: Stats, flt: TaskFilter) -> None:
 
 
 def _step_label(seconds: int) -> str:
-    if seconds % 86_400 == 0:
-        return f"{seconds // 86_400}d"
-    if seconds % 3600 == 0:
-        return f"{seconds // 3600}h"
-    return f"{seconds // 60}m"
+    return span(seconds)

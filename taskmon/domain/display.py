@@ -62,8 +62,21 @@ def status_label(status: str) -> str:
     return f"{STATUS_SYMBOLS.get(status, UNKNOWN_SYMBOL)} {status}"
 
 
+def span(seconds: float) -> str:
+    """A set length of time (a window, a retention, a step) in its largest whole unit.
+
+    ``7d``, ``12h``, ``30m``, ``45s``, ``1.5s``: the form the filter language
+    and the options take, so what is printed can be typed back. For a measured
+    time (a task's run, a query's), see :func:`duration`.
+    """
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
 def duration(ms: float | None) -> str:
-    """``0.42ms``, ``812ms``, ``4.2s``, ``3m05s``, ``1h02m``; ``-`` when unknown."""
+    """A measured time: ``0.42ms``, ``812ms``, ``4.2s``, ``3m05s``, ``1h02m``; ``-`` if unknown."""
     if ms is None:
         return "-"
     if 0 < ms < 1:
