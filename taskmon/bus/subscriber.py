@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from taskmon.domain.backoff import Backoff
 
 __all__ = [
     "Backoff",
@@ -143,23 +144,3 @@ def check_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
-
-
-class Backoff:
-    """Exponential reconnection delays with jitter: ~0.1, 0.2, 0.4 … capped at `maximum` s."""
-
-    def __init__(self, first: float = 0.1, maximum: float = 5.0) -> None:
-        self.first = first
-        self.maximum = max(first, maximum)
-        self.current = first
-
-    def next(self) -> float:
-        """The next delay in seconds."""
-        delay = self.current
-        self.current = min(self.current * 2, self.maximum)
-        # jitter keeps the clients of a restarted server from reconnecting in lockstep
-        return delay * random.uniform(0.75, 1.25)
-
-    def reset(self) -> None:
-        """Start again from the first delay (after a successful connection)."""
-        self.current = self.first

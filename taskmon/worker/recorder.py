@@ -36,6 +36,7 @@ from typing import Any, TypeAlias
 import asyncpg
 
 from taskmon.bus import Publisher
+from taskmon.domain.backoff import Backoff
 from taskmon.domain.events import AttemptRecord, Status
 from taskmon.domain.params import ParamsPolicy
 from taskmon.store import ingest, migrations, partitions, workers
@@ -411,7 +412,7 @@ class Recorder:
             self._note_outage(exc)
         finally:
             self._tried.set()
-        backoff = 0.1
+        backoff = Backoff(maximum=self.max_backoff)
         while True:
             beat_due = self.worker is not None and time.monotonic() >= self._next_beat
             if beat_due and not self._stopping:
@@ -450,12 +451,11 @@ class Recorder:
                     # shutting down and the database does not answer: the records
                     # are counted and logged by stop(), not retried until it times out
                     return
-                await self._pause(backoff)
-                backoff = min(backoff * 2, self.max_backoff)
+                await self._pause(backoff.next())
                 continue
             finally:
                 self._busy = False
-            backoff = 0.1
+            backoff.reset()
             self._note_recovery()
 
     async def _partitions(self, conn: asyncpg.Connection[Any]) -> None:
