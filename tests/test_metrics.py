@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
 from taskmon.domain.events import AttemptRecord, Status
-from taskmon.server.exporter import BOUNDS_S
+from taskmon.server.exporter import BOUNDS_S, for_hub
 from taskmon.server.hub import Hub
 from taskmon.worker.recorder import Recorder
 
@@ -149,7 +149,7 @@ async def test_metrics_count_recorded_attempts_and_survive_a_restart(
     dsn: str, pg_recorder: Recorder
 ) -> None:
     # given attempts recorded through the real writer, two running now (one for too long)
-    hub = Hub(dsn=dsn, lost_after_s=3600)
+    hub = Hub(dsn=dsn, lost_after_s=3600, metrics=for_hub)
     await hub.start()
     records = recorded()
     now = datetime.now(UTC)
@@ -206,7 +206,7 @@ async def test_metrics_count_recorded_attempts_and_survive_a_restart(
         await hub.stop()
 
     # a new hub reads the same totals from the rollups; its own counters start again
-    hub = Hub(dsn=dsn)
+    hub = Hub(dsn=dsn, metrics=for_hub)
     await hub.start()
     try:
         fams = (await scrape(hub)).families()
@@ -222,7 +222,7 @@ async def test_metrics_count_recorded_attempts_and_survive_a_restart(
 async def test_scrapes_within_the_cache_window_share_one_read(
     dsn: str, pg_recorder: Recorder
 ) -> None:
-    hub = Hub(dsn=dsn)
+    hub = Hub(dsn=dsn, metrics=for_hub)
     await hub.start()
     try:
         await publish(pg_recorder, [record(1)])
@@ -249,7 +249,7 @@ async def test_scrapes_within_the_cache_window_share_one_read(
 
 
 async def test_the_token_protects_metrics(dsn: str) -> None:
-    hub = Hub(dsn=dsn, token="s3cret")
+    hub = Hub(dsn=dsn, token="s3cret", metrics=for_hub)
     await hub.start()
     try:
         refused = [
@@ -277,7 +277,9 @@ async def test_the_token_protects_metrics(dsn: str) -> None:
 
 async def test_an_unreadable_database_is_said_and_hub_metrics_stay(redis_url: str) -> None:
     # a Redis-bus hub whose database is unreachable still serves its own metrics
-    hub = Hub(redis_url=redis_url, read_dsn="postgresql://postgres@127.0.0.1:1/none")
+    hub = Hub(
+        redis_url=redis_url, read_dsn="postgresql://postgres@127.0.0.1:1/none", metrics=for_hub
+    )
     await hub.start()
     try:
         answer = await scrape(hub)
@@ -291,7 +293,7 @@ async def test_an_unreadable_database_is_said_and_hub_metrics_stay(redis_url: st
 
 
 async def test_a_hub_without_database_exports_its_own_metrics(redis_url: str) -> None:
-    hub = Hub(redis_url=redis_url)
+    hub = Hub(redis_url=redis_url, metrics=for_hub)
     await hub.start()
     try:
         fams = (await scrape(hub)).families()
@@ -302,7 +304,7 @@ async def test_a_hub_without_database_exports_its_own_metrics(redis_url: str) ->
 
 
 async def test_openmetrics_when_asked(dsn: str, pg_recorder: Recorder) -> None:
-    hub = Hub(dsn=dsn)
+    hub = Hub(dsn=dsn, metrics=for_hub)
     await hub.start()
     try:
         await publish(pg_recorder, [record(1, duration_ms=30.0)])
@@ -353,7 +355,7 @@ async def test_older_rollups_are_summed_rarely_and_recent_ones_at_every_read(
     dsn: str, pg_recorder: Recorder
 ) -> None:
     three_days_ago = datetime.now(UTC) - timedelta(days=3)
-    hub = Hub(dsn=dsn)
+    hub = Hub(dsn=dsn, metrics=for_hub)
     await hub.start()
     try:
         # given: one attempt before yesterday, one now, and a first scrape
@@ -406,7 +408,7 @@ async def test_workers_and_queues_from_their_heartbeats(dsn: str) -> None:
             await beat(conn, worker, QueueSample("ListQueueBroker", "q", 42, 3.5))
     finally:
         await conn.close()
-    hub = Hub(dsn=dsn)
+    hub = Hub(dsn=dsn, metrics=for_hub)
     await hub.start()
     try:
         # when Prometheus scrapes

@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
     from taskmon.server.hub import Hub
 
-__all__ = ["BOUNDS_S", "HubCollector", "MetricsExporter", "StoreCollector"]
+__all__ = ["BOUNDS_S", "HubCollector", "MetricsExporter", "StoreCollector", "for_hub"]
 
 logger = logging.getLogger("taskmon.server.exporter")
 
@@ -401,3 +401,12 @@ class MetricsExporter:
     async def close(self) -> None:
         if self.store is not None:
             await self.store.close()
+
+
+def for_hub(hub: Hub) -> MetricsExporter:
+    """The ``/metrics`` document of `hub`: its counters, and attempts from its ``read_dsn``.
+
+    ``taskmon serve`` hands this to the hub (``Hub(metrics=for_hub)``), which
+    calls it at the first scrape.
+    """
+    return MetricsExporter(hub, hub.read_dsn, lost_after_s=hub.lost_after_s)

@@ -47,7 +47,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
@@ -64,10 +64,24 @@ from taskmon.domain.filters import FilterError, TaskFilter
 from taskmon.domain.statuses import DEFAULT_LOST_AFTER_S
 from taskmon.domain.version import __version__
 
-if TYPE_CHECKING:
-    from taskmon.server.exporter import MetricsExporter
+__all__ = ["PROTOCOL_VERSION", "Hub", "HubError", "HubStats", "MetricsDocument", "is_loopback"]
 
-__all__ = ["PROTOCOL_VERSION", "Hub", "HubError", "HubStats", "is_loopback"]
+
+class MetricsDocument(Protocol):
+    """What serves ``GET /metrics`` (:class:`taskmon.server.exporter.MetricsExporter`).
+
+    The hub does not build it: ``taskmon serve`` hands the hub a factory, so the
+    hub does not depend on the exporter, which reads the hub's counters.
+    """
+
+    async def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The document and its content type, for the request's ``Accept`` header."""
+        ...
+
+    async def close(self) -> None:
+        """Release what the document holds (its database connection)."""
+        ...
+
 
 logger = logging.getLogger("taskmon.server.hub")
 
@@ -208,6 +222,9 @@ class Hub:
             without either, ``/metrics`` has the hub's own metrics only).
         lost_after_s: for ``/metrics``, how long an attempt without a timeout
             may run before it counts as lost.
+        metrics: makes the ``/metrics`` document for this hub at the first
+            scrape (e.g. :func:`taskmon.server.exporter.for_hub`); without it
+            ``/metrics`` is not served (404).
     """
 
     def __init__(
@@ -221,6 +238,7 @@ class Hub:
         max_frame: int = 64 * 1024,
         read_dsn: str | None = None,
         lost_after_s: float = DEFAULT_LOST_AFTER_S,
+        metrics: Callable[[Hub], MetricsDocument] | None = None,
     ) -> None:
         if not dsn and not redis_url:
             raise ValueError("the hub needs a database DSN or a Redis URL to read events from")
@@ -232,7 +250,8 @@ class Hub:
         self.max_frame = max_frame
         self.read_dsn = read_dsn or dsn
         self.lost_after_s = lost_after_s
-        self.metrics: MetricsExporter | None = None
+        self._make_metrics = metrics
+        self.metrics: MetricsDocument | None = None
         """The ``/metrics`` document, made at the first scrape."""
         self.url: str | None = None
         """The ``ws://`` URL actually bound, once started."""
@@ -599,6 +618,8 @@ class Hub:
     ) -> Response | None:
         url = urlsplit(request.path)
         if url.path.rstrip("/") == "/metrics":
+            if self._make_metrics is None:
+                return connection.respond(HTTPStatus.NOT_FOUND, "no /metrics on this hub\n")
             # served without the bus too: that is when an alert is wanted
             return self._refuse(connection) or await self._metrics(connection, request)
         if not self._bus.connected:
@@ -625,9 +646,8 @@ class Hub:
 
     async def _metrics(self, connection: ServerConnection, request: Request) -> Response:
         if self.metrics is None:
-            from taskmon.server.exporter import MetricsExporter
-
-            self.metrics = MetricsExporter(self, self.read_dsn, lost_after_s=self.lost_after_s)
+            assert self._make_metrics is not None
+            self.metrics = self._make_metrics(self)
         body, content_type = await self.metrics.render(request.headers.get("Accept"))
         response = connection.respond(HTTPStatus.OK, body.decode())
         del response.headers["Content-Type"]

@@ -63,6 +63,8 @@ def served_hub(
         client_queue: events a client may fall behind before it gets a gap.
         metrics_dsn: where ``/metrics`` reads attempts (a replica when named).
     """
+    from taskmon.server.exporter import for_hub
+
     return Hub(
         dsn=source,
         redis_url=settings.redis_url,
@@ -71,6 +73,7 @@ def served_hub(
         client_queue=client_queue,
         read_dsn=metrics_dsn,
         lost_after_s=settings.lost_after_s,
+        metrics=for_hub,
     )
 
 
