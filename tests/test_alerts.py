@@ -33,9 +33,10 @@ from taskmon.server.alerts import (
     AlertRunner,
     AlertStatus,
     Evaluator,
+    measure,
     parse_alert_config,
 )
-from taskmon.store.alerts import load_states, measure
+from taskmon.store.alerts import load_states
 from taskmon.store.db import connect
 
 # not on a 5-minute boundary: windows have raw edges and whole rollup buckets

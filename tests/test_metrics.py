@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
 from taskmon.domain.events import AttemptRecord, Status
-from taskmon.server.exporter import BOUNDS_S, for_hub
+from taskmon.server.exporter import BOUNDS_S, MetricsExporter, for_hub
 from taskmon.server.hub import Hub
 from taskmon.worker.recorder import Recorder
 
@@ -228,7 +228,7 @@ async def test_scrapes_within_the_cache_window_share_one_read(
         await publish(pg_recorder, [record(1)])
         first = (await scrape(hub)).families()
         assert value(first["taskmon_attempts"], task="app:work", status="success") == 1
-        assert hub.metrics is not None and hub.metrics.store is not None
+        assert isinstance(hub.metrics, MetricsExporter) and hub.metrics.store is not None
         store = hub.metrics.store
         assert store.reads == 1
 
@@ -363,7 +363,7 @@ async def test_older_rollups_are_summed_rarely_and_recent_ones_at_every_read(
         await publish(pg_recorder, [old, record(2)])
         first = (await scrape(hub)).families()
         assert value(first["taskmon_attempts"], task="app:work", status="success") == 2
-        assert hub.metrics is not None and hub.metrics.store is not None
+        assert isinstance(hub.metrics, MetricsExporter) and hub.metrics.store is not None
         store = hub.metrics.store
         assert store.settled_reads == 1
 

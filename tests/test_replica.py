@@ -24,6 +24,7 @@ from websockets.asyncio.client import connect as ws_connect
 
 from taskmon.bus.postgres import PgNotifyPublisher
 from taskmon.domain.events import dumps
+from taskmon.server.exporter import MetricsExporter, for_hub
 from taskmon.server.hub import Hub
 from taskmon.store import migrations
 from taskmon.store.db import connect
@@ -182,7 +183,7 @@ async def test_replica_lag_grows_while_replay_waits_and_is_zero_when_caught_up(
 async def test_the_hub_listens_on_the_primary_and_metrics_read_the_replica(
     primary_db: Replication, writer: Recorder
 ) -> None:
-    hub = Hub(dsn=primary_db.primary, read_dsn=primary_db.standby)
+    hub = Hub(dsn=primary_db.primary, read_dsn=primary_db.standby, metrics=for_hub)
     await hub.start()
     try:
         await publish(writer, [record(1)])
@@ -200,7 +201,7 @@ async def test_the_hub_listens_on_the_primary_and_metrics_read_the_replica(
             fams = (await scrape(hub)).families()
             assert value(fams["taskmon_attempts"], task="app:work", status="success") == 1
         await ws.close()
-        assert hub.metrics is not None and hub.metrics.store is not None
+        assert isinstance(hub.metrics, MetricsExporter) and hub.metrics.store is not None
         hub.metrics.store.cache_s = 0.0
 
         async def replayed() -> bool:

@@ -27,15 +27,24 @@ GROUP BY 1, 2, 3
 RAW_HOUR = RAW_MINUTE.replace("'1 minute'", "'1 hour'")
 
 
+_DEFAULTS: dict[str, Any] = {"attempt": 0, "labels": {}}  # the columns' defaults, NOT NULL
+
+
 async def insert(conn: asyncpg.Connection[Any], rows: list[dict[str, Any]]) -> None:
-    """One multi-row INSERT (one trigger firing) of attempts given as column dicts."""
+    """One multi-row INSERT (one trigger firing) of attempts given as column dicts.
+
+    ``params`` and ``labels`` are dicts (stored as jsonb), in the recorder's
+    stored form: params as ``{"kwargs": {...}}``.
+    """
     cols = ["task_id", "attempt", "task_name", "status", "worker", "duration_ms",
-            "queue_wait_ms", "error_type", "error_message", "timeout_s", "created_at"]  # fmt: skip
+            "queue_wait_ms", "error_type", "error_message", "timeout_s", "created_at",
+            "queue", "params", "labels"]  # fmt: skip
     await conn.execute(
         f"INSERT INTO task_execution_logs ({', '.join(cols)}) "
         "SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], "
-        "$6::float8[], $7::float8[], $8::text[], $9::text[], $10::float8[], $11::timestamptz[])",
-        *[[r.get(c, 0 if c == "attempt" else None) for r in rows] for c in cols],
+        "$6::float8[], $7::float8[], $8::text[], $9::text[], $10::float8[], $11::timestamptz[], "
+        "$12::text[], $13::jsonb[], $14::jsonb[])",
+        *[[r.get(c, _DEFAULTS.get(c)) for r in rows] for c in cols],
     )
 
 

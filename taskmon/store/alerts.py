@@ -1,13 +1,14 @@
 """The figures alert rules compare, and the rules' states.
 
-Figures come from the rollups where the filter allows it, as the stats
-queries do: failure rate and lost counts are :func:`~taskmon.store.stats.fetch_stats`
-itself; a percentile sums the packed histograms of the whole 5 minutes of the
+Each alert metric (``taskmon.server.alerts.metrics``) reads its figure with
+one of these, or with :func:`~taskmon.store.stats.fetch_stats` (failure rate
+and lost counts). Figures come from the rollups where the filter allows it,
+as the stats queries do: a percentile sums the packed histograms of the whole 5 minutes of the
 window (``task_hist_5min``) with those of the raw rows at its edges; a new
 error type is looked for in the raw rows of the window (an alert window is
 minutes long) and looked up in the error rollups of the week before. Filters
 the rollups cannot answer (worker, error text, words, durations, attempt,
-task id) read the raw rows instead.
+task id, queue, params, labels) read the raw rows instead.
 
 A rule's state is one row of ``taskmon_alerts`` (``sql/0004_alerts.sql``),
 read and written under a row lock, so that two evaluators (a hub and a cron
@@ -29,36 +30,30 @@ import asyncpg
 from taskmon.domain.filters import TaskFilter
 from taskmon.domain.statuses import DEFAULT_LOST_AFTER_S
 from taskmon.store.filter_sql import filter_sql, resolve_task_names, resolve_word_task_names
+from taskmon.store.metrics import METRICS as HIST_METRICS
 from taskmon.store.stats import (
     _quantiles,  # the histogram codec of the stats queries: one home for the lane layout
     _unpack,
     ceil_bucket,
-    fetch_stats,
     floor_bucket,
     needs_raw,
 )
 from taskmon.store.workers import fetch_queues, fetch_workers
 
 __all__ = [
-    "METRICS",
     "Measurement",
     "StoredState",
+    "deepest_queue",
     "load_states",
     "lock_state",
-    "measure",
+    "new_error_types",
+    "percentile",
     "save_state",
+    "workers_alive",
 ]
-
-METRICS = (
-    "failure_rate", "lost", "p50", "p95", "p99", "p95_queue_wait", "new_error_type",
-    "backlog", "workers_alive",
-)  # fmt: skip
-"""What a rule can compare; see :func:`measure`."""
 
 _TERMINAL = ("success", "failed", "retrying", "lost")
 _ERROR_STATUSES = ("failed", "retrying", "lost")
-_QUANTILE = {"p50": (0, 0.5), "p95": (0, 0.95), "p99": (0, 0.99), "p95_queue_wait": (1, 0.95)}
-_COLUMN = {0: "duration_ms", 1: "queue_wait_ms"}
 _FIVE_MINUTES = timedelta(minutes=5)
 
 
@@ -72,8 +67,8 @@ class Measurement:
         count: the attempts it was computed over (what ``min_count`` compares):
             decided attempts for a failure rate or lost count, attempts with a
             duration (or queue wait) for a percentile, erring attempts of the
-            new types for ``new_error_type``.
-        detail: the new error types, oldest first (``new_error_type`` only).
+            new types for :func:`new_error_types`.
+        detail: the new error types, oldest first (:func:`new_error_types` only).
     """
 
     value: float | None
@@ -110,71 +105,38 @@ async def _rollup_condition(
     return cond
 
 
-async def measure(
+async def percentile(
     conn: asyncpg.Connection[Any],
-    metric: str,
     flt: TaskFilter,
     *,
+    lane: str,
+    q: float,
     start: datetime,
     end: datetime,
     lost_after_s: float = DEFAULT_LOST_AFTER_S,
-    baseline: timedelta = timedelta(days=7),
 ) -> Measurement:
-    """The figure `metric` for the attempts matching `flt` created in ``[start, end)``.
+    """The `q` quantile (ms) of `lane` for the finished attempts matching `flt` in ``[start, end)``.
+
+    Whole 5 minutes of the window come from ``task_hist_5min``, its edges (and
+    any filter the rollups cannot answer) from the raw rows; within the
+    histograms' 2 %.
 
     Args:
         conn: a connection from :func:`taskmon.store.db.connect`.
-        metric: one of :data:`METRICS`: ``failure_rate`` ((failed + lost) /
-            (success + failed + lost)), ``lost`` (attempts lost, marked or
-            running too long), ``p50``/``p95``/``p99`` (duration, ms, within
-            the histograms' 2 %), ``p95_queue_wait`` (ms), ``new_error_type``
-            (error types of the window not seen in the `baseline` before it),
-            ``backlog`` (the deepest queue's latest depth among the queues sampled
-            in the window; `flt` does not apply), ``workers_alive`` (workers whose
-            heartbeat is fresh, now; `flt` does not apply).
-        flt: the rule's filter (no since/until: the window is given).
+        flt: which attempts count (no since/until: the window is given).
+        lane: ``duration`` or ``queue_wait`` (:data:`taskmon.store.metrics.METRICS`).
+        q: the quantile, from 0 to 1.
         start: the window's start.
-        end: the window's end (the evaluation's now).
+        end: the window's end.
         lost_after_s: how long a running attempt without timeout may run
             before it counts as lost.
-        baseline: how far back ``new_error_type`` looks for an error type.
 
-    Raises:
-        ValueError: `metric` is not one of :data:`METRICS`.
+    Returns:
+        The quantile, over the attempts with a value in `lane` (None, 0 when none has).
     """
     start, end = start.astimezone(UTC), end.astimezone(UTC)
-    if metric in ("failure_rate", "lost"):
-        stats = await fetch_stats(conn, flt, since=start, until=end, lost_after_s=lost_after_s)
-        decided = sum(stats.by_status[s] for s in ("success", "failed", "lost"))
-        if metric == "lost":
-            return Measurement(float(stats.lost), decided)
-        return Measurement(stats.failure_rate if decided else None, decided)
-    if metric in _QUANTILE:
-        return await _percentile(conn, metric, flt, start, end, lost_after_s)
-    if metric == "new_error_type":
-        return await _new_error_types(conn, flt, start, end, lost_after_s, baseline)
-    if metric == "backlog":
-        # the deepest queue among those sampled in the window, by its latest sample
-        queues = await fetch_queues(conn, window_s=max(1.0, (end - start).total_seconds()))
-        if not queues:
-            return Measurement(None, 0)
-        return Measurement(float(max(q["depth"] for q in queues)), len(queues))
-    if metric == "workers_alive":
-        workers = await fetch_workers(conn)
-        return Measurement(float(sum(1 for w in workers if w["state"] == "alive")), 1)
-    raise ValueError(f"unknown alert metric {metric!r} (known: {', '.join(METRICS)})")
-
-
-async def _percentile(
-    conn: asyncpg.Connection[Any],
-    metric: str,
-    flt: TaskFilter,
-    start: datetime,
-    end: datetime,
-    lost_after_s: float,
-) -> Measurement:
-    index, q = _QUANTILE[metric]
-    column = _COLUMN[index]
+    index = HIST_METRICS.index(lane)
+    column = f"{lane}_ms"
     statuses = [s for s in _TERMINAL if not flt.statuses or s in flt.statuses]
     params: list[object] = []
     # the stats queries' guard: NaN and infinities have no bin
@@ -212,14 +174,26 @@ async def _percentile(
     return Measurement(found, total)
 
 
-async def _new_error_types(
+async def new_error_types(
     conn: asyncpg.Connection[Any],
     flt: TaskFilter,
+    *,
     start: datetime,
     end: datetime,
-    lost_after_s: float,
     baseline: timedelta,
+    lost_after_s: float = DEFAULT_LOST_AFTER_S,
 ) -> Measurement:
+    """The error types of the erring attempts matching `flt` in ``[start, end)`` unseen before.
+
+    An error type is new when no matching attempt had it in the `baseline`
+    before `start`: the raw rows of the window, the error rollups (then raw
+    rows) of the baseline.
+
+    Returns:
+        How many types are new, the erring attempts of those types, and the
+        types themselves (``detail``), oldest first.
+    """
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
     statuses = [s for s in _ERROR_STATUSES if not flt.statuses or s in flt.statuses]
     params: list[object] = []
     cond = await _raw_condition(conn, flt, params, lost_after_s)
@@ -262,6 +236,26 @@ async def _new_error_types(
     rows = await conn.fetch(sql, *params)
     types = tuple(str(r["error_type"]) for r in rows)
     return Measurement(float(len(types)), sum(int(r["n"]) for r in rows), types)
+
+
+async def deepest_queue(
+    conn: asyncpg.Connection[Any], *, start: datetime, end: datetime
+) -> Measurement:
+    """The deepest queue's latest depth among the queues sampled in ``[start, end)``.
+
+    Returns:
+        The depth, over how many queues were sampled (None, 0 when none was).
+    """
+    queues = await fetch_queues(conn, window_s=max(1.0, (end - start).total_seconds()))
+    if not queues:
+        return Measurement(None, 0)
+    return Measurement(float(max(q["depth"] for q in queues)), len(queues))
+
+
+async def workers_alive(conn: asyncpg.Connection[Any]) -> Measurement:
+    """The workers whose heartbeat is fresh now (count: always 1, there is no sample size)."""
+    workers = await fetch_workers(conn)
+    return Measurement(float(sum(1 for w in workers if w["state"] == "alive")), 1)
 
 
 # ---------------------------------------------------------------------------
