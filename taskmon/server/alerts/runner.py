@@ -22,10 +22,12 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from taskmon.domain.display import span
 from taskmon.domain.statuses import DEFAULT_LOST_AFTER_S
 from taskmon.server.alerts.metrics import NEW_ERROR_BASELINE, Window
 from taskmon.server.alerts.notifiers import Delivery, deliver
 from taskmon.server.alerts.rules import AlertConfig, Rule
+from taskmon.store.migrations import UPGRADE_HINT
 
 if TYPE_CHECKING:
     from taskmon.store.alerts import StoredState
@@ -167,7 +169,7 @@ class AlertStatus:
             "over": self.rule.over_text,
             "filter": self.rule.filter_text,
             "min_count": self.rule.min_count,
-            "for": _seconds_text(self.rule.hold_for),
+            "for": span(int(self.rule.hold_for.total_seconds())),
             "notify": list(self.rule.notify),
             "value": None if st is None else st.value,
             "value_text": self.value_text(),
@@ -180,16 +182,6 @@ class AlertStatus:
             "error": None if st is None else st.error,
             "history": self.rule.history_query(),
         }
-
-
-def _seconds_text(delta: timedelta) -> str:
-    seconds = int(delta.total_seconds())
-    if seconds == 0:
-        return "0s"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 # ---------------------------------------------------------------------------
@@ -399,7 +391,7 @@ class AlertRunner:
                 self.failed_checks += 1
                 text = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
                 if type(exc).__name__ == "UndefinedTableError":
-                    text += " (run `taskmon db upgrade`)"
+                    text += f" ({UPGRADE_HINT})"
                 if text != self._last_error:
                     logger.warning("alerts: cannot check the rules: %s", text)
                 self._last_error = text
