@@ -577,7 +577,21 @@ class MainScreen(Screen[None]):
         if row is not None:
             from taskmon.tui.screens.detail import DetailScreen
 
-            self.app.push_screen(DetailScreen(row, data=self.data, tz=self.clock().tzinfo))
+            self.app.push_screen(
+                DetailScreen(
+                    row, data=self.data, tz=self.clock().tzinfo, on_filter=self.apply_term
+                )
+            )
+
+    def apply_term(self, term: str) -> None:
+        """Add one term (``param:user.id=42``) to the typed filter; see ViewState.with_term."""
+        try:
+            state = self.state.with_term(term, now=self.clock())
+        except FilterError as exc:
+            self.notify(str(exc), title="filter", severity="error")
+            return
+        self.query_one(HistoryTable).focus()
+        self.set_state(state)
 
     @on(DataTable.RowSelected, "#tasks")
     def _task_row_selected(self, event: DataTable.RowSelected) -> None:
