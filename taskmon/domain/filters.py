@@ -831,7 +831,7 @@ def term_for(kind: str, key: str, value: str | None = None) -> str:
             term = _check_term(kind + "s", (key, value))
         except FilterError as exc:
             raise FilterError(f"{kind}: {exc}") from None
-        flt = TaskFilter(**{kind + "s": (term,)})
+        flt = TaskFilter(params=(term,)) if kind == "param" else TaskFilter(labels=(term,))
     else:
         raise FilterError(f"{kind!r} is not a term kind (use param, label or queue)")
     return flt.to_query()

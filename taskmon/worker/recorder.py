@@ -757,9 +757,7 @@ class Recorder:
                 announce.sort(key=_first)
                 events = [
                     encode_event(record, status, seq, params, labels)
-                    for (_, status, record, params, labels), seq in zip(
-                        announce, seqs, strict=True
-                    )
+                    for (_, status, record, params, labels), seq in zip(announce, seqs, strict=True)
                 ]
                 await self.publisher.in_transaction(conn, events)
         return events

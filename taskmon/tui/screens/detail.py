@@ -63,7 +63,9 @@ class DetailScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "back", "Back"),
         Binding("y", "copy_task_id", "Copy task id"),
-        Binding("f", "filter_by", "Filter by", tooltip="Filter the history by a param, label or queue"),
+        Binding(
+            "f", "filter_by", "Filter by", tooltip="Filter the history by a param, label or queue"
+        ),
         Binding("R", "retry", "Retry", show=False),
         Binding("j", "scroll('down')", "Down", show=False),
         Binding("k", "scroll('up')", "Up", show=False),

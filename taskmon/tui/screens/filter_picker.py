@@ -64,7 +64,7 @@ def filter_choices(row: AttemptRow) -> list[FilterChoice]:
     """The terms the attempt `row` can be filtered by: params, then labels, then its queue."""
     found: list[FilterChoice] = []
     kwargs = _mapping(row.get("params")).get("kwargs")
-    pairs = [("param", k, v) for k, v in term_values(kwargs)]
+    pairs: list[tuple[str, str, str | None]] = [("param", k, v) for k, v in term_values(kwargs)]
     pairs += [("label", k, v) for k, v in term_values(_mapping(row.get("labels")), nested=False)]
     queue = row.get("queue")
     if isinstance(queue, str) and queue:
