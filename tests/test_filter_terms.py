@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 from helpers import unconfigured_env
 
-from taskmon.domain.filters import FilterError, TaskFilter, parse
+from taskmon.domain.filters import FilterError, TaskFilter, parse, term_for, term_values
 from taskmon.domain.params import REDACTED, ParamsPolicy
 from taskmon.service.reader import Reader
 from taskmon.store import maintenance, partitions
@@ -268,3 +268,74 @@ async def test_the_hub_filters_live_events_by_param_label_and_queue(dsn: str) ->
         await hub.stop()
     # then only the attempt matching every term arrived
     assert got and all(task_id.startswith("hit-") for task_id in got), got
+
+
+@pytest.mark.parametrize(
+    ("kind", "key", "value", "text"),
+    [
+        ("param", "user.id", "42", "param:user.id=42"),
+        ("param", "name", "Ada Lovelace", 'param:"name=Ada Lovelace"'),
+        ("param", "note", 'say "hi"', 'param:"note=say \\"hi\\""'),
+        ("param", "expr", "a=b", "param:expr=a=b"),
+        ("param", "flag", None, "param:flag"),
+        ("label", "tenant", "acme", "label:tenant=acme"),
+        ("label", "api.version", "2", "label:api.version=2"),
+        ("queue", "emails", None, "queue:emails"),
+        ("queue", "low priority", None, 'queue:"low priority"'),
+    ],
+)
+def test_term_for_quotes_as_to_query_and_parses_back(
+    kind: str, key: str, value: str | None, text: str
+) -> None:
+    term = term_for(kind, key, value)
+    assert term == text
+    flt = parse(term)
+    if kind == "queue":
+        assert flt.queues == (key,)
+    else:
+        assert getattr(flt, kind + "s") == ((key, value),)
+
+
+@pytest.mark.parametrize(
+    ("kind", "key", "value", "said"),
+    [
+        ("param", "a=b", "1", "param: 'a=b' holds '='"),
+        ("param", "", "1", "param: no key before '='"),
+        ("param", "a..b", "1", "param: 'a..b' has an empty part between dots"),
+        ("label", "x", "a\x00b", "label: 'x' contains a NUL character"),
+        ("queue", "emails", "x", "queue: 'emails' takes no value"),
+        ("worker", "host", None, "'worker' is not a term kind"),
+    ],
+)
+def test_term_for_refuses_what_a_term_cannot_carry(
+    kind: str, key: str, value: str | None, said: str
+) -> None:
+    with pytest.raises(FilterError) as caught:
+        term_for(kind, key, value)
+    assert str(caught.value).startswith(said), caught.value
+
+
+def test_term_values_are_the_terms_each_call_matches() -> None:
+    # given the stored calls (secrets redacted); c's values as terms spell them
+    assert term_values(_params("c")["kwargs"]) == [
+        ("user.id", "7"), ("city", "Zürich"), ("note", 'say "hi"'), ("ratio", "0.5"),
+        ("nothing", "null"),
+    ]  # fmt: skip
+    assert term_values(_params("b")["kwargs"]) == [
+        ("user.id", "42"), ("tenant", "globex"), ("flag", "true"),
+    ]  # fmt: skip
+    # a secret and a list are never offered; labels do not nest
+    assert ("password", REDACTED) not in term_values(_params("a")["kwargs"])
+    assert term_values(_params("d")["kwargs"]) == [("name", "Ada Lovelace")]
+    assert term_values(_labels("d"), nested=False) == []
+    assert term_values({"api.v": 2, "meta": {"x": 1}}, nested=False) == [("api.v", "2")]
+    # a key a term cannot name is left out
+    assert term_values({"a.b": 1, "x=y": 2, " ": 3, "big": 1e20}) == [("big", "1e+20")]
+    for task in CALLS:
+        params = term_values(_params(task)["kwargs"])
+        labels = term_values(_labels(task), nested=False)
+        # when each is made a term, then it matches its own call, live and parsed back
+        for kind, pairs in (("param", params), ("label", labels)):
+            for key, value in pairs:
+                flt = parse(term_for(kind, key, value))
+                assert flt.matches(_event(task)), (task, kind, key, value)

@@ -19,7 +19,7 @@ from tui_conftest_helpers import screen_text
 from taskmon.domain.events import AttemptRecord, Status
 from taskmon.service.resend import Retrier
 from taskmon.tui.app import TaskmonApp, make_app
-from taskmon.tui.screens.confirm_retry import ConfirmRetryScreen
+from taskmon.tui.screens.confirm_retry import ConfirmRetryManyScreen, ConfirmRetryScreen
 from taskmon.tui.screens.detail import DetailScreen
 from taskmon.tui.sources import PgDataSource
 from taskmon.tui.widgets.history_table import HistoryTable
@@ -186,3 +186,108 @@ async def test_history_and_the_detail_screen_show_retry_of_and_retried_as(
             await wait_for(lambda: expected in screen_text(app), timeout=10)  # noqa: B023
             await pilot.press("escape")
             await wait_for(lambda: app.screen is app.main)
+
+
+async def move_to(pilot: Any, app: TaskmonApp, task_id: str) -> None:
+    """Put the history's cursor on `task_id`'s row with the arrow keys."""
+    table = app.main.query_one(HistoryTable)
+    target = next(i for i, r in enumerate(app.main.history_rows) if r["task_id"] == task_id)
+    delta = target - table.cursor_row
+    await pilot.press(*["down" if delta > 0 else "up"] * abs(delta))
+    assert table.cursor_row == target
+
+
+async def test_marked_rows_are_retried_after_one_question_each_once(
+    pg_recorder: Recorder, dsn: str, env: dict[str, str], queue: redis.Redis
+) -> None:
+    # given two failed tasks to retry, one whose password was redacted, and one left alone
+    first = failed("retry:fail_once", {"marker": "m1", "size": 1})
+    second = failed("retry:fail_once", {"marker": "m2", "size": 2})
+    secret = failed("retry:login", {"user": "carol", "password": "hunter2"})
+    other = failed("retry:fail_once", {"marker": "m3", "size": 3})
+    await publish(pg_recorder, [first, second, secret, other])
+    name = env["TEST_QUEUE"]
+    async with app_client("retry_worker_app", env):
+        app = make_app(PgDataSource(dsn), None, retrier=Retrier(BROKER, dsn))
+        async with app.run_test(size=SIZE) as pilot:
+            await history_shown(app, 4)
+            table = app.main.query_one(HistoryTable)
+
+            # when three rows are marked with m
+            for attempt in (first, second, secret):
+                await move_to(pilot, app, attempt.task_id)
+                await pilot.press("m")
+            marked = {r["task_id"] for r in table.marked.values()}
+            assert marked == {first.task_id, second.task_id, secret.task_id}
+            # then each shows the mark symbol, in words and not colour alone, and the count
+            shown = screen_text(app)
+            assert "History · page 1 · 3 marked" in shown
+            lines = [line for line in shown.splitlines() if "retry:" in line]
+            assert sum(line.lstrip("│▌ ").startswith("*") for line in lines) == 3, shown
+            assert "m Mark" in shown
+
+            # when R: one question, saying how many and which, and which cannot be sent
+            await pilot.press("R")
+            await wait_for(lambda: isinstance(app.screen, ConfirmRetryManyScreen), timeout=15)
+            text = screen_text(app)
+            assert "Send 2 tasks again?" in text, text
+            assert first.task_id in text and second.task_id in text, text
+            assert "not sent (1):" in text and secret.task_id in text, text
+            assert "kwargs.password was" in text and "redacted" in text, text
+            assert other.task_id not in text
+
+            # and n cancels: nothing is sent, the marks stay
+            await pilot.press("n")
+            await wait_for(lambda: app.screen is app.main)
+            await wait_for(lambda: "retry: retry cancelled: nothing sent" in notices(app))
+            assert queue.llen(name) == 0
+            assert len(table.marked) == 3
+
+            # when R again, and y
+            await pilot.press("R")
+            await wait_for(lambda: isinstance(app.screen, ConfirmRetryManyScreen), timeout=15)
+            await pilot.press("y")
+
+            # then each sendable marked task is on the queue once, linked to its original
+            await wait_for(lambda: queue.llen(name) == 2, timeout=15)
+            messages = [json.loads(m) for m in queue.lrange(name, 0, -1)]
+            retry_of = sorted(m["labels"]["taskmon_retry_of"] for m in messages)
+            assert retry_of == sorted([first.task_id, second.task_id])
+            assert sorted(m["kwargs"]["marker"] for m in messages) == ["m1", "m2"]
+            # and one notification says what was sent and what was not, and why
+            await wait_for(lambda: "retry: 2 sent, 1 not sent" in notices(app), timeout=10)
+            said = notices(app)
+            assert f"sent retry:fail_once {first.task_id} again as" in said
+            assert f"sent retry:fail_once {second.task_id} again as" in said
+            assert f"not sent retry:login {secret.task_id}: " in said
+            assert "kwargs.password was redacted" in said
+            # and the marks are cleared
+            await wait_for(lambda: not table.marked)
+            await pilot.pause(0.3)
+            assert queue.llen(name) == 2
+
+
+async def test_esc_clears_the_marks_and_r_then_retries_the_cursor_row_only(
+    pg_recorder: Recorder, dsn: str, env: dict[str, str], queue: redis.Redis
+) -> None:
+    # given two failed tasks, both marked
+    attempts = [failed("retry:fail_once", {"marker": f"e{i}", "size": i}) for i in range(2)]
+    await publish(pg_recorder, attempts)
+    async with app_client("retry_worker_app", env):
+        app = make_app(PgDataSource(dsn), None, retrier=Retrier(BROKER, dsn))
+        async with app.run_test(size=SIZE) as pilot:
+            await history_shown(app, 2)
+            table = app.main.query_one(HistoryTable)
+            await pilot.press("m", "m")
+            assert len(table.marked) == 2
+            # when esc
+            await pilot.press("escape")
+            # then no row is marked, nor shows the symbol
+            assert not table.marked
+            assert "marked" not in screen_text(app)
+            # and R asks about the one row under the cursor, as before
+            await pilot.press("R")
+            await wait_for(lambda: isinstance(app.screen, ConfirmRetryScreen), timeout=15)
+            await pilot.press("n")
+            await wait_for(lambda: "retry: retry cancelled: nothing sent" in notices(app))
+            assert queue.llen(env["TEST_QUEUE"]) == 0

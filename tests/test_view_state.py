@@ -106,3 +106,25 @@ def test_absolute_times_and_the_status_key_hold() -> None:
     assert flt.statuses == frozenset({"failed"})
     assert flt.errors == ("timeout",)
     assert ViewState().filter_at(NOW).is_empty()
+
+
+def test_a_picked_term_joins_the_typed_query_and_replaces_one_on_the_same_key() -> None:
+    state = ViewState.initial(query="since:2m param:user.id=7 label:tenant boom", now=NOW)
+    state = state.next_status()
+    picked = state.with_term('param:"name=Ada Lovelace"', now=NOW)
+    assert picked.describe() == (
+        'since:2m param:user.id=7 label:tenant boom param:"name=Ada Lovelace" status:failed'
+    )
+    assert picked.generation > state.generation
+    # the same key again: the new value takes its place (both would match nothing)
+    picked = picked.with_term("param:user.id=42", now=NOW)
+    assert picked.filter_at(NOW).params == (("name", "Ada Lovelace"), ("user.id", "42"))
+    assert picked.filter_at(NOW).labels == (("tenant", None),)
+    picked = picked.with_term("label:tenant=acme", now=NOW)
+    assert picked.filter_at(NOW).labels == (("tenant", "acme"),)
+    # queue terms match any one of them: a picked queue replaces the typed ones
+    picked = ViewState.initial(query="queue:a queue:b task:x", now=NOW).with_term("queue:a")
+    assert picked.describe() == "task:x queue:a"
+    assert picked.filter_at(NOW).queues == ("a",)
+    with pytest.raises(FilterError):
+        state.with_term("param:=1")

@@ -41,6 +41,8 @@ __all__ = [
     "parse_window",
     "task_like_patterns",
     "term_candidates",
+    "term_for",
+    "term_values",
 ]
 
 
@@ -804,6 +806,80 @@ def term_candidates(value: str) -> list[Any]:
         if number is not None:
             found.append(number)
     return found
+
+
+def term_for(kind: str, key: str, value: str | None = None) -> str:
+    """The query text of one term, quoted as :meth:`TaskFilter.to_query` quotes it.
+
+    ``term_for("param", "user.id", "42")`` is ``param:user.id=42``;
+    ``term_for("label", "tenant")`` asks for presence (``label:tenant``);
+    ``term_for("queue", "emails")`` is ``queue:emails`` (a queue term has no value).
+    A value with spaces or quotes is quoted: ``param:"name=Ada Lovelace"``.
+
+    Raises:
+        FilterError: an unknown kind, a queue with a value, or a key the term cannot
+            carry (empty, with an ``=``, which would end the key early, or a NUL).
+    """
+    if kind == "queue":
+        if value is not None:
+            raise FilterError(f"queue: {key!r} takes no value")
+        flt = TaskFilter(queues=(key,))
+    elif kind in ("param", "label"):
+        if "=" in key:
+            raise FilterError(f"{kind}: {key!r} holds '=', which would end the key early")
+        try:
+            term = _check_term(kind + "s", (key, value))
+        except FilterError as exc:
+            raise FilterError(f"{kind}: {exc}") from None
+        flt = TaskFilter(params=(term,)) if kind == "param" else TaskFilter(labels=(term,))
+    else:
+        raise FilterError(f"{kind!r} is not a term kind (use param, label or queue)")
+    return flt.to_query()
+
+
+def term_values(root: object, *, nested: bool = True) -> list[tuple[str, str]]:
+    """The ``(key, value)`` terms that `root` (a call's kwargs, or labels) matches.
+
+    Nested mappings give dotted keys (``user.id``) when `nested`; only plain
+    values are given (a list or a mapping is no value a term matches), each as
+    the text a term spells it with (``42``, ``true``, ``null``, ``Ada Lovelace``).
+    A secret's marker is never given, nor a key a term cannot name (an ``=``,
+    a NUL, or a dot when nested, since dots nest there).
+    """
+    found: list[tuple[str, str]] = []
+
+    def walk(node: object, prefix: str) -> None:
+        if not isinstance(node, Mapping):
+            return
+        for name, item in node.items():
+            if not isinstance(name, str) or not name.strip() or "=" in name or "\x00" in name:
+                continue
+            if nested and "." in name:
+                continue
+            key = f"{prefix}{name}"
+            if isinstance(item, Mapping):
+                if nested:
+                    walk(item, key + ".")
+                continue
+            text = _term_text(item)
+            if text is not None:
+                found.append((key, text))
+
+    walk(root, "")
+    return found
+
+
+def _term_text(value: object) -> str | None:
+    """The text a term spells the plain JSON `value` with (None: no term matches it)."""
+    if isinstance(value, str):
+        return None if value == _SECRET or "\x00" in value else value
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return repr(value)
+    return None
 
 
 def _json_number(text: str) -> int | float | None:

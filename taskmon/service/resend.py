@@ -463,6 +463,30 @@ class Retrier:
         finally:
             await conn.close()
 
+    async def plan_many(self, keys: Sequence[tuple[str, int]]) -> list[RetryPlan | RetryError]:
+        """:meth:`plan` for each ``(task_id, attempt)`` of `keys` on one connection, in order.
+
+        A key that cannot be planned (no such attempt recorded) gives its
+        :class:`RetryError` in its place; the others are still planned.
+
+        Raises:
+            BrokerError: the broker cannot be imported.
+        """
+        from taskmon.store.db import connect
+
+        broker = self.broker
+        conn = await connect(self.dsn, timeout=5.0)
+        try:
+            plans: list[RetryPlan | RetryError] = []
+            for task_id, attempt in keys:
+                try:
+                    plans.append(await plan_task(conn, broker, task_id, attempt))
+                except RetryError as exc:
+                    plans.append(exc)
+            return plans
+        finally:
+            await conn.close()
+
     async def retried_as(self, task_ids: Sequence[str]) -> dict[str, list[str]]:
         """See :func:`taskmon.store.retry_links.fetch_retried_as`."""
         from taskmon.store.db import connect
@@ -478,3 +502,23 @@ class Retrier:
         broker = self.broker
         async with started(broker):
             return await send(broker, plan)
+
+    async def send_many(self, plans: Sequence[RetryPlan]) -> list[str | Exception]:
+        """Start the broker once, send each of `plans` in order, stop the broker.
+
+        Each plan gets the new task's id, or the exception that kept it from
+        being sent (a refused plan, a broker that did not take it); one failure
+        does not stop the others.
+
+        Raises:
+            BrokerError: the broker cannot be imported or started: nothing was sent.
+        """
+        broker = self.broker
+        results: list[str | Exception] = []
+        async with started(broker):
+            for plan in plans:
+                try:
+                    results.append(await send(broker, plan))
+                except Exception as exc:
+                    results.append(exc)
+        return results

@@ -214,5 +214,31 @@ class ViewState:
         query = " ".join(p for p in (_without(self.query, {"task"}), f"task:{_quote(name)}") if p)
         return self.with_query(query, now=now)
 
+    def with_term(self, term: str, *, now: datetime | None = None) -> ViewState:
+        """The typed query with one more term (``param:user.id=42``, ``label:x``, ``queue:q``).
+
+        A typed term on the same thing gives way, as ``task:`` does for a task
+        row: another ``queue:`` (queue terms match any one of them, so keeping
+        it would widen the list), or a ``param:``/``label:`` on the same key.
+        The rest stays as typed. Raises FilterError when `term` does not parse.
+        """
+        added = parse(term, now=now)
+        keys = {("param", k) for k, _ in added.params} | {("label", k) for k, _ in added.labels}
+
+        def same_thing(token: str) -> bool:
+            kind = _key(token)
+            if kind == "queue":
+                return bool(added.queues)
+            if kind not in ("param", "label"):
+                return False
+            try:
+                typed = parse(token, now=now)
+            except FilterError:
+                return False
+            return any((kind, k) in keys for k, _ in (*typed.params, *typed.labels))
+
+        kept = " ".join(t for t in _tokens(self.query) if not same_thing(t))
+        return self.with_query(" ".join(p for p in (kept, term) if p), now=now)
+
     def refreshed(self) -> ViewState:
         return replace(self, generation=self.generation + 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from datetime import tzinfo
 from typing import ClassVar
 
@@ -53,6 +54,7 @@ class DetailScreen(Screen[None]):
     | Key | Description |
     | :- | :- |
     | y | Copy the task id (OSC 52, where the terminal allows it). |
+    | f | Filter the history by one of its params, labels or its queue. |
     | R | Send this task again, with this attempt's params (asks first). |
     | escape | Back to the main screen. |
     | j / k, up / down, pageup / pagedown, g / G | Scroll. |
@@ -61,6 +63,9 @@ class DetailScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "back", "Back"),
         Binding("y", "copy_task_id", "Copy task id"),
+        Binding(
+            "f", "filter_by", "Filter by", tooltip="Filter the history by a param, label or queue"
+        ),
         Binding("R", "retry", "Retry", show=False),
         Binding("j", "scroll('down')", "Down", show=False),
         Binding("k", "scroll('up')", "Up", show=False),
@@ -68,9 +73,18 @@ class DetailScreen(Screen[None]):
         Binding("G", "scroll('end')", "Bottom", show=False),
     ]
 
-    def __init__(self, row: AttemptRow, *, data: DataSource, tz: tzinfo | None) -> None:
+    def __init__(
+        self,
+        row: AttemptRow,
+        *,
+        data: DataSource,
+        tz: tzinfo | None,
+        on_filter: Callable[[str], None] | None = None,
+    ) -> None:
         super().__init__()
         self.row = row
+        self.on_filter = on_filter
+        """Applies a term to the history's filter (`f`); None where there is no history."""
         self.data = data
         self.tz = tz
         self.attempts: list[AttemptRow] | None = None
@@ -139,6 +153,30 @@ class DetailScreen(Screen[None]):
         text = self._links(retried_as)
         links.update(text)
         links.display = bool(text.plain)
+
+    def action_filter_by(self) -> None:
+        from taskmon.tui.screens.filter_picker import FilterPickerScreen, filter_choices
+
+        on_filter = self.on_filter
+        if on_filter is None:
+            self.notify("no history to filter here", title="filter", severity="warning")
+            return
+        choices = filter_choices(self.row)
+        if not choices:
+            self.notify(
+                "this attempt has no params, labels or queue to filter by",
+                title="filter",
+                timeout=4,
+            )
+            return
+
+        def picked(term: str | None) -> None:
+            if term is None:
+                return
+            self.dismiss()  # back to the list, which shows the new filter
+            on_filter(term)
+
+        self.app.push_screen(FilterPickerScreen(choices), picked)
 
     def action_retry(self) -> None:
         from taskmon.tui.screens.confirm_retry import retry_attempt

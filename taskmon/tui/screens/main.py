@@ -101,7 +101,13 @@ class MainScreen(Screen[None]):
         Binding("n", "next_page", "Next page", show=False, tooltip="Next history page"),
         Binding("p", "previous_page", "Prev page", show=False, tooltip="Previous history page"),
         Binding("r", "refresh", "Refresh", show=False, tooltip="Re-read metrics and history"),
-        Binding("R", "retry", "Retry", show=False, tooltip="Send the selected task again"),
+        Binding(
+            "R",
+            "retry",
+            "Retry",
+            show=False,
+            tooltip="Send the selected task again, or every marked one (m)",
+        ),
     ]
     """
     | Key | Description |
@@ -112,7 +118,7 @@ class MainScreen(Screen[None]):
     | space | Pause / resume the live feed. |
     | n / p | Next / previous history page. |
     | r | Re-read metrics and history. |
-    | R | Send the selected history row's task again (asks first). |
+    | R | Send the selected history row's task again, or every marked row's (asks first). |
     """
 
     # Screen declares these as instance attributes, so no ClassVar here (mypy)
@@ -215,8 +221,16 @@ class MainScreen(Screen[None]):
         bar.window = self.state.window_label
         bar.filter_text = self.state.describe()
         history = self.query_one(HistoryTable)
-        history.border_title = f"History · page {self.page_index + 1}"
-        history.border_subtitle = "enter: detail · n/p: page"
+        marked = len(history.marked)
+        title = f"History · page {self.page_index + 1}"
+        history.border_title = f"{title} · {marked} marked" if marked else title
+        history.border_subtitle = (
+            "R: retry marked · esc: clear marks" if marked else "enter: detail · n/p: page"
+        )
+
+    @on(HistoryTable.MarksChanged)
+    def _marks_changed(self, message: HistoryTable.MarksChanged) -> None:
+        self._sync_titles()
 
     # -- workers ------------------------------------------------------------------
 
@@ -569,7 +583,13 @@ class MainScreen(Screen[None]):
     def action_retry(self) -> None:
         from taskmon.tui.screens.confirm_retry import retry_attempt
 
-        retry_attempt(self, self.query_one(HistoryTable).selected_row())
+        history = self.query_one(HistoryTable)
+        if history.marked:
+            from taskmon.tui.screens.confirm_retry import retry_attempts
+
+            retry_attempts(self, list(history.marked.values()), on_sent=history.clear_marks)
+            return
+        retry_attempt(self, history.selected_row())
 
     @on(DataTable.RowSelected, "#history")
     def _history_row_selected(self, event: DataTable.RowSelected) -> None:
@@ -578,7 +598,19 @@ class MainScreen(Screen[None]):
         if row is not None:
             from taskmon.tui.screens.detail import DetailScreen
 
-            self.app.push_screen(DetailScreen(row, data=self.data, tz=self.clock().tzinfo))
+            self.app.push_screen(
+                DetailScreen(row, data=self.data, tz=self.clock().tzinfo, on_filter=self.apply_term)
+            )
+
+    def apply_term(self, term: str) -> None:
+        """Add one term (``param:user.id=42``) to the typed filter; see ViewState.with_term."""
+        try:
+            state = self.state.with_term(term, now=self.clock())
+        except FilterError as exc:
+            self.notify(str(exc), title="filter", severity="error")
+            return
+        self.query_one(HistoryTable).focus()
+        self.set_state(state)
 
     @on(DataTable.RowSelected, "#tasks")
     def _task_row_selected(self, event: DataTable.RowSelected) -> None:

@@ -12,6 +12,7 @@ from rich.style import Style
 from rich.text import Text
 from textual import events
 from textual.binding import Binding, BindingType
+from textual.message import Message
 from textual.widgets import DataTable
 
 from taskmon.domain.display import duration
@@ -19,7 +20,10 @@ from taskmon.service.rows import AttemptRow, retried_as, retry_of
 from taskmon.tui.format import clip, parse_timestamp, timestamp
 from taskmon.tui.widgets.status_styles import STATUS_CLASSES, styled_status
 
-__all__ = ["HistoryTable", "fit_widths"]
+__all__ = ["MARK", "HistoryTable", "fit_widths"]
+
+MARK = "*"
+"""A marked row's symbol, in a column of its own while any row is marked (no colour needed)."""
 
 TASK_MAX = 30
 """A task name keeps up to this many cells before the error gives way."""
@@ -93,9 +97,23 @@ class HistoryTable(DataTable[Text]):
     | g / G | First / last row of the page. |
     | pageup / pagedown | Scroll a screenful. |
     | n / p | Next / previous page (bound on the screen). |
+    | m | Mark / unmark the row (then `R` retries every marked one). |
+    | escape | Clear the marks. |
+
+    Marks are kept by attempt across pages and refreshes until cleared.
+    ``space`` stays the live feed's pause key (bound on the screen), so
+    marking is ``m``.
     """
 
+    @dataclass
+    class MarksChanged(Message):
+        """Rows were marked or unmarked; ``count`` are marked now."""
+
+        count: int
+
     BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("m", "toggle_mark", "Mark", tooltip="Mark / unmark the row for R (retry)"),
+        Binding("escape", "clear_marks", "Unmark", tooltip="Clear the marks"),
         Binding("j", "cursor_down", "Down", show=False),
         Binding("k", "cursor_up", "Up", show=False),
         Binding("g", "scroll_top", "Top", show=False),
@@ -114,6 +132,8 @@ class HistoryTable(DataTable[Text]):
         """Now: a page that is all from today shows times without the date."""
         self._rows: list[AttemptRow] = []
         self._widths: dict[str, int] = {}
+        self.marked: dict[str, AttemptRow] = {}
+        """The marked attempts by row key, in the order they were marked."""
 
     def on_mount(self) -> None:
         self._fill()
@@ -130,7 +150,44 @@ class HistoryTable(DataTable[Text]):
     def _available(self) -> int:
         # the vertical scrollbar's room is kept whether or not it shows, so that
         # rows arriving (and the scrollbar appearing) never push a column out
-        return self.content_region.width - self.styles.scrollbar_size_vertical
+        room = self.content_region.width - self.styles.scrollbar_size_vertical
+        return room - self._mark_room()
+
+    def _mark_room(self) -> int:
+        """The cells the mark column takes (none while nothing is marked)."""
+        return len(MARK) + 2 * self.cell_padding if self.marked else 0
+
+    # -- marks ----------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "clear_marks":
+            return bool(self.marked)  # without marks esc is not shown, and does nothing
+        return True
+
+    def action_toggle_mark(self) -> None:
+        """Mark the row under the cursor, or unmark it; then on to the next row."""
+        row = self.selected_row()
+        if row is None:
+            return
+        key = str(row["id"])
+        if self.marked.pop(key, None) is None:
+            self.marked[key] = row
+        self._marks_changed()
+        self.action_cursor_down()
+
+    def action_clear_marks(self) -> None:
+        self.clear_marks()
+
+    def clear_marks(self) -> None:
+        """Unmark every row."""
+        if self.marked:
+            self.marked.clear()
+            self._marks_changed()
+
+    def _marks_changed(self) -> None:
+        self._fill()
+        self.refresh_bindings()
+        self.post_message(self.MarksChanged(len(self.marked)))
 
     def _fit(self, cells: Sequence[Mapping[str, Text]]) -> dict[str, int]:
         natural = {
@@ -208,13 +265,18 @@ class HistoryTable(DataTable[Text]):
         self.clear(columns=True)
         self.rows_by_key = {}
         shown = [c for c in _COLUMNS if c.key in widths]
+        if self.marked:
+            self.add_column(Text(""), key="mark", width=len(MARK))
         for column in shown:
             label = Text(column.header, justify="right" if column.right else "left")
             self.add_column(label, key=column.key, width=widths[column.key])
         for row, cell in zip(self._rows, cells, strict=True):
             key = str(row["id"])
             self.rows_by_key[key] = row
-            self.add_row(*(_clipped(cell[c.key], widths[c.key]) for c in shown), key=key)
+            texts = [_clipped(cell[c.key], widths[c.key]) for c in shown]
+            if self.marked:
+                texts.insert(0, Text(MARK if key in self.marked else "", style="bold"))
+            self.add_row(*texts, key=key)
         if selected_key in self.rows_by_key:
             self.move_cursor(row=self.get_row_index(selected_key), animate=False, scroll=False)
 
