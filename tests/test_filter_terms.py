@@ -16,7 +16,7 @@ from helpers import unconfigured_env
 from taskmon.domain.filters import FilterError, TaskFilter, parse, term_for, term_values
 from taskmon.domain.params import REDACTED, ParamsPolicy
 from taskmon.service.reader import Reader
-from taskmon.store import maintenance, partitions
+from taskmon.store import history, maintenance, partitions
 from taskmon.store.filter_sql import filter_sql
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -200,6 +200,38 @@ async def test_the_term_indexes_serve_the_terms(dsn: str, db: asyncpg.Connection
     where = filter_sql(parse("param:user.id=42"), args)
     found = await db.fetch(f"SELECT task_id FROM task_execution_logs WHERE {where}", *args)
     assert {r["task_id"] for r in found} == {"a", "b"}
+
+
+@pytest.mark.parametrize("query", ["param:tenant=acme", "label:tenant=acme", "queue:emails"])
+async def test_pages_by_a_term_walk_back_past_the_newest_day_and_week(
+    db: asyncpg.Connection[Any], query: str
+) -> None:
+    # given matching attempts today, three days ago and twenty days ago, with
+    # others between them (pages look in the newest day, then week, then all)
+    now = datetime.now(UTC)
+    await partitions.ensure(db, since=now - timedelta(days=21))
+    ages = [timedelta(hours=h) for h in (1, 2)] + [timedelta(days=3, hours=h) for h in (1, 2, 3)]
+    ages += [timedelta(days=20, hours=h) for h in (1, 2)]
+    for i, age in enumerate(ages):
+        for task, tenant, queue in ((f"m{i}", "acme", "emails"), (f"o{i}", "globex", "billing")):
+            await db.execute(
+                "INSERT INTO task_execution_logs (task_id, attempt, task_name, status, queue,"
+                " params, labels, created_at) VALUES ($1, 0, 'tests:call', 'success', $2, $3,"
+                " $4, $5)",
+                task, queue, {"args": [], "kwargs": {"tenant": tenant}}, {"tenant": tenant},
+                now - age,
+            )  # fmt: skip
+    # when the history is read by the term, two rows a page
+    seen: list[str] = []
+    cursor: str | None = None
+    while True:
+        page = await history.fetch_history(db, parse(query), limit=2, after=cursor)
+        seen += [r["task_id"] for r in page.rows]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    # then every match comes, once, newest first, and nothing else
+    assert seen == [f"m{i}" for i in range(len(ages))]
 
 
 def test_the_writer_and_the_dict_form_of_an_event_have_the_same_keys() -> None:

@@ -122,7 +122,10 @@ def filter_sql(
     if flt.attempt is not None:
         op, count = flt.attempt  # one of the comparison operators, checked on construction
         clauses.append(f"{col('attempt')} {op} {arg(count)}")
-    if flt.queues:
+    if len(flt.queues) == 1:
+        # an equality, so the (queue, created_at, id) index reads a page in order
+        clauses.append(f"{col('queue')} = {arg(flt.queues[0])}")
+    elif flt.queues:
         clauses.append(f"{col('queue')} = ANY({arg(list(flt.queues))}::text[])")
     for name, value in flt.params:
         clauses.append(_json_term(col("params"), ("kwargs", *name.split(".")), value, arg))

@@ -109,13 +109,19 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
 # after one page. Each branch costs some 0.1-0.3 ms to plan and start, so
 # beyond this many the task names are one `= ANY` condition in each status branch.
 _MAX_BRANCHES = 12
-# A branched page (status or task filters) is looked for in the newest day
-# first, then the newest week, then everywhere (None): the first window that
+# A page filtered by an indexed term (status, task, queue, param, label) is
+# looked for in the newest day first, then the newest week, then everywhere
+# (None): the first window that
 # yields a whole page holds exactly the page, since every row older than the
 # window ranks below it. On a partitioned table a window spans a few
 # partitions, and planning the branches over every partition (10 ms at 35
 # day partitions) was most of a page's time.
 _WINDOWS: tuple[timedelta | None, ...] = (timedelta(days=1), timedelta(days=7), None)
+# A queue, param or label term alone: the newest day, then everywhere. A common
+# value fills its page from the newest partition; a rare one (a user id, an
+# order id) is answered by its index over all of them, and a week's window
+# between the two would only be a third statement for it (bench/search_terms.py).
+_TERM_WINDOWS: tuple[timedelta | None, ...] = (timedelta(days=1), None)
 # When a 'running' row started before this, it counts as lost ($1 is lost_after_s in
 # every history statement).
 _CUTOFF = lost_cutoff_sql("$1::double precision")
@@ -171,11 +177,10 @@ def _history_sql(
         return f"${len(params)}"
 
     if not flt.statuses and names is None:  # the created_at index alone
-        assert not window, "only the branched statement is narrowed by windows"
         cond = filter_sql(
             flt, params, lost_after_s=lost_after_s, alias="r", word_task_names=word_names
         )
-        where = " AND ".join((cond, *keyset))
+        where = " AND ".join((cond, *keyset, *window))
         return (
             f"SELECT {_COLUMNS} FROM task_execution_logs r WHERE {where} "
             f"ORDER BY r.created_at DESC, r.id DESC LIMIT {arg(limit)}"
@@ -250,6 +255,8 @@ async def fetch_history(
     windows: tuple[timedelta | None, ...] = (None,)
     if flt.statuses or names is not None:
         windows = _WINDOWS
+    elif flt.queues or flt.params or flt.labels:
+        windows = _TERM_WINDOWS
     base = created_at if after is not None else datetime.now(UTC)
     if flt.until is not None:
         base = min(base, flt.until)
