@@ -212,6 +212,14 @@ async def test_bulk_dry_run_sends_nothing_and_the_real_run_sends_each_task_once(
     by_original = {m["labels"]["taskmon_retry_of"]: m for m in messages}
     assert by_original[failed[2].task_id]["kwargs"] == {"marker": "m2", "size": 2}
 
+    # and a param term narrows a bulk retry to the tasks called with that value
+    out = await retry_cli(
+        env, "--query", "status:failed param:marker=m1", "--dry-run", "--broker", BROKER
+    )
+    assert out.returncode == 0, out.stderr
+    chosen = [line for line in out.stdout.splitlines() if line.startswith("would send")]
+    assert len(chosen) == 1 and failed[1].task_id in chosen[0], out.stdout
+
 
 async def test_redacted_or_truncated_params_are_refused_and_nothing_is_sent(
     dsn: str, env: dict[str, str], queue: redis.Redis
