@@ -30,10 +30,10 @@ import asyncpg
 from taskmon.domain.filters import TaskFilter
 from taskmon.domain.statuses import DEFAULT_LOST_AFTER_S
 from taskmon.store.filter_sql import filter_sql, resolve_task_names, resolve_word_task_names
+from taskmon.store.histogram import unpack
 from taskmon.store.metrics import METRICS as HIST_METRICS
 from taskmon.store.stats import (
     _quantiles,  # the histogram codec of the stats queries: one home for the lane layout
-    _unpack,
     ceil_bucket,
     floor_bucket,
     needs_raw,
@@ -168,7 +168,7 @@ async def percentile(
     packed = await conn.fetchval(sql, *params)
     if packed is None:
         return Measurement(None, 0)
-    lanes = _unpack(packed)
+    lanes = unpack(packed)
     total = sum(lanes)
     (found,) = _quantiles(lanes, (q,))
     return Measurement(found, total)

@@ -39,6 +39,7 @@ from typing import Any
 import asyncpg
 
 from taskmon.domain.statuses import DEFAULT_LOST_AFTER_S
+from taskmon.store.histogram import unpack
 from taskmon.store.schema import lost_cutoff_sql
 from taskmon.store.workers import QueueRow, fetch_queues, fetch_workers
 
@@ -55,12 +56,6 @@ __all__ = [
 
 METRICS: tuple[str, ...] = ("duration", "queue_wait")
 """The histogram metrics of the rollups, by their number there (0, 1)."""
-
-# The packing of task_hist_* (see taskmon_hist_unit in sql/0002_rollups.sql):
-# lane k holds its count at 10^(12 * k); lane 0 is values <= 0, lanes 1..700
-# bins -179..520, values beyond them counted in the end lanes.
-_LANE_DIGITS = 12
-_LANES = 701
 
 # Rows are tagged by `kind`:
 #   c  per (task, status): attempts, duration and queue-wait sums and counts
@@ -147,12 +142,12 @@ def _add_rollup_row(
         )
     else:
         key_h = (row["task_name"], row["metric"])
-        lanes = _unpack(row["h"])
+        lanes = unpack(row["h"])
         before = histograms.get(key_h)
         if before is None:
             histograms[key_h] = lanes
         else:
-            # lanes of a day-old sum and of today's: as long as each other (all _LANES)
+            # lanes of a day-old sum and of today's: as long as each other (all LANES)
             histograms[key_h] = [a + b for a, b in zip(before, lanes, strict=True)]
 
 
@@ -207,24 +202,6 @@ class MetricsSnapshot:
     """Worker processes per state (alive, stale, stopped), from their heartbeats."""
     queues: list[QueueRow] = field(default_factory=list)
     """Each queue sampled in the last 5 minutes: its latest depth and oldest wait."""
-
-
-def _unpack(packed: str) -> list[int]:
-    """The counts per lane (lane 0 first, all _LANES) of a packed histogram (numeric as text).
-
-    Sliced as text: the numeric has up to 8 412 digits, beyond what ``int()``
-    converts from a string by default.
-    """
-    digits = packed.partition(".")[0].lstrip("+")
-    if not digits or digits.startswith("-"):  # only if the rollups were edited by hand
-        return [0] * _LANES
-    digits = "0" * (-len(digits) % _LANE_DIGITS) + digits
-    lanes = [int(digits[i : i + _LANE_DIGITS]) for i in range(0, len(digits), _LANE_DIGITS)]
-    lanes.reverse()
-    if len(lanes) > _LANES:
-        lanes[_LANES - 1] += sum(lanes[_LANES:])
-        del lanes[_LANES:]
-    return lanes + [0] * (_LANES - len(lanes))
 
 
 async def fetch_metrics(

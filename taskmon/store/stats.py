@@ -28,6 +28,15 @@ import asyncpg
 
 from taskmon.domain.filters import TaskFilter
 from taskmon.store.filter_sql import filter_sql, resolve_task_names, resolved_filter_sql
+from taskmon.store.histogram import (
+    LANE_SQL,
+    LANES,
+    RELATIVE_ERROR,
+    bin_of,
+    bin_value,
+    lane_bin,
+    unpack,
+)
 from taskmon.store.schema import DEFAULT_LOST_AFTER_S, TERMINAL, lost_cutoff_sql
 
 __all__ = [
@@ -40,36 +49,11 @@ __all__ = [
     "fetch_stats",
 ]
 
-RELATIVE_ERROR = 0.02
-"""The histograms' bound: a reported percentile is within 2 % of the value of that rank."""
-_GAMMA = (1 + RELATIVE_ERROR) / (1 - RELATIVE_ERROR)
-_ZERO_BIN = -32768
 _ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)  # the rollups' date_bin origin
 _MINUTE = timedelta(minutes=1)
 _FIVE_MINUTES = timedelta(minutes=5)
 _HOUR = timedelta(hours=1)
 _MAX_ERROR_GROUPS = 20
-
-
-# ---------------------------------------------------------------------------
-# histogram bins (the same arithmetic as taskmon_bin()/taskmon_bin_value() in SQL)
-# ---------------------------------------------------------------------------
-
-
-def bin_of(value: float) -> int | None:
-    """The histogram bin of `value` (None for NaN and infinities)."""
-    if not math.isfinite(value):
-        return None
-    if value <= 0:
-        return _ZERO_BIN
-    return math.ceil(math.log(value) / math.log(_GAMMA))
-
-
-def bin_value(index: int) -> float:
-    """The value reported for bin `index`: within RELATIVE_ERROR of anything in it."""
-    if index == _ZERO_BIN:
-        return 0.0
-    return 2 * _GAMMA**index / (_GAMMA + 1)
 
 
 def _quantiles(lanes: Sequence[int], qs: Sequence[float]) -> list[float | None]:
@@ -86,7 +70,7 @@ def _quantiles(lanes: Sequence[int], qs: Sequence[float]) -> list[float | None]:
 
     def value_at(rank: int) -> float:
         # the first lane whose cumulative count passes `rank` holds the value of that rank
-        return bin_value(_lane_bin(bisect_right(cumulative, rank)))
+        return bin_value(lane_bin(bisect_right(cumulative, rank)))
 
     out: list[float | None] = []
     for q in qs:
@@ -239,41 +223,6 @@ def _split(
         else:
             levels.append((none, none))
     return levels, ((since, bounds[0][0]), (bounds[0][1], until))
-
-
-_LANE_DIGITS = 12
-_LANE_MIN_BIN, _LANE_MAX_BIN, _LANE_OFFSET = -179, 520, 180
-_LANES = _LANE_MAX_BIN + _LANE_OFFSET + 1
-# The lane of a packed histogram that keeps bin {0} (bins beyond its lanes go to the end ones)
-_LANE_SQL = (
-    f"CASE WHEN {{0}} = {_ZERO_BIN} THEN 0 "
-    f"ELSE least(greatest({{0}}, {_LANE_MIN_BIN}), {_LANE_MAX_BIN}) + {_LANE_OFFSET} END"
-)
-
-
-def _lane_bin(lane: int) -> int:
-    return _ZERO_BIN if lane == 0 else lane - _LANE_OFFSET
-
-
-def _unpack(packed: str) -> list[int]:
-    """The counts per lane (lane 0 first, all :data:`_LANES` of them) of a packed histogram.
-
-    See taskmon_hist_unit in SQL. A histogram arrives as text of up to 8 400
-    digits, some 400 lanes for a typical task: this runs for every task and
-    metric of every call, so it stays a slice and an ``int`` per lane.
-    """
-    digits = packed.partition(".")[0].lstrip("+")
-    if digits.startswith("-"):  # cannot happen unless the rollups were edited by hand
-        return [0] * _LANES
-    digits = "0" * (-len(digits) % _LANE_DIGITS) + digits
-    lanes = list(
-        map(int, [digits[i : i + _LANE_DIGITS] for i in range(0, len(digits), _LANE_DIGITS)])
-    )
-    lanes.reverse()
-    if len(lanes) > _LANES:  # likewise: lanes end at _LANES
-        lanes[_LANES - 1] += sum(lanes[_LANES:])
-        del lanes[_LANES:]
-    return lanes + [0] * (_LANES - len(lanes))
 
 
 # One statement answers a whole fetch_stats call: one round trip, one snapshot (so
@@ -527,8 +476,8 @@ def _stats_sql(
         hist_rollups=hist_rollups,
         max_errors=_MAX_ERROR_GROUPS,
         error_groups=error_groups,
-        lane_of_dur=_LANE_SQL.format("dur_bin"),
-        lane_of_qw=_LANE_SQL.format("qw_bin"),
+        lane_of_dur=LANE_SQL.format("dur_bin"),
+        lane_of_qw=LANE_SQL.format("qw_bin"),
         step=q.arg(step, "::interval"),
         live_where=live_where,
         counts_select=_COUNTS_SELECT,
@@ -686,12 +635,12 @@ def _assemble(
             series[row["ts"]] = int(row["n"])
         elif kind == "h":
             key = (row["name"], row["metric"])
-            lanes = _unpack(row["h"])
+            lanes = unpack(row["h"])
             hists[key] = list(map(operator.add, hists[key], lanes)) if key in hists else lanes
         elif kind == "b":
             key = (row["name"], row["metric"])
             if key not in hists:
-                hists[key] = [0] * _LANES
+                hists[key] = [0] * LANES
             hist = hists[key]
             for lane, count in zip(row["lanes"], row["counts"], strict=True):
                 hist[lane] += count
@@ -707,7 +656,7 @@ def _assemble(
                 t = per_task.setdefault(row["name"], _task_totals())
                 t["lost"] += n
 
-    all_durations = [0] * _LANES
+    all_durations = [0] * LANES
     for (_, metric), lanes in hists.items():
         if metric == 0:
             all_durations = list(map(operator.add, all_durations, lanes))
