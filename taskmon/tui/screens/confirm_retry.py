@@ -47,20 +47,14 @@ HOW_TO_ENABLE = (
 )
 
 
-class ConfirmRetryScreen(ModalScreen[bool]):
-    """Asks whether to send one planned retry; dismissed with True to send it.
-
-    | Key | Description |
-    | :- | :- |
-    | y | Send it. |
-    | n, escape | Cancel: nothing is sent. |
-    """
+class RetryQuestion(ModalScreen[bool]):
+    """The dialog both retry questions share: its frame, and `y`/`n`/`esc`."""
 
     DEFAULT_CSS = """
-    ConfirmRetryScreen {
+    RetryQuestion {
         align: center middle;
     }
-    ConfirmRetryScreen > Vertical {
+    RetryQuestion > Vertical {
         width: 76;
         max-width: 100%;
         height: auto;
@@ -69,7 +63,7 @@ class ConfirmRetryScreen(ModalScreen[bool]):
         padding: 0 1;
         background: $surface;
     }
-    ConfirmRetryScreen #retry-keys {
+    RetryQuestion #retry-keys {
         margin-top: 1;
     }
     """
@@ -79,6 +73,19 @@ class ConfirmRetryScreen(ModalScreen[bool]):
         Binding("n", "answer(False)", "Cancel"),
         Binding("escape", "answer(False)", "Cancel", show=False),
     ]
+
+    def action_answer(self, send: bool) -> None:
+        self.dismiss(send)
+
+
+class ConfirmRetryScreen(RetryQuestion):
+    """Asks whether to send one planned retry; dismissed with True to send it.
+
+    | Key | Description |
+    | :- | :- |
+    | y | Send it. |
+    | n, escape | Cancel: nothing is sent. |
+    """
 
     def __init__(self, plan: RetryPlan, broker_spec: str) -> None:
         super().__init__()
@@ -109,9 +116,6 @@ class ConfirmRetryScreen(ModalScreen[bool]):
             table.add_row("note", f"already retried as {', '.join(plan.retried_as)}")
         table.add_row("sent as", "a new task, labelled taskmon_retry_of")
         return table
-
-    def action_answer(self, send: bool) -> None:
-        self.dismiss(send)
 
 
 def retry_attempt(screen: Screen[Any], row: AttemptRow | None) -> None:
@@ -169,7 +173,7 @@ async def _plan_ask_send(screen: Screen[Any], retrier: Retrier, task_id: str, at
     screen.notify(f"sent {plan.task_name} {task_id} again as {new_id}", title="retry sent")
 
 
-class ConfirmRetryManyScreen(ModalScreen[bool]):
+class ConfirmRetryManyScreen(RetryQuestion):
     """Asks once whether to send every planned retry of the marked rows; True sends them.
 
     It says how many and names each task; those that cannot be sent are
@@ -182,32 +186,13 @@ class ConfirmRetryManyScreen(ModalScreen[bool]):
     """
 
     DEFAULT_CSS = """
-    ConfirmRetryManyScreen {
-        align: center middle;
-    }
-    ConfirmRetryManyScreen > Vertical {
-        width: 76;
-        max-width: 100%;
-        height: auto;
-        max-height: 100%;
-        border: thick $warning;
-        padding: 0 1;
-        background: $surface;
-    }
     ConfirmRetryManyScreen #retry-list {
         height: auto;
         max-height: 14;
     }
-    ConfirmRetryManyScreen #retry-keys {
-        margin-top: 1;
-    }
     """
 
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("y", "answer(True)", "Send all"),
-        Binding("n", "answer(False)", "Cancel"),
-        Binding("escape", "answer(False)", "Cancel", show=False),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("y", "answer(True)", "Send all")]
 
     def __init__(
         self,
@@ -262,9 +247,6 @@ class ConfirmRetryManyScreen(ModalScreen[bool]):
                 refused.add_row(task, f"{task_id}: {why}")
             parts.append(refused)
         return Group(*parts)
-
-    def action_answer(self, send: bool) -> None:
-        self.dismiss(send)
 
 
 def retry_attempts(
