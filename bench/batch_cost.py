@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import time
 import uuid
@@ -27,6 +26,7 @@ from typing import Any
 
 import orjson
 import psutil
+from common import SERVER_DSN, interleaved, scratch_database, spread
 
 from taskmon.bus.postgres import PgNotifyPublisher
 from taskmon.domain.events import AttemptRecord, Status
@@ -34,24 +34,9 @@ from taskmon.domain.params import CallSpec, ParamsPolicy, capture_call
 from taskmon.store import ingest
 from taskmon.store.db import connect
 from taskmon.worker.encode import prepare, row_of
-from taskmon.worker.recorder import Recorder
 
 DB = "taskmon_bench_batch"
 PAYLOAD = {"user": "alice", "password": "x", "body": "y" * 200}
-
-
-async def _reset(server_dsn: str) -> str:
-    conn = await connect(server_dsn)
-    try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-        await conn.execute(f"CREATE DATABASE {DB}")
-    finally:
-        await conn.close()
-    dsn = server_dsn.rsplit("/", 1)[0] + "/" + DB
-    recorder = Recorder(dsn)  # migrate once, outside the measured runs
-    await recorder.start(wait_connected=30)
-    await recorder.stop()
-    return dsn
 
 
 def _rows(tag: str, size: int, policy: ParamsPolicy) -> list[tuple[object, ...]]:
@@ -109,7 +94,7 @@ async def run(dsn: str, sizes: list[int], batches: int, repeat: int, split: bool
             backend: dict[str, list[float]] = {kind: [] for kind in kinds}
             for _ in range(repeat):
                 # A-B-C-C-B-A: a slow spell of this shared machine hits each alike
-                for kind in kinds + kinds[::-1]:
+                for kind in interleaved(kinds):
                     work = [_rows(uuid.uuid4().hex, size, policy) for _ in range(batches)]
                     replica = kind == "no triggers"
                     if replica:
@@ -122,11 +107,10 @@ async def run(dsn: str, sizes: list[int], batches: int, repeat: int, split: bool
                     if replica:
                         await conn.execute("RESET session_replication_role")
             for kind in kinds:
-                c, s = statistics.median(client[kind]), statistics.median(backend[kind])
+                s = statistics.median(backend[kind])
                 print(
-                    f"{size:>10} {kind:12} {c:>9.2f} ({min(client[kind]):.2f}-"
-                    f"{max(client[kind]):.2f}) {s:>9.2f} ({min(backend[kind]):.2f}-"
-                    f"{max(backend[kind]):.2f}) {s / size * 1e3:>14.1f}"
+                    f"{size:>10} {kind:12} {spread(client[kind], '>9.2f')} "
+                    f"{spread(backend[kind], '>9.2f')} {s / size * 1e3:>14.1f}"
                 )
     finally:
         await conn.close()
@@ -137,15 +121,13 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[33, 500])
     parser.add_argument("--batches", type=int, default=60)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument(
-        "--dsn",
-        default=os.environ.get("TASKMON_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"),
-    )
+    parser.add_argument("--dsn", default=SERVER_DSN, help="the server (TASKMON_BENCH_DSN)")
     parser.add_argument(
         "--split", action="store_true", help="also without the rollup triggers, without NOTIFY"
     )
     args = parser.parse_args()
-    dsn = asyncio.run(_reset(args.dsn))
+    # migrated once, outside the measured runs
+    dsn = asyncio.run(scratch_database(DB, server=args.dsn))
     asyncio.run(run(dsn, args.sizes, args.batches, args.repeat, args.split))
 
 

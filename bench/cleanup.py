@@ -1,9 +1,9 @@
 """Benchmark of `taskmon cleanup` on a large table while a writer keeps inserting (run by hand).
 
-    PYTHONPATH=. python bench/cleanup.py --rows 10000000 --expired 1000000 \\
-        --dsn postgresql://postgres@127.0.0.1:5432/postgres
+    PYTHONPATH=. python bench/cleanup.py --rows 10000000 --expired 1000000
 
-Creates (or reuses) database ``taskmon_bench_cleanup`` on that server, seeds
+Creates (or reuses) database ``taskmon_bench_cleanup`` on the server
+(``--dsn``, default ``TASKMON_BENCH_DSN``), seeds
 ``--rows`` attempts of which ``--expired`` are older than 30 days (the rest
 spread over the last 30 days), all in ``created_at`` order as a live table
 would be. Seeding skips the rollup triggers (``session_replication_role``):
@@ -29,9 +29,9 @@ import statistics
 import time
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+from common import SERVER_DSN, with_database
 
 from taskmon.store import migrations, partitions
 from taskmon.store.db import connect
@@ -71,10 +71,6 @@ INSERT INTO task_execution_logs (task_id, attempt, task_name, status, worker, du
 SELECT t, 0, 'app.tasks:live', 'success', 'bench-writer:1', 5, now(), now(), now()
 FROM unnest($1::text[]) AS t
 """
-
-
-def _with_database(dsn: str, database: str) -> str:
-    return urlunsplit(urlsplit(dsn)._replace(path=f"/{database}"))
 
 
 async def _seed_range(
@@ -261,7 +257,7 @@ async def bench(dsn: str, batch_size: int, strategy: str, archive_path: str | No
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--dsn", default=SERVER_DSN, help="the server (TASKMON_BENCH_DSN)")
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--expired", type=int, default=1_000_000)
     parser.add_argument("--batch-size", type=int, default=retention.DEFAULT_BATCH_SIZE)
@@ -276,7 +272,7 @@ async def main() -> None:
             await admin.execute(f'CREATE DATABASE "{DATABASE}"')
     finally:
         await admin.close()
-    dsn = _with_database(args.dsn, DATABASE)
+    dsn = with_database(args.dsn, DATABASE)
     await seed(dsn, args.rows, args.expired)
     await bench(dsn, args.batch_size, args.strategy, args.archive)
 

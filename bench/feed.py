@@ -39,10 +39,9 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import REDIS_URL, ROOT, child_env, scratch_database
 
 DEFAULT_RUNS = "100x1,1000x1,5000x1,1000x10,1000x50,5000x10"
 WORKER = """
@@ -182,9 +181,8 @@ async def start_hub(dsn: str, redis_url: str | None) -> tuple[asyncio.subprocess
     args = ["-m", "taskmon", "serve", "--port", "0", "--dsn", dsn]
     if redis_url:
         args += ["--redis-url", redis_url]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKMON_")}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, *args, cwd=ROOT, stderr=subprocess.PIPE, env=env
+        sys.executable, *args, cwd=ROOT, stderr=subprocess.PIPE, env=child_env()
     )
     assert proc.stderr is not None
     while True:
@@ -288,39 +286,18 @@ async def run_one(
     )
 
 
-async def fresh_database(server_dsn: str) -> str:
-    from taskmon.store import migrations
-    from taskmon.store.db import connect
-
-    name = "taskmon_bench_feed"
-    admin = await connect(server_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    dsn = urlunsplit(urlsplit(server_dsn)._replace(path=f"/{name}"))
-    conn = await connect(dsn)
-    try:
-        await migrations.upgrade(conn)
-    finally:
-        await conn.close()
-    return dsn
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bus", choices=["postgres", "redis", "both"], default="both")
     parser.add_argument("--runs", default=DEFAULT_RUNS, help="RATExSUBSCRIBERS,... (events/s)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per run")
     args = parser.parse_args()
-    server = os.environ.get("TASKMON_BENCH_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-    redis_url = os.environ.get("TASKMON_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+    redis_url = REDIS_URL
     runs = [tuple(int(x) for x in r.split("x")) for r in args.runs.split(",")]
     buses = ["postgres", "redis"] if args.bus == "both" else [args.bus]
     print(f"{os.cpu_count()} CPUs; writer flush interval 0.1 s; {args.duration:g} s per run")
     for bus in buses:
-        dsn = await fresh_database(server)
+        dsn = await scratch_database("taskmon_bench_feed")
         redis = redis_url if bus == "redis" else None
         if redis:
             import redis as redis_lib

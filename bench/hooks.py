@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from common import callgrind_total, child_env, spread
 from taskiq import InMemoryBroker, TaskiqMessage, TaskiqResult
 from taskiq.utils import maybe_awaitable
 
@@ -104,22 +102,12 @@ run(int(sys.argv[1]), sys.argv[2] == "fail", int(sys.argv[3]))
 
 def _instructions(n: int, fail: bool, built: int) -> int:
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "callgrind.out"
         here = str(Path(__file__).resolve().parent)
-        proc = subprocess.run(
-            [
-                "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                sys.executable, "-c", CHILD.format(here=here),
-                str(n), "fail" if fail else "ok", str(built),
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )  # fmt: skip
-        found = re.search(r"Collected : (\d+)", proc.stderr)
-        if proc.returncode != 0 or found is None:
-            raise RuntimeError(proc.stderr[-2000:])
-        return int(found.group(1))
+        cmd = [
+            sys.executable, "-c", CHILD.format(here=here),
+            str(n), "fail" if fail else "ok", str(built),
+        ]  # fmt: skip
+        return callgrind_total(cmd, child_env(), Path(tmp) / "callgrind.out")
 
 
 def main() -> None:
@@ -148,9 +136,8 @@ def main() -> None:
     run(args.tasks // 4, args.fail)  # warm-up
     per_task = [run(args.tasks, args.fail) * 1e6 / args.tasks for _ in range(args.runs)]
     print(
-        f"hooks, {path} task, µs CPU per task over {args.runs} runs of {args.tasks}: "
-        f"median {statistics.median(per_task):.2f} "
-        f"(min {min(per_task):.2f}, max {max(per_task):.2f})"
+        f"hooks, {path} task, µs CPU per task over {args.runs} runs of {args.tasks}, "
+        f"median (min-max): {spread(per_task, '.2f')}"
     )
 
 

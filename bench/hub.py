@@ -39,7 +39,6 @@ import contextlib
 import json
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tarfile
@@ -49,9 +48,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import REDIS_URL, ROOT, child_env, scratch_database, spread
 
 DEFAULT_RUNS = "1000x50,5000x10"
 # latencies are counted in 1 ms buckets up to this many ms (the last bucket holds the rest)
@@ -365,8 +364,7 @@ async def start_hub(tree: Path, dsn: str, redis_url: str | None) -> tuple[Any, s
     args = ["-m", "taskmon", "serve", "--port", "0", "--dsn", dsn]
     if redis_url:
         args += ["--redis-url", redis_url]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKMON_")}
-    env["PYTHONPATH"] = str(tree)  # before the editable install of this checkout
+    env = child_env(PYTHONPATH=str(tree))  # before the editable install of this checkout
     proc = await asyncio.create_subprocess_exec(
         sys.executable, *args, cwd=tree, stderr=subprocess.PIPE, env=env
     )
@@ -498,26 +496,6 @@ async def run_one(
     )
 
 
-async def fresh_database(server_dsn: str) -> str:
-    from taskmon.store import migrations
-    from taskmon.store.db import connect
-
-    name = "taskmon_bench_hub"
-    admin = await connect(server_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    dsn = urlunsplit(urlsplit(server_dsn)._replace(path=f"/{name}"))
-    conn = await connect(dsn)
-    try:
-        await migrations.upgrade(conn)
-    finally:
-        await conn.close()
-    return dsn
-
-
 def export_revision(rev: str, into: Path) -> Path:
     """The tree of `rev` (a commit, branch or tag of this repository) under `into`."""
     archive = subprocess.run(
@@ -538,11 +516,6 @@ def summary(results: list[Result]) -> list[str]:
         groups.setdefault((r.bus, r.hub, r.rate, r.subscribers), []).append(r)
     lines = []
     for (bus, hub, rate, subscribers), rs in groups.items():
-
-        def spread(values: list[float], fmt: str) -> str:
-            mid = statistics.median(values)
-            return f"{mid:{fmt}} [{min(values):{fmt}}-{max(values):{fmt}}]"
-
         lines.append(
             f"{bus:8} {hub:10} {rate:>5}/s x{subscribers:<3} n={len(rs)}  "
             f"p50 {spread([r.percentiles['p50'] for r in rs], '.0f')} ms  "
@@ -555,8 +528,7 @@ def summary(results: list[Result]) -> list[str]:
 
 
 async def main(args: argparse.Namespace) -> None:
-    server = os.environ.get("TASKMON_BENCH_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-    redis_url = os.environ.get("TASKMON_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+    redis_url = REDIS_URL
     runs = [tuple(int(x) for x in r.split("x")) for r in args.runs.split(",")]
     buses = ["postgres", "redis"] if args.bus == "both" else [args.bus]
     with tempfile.TemporaryDirectory(prefix="taskmon-bench-hub-") as tmp:
@@ -571,7 +543,7 @@ async def main(args: argparse.Namespace) -> None:
         )
         results: list[Result] = []
         for bus in buses:
-            dsn = await fresh_database(server)
+            dsn = await scratch_database("taskmon_bench_hub")
             redis = redis_url if bus == "redis" else None
             for rate, subscribers in runs:
                 for _ in range(args.repeat):
@@ -594,7 +566,7 @@ async def main(args: argparse.Namespace) -> None:
                         )
                         results.append(result)
                         print(result.line(), flush=True)
-        print("\nmedian [min-max] over runs:")
+        print("\nmedian (min-max) over runs:")
         for line in summary(results):
             print(line)
 

@@ -23,13 +23,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
-import os
-import statistics
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+from common import REDIS_URL, SERVER_DSN, interleaved, scratch_database, spread
 
 from taskmon.bus import Publisher
 from taskmon.domain.events import AttemptRecord, Status
@@ -175,13 +175,7 @@ async def _count(dsn: str) -> tuple[int, int]:
 
 
 async def _reset(server_dsn: str, layout: str = "partitioned") -> str:
-    conn = await connect(server_dsn)
-    try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-        await conn.execute(f"CREATE DATABASE {DB}")
-    finally:
-        await conn.close()
-    dsn = server_dsn.rsplit("/", 1)[0] + "/" + DB
+    dsn = await scratch_database(DB, migrate=False, server=server_dsn)
     # migrate once, outside the measured runs
     conn = await connect(dsn)
     try:
@@ -208,13 +202,8 @@ def main() -> None:
         help="the table partitioned by day (today's schema) and/or plain, as before "
         "partitioning; with both, runs alternate plain, partitioned, partitioned, plain",
     )
-    parser.add_argument(
-        "--dsn",
-        default=os.environ.get("TASKMON_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"),
-    )
-    parser.add_argument(
-        "--redis-url", default=os.environ.get("TASKMON_REDIS_URL", "redis://127.0.0.1:6379/8")
-    )
+    parser.add_argument("--dsn", default=SERVER_DSN, help="the server (TASKMON_BENCH_DSN)")
+    parser.add_argument("--redis-url", default=REDIS_URL, help="(TASKMON_BENCH_REDIS_URL)")
     args = parser.parse_args()
 
     print(f"{args.attempts} attempts per run (running, then finished), events on")
@@ -228,7 +217,7 @@ def main() -> None:
             cpus: dict[str, list[float]] = {layout: [] for layout in args.layout}
             lost = dict.fromkeys(args.layout, 0)
             # interleaved A-B-B-A: a slow spell of this shared machine hits both alike
-            order = [*args.layout, *reversed(args.layout)]
+            order = interleaved(args.layout)
             for _ in range(args.repeat):
                 for layout in order if len(args.layout) > 1 else [args.layout[0]]:
                     dsn = asyncio.run(_reset(args.dsn, layout))
@@ -242,9 +231,7 @@ def main() -> None:
                 rs, cs = rates[layout], cpus[layout]
                 print(
                     f"{bus:9} {processes:>5} {layout:>11} "
-                    f"{statistics.median(rs):>12,.0f} ({min(rs):,.0f}-{max(rs):,.0f})"
-                    f"{'':>4}"
-                    f"{statistics.median(cs):>12.1f} ({min(cs):.1f}-{max(cs):.1f})"
+                    f"{spread(rs, '>12,.0f')}{'':>4}{spread(cs, '>12.1f')}"
                     f"{lost[layout]:>6}"
                 )
 

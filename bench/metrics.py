@@ -1,9 +1,9 @@
 """What one `/metrics` database read costs on large rollups (run by hand).
 
-    PYTHONPATH=. python bench/metrics.py --tasks 50 --days 400 \\
-        --dsn postgresql://postgres@127.0.0.1:5432/postgres
+    PYTHONPATH=. python bench/metrics.py --tasks 50 --days 400
 
-Creates (or reuses) database ``taskmon_bench_metrics`` and fills the rollups
+Creates (or reuses) database ``taskmon_bench_metrics`` on the server (``--dsn``,
+default ``TASKMON_BENCH_DSN``) and fills the rollups
 as `--days` of activity of `--tasks` tasks would, every hour of every day, in
 every finished status (the worst case: a real installation has hours without
 attempts, and those have no rows): ``task_rollup_hour`` gets tasks x 4 x 24 x
@@ -23,7 +23,8 @@ import asyncio
 import statistics
 import time
 from datetime import UTC, datetime
-from urllib.parse import urlsplit, urlunsplit
+
+from common import SERVER_DSN, with_database
 
 from taskmon.server.exporter import BOUNDS_S, SETTLED_TTL_S
 from taskmon.store import migrations
@@ -58,13 +59,9 @@ ON CONFLICT DO NOTHING
 """
 
 
-def _with_database(dsn: str, name: str) -> str:
-    return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dsn", required=True)
+    parser.add_argument("--dsn", default=SERVER_DSN, help="the server (TASKMON_BENCH_DSN)")
     parser.add_argument("--tasks", type=int, default=50)
     parser.add_argument("--days", type=int, default=400)
     parser.add_argument("--repeat", type=int, default=10)
@@ -75,7 +72,7 @@ async def main() -> None:
     if not exists:
         await admin.execute(f'CREATE DATABASE "{DATABASE}"')
     await admin.close()
-    conn = await connect(_with_database(args.dsn, DATABASE))
+    conn = await connect(with_database(args.dsn, DATABASE))
     await migrations.upgrade(conn)
     started = time.perf_counter()
     await conn.execute(_FILL_HOURS, args.days, args.tasks)

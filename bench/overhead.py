@@ -35,7 +35,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,9 +44,17 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from common import (
+    REDIS_URL,
+    ROOT,
+    SERVER_DSN,
+    child_env,
+    interleaved,
+    scratch_database,
+    spread,
+)
 from taskiq import InMemoryBroker, TaskiqMessage, TaskiqMiddleware, TaskiqResult
 
-from taskmon.store.db import connect
 from taskmon.worker.middleware import ENQUEUED_LABEL, MonitoringMiddleware
 
 HERE = Path(__file__).resolve().parent
@@ -131,17 +138,12 @@ async def _loop_run(n: int, dsn: str | None, floor: str | None = None) -> tuple[
 
 
 async def _reset(server_dsn: str) -> str:
-    conn = await connect(server_dsn)
-    try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-        await conn.execute(f"CREATE DATABASE {DB}")
-    finally:
-        await conn.close()
-    return server_dsn.rsplit("/", 1)[0] + "/" + DB
+    """A new empty database for the runs (the warm-up runs migrate it)."""
+    return await scratch_database(DB, migrate=False, server=server_dsn)
 
 
 def _summary(values: list[float]) -> str:
-    return f"{statistics.median(values):7.1f} ({min(values):.1f}-{max(values):.1f})"
+    return spread(values, "7.1f")
 
 
 def loop_bench(server_dsn: str, n: int, rounds: int, floor: bool) -> None:
@@ -152,7 +154,7 @@ def loop_bench(server_dsn: str, n: int, rounds: int, floor: bool) -> None:
     asyncio.run(_loop_run(n // 4, dsn))
     runs: dict[str, list[tuple[float, float]]] = {kind: [] for kind in kinds}
     for _ in range(rounds):
-        for kind in kinds + kinds[::-1]:
+        for kind in interleaved(kinds):
             runs[kind].append(
                 asyncio.run(
                     _loop_run(
@@ -256,13 +258,11 @@ def _worker_run(
     Also the CPU µs per task of each kind of process (see :func:`_cpu_by_kind`),
     over the same span as the rate.
     """
-    env = {
-        **os.environ,
-        "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-        "BENCH_REDIS_URL": redis_url,
-        "BENCH_DSN": dsn,
-        "BENCH_MONITOR": "1" if monitored else "",
-    }
+    env = child_env(
+        PYTHONPATH=f"{HERE}{os.pathsep}{ROOT}",  # overhead_app, and this checkout's taskmon
+        TASKMON_BENCH_REDIS_URL=redis_url,
+        BENCH_MONITOR_DSN=dsn if monitored else "",
+    )
     r = _redis(redis_url)
     r.flushdb()
     subprocess.run(
@@ -346,7 +346,7 @@ def _worker_bench(
     rates: dict[str, list[float]] = {"bare": [], "monitored": []}
     used: dict[str, dict[str, list[float]]] = {"bare": {}, "monitored": {}}
     for _ in range(rounds):
-        for kind in ("bare", "monitored", "monitored", "bare"):
+        for kind in interleaved(("bare", "monitored")):
             rate, split = _worker_run(n, kind == "monitored", dsn, redis_url, workers, cpu)
             rates[kind].append(rate)
             for who, us in split.items():
@@ -355,10 +355,7 @@ def _worker_bench(
     print(f"   {'tasks/s, median (min-max)':34}")
     print(f"   {'without the middleware':34} {_summary(rates['bare'])}")
     print(f"   {'with the middleware':34} {_summary(rates['monitored'])}")
-    print(
-        f"   {'monitored / bare (paired runs)':34} {statistics.median(ratios):7.1%} "
-        f"({min(ratios):.1%}-{max(ratios):.1%})"
-    )
+    print(f"   {'monitored / bare (paired runs)':34} {spread(ratios, '7.1%')}")
     whos = [kind for _, kind in _WHO]
     print(f"\n   {'CPU µs per task, median (min-max)':34} " + " ".join(f"{w:>22}" for w in whos))
     for kind in ("bare", "monitored"):
@@ -380,13 +377,8 @@ def main() -> None:
         action="store_true",
         help="one worker process on the first CPU, PostgreSQL and Redis on the other",
     )
-    parser.add_argument(
-        "--dsn",
-        default=os.environ.get("TASKMON_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"),
-    )
-    parser.add_argument(
-        "--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/7")
-    )
+    parser.add_argument("--dsn", default=SERVER_DSN, help="the server (TASKMON_BENCH_DSN)")
+    parser.add_argument("--redis-url", default=REDIS_URL, help="flushed (TASKMON_BENCH_REDIS_URL)")
     args = parser.parse_args()
     print(f"load average at start: {os.getloadavg()[0]:.2f}")
     if not args.skip_loop:

@@ -1,8 +1,10 @@
 """The app `bench/overhead.py` runs under a real `taskiq worker`: one no-op task.
 
-``BENCH_MONITOR=1`` adds MonitoringMiddleware (``BENCH_DSN``). Each worker
-process adds what it finished to the Redis counter ``bench:done`` every 5 ms,
-so the bench sees the last task end without a round trip per task.
+``BENCH_MONITOR_DSN`` (set by ``overhead.py`` to its scratch database for the
+monitored runs, empty for the bare ones) adds MonitoringMiddleware writing
+there. The broker is on ``TASKMON_BENCH_REDIS_URL`` (see ``bench/common.py``).
+Each worker process adds what it finished to the Redis counter ``bench:done``
+every 5 ms, so the bench sees the last task end without a round trip per task.
 
     python bench/overhead_app.py kick N    # queue N tasks, then exit
 """
@@ -15,13 +17,12 @@ import os
 import sys
 from typing import Any
 
+from common import REDIS_URL
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from taskiq import TaskiqEvents, TaskiqState
 from taskiq_redis import ListQueueBroker
-
-REDIS_URL = os.environ["BENCH_REDIS_URL"]
 
 # the README's settings: without them an idle worker dies every 5 s with a
 # TimeoutError, and counts not yet reported die with it
@@ -31,10 +32,10 @@ broker: Any = ListQueueBroker(
     socket_timeout=2,
     retry=Retry(ExponentialBackoff(cap=1, base=0.05), -1, supported_errors=(RedisTimeoutError,)),
 )
-if os.environ.get("BENCH_MONITOR"):
+if os.environ.get("BENCH_MONITOR_DSN"):
     from taskmon import MonitoringMiddleware
 
-    broker = broker.with_middlewares(MonitoringMiddleware(dsn=os.environ["BENCH_DSN"]))
+    broker = broker.with_middlewares(MonitoringMiddleware(dsn=os.environ["BENCH_MONITOR_DSN"]))
 
 _done = 0
 

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from common import SERVER_DSN, callgrind_total, child_env, scratch_database
 
 HERE = Path(__file__).resolve().parent
 
@@ -34,29 +33,9 @@ asyncio.run(_loop_run(int(sys.argv[1]), sys.argv[2] or None, sys.argv[3] or None
 
 def _instructions(n: int, dsn: str | None, floor: str | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "callgrind.out"
-        proc = subprocess.run(
-            [
-                "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                sys.executable, "-c", CHILD.format(here=str(HERE)), str(n), dsn or "",
-                floor or "",
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )  # fmt: skip
-        found = re.search(r"Collected : (\d+)", proc.stderr)
-        if proc.returncode != 0 or found is None:
-            raise RuntimeError(proc.stderr[-2000:])
-        return int(found.group(1))
-
-
-async def _migrate(dsn: str) -> None:
-    from taskmon.worker.recorder import Recorder
-
-    recorder = Recorder(dsn)
-    await recorder.start(wait_connected=30)
-    await recorder.stop()
+        child = CHILD.format(here=str(HERE))
+        cmd = [sys.executable, "-c", child, str(n), dsn or "", floor or ""]
+        return callgrind_total(cmd, child_env(), Path(tmp) / "callgrind.out")
 
 
 def main() -> None:
@@ -67,16 +46,12 @@ def main() -> None:
         action="store_true",
         help="also the empty and capture-only middlewares of overhead.py --floor",
     )
-    parser.add_argument(
-        "--dsn",
-        default=os.environ.get("TASKMON_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"),
-    )
+    parser.add_argument("--dsn", default=SERVER_DSN, help="the server (TASKMON_BENCH_DSN)")
     args = parser.parse_args()
-    sys.path.insert(0, str(HERE))
-    from overhead import FLOORS, _reset
+    from overhead import DB, FLOORS
 
-    dsn = asyncio.run(_reset(args.dsn))
-    asyncio.run(_migrate(dsn))  # not inside a measured run
+    # migrated here, not inside a measured run
+    dsn = asyncio.run(scratch_database(DB, server=args.dsn))
     n = args.tasks
     per_task: dict[str, float] = {}
     runs: list[tuple[str, str | None, str | None]] = [

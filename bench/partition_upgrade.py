@@ -1,10 +1,11 @@
 """Partitioning a populated table online, with writers recording meanwhile (run by hand).
 
-    PYTHONPATH=. python bench/partition_upgrade.py --dsn postgresql://postgres@127.0.0.1:5432/taskmon_legacy
+    PYTHONPATH=. python bench/partition_upgrade.py [--dsn postgresql://…/taskmon_legacy]
 
-The database must hold a plain ``task_execution_logs`` (seed it with the
-previous taskmon, e.g. ``bench/queries.py 10000000 --bulk --seed-only`` from
-an older checkout). Two writers upsert one attempt at a time, as started and
+The database (default ``taskmon_legacy`` on the ``TASKMON_BENCH_DSN`` server)
+must hold a plain ``task_execution_logs`` (seed it with the previous taskmon,
+e.g. ``bench/queries.py 10000000 --bulk --seed-only --dsn …/taskmon_legacy``
+from an older checkout). Two writers upsert one attempt at a time, as started and
 then finished, timing every write, while :func:`taskmon.store.partitions.convert`
 (what ``taskmon db upgrade`` runs) converts the table. Prints the conversion's
 steps and times, the writers' longest waits, and checks that every row is there.
@@ -19,6 +20,7 @@ import statistics
 import time
 
 import asyncpg
+from common import SERVER_DSN, with_database
 
 from taskmon.store import ingest, migrations, partitions
 from taskmon.store.db import connect_without_timeout
@@ -57,7 +59,11 @@ async def _writer(dsn: str, name: str, stop: asyncio.Event, waits: list[float]) 
 
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dsn", required=True)
+    ap.add_argument(
+        "--dsn",
+        default=with_database(SERVER_DSN, "taskmon_legacy"),
+        help="the database (default: taskmon_legacy on the TASKMON_BENCH_DSN server)",
+    )
     args = ap.parse_args()
     conn = await connect_without_timeout(args.dsn)
     before: int = await conn.fetchval("SELECT count(*) FROM task_execution_logs")

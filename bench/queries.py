@@ -1,8 +1,9 @@
 """Benchmark of history pages and window metrics at scale (run by hand).
 
-    PYTHONPATH=. python bench/queries.py 1000000 --dsn postgresql://postgres@127.0.0.1:5432/taskmon_bench
+    PYTHONPATH=. python bench/queries.py 1000000 [--dsn postgresql://…/taskmon_bench]
 
-Seeds N attempts (about 333 k a day, ending now) with ``COPY`` into
+Into database ``--dsn`` (default ``taskmon_bench`` on the ``TASKMON_BENCH_DSN``
+server; created if missing), seeds N attempts (about 333 k a day, ending now) with ``COPY`` into
 ``task_execution_logs`` in chunks of 200 k rows: every chunk is one statement,
 so the rollup triggers run on it exactly as on a recorder batch. Then prints
 the median latency (client side, round trip included) of history pages and of
@@ -26,9 +27,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import asyncpg
+from common import SERVER_DSN, child_env, with_database
 
 from taskmon.domain.filters import TaskFilter, parse
 from taskmon.store import history, maintenance, migrations, partitions
@@ -56,10 +58,6 @@ ERRORS = [
     ("KeyError", "'customer_id'"),
     ("RuntimeError", "upstream returned 503; it's down"),
 ]
-
-
-def _with_database(dsn: str, database: str) -> str:
-    return urlunsplit(urlsplit(dsn)._replace(path=f"/{database}"))
 
 
 def _copy_text(value: Any) -> str:
@@ -468,7 +466,7 @@ async def stats_only(dsn: str, repeat: int) -> None:
 
 def process_time(dsn: str, runs: int) -> None:
     """Wall time of whole `taskmon history` processes (interpreter start-up included)."""
-    env = dict(os.environ, TASKMON_DSN=dsn)
+    env = child_env(TASKMON_DSN=dsn)
     print()
     for extra in ([], ["--status", "failed"], ["--status", "lost"]):
         cmd = [sys.executable, "-m", "taskmon", "history", "--format", "json", *extra]
@@ -487,7 +485,7 @@ def process_time(dsn: str, runs: int) -> None:
 
 async def ensure_database(dsn: str) -> None:
     name = urlsplit(dsn).path.lstrip("/")
-    admin = await asyncpg.connect(_with_database(dsn, "postgres"))
+    admin = await asyncpg.connect(with_database(dsn, "postgres"))
     try:
         if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
             await admin.execute(f'CREATE DATABASE "{name}"')
@@ -499,7 +497,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("rows", type=int, help="attempts to seed (e.g. 1000000, 10000000)")
     ap.add_argument(
-        "--dsn", default="postgresql://postgres@127.0.0.1:5432/taskmon_bench", help="bench database"
+        "--dsn",
+        default=with_database(SERVER_DSN, "taskmon_bench"),
+        help="bench database (default: taskmon_bench on the TASKMON_BENCH_DSN server)",
     )
     ap.add_argument("--repeat", type=int, default=21, help="runs per query (median)")
     ap.add_argument("--process-runs", type=int, default=10)

@@ -24,16 +24,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import psutil
+from common import (
+    SERVER_DSN,
+    drop_database,
+    interleaved,
+    scratch_database,
+    spread,
+    with_database,
+)
 
 from taskmon.domain.events import AttemptRecord, Status
 from taskmon.domain.filters import parse
@@ -42,7 +48,6 @@ from taskmon.store import history, ingest, maintenance, migrations, partitions
 from taskmon.store.db import connect, connect_without_timeout
 from taskmon.worker.encode import prepare, row_of
 
-SERVER = os.environ.get("TASKMON_BENCH_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 PAGES_DB = "taskmon_bench_terms"
 PER_DAY = 333_000
 CHUNK = 500_000
@@ -79,34 +84,21 @@ FROM (SELECT i, $1::timestamptz - make_interval(secs => $2::float8 / $5 * 86400 
 """
 
 
-def _database(name: str) -> str:
-    return urlunsplit(urlsplit(SERVER)._replace(path=f"/{name}"))
-
-
-async def _create(name: str, *, drop: bool) -> str:
-    admin = await asyncpg.connect(SERVER)
+async def _kept(name: str) -> str:
+    """Database `name`, created if missing (kept between runs: seeding 10 M rows takes long)."""
+    admin = await asyncpg.connect(SERVER_DSN)
     try:
-        if drop:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
             await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    dsn = _database(name)
+    dsn = with_database(SERVER_DSN, name)
     conn = await connect(dsn)
     try:
         await migrations.upgrade(conn)
     finally:
         await conn.close()
     return dsn
-
-
-async def _drop(name: str) -> None:
-    admin = await asyncpg.connect(SERVER)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 async def _set_indexes(conn: asyncpg.Connection[Any], present: bool) -> None:
@@ -154,7 +146,7 @@ async def _page_ms(conn: asyncpg.Connection[Any], query: str, repeat: int) -> li
 
 
 async def pages(n: int, repeat: int) -> None:
-    dsn = await _create(PAGES_DB, drop=False)
+    dsn = await _kept(PAGES_DB)
     await seed(dsn, n)
     conn = await connect_without_timeout(dsn)
     try:
@@ -187,11 +179,7 @@ async def pages(n: int, repeat: int) -> None:
     print(f"  {'term':<38} {'rows':>5} {'with indexes':>22} {'without':>24}")
     for label in QUERIES:
         w, wo = with_ix[label], without[label]
-        print(
-            f"  {label:<38} {rows[label]:>5} {statistics.median(w):>9.2f} "
-            f"({min(w):.2f}-{max(w):.2f}) {statistics.median(wo):>10.1f} "
-            f"({min(wo):.1f}-{max(wo):.1f})"
-        )
+        print(f"  {label:<38} {rows[label]:>5} {spread(w, '>9.2f')} {spread(wo, '>10.1f')}")
 
 
 # --- writes ---------------------------------------------------------------------
@@ -226,14 +214,14 @@ async def writes(batches: int, size: int, repeat: int) -> None:
     conns: dict[str, asyncpg.Connection[Any]] = {}
     try:
         for kind, name in names.items():
-            conns[kind] = await connect(await _create(name, drop=True))
+            conns[kind] = await connect(await scratch_database(name))
             await _set_indexes(conns[kind], kind == "with")
         statements = {k: await ingest.prepare_connection(c) for k, c in conns.items()}
         servers = {k: psutil.Process(c.get_server_pid()) for k, c in conns.items()}
         rate: dict[str, list[float]] = {k: [] for k in names}
         cpu: dict[str, list[float]] = {k: [] for k in names}
         for round_ in range(repeat + 1):  # round 0 warms up
-            for kind in ("without", "with", "with", "without"):
+            for kind in interleaved(("without", "with")):
                 work = [_batch(uuid.uuid4().hex, size) for _ in range(batches)]
                 s0 = sum(servers[kind].cpu_times()[:2])
                 t0 = time.perf_counter()
@@ -247,15 +235,12 @@ async def writes(batches: int, size: int, repeat: int) -> None:
         for c in conns.values():
             await c.close()
         for name in names.values():
-            await _drop(name)
+            await drop_database(name)
     print(f"\nrecorder batches of {size}, {batches} per run, {repeat} A-B-B-A rounds")
     print(f"  {'':8} {'attempts/s':>26} {'server CPU µs/row':>26}")
     for kind in names:
         r, c = rate[kind], cpu[kind]
-        print(
-            f"  {kind:8} {statistics.median(r):>12,.0f} ({min(r):,.0f}-{max(r):,.0f}) "
-            f"{statistics.median(c):>12.1f} ({min(c):.1f}-{max(c):.1f})"
-        )
+        print(f"  {kind:8} {spread(r, '>12,.0f')} {spread(c, '>12.1f')}")
     base, gin = statistics.median(cpu["without"]), statistics.median(cpu["with"])
     slower = statistics.median(rate["without"]) / statistics.median(rate["with"]) - 1
     print(f"  the indexes add {gin / base - 1:+.0%} server CPU per row, {slower:+.0%} write time")

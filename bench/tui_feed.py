@@ -1,13 +1,14 @@
 """Benchmark of the TUI under a live event storm (run by hand).
 
-    PYTHONPATH=. python bench/tui_feed.py --dsn postgresql://postgres@127.0.0.1:5432/taskmon_bench
+    PYTHONPATH=. python bench/tui_feed.py [--dsn postgresql://…/taskmon_bench]
 
-Runs the real app headless (120x36) on the given database, feeds it
+Runs the real app headless (120x36) on the given database (default
+``taskmon_bench`` on the ``TASKMON_BENCH_DSN`` server), feeds it
 ``--rate`` events a second for ``--seconds`` seconds, presses ``j``/``k``
 every ``--key-interval`` seconds (0.5) and reports:
 
 * first screen: seconds from start until metrics and history are shown
-  (seed a large table first with ``bench/queries.py 1000000 --dsn ...``);
+  (seed a large table first with ``bench/queries.py 1000000``);
 * key press to repaint: from posting the key to the first paint showing the
   moved cursor (p50 / p95 / max);
 * CPU (user + system over wall time) and memory (peak RSS, RSS at 10 s and
@@ -32,6 +33,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
+from common import SERVER_DSN, with_database
 from textual import events
 
 from taskmon.tui.app import make_app
@@ -236,7 +238,11 @@ async def run(dsn: str, rate: int, seconds: float, source: str, every: float) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dsn", default=os.environ.get("TASKMON_DSN"), help="a migrated database")
+    parser.add_argument(
+        "--dsn",
+        default=with_database(SERVER_DSN, "taskmon_bench"),
+        help="a migrated database (default: taskmon_bench on the TASKMON_BENCH_DSN server)",
+    )
     parser.add_argument("--rate", type=int, default=2000, help="events per second")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--source", choices=("synthetic", "hub"), default="synthetic")
@@ -247,8 +253,6 @@ def main() -> None:
         help="seconds between key presses (above 1 s the history re-reads between presses)",
     )
     args = parser.parse_args()
-    if not args.dsn:
-        parser.error("--dsn or TASKMON_DSN is required")
     asyncio.run(run(args.dsn, args.rate, args.seconds, args.source, args.key_interval))
 
 

@@ -14,36 +14,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import statistics
 import time
 import uuid
 from collections import defaultdict
 from datetime import UTC, datetime
 
+from common import SERVER_DSN, scratch_database, spread
+
 from taskmon.bus.postgres import PgNotifyPublisher
 from taskmon.domain.events import AttemptRecord, Status
 from taskmon.domain.params import CallSpec, capture_call
 from taskmon.store import ingest
-from taskmon.store.db import connect
 from taskmon.worker.recorder import Recorder
 
 DB = "taskmon_bench_stages"
 PAYLOAD = {"user": "alice", "password": "x", "body": "y" * 200}
-
-
-async def _reset(server_dsn: str) -> str:
-    conn = await connect(server_dsn)
-    try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-        await conn.execute(f"CREATE DATABASE {DB}")
-    finally:
-        await conn.close()
-    dsn = server_dsn.rsplit("/", 1)[0] + "/" + DB
-    recorder = Recorder(dsn)  # migrate once, outside the measured runs
-    await recorder.start(wait_connected=30)
-    await recorder.stop()
-    return dsn
 
 
 def _submitted(recorder: Recorder, size: int) -> None:
@@ -144,9 +129,7 @@ async def run(dsn: str, batch: int, batches: int, rounds: int) -> None:
         await conn.close()
     print(f"client CPU µs per attempt, {batch} attempts per batch, median (min-max) of {rounds}")
     for name, values in per_round.items():
-        print(
-            f"   {name:30} {statistics.median(values):6.2f} ({min(values):.2f}-{max(values):.2f})"
-        )
+        print(f"   {name:30} {spread(values, '6.2f')}")
 
 
 def main() -> None:
@@ -154,12 +137,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--batches", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument(
-        "--dsn",
-        default=os.environ.get("TASKMON_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"),
-    )
+    parser.add_argument("--dsn", default=SERVER_DSN, help="the server (TASKMON_BENCH_DSN)")
     args = parser.parse_args()
-    dsn = asyncio.run(_reset(args.dsn))
+    # migrated once, outside the measured runs
+    dsn = asyncio.run(scratch_database(DB, server=args.dsn))
     asyncio.run(run(dsn, args.batch, args.batches, args.rounds))
 
 
