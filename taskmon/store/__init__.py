@@ -1,7 +1,8 @@
 """PostgreSQL access, the only code that knows SQL (besides the recorder's writer).
 
-* ``schema``: facts about a row (statuses, :class:`~taskmon.store.schema.AttemptRow`
-  and its columns, the lost rule);
+* ``columns``: the columns of ``task_execution_logs``, declared once, and
+  :class:`~taskmon.store.columns.AttemptRow`; ``schema``: facts about a row
+  (statuses, the read columns, the lost rule);
 * ``db``, ``embedded``, ``migrations``: connections, the embedded server, the schema;
 * ``ingest``: the writer's upsert and event sequence;
 * ``filter_sql``: a parsed filter compiled to a SQL condition;

@@ -7,7 +7,9 @@ late ``running`` overwrite an outcome. Times travel as Unix seconds (``float``):
 asyncpg encodes a float several times faster than a datetime, and a double holds
 today's times to a fraction of the microsecond PostgreSQL keeps. The rollup triggers of
 ``sql/0002_rollups.sql`` fire once per statement. Rows are tuples in
-:data:`COLUMNS` order (see :func:`taskmon.worker.encode.row_of`).
+:data:`COLUMNS` order (see :func:`taskmon.worker.encode.row_of`); the staging
+table, the column lists and the upsert's rules are derived from the declarations
+of :mod:`taskmon.store.columns`, once, at import.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
+
+from taskmon.store.columns import WRITTEN, insert_sql, set_sql, stage_sql
 
 __all__ = [
     "COLUMNS",
@@ -29,61 +33,23 @@ __all__ = [
     "upsert_taking_seqs",
 ]
 
-COLUMNS = (
-    "task_id", "attempt", "task_name", "status", "worker", "queue", "labels", "params",
-    "error_type", "error_message", "traceback", "timeout_s",
-    "enqueued_at", "started_at", "finished_at", "duration_ms", "queue_wait_ms", "created_at",
-)  # fmt: skip
+COLUMNS: tuple[str, ...] = WRITTEN
+"""The staging table's columns, in the order of ``COPY`` and of the writer's row tuples."""
 
-STAGE = """
-CREATE TEMPORARY TABLE IF NOT EXISTS taskmon_stage (
-    task_id text, attempt integer, task_name text, status text, worker text, queue text,
-    labels text, params text, error_type text, error_message text, traceback text,
-    timeout_s double precision, enqueued_at double precision, started_at double precision,
-    finished_at double precision, duration_ms double precision, queue_wait_ms double precision,
-    created_at double precision
-) ON COMMIT DELETE ROWS
-"""
+STAGE = stage_sql("taskmon_stage")
 
-_UPSERT = """
-INSERT INTO task_execution_logs AS t (
-    task_id, attempt, task_name, status, worker, queue, labels, params,
-    error_type, error_message, traceback, timeout_s,
-    enqueued_at, started_at, finished_at, duration_ms, queue_wait_ms, created_at
-)
-SELECT u.task_id, u.attempt, u.task_name, u.status, u.worker, u.queue,
-       coalesce(u.labels::jsonb, '{}'::jsonb), u.params::jsonb,
-       u.error_type, u.error_message, u.traceback, u.timeout_s,
-       to_timestamp(u.enqueued_at), to_timestamp(u.started_at), to_timestamp(u.finished_at),
-       u.duration_ms, u.queue_wait_ms, to_timestamp(u.created_at)
+_INSERT_COLUMNS, _INSERT_VALUES = insert_sql("u")
+
+# Derived from the columns' declarations (taskmon.store.columns): their Merge
+# rules say what an attempt already recorded keeps (a late "running" never
+# overwrites an outcome; an outcome replaces the error cleanup wrote for a lost one).
+_UPSERT = f"""
+INSERT INTO task_execution_logs AS t ({_INSERT_COLUMNS})
+SELECT {_INSERT_VALUES}
 FROM taskmon_stage AS u
 -- one order for every writer: concurrent batches sharing attempts never deadlock
 ORDER BY u.task_id, u.attempt
-ON CONFLICT ({key}) DO UPDATE SET
-    -- a late "running" never overwrites an outcome already recorded
-    status = CASE WHEN EXCLUDED.status IN ('running', 'pending') AND t.status NOT IN
-                  ('running', 'pending') THEN t.status ELSE EXCLUDED.status END,
-    task_name = EXCLUDED.task_name,
-    worker = coalesce(EXCLUDED.worker, t.worker),
-    queue = coalesce(EXCLUDED.queue, t.queue),
-    labels = EXCLUDED.labels,
-    params = coalesce(EXCLUDED.params, t.params),
-    -- an outcome arriving after cleanup marked the attempt lost replaces the
-    -- "no outcome recorded" error with its own (none, for a success)
-    error_type = CASE WHEN t.status = 'lost' AND EXCLUDED.status NOT IN ('running', 'pending')
-                 THEN EXCLUDED.error_type ELSE coalesce(EXCLUDED.error_type, t.error_type) END,
-    error_message = CASE WHEN t.status = 'lost' AND EXCLUDED.status NOT IN ('running', 'pending')
-                 THEN EXCLUDED.error_message
-                 ELSE coalesce(EXCLUDED.error_message, t.error_message) END,
-    traceback = CASE WHEN t.status = 'lost' AND EXCLUDED.status NOT IN ('running', 'pending')
-                 THEN EXCLUDED.traceback ELSE coalesce(EXCLUDED.traceback, t.traceback) END,
-    timeout_s = coalesce(EXCLUDED.timeout_s, t.timeout_s),
-    enqueued_at = coalesce(t.enqueued_at, EXCLUDED.enqueued_at),
-    started_at = coalesce(t.started_at, EXCLUDED.started_at),
-    finished_at = coalesce(EXCLUDED.finished_at, t.finished_at),
-    duration_ms = coalesce(EXCLUDED.duration_ms, t.duration_ms),
-    queue_wait_ms = coalesce(EXCLUDED.queue_wait_ms, t.queue_wait_ms),
-    updated_at = now()
+ON CONFLICT ({{key}}) DO UPDATE SET {set_sql()}
 """
 
 # The attempt's key: a partitioned table's unique keys hold the partition key

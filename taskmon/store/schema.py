@@ -3,7 +3,8 @@
 * :data:`STATUSES` and :data:`TERMINAL`, from :class:`taskmon.domain.events.Status`;
 * :class:`AttemptRow`, the row as readers return it, whose keys in order are
   :data:`COLUMNS` (the documented JSON shape of ``taskmon history``, the
-  archive's line, the select list of every read);
+  archive's line, the select list of every read), both declared with the
+  rest of the columns' facts in :mod:`taskmon.store.columns`;
 * the lost rule. An attempt still ``running`` long after it should have ended
   is *lost*: its worker died without recording an outcome. "Long" is twice
   its ``timeout`` label when it has one, else ``lost_after`` seconds
@@ -25,9 +26,6 @@ written inline, it lets the planner use the partial index on running rows.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, TypedDict
-
 from taskmon.domain.statuses import (
     DEFAULT_LOST_AFTER_S,
     STALE_BEATS,
@@ -35,6 +33,7 @@ from taskmon.domain.statuses import (
     TERMINAL,
     is_stale,
 )
+from taskmon.store.columns import READ, AttemptRow
 
 __all__ = [
     "COLUMNS",
@@ -53,37 +52,7 @@ __all__ = [
 ]
 
 
-class AttemptRow(TypedDict):
-    """One attempt as the store reads it (one row of ``task_execution_logs``).
-
-    Datetimes are aware; ``status`` is ``lost`` for an attempt running too
-    long (see :func:`stale_sql`), whatever is stored. The keys, in this order,
-    are :data:`COLUMNS`.
-    """
-
-    id: int
-    task_id: str
-    task_name: str
-    status: str
-    attempt: int
-    worker: str | None
-    queue: str | None
-    params: dict[str, Any] | None
-    labels: dict[str, Any]
-    error_type: str | None
-    error_message: str | None
-    traceback: str | None
-    timeout_s: float | None
-    enqueued_at: datetime | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    duration_ms: float | None
-    queue_wait_ms: float | None
-    created_at: datetime
-    updated_at: datetime
-
-
-COLUMNS: tuple[str, ...] = tuple(AttemptRow.__annotations__)
+COLUMNS: tuple[str, ...] = READ
 """The keys of an :class:`AttemptRow`, in order: also the JSON shape of ``taskmon history``."""
 
 WORKER_STATE_SQL = (

@@ -119,7 +119,7 @@ def _seconds(value: datetime | None) -> float | None:
 
 
 def row_of(prepared: Prepared, max_message: int) -> tuple[Any, ...]:
-    """The upsert's columns for the attempt's current state (see ``store.ingest``)."""
+    """The attempt's current state as staged: :data:`taskmon.store.ingest.COLUMNS`, in order."""
     return row(prepared.record, prepared.labels, prepared.params, max_message)
 
 
@@ -176,15 +176,16 @@ def row(r: AttemptRecord, labels: str, params: bytes | None, max_message: int) -
         created_s = finished_s
     else:
         created_s = _seconds(r.created_at)
+    # in the order of taskmon.store.ingest.COLUMNS (a test holds them together)
     return (
         task_id,
-        r.attempt,
         task_name,
         r.status,
+        r.attempt,
         worker,
         queue,
-        labels,
         params_text,
+        labels,
         error_type,
         error_message,
         traceback,
