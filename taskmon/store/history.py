@@ -158,6 +158,7 @@ def _history_sql(
     lost_after_s: float,
     word_names: Mapping[str, Sequence[str]] | None = None,
     window: tuple[str, ...] = (),
+    fenced: bool = False,
 ) -> str:
     """The page statement for `flt`, its task patterns already resolved to `names`.
 
@@ -169,7 +170,9 @@ def _history_sql(
     one page plus one row per branch whatever the depth or the selectivity.
     `keyset` holds the cursor condition, if any; `limit` is the row count to fetch;
     `word_names` are the words' task names (:func:`resolve_word_task_names`);
-    `window` a lower bound on ``created_at`` (see :data:`_WINDOWS`).
+    `window` a lower bound on ``created_at`` (see :data:`_WINDOWS`); `fenced`
+    makes an unbranched statement find every match before ordering them (see
+    :func:`fetch_history`).
     """
 
     def arg(value: object) -> str:
@@ -181,6 +184,13 @@ def _history_sql(
             flt, params, lost_after_s=lost_after_s, alias="r", word_task_names=word_names
         )
         where = " AND ".join((cond, *keyset, *window))
+        if fenced:
+            # OFFSET 0 keeps the LIMIT out of the scan: the planner reads the
+            # matches from the terms' GIN indexes, not every row by created_at
+            return (
+                f"SELECT * FROM (SELECT {_COLUMNS} FROM task_execution_logs r WHERE {where} "
+                f"OFFSET 0) AS page ORDER BY created_at DESC, id DESC LIMIT {arg(limit)}"
+            )
         return (
             f"SELECT {_COLUMNS} FROM task_execution_logs r WHERE {where} "
             f"ORDER BY r.created_at DESC, r.id DESC LIMIT {arg(limit)}"
@@ -266,8 +276,12 @@ async def fetch_history(
         if width is not None:
             page_params.append(base - width)
             window = (f"r.created_at >= ${len(page_params)}",)
+        # past the newest day, a param or label value that did not fill a page
+        # there is a rare one: its index finds every match sooner than a walk
+        # by created_at that hopes for 50 (8 s at 10 M rows for a user id)
+        fenced = width is None and windows is _TERM_WINDOWS and bool(flt.params or flt.labels)
         sql = _history_sql(
-            flt, names, page_params, keyset, limit + 1, lost_after_s, word_names, window
+            flt, names, page_params, keyset, limit + 1, lost_after_s, word_names, window, fenced
         )
         records = await conn.fetch(sql, *page_params)
         if len(records) > limit:
