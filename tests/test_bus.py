@@ -131,14 +131,18 @@ async def test_redis_subscriber_starts_at_the_end_or_with_history(
 
 
 async def kill_readers(admin: redis.asyncio.Redis) -> None:
-    """Close the connections blocked in XREAD (the subscriber's), not the publisher's."""
-    clients = await wait_for(lambda: _readers(admin), timeout=5)
+    """Close the connections blocked in XREAD (the subscriber's), not the publisher's.
+
+    Only those on `admin`'s database: other runs sharing the server use others.
+    """
+    clients = await wait_for(lambda: _readers(admin), what="the subscriber's XREAD connection")
     for client in clients:
         await admin.client_kill_filter(_id=client["id"])
 
 
 async def _readers(admin: redis.asyncio.Redis) -> list[dict[str, Any]]:
-    return [c for c in await admin.client_list() if c.get("cmd") == "xread"]
+    db = str(admin.connection_pool.connection_kwargs.get("db") or 0)
+    return [c for c in await admin.client_list() if c.get("cmd") == "xread" and c.get("db") == db]
 
 
 async def test_redis_subscriber_resumes_by_stream_id_after_losing_its_connection(
