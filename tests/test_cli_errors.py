@@ -279,7 +279,7 @@ async def test_the_tui_goes_offline_saying_why_instead_of_retrying(dsn: str, cas
     try:
         async with app.run_test(size=(120, 36)):
             bar = app.main.query_one(StatusBar)
-            await wait_for(lambda: bar.connection == "offline", timeout=15)
+            await wait_for(lambda: bar.connection == "offline")
             why = "hub refused the token" if case == "wrong token" else "no hub answers at"
             assert str(bar.connection_text()).startswith(f"✕ offline: {why}")
             feed = app.main.query_one(LiveFeed)
