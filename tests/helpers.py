@@ -7,8 +7,9 @@ import contextlib
 import importlib
 import os
 import sys
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,8 +21,23 @@ if TYPE_CHECKING:
     from taskmon.worker.recorder import Recorder
 
 
-async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
-    """Poll an async or sync predicate until it returns something truthy."""
+DEADLINE_S = 30.0
+"""How long a test waits for a condition by default: generous, so that a loaded
+machine (a CI runner, parallel runs) makes a test slower, never red."""
+
+
+async def wait_for(
+    predicate: Callable[..., Any],
+    timeout: float = DEADLINE_S,
+    interval: float = 0.05,
+    *,
+    what: str = "",
+) -> Any:
+    """Poll an async or sync predicate until it returns something truthy, and return that.
+
+    Tests sync on conditions, never on a fixed sleep; `what` names the
+    condition in the failure (``waited 30s for <what>``).
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -31,8 +47,53 @@ async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05
         if value:
             return value
         if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s (last value: {value!r})")
+            raise AssertionError(_not_met(timeout, what, value))
         await asyncio.sleep(interval)
+
+
+def wait_for_sync(
+    predicate: Callable[..., Any],
+    timeout: float = DEADLINE_S,
+    interval: float = 0.05,
+    *,
+    what: str = "",
+) -> Any:
+    """:func:`wait_for` for code without an event loop (subprocesses, threads)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(_not_met(timeout, what, value))
+        time.sleep(interval)
+
+
+def _not_met(timeout: float, what: str, value: object) -> str:
+    return f"waited {timeout:g}s for {what or 'the condition'}; last value: {value!r}"
+
+
+class Calls:
+    """Counts the calls of one async method of one object, and how many of them raised.
+
+    Lets a test wait for "the writer failed three times" instead of sleeping
+    for as long as that usually takes.
+    """
+
+    def __init__(self, target: object, name: str) -> None:
+        self.calls = 0
+        self.failures = 0
+        original = getattr(target, name)
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            try:
+                return await original(*args, **kwargs)
+            except BaseException:
+                self.failures += 1
+                raise
+
+        setattr(target, name, counted)
 
 
 def record(

@@ -511,7 +511,7 @@ async def test_serve_checks_the_rules_and_a_restarted_hub_does_not_notify_again(
                 return last is not None and (first is None or last > first)
 
             for _ in range(checks):
-                await wait_for(checked, timeout=20)
+                await wait_for(checked)
                 first = await db.fetchval("SELECT max(checked_at) FROM taskmon_alerts")
         finally:
             proc.send_signal(signal.SIGTERM)

@@ -105,7 +105,7 @@ async def test_notify_subscriber_reconnects_and_reports_a_gap(
     assert killed == 1
 
     # then: it says so, comes back, reports the gap and receives again
-    await wait_for(lambda: len(sub.states()) >= 3, timeout=10)
+    await wait_for(lambda: len(sub.states()) >= 3)
     assert [s.connected for s in sub.states()[:3]] == [True, False, True]
     assert sub.gaps()
     await publish(pg_recorder, [record(2)])
@@ -131,14 +131,18 @@ async def test_redis_subscriber_starts_at_the_end_or_with_history(
 
 
 async def kill_readers(admin: redis.asyncio.Redis) -> None:
-    """Close the connections blocked in XREAD (the subscriber's), not the publisher's."""
-    clients = await wait_for(lambda: _readers(admin), timeout=5)
+    """Close the connections blocked in XREAD (the subscriber's), not the publisher's.
+
+    Only those on `admin`'s database: other runs sharing the server use others.
+    """
+    clients = await wait_for(lambda: _readers(admin), what="the subscriber's XREAD connection")
     for client in clients:
         await admin.client_kill_filter(_id=client["id"])
 
 
 async def _readers(admin: redis.asyncio.Redis) -> list[dict[str, Any]]:
-    return [c for c in await admin.client_list() if c.get("cmd") == "xread"]
+    db = str(admin.connection_pool.connection_kwargs.get("db") or 0)
+    return [c for c in await admin.client_list() if c.get("cmd") == "xread" and c.get("db") == db]
 
 
 async def test_redis_subscriber_resumes_by_stream_id_after_losing_its_connection(
@@ -157,7 +161,7 @@ async def test_redis_subscriber_resumes_by_stream_id_after_losing_its_connection
     await publish(redis_recorder, [record(10 + i) for i in range(4)])
 
     # then: nothing lost, nothing twice, no gap
-    await wait_for(lambda: len(sub.events) == 7, timeout=10)
+    await wait_for(lambda: len(sub.events) == 7)
     assert [e["seq"] for e in sub.events] == list(range(1, 8))
     assert not sub.gaps()
     assert subscriber.last_id is not None
@@ -168,7 +172,7 @@ async def test_redis_subscriber_resumes_by_stream_id_after_losing_its_connection
         await publish(redis_recorder, [record(20 + i)])
     await admin.xtrim(STREAM, maxlen=2, approximate=False)
     resumed = Collector(subscriber)  # same subscriber: resumes after its last id
-    await wait_for(lambda: resumed.gaps(), timeout=10)
+    await wait_for(lambda: resumed.gaps())
     await wait_for(lambda: [e["seq"] for e in resumed.events] == [11, 12])
     await admin.aclose()
     await resumed.stop()
@@ -289,14 +293,17 @@ def test_pack_groups_events_under_both_limits_and_loses_none() -> None:
 async def test_a_cancellation_a_library_swallowed_still_stops_a_subscriber_loop() -> None:
     # given: a loop shaped like the subscribers' whose awaits swallow a cancellation,
     # as redis-py's blocking read sometimes does
+    reading = asyncio.Event()
+
     async def loop() -> None:
         for _ in range(3):  # bounded, so that a loop that never stops fails, not hangs
             check_cancelled()
             with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.sleep(1)
+                reading.set()
+                await asyncio.sleep(1)  # stands for the blocking read
 
     task = asyncio.create_task(loop())
-    await asyncio.sleep(0.01)
+    await asyncio.wait_for(reading.wait(), 30)  # the loop is inside its read
     # when
     task.cancel()
     # then: it stops at its next check, not after another read

@@ -279,7 +279,7 @@ async def test_the_tui_goes_offline_saying_why_instead_of_retrying(dsn: str, cas
     try:
         async with app.run_test(size=(120, 36)):
             bar = app.main.query_one(StatusBar)
-            await wait_for(lambda: bar.connection == "offline", timeout=15)
+            await wait_for(lambda: bar.connection == "offline")
             why = "hub refused the token" if case == "wrong token" else "no hub answers at"
             assert str(bar.connection_text()).startswith(f"✕ offline: {why}")
             feed = app.main.query_one(LiveFeed)
@@ -317,22 +317,47 @@ def test_round_durations_rounds_only_durations() -> None:
     }  # fmt: skip
 
 
-def test_serve_says_it_is_listening_once() -> None:
+def test_serve_says_it_is_listening_once(redis_url: str) -> None:
     import signal
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from helpers import wait_for_sync
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "taskmon", "serve", "--port", "0", "--redis-url",
-         "redis://127.0.0.1:6379/11"],
+        [sys.executable, "-m", "taskmon", "serve", "--port", "0", "--redis-url", redis_url],
         cwd=ROOT, env=unconfigured_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip
+
+    def answers(port: str) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10):
+                return True
+        except urllib.error.HTTPError:
+            return True  # a 503 (no bus yet) is an answer too
+        except OSError:
+            return False
+
     try:
-        assert proc.stderr is not None
+        stderr = proc.stderr
+        assert stderr is not None
         # the hub logs its start inside start(), before serve writes its own line:
         # a second report of it could only come first
-        first = proc.stderr.readline()  # blocks until the hub has started (or failed)
-        assert first.startswith("taskmon: hub listening on ws://127.0.0.1:"), first
+        first: list[str] = []
+        reader = threading.Thread(target=lambda: first.append(stderr.readline()), daemon=True)
+        reader.start()
+        wait_for_sync(
+            lambda: first or proc.poll() is not None, timeout=60, what="serve's first line"
+        )
+        reader.join(timeout=10)
+        assert first and first[0].startswith("taskmon: hub listening on ws://127.0.0.1:"), first
+        # serve installs its Ctrl-C handler right after that line, before its loop
+        # serves anything: once /healthz answers, SIGINT is a clean stop, not a race
+        port = first[0].split("ws://127.0.0.1:", 1)[1].split("/", 1)[0]
+        wait_for_sync(lambda: answers(port), timeout=60, interval=0.1, what="serve's /healthz")
     finally:
         proc.send_signal(signal.SIGINT)
-        _, rest = proc.communicate(timeout=20)
+        _, rest = proc.communicate(timeout=60)
     assert "listening" not in rest, rest

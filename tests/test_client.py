@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from helpers import publish, record, wait_for
 
@@ -48,7 +49,7 @@ async def main(dsn: str, redis_url: str) -> None:
                                  status=Status.SUCCESS, worker="proc:1",
                                  started_at=now, finished_at=now, duration_ms=1.0))
         n += 1
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # ~100 events/s: a steady worker
 
 asyncio.run(main(sys.argv[1], sys.argv[2]))
 """
@@ -78,6 +79,13 @@ class Follower:
             await self.task
 
 
+def fenced(follower: Follower, task_id: str) -> list[EventReceived] | None:
+    """The events received before the one of `task_id`, once that one has come."""
+    events: list[EventReceived] = follower.of(EventReceived)
+    ids = [e.event["data"]["task_id"] for e in events]
+    return events[: ids.index(task_id)] if task_id in ids else None
+
+
 async def test_subscribe_yields_connected_then_filtered_events(
     dsn: str, pg_recorder: Recorder
 ) -> None:
@@ -90,10 +98,13 @@ async def test_subscribe_yields_connected_then_filtered_events(
         await publish(pg_recorder, [record(1), record(2, Status.FAILED), record(3)])
 
         await wait_for(lambda: follower.of(EventReceived))
-        await asyncio.sleep(0.1)
+        # nothing else comes: a later failure (the hub keeps the order) arrives next
+        fence = record(4, Status.FAILED)
+        await publish(pg_recorder, [fence])
+        await wait_for(lambda: fenced(follower, fence.task_id) is not None, what="the fence")
         [connected] = follower.of(Connected)
         assert connected.reconnected is False and connected.hello["bus"] == "postgres"
-        [event] = follower.of(EventReceived)
+        [event] = fenced(follower, fence.task_id) or []
         assert event.event["status"] == "failed"
         assert isinstance(follower.messages[0], Connected)
         await follower.stop()
@@ -129,7 +140,7 @@ async def test_a_wrong_token_is_reported_as_refused(dsn: str) -> None:
         # retrying cannot fix a token: the iterator ends instead of asking forever
         assert first.final
         with pytest.raises(StopAsyncIteration):
-            await asyncio.wait_for(anext(messages), 5)
+            await asyncio.wait_for(anext(messages), 30)
     finally:
         await hub.stop()
 
@@ -141,13 +152,13 @@ async def test_a_hub_that_was_never_reached_ends_the_iterator() -> None:
         port = sock.getsockname()[1]
     # when a client subscribes there
     messages = subscribe(f"ws://127.0.0.1:{port}/", max_backoff=0.1)
-    first = await asyncio.wait_for(anext(messages), 10)
+    first = await asyncio.wait_for(anext(messages), 30)
     # then it says so once, as final, and ends: reconnecting is for what once worked
     assert isinstance(first, Disconnected)
     assert first.final and not first.refused and first.attempt == 1
     assert "ConnectionRefusedError" in first.error
     with pytest.raises(StopAsyncIteration):
-        await asyncio.wait_for(anext(messages), 5)
+        await asyncio.wait_for(anext(messages), 30)
 
 
 @pytest.fixture
@@ -167,7 +178,7 @@ def worker_process() -> Iterator[Any]:
 
 @pytest.mark.parametrize("bus", ["postgres", "redis"])
 async def test_follows_a_worker_process_across_a_hub_restart(
-    bus: str, dsn: str, redis_url: str, worker_process: Any
+    bus: str, dsn: str, db: asyncpg.Connection[Any], redis_url: str, worker_process: Any
 ) -> None:
     # given: a worker process publishing ~100 events/s and a client following a hub
     redis = redis_url if bus == "redis" else None
@@ -178,20 +189,24 @@ async def test_follows_a_worker_process_across_a_hub_restart(
     await wait_for(lambda: follower.of(Connected))
     worker_process(dsn, redis or "")
     try:
-        await wait_for(lambda: len(follower.seqs) >= 20, timeout=20)
+        await wait_for(lambda: len(follower.seqs) >= 20)
 
         # when: the hub goes away for a moment while the worker keeps publishing
         await hub.stop()
         await wait_for(lambda: follower.of(Disconnected))
         seen_before = len(follower.seqs)
         last_before = follower.seqs[-1]
-        await asyncio.sleep(0.3)
+        written = await db.fetchval("SELECT count(*) FROM task_execution_logs")
+        await wait_for(
+            lambda: db.fetchval("SELECT count(*) >= $1 FROM task_execution_logs", written + 20),
+            what="the worker publishing 20 events while the hub is away",
+        )
         hub = Hub(dsn=dsn, redis_url=redis)
         await hub.start(port=port)
 
         # then: it reconnects by itself and keeps receiving
-        await wait_for(lambda: len(follower.of(Connected)) == 2, timeout=10)
-        await wait_for(lambda: len(follower.seqs) >= seen_before + 20, timeout=20)
+        await wait_for(lambda: len(follower.of(Connected)) == 2)
+        await wait_for(lambda: len(follower.seqs) >= seen_before + 20)
         again = follower.of(Connected)[1]
         assert again.reconnected
         # a hub that once answered is waited for, however long it is away

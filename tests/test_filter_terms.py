@@ -288,12 +288,15 @@ async def test_the_hub_filters_live_events_by_param_label_and_queue(dsn: str) ->
             dataclasses.replace(record(4), queue="emails", labels={"tenant": "acme"}),
         ]
         # retried until the subscription is in place: the first events may precede it
-        for _ in range(50):
-            await publish(rec, [*others, dataclasses.replace(hit, task_id=f"hit-{_}")])
-            if got:
-                break
-            await asyncio.sleep(0.2)
-        await wait_for(lambda: got, timeout=10)
+        tries = 0
+
+        async def published_and_got() -> bool:
+            nonlocal tries
+            tries += 1
+            await publish(rec, [*others, dataclasses.replace(hit, task_id=f"hit-{tries}")])
+            return bool(got)
+
+        await wait_for(published_and_got, interval=0.2, what="a matching live event")
     finally:
         follower.cancel()
         await rec.stop()

@@ -58,7 +58,7 @@ class Listener:
     async def subscribe(self, since_seq: int | None = None, **filters: Any) -> dict[str, Any]:
         before = len(self.of("subscribed"))
         await self.ws.send(dumps({"op": "subscribe", "filters": filters, "since_seq": since_seq}))
-        await wait_for(lambda: len(self.of("subscribed")) > before, timeout=5)
+        await wait_for(lambda: len(self.of("subscribed")) > before)
         return self.of("subscribed")[-1]
 
     async def close(self) -> None:
@@ -69,7 +69,7 @@ class Listener:
 async def listen(url: str, **kwargs: Any) -> Listener:
     ws = await connect(url, **kwargs)
     listener = Listener(ws)
-    await wait_for(lambda: listener.of("hello"), timeout=5)
+    await wait_for(lambda: listener.of("hello"))
     return listener
 
 
@@ -85,6 +85,26 @@ async def publish(rec: Recorder, records: list[AttemptRecord]) -> None:
     for r in records:
         rec.submit(r)
     await rec.flush()
+
+
+async def fence(rec: Recorder, clients: dict[Listener, AttemptRecord]) -> dict[Listener, list[Any]]:
+    """What each client received before its fence: a later event it wants.
+
+    The hub sends each client its events in seq order, so once the fence has
+    arrived nothing published before it can still trickle in; the test waits
+    for that rather than for a while.
+    """
+    await publish(rec, list(clients.values()))
+
+    def fenced(client: Listener, record: AttemptRecord) -> int | None:
+        ids = [e["data"]["task_id"] for e in client.events]
+        return ids.index(record.task_id) if record.task_id in ids else None
+
+    await wait_for(
+        lambda: all(fenced(c, r) is not None for c, r in clients.items()),
+        what="each client's fence event",
+    )
+    return {c: c.events[: fenced(c, r)] for c, r in clients.items()}
 
 
 async def test_hello_then_every_event_in_order(hub: Hub, pg_recorder: Recorder) -> None:
@@ -128,11 +148,15 @@ async def test_subscribers_get_only_what_their_filters_match(
 
     await wait_for(lambda: len(everything.events) == 18)
     await wait_for(lambda: len(failed.events) == 5 and len(other.events) == 3)
-    await asyncio.sleep(0.1)  # nothing else trickles in
-    assert {e["status"] for e in failed.events} == {"failed"}
-    assert {e["task_name"] for e in other.events} == {"app:other-thing"}
-    assert {e["status"] for e in other.events} == {"success"}
-    assert len(failed.events) == 5 and len(other.events) == 3
+    # nothing else trickles in
+    seen = await fence(
+        pg_recorder,
+        {failed: record(900, Status.FAILED), other: record(901, task="app:other-fence")},
+    )
+    assert {e["status"] for e in seen[failed]} == {"failed"}
+    assert {e["task_name"] for e in seen[other]} == {"app:other-thing"}
+    assert {e["status"] for e in seen[other]} == {"success"}
+    assert len(seen[failed]) == 5 and len(seen[other]) == 3
     for client in (everything, failed, other):
         await client.close()
 
@@ -239,13 +263,13 @@ async def test_slow_client_gets_a_gap_and_never_delays_the_others(
 
         # then: fast clients get everything, without a gap
         for client in fast:
-            await wait_for(lambda c=client: len(c.events) == n, timeout=20)
+            await wait_for(lambda c=client: len(c.events) == n)
             assert not client.of("gap")
         assert hub.stats.events == n
         # the slow client is behind; when it reads again it learns it missed events
         received: list[dict[str, Any]] = []
         while not any(m["type"] == "gap" for m in received):
-            received.append(json.loads(await asyncio.wait_for(slow.recv(), 10)))
+            received.append(json.loads(await asyncio.wait_for(slow.recv(), 30)))
         assert sum(1 for m in received if m["type"].startswith("task_")) < n
         assert hub.stats.slow_gaps >= 1
         gap = next(m for m in received if m["type"] == "gap")
@@ -253,7 +277,7 @@ async def test_slow_client_gets_a_gap_and_never_delays_the_others(
         # and then it follows the live stream again
         await publish(pg_recorder, [record(9999, task="app:after")])
         while True:
-            message = json.loads(await asyncio.wait_for(slow.recv(), 10))
+            message = json.loads(await asyncio.wait_for(slow.recv(), 30))
             if message.get("task_name") == "app:after":
                 break
     finally:
@@ -349,7 +373,7 @@ async def test_healthz_answers_plain_http(hub: Hub) -> None:
     port = int(hub.url.rsplit(":", 1)[1].strip("/"))
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-    status = await asyncio.wait_for(reader.readline(), 5)
+    status = await asyncio.wait_for(reader.readline(), 30)
     writer.close()
     assert status.startswith(b"HTTP/1.1 200")
 
@@ -407,8 +431,8 @@ async def test_frames_before_the_subscription_obey_its_filters(
     # then it receives only what matches, including what arrived between hello and subscribe
     await wait_for(lambda: hub.stats.events == 17)
     await wait_for(lambda: len(client.events) >= 6)
-    await asyncio.sleep(0.1)  # nothing else trickles in
-    assert [e["status"] for e in client.events] == ["failed"] * 6
+    seen = await fence(pg_recorder, {client: record(900, Status.FAILED)})  # nothing trickles in
+    assert [e["status"] for e in seen[client]] == ["failed"] * 6
     first_event = client.messages.index(client.events[0])
     assert client.messages.index(client.of("subscribed")[0]) < first_event
     await client.close()
@@ -419,7 +443,7 @@ async def healthz(url: str) -> tuple[int, str]:
     port = int(url.rsplit(":", 1)[1].strip("/"))
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    response = (await asyncio.wait_for(reader.read(), 5)).decode()
+    response = (await asyncio.wait_for(reader.read(), 30)).decode()
     writer.close()
     head, _, body = response.partition("\r\n\r\n")
     return int(head.split()[1]), body
@@ -486,7 +510,7 @@ async def test_a_failing_bus_reader_shows_in_healthz_clients_and_log(
 
         # and when a new reader runs, clients come back and are told what they may have missed
         reader.restart.set()
-        await wait_for(lambda: hub.bus_connected, timeout=10)
+        await wait_for(lambda: hub.bus_connected)
         assert await healthz(url) == (200, "ok\n")
         again = await listen(url)
         await again.subscribe(since_seq=1)
@@ -554,7 +578,7 @@ async def test_the_in_process_hub_of_the_tui_wants_a_token(dsn: str) -> None:
     source = InProcessHubSource(dsn)
     stream = source.stream()
     try:
-        first = await asyncio.wait_for(anext(stream), 10)
+        first = await asyncio.wait_for(anext(stream), 30)
         assert isinstance(first, LiveConnected)
         url = source._hub.url
 

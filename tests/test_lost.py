@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -39,10 +40,26 @@ class Listener:
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
         self.conn: asyncpg.Connection[Any] | None = None
+        self.fences: list[int] = []
 
     def on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
         assert isinstance(payload, str)
-        self.events += unpack_payload(payload)
+        for item in unpack_payload(payload):
+            if "fence" in item:
+                self.fences.append(item["fence"])
+            else:
+                self.events.append(item)
+
+    async def fence(self, db: asyncpg.Connection[Any]) -> None:
+        """Wait until everything committed before now has been received.
+
+        PostgreSQL delivers notifications in commit order, so a fence notified
+        now arrives after every event committed before it: the test waits for
+        that, not for a while in which late events "should" have come.
+        """
+        n = len(self.fences) + 1
+        await db.execute("SELECT pg_notify($1, $2)", CHANNEL, json.dumps({"fence": n}))
+        await wait_for(lambda: n in self.fences, what=f"fence {n} on {CHANNEL}")
 
 
 @pytest.fixture
@@ -113,7 +130,7 @@ async def test_mark_lost_stores_lost_and_publishes_one_event_per_row(
 
     # and a second run finds nothing more to do
     assert await mark_lost(db) == 0
-    await asyncio.sleep(0.2)
+    await listener.fence(db)
     assert len(listener.events) == 2
 
 
@@ -208,9 +225,7 @@ async def test_attempt_of_a_killed_worker_becomes_lost(
         "SELECT status FROM task_execution_logs WHERE task_id = $1", task.task_id
     )
     assert stored == "lost"
-    announced = await wait_for(
-        lambda: [e for e in listener.events if e["status"] == "lost"], timeout=10
-    )
+    announced = await wait_for(lambda: [e for e in listener.events if e["status"] == "lost"])
     assert [(e["data"]["task_id"], e["type"]) for e in announced] == [(task.task_id, "task_failed")]
     assert announced[0]["data"]["worker"] == row["worker"]
 

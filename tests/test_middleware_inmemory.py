@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from helpers import wait_for
 from taskiq import InMemoryBroker, SimpleRetryMiddleware
 
 from taskmon.worker.middleware import MonitoringMiddleware
@@ -37,13 +38,19 @@ async def _rows(broker: InMemoryBroker, db: asyncpg.Connection[Any]) -> list[asy
     return await db.fetch("SELECT * FROM task_execution_logs ORDER BY task_id, attempt")
 
 
+async def _ended(broker: InMemoryBroker, db: asyncpg.Connection[Any], n: int) -> bool:
+    """Whether `n` attempts are written with their outcomes (retries run in the background)."""
+    rows = await _rows(broker, db)
+    return len(rows) >= n and all(r["status"] != "running" for r in rows)
+
+
 async def test_success_is_one_row_with_duration_and_params(
     broker: InMemoryBroker, db: asyncpg.Connection[Any]
 ) -> None:
     # given
     @broker.task(task_name="app:add")
     async def add(a: int, b: int) -> int:
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # the task's own work: its duration is checked below
         return a + b
 
     # when
@@ -90,7 +97,7 @@ async def test_timeout_label_fails_with_timeout_error(
 ) -> None:
     @broker.task(task_name="app:slow", timeout=0.1)
     async def slow() -> None:
-        await asyncio.sleep(2)
+        await asyncio.sleep(2)  # outlasts its timeout: the timeout is what is checked
 
     task = await slow.kiq()
     await task.wait_result(timeout=5)
@@ -105,7 +112,7 @@ async def test_timeout_label_fails_with_timeout_error(
 async def test_sync_task_is_recorded(broker: InMemoryBroker, db: asyncpg.Connection[Any]) -> None:
     @broker.task(task_name="app:sync")
     def sync_task(n: int) -> int:
-        time.sleep(0.02)
+        time.sleep(0.02)  # the task's own (blocking) work
         return n * 2
 
     task = await sync_task.kiq(21)
@@ -128,7 +135,7 @@ async def test_retries_are_one_row_per_attempt(
         return "ok"
 
     task = await flaky.kiq()
-    await asyncio.sleep(0.1)
+    await wait_for(lambda: _ended(broker, db, 3), what="the outcomes of three attempts")
 
     rows = await _rows(broker, db)
     assert [(r["attempt"], r["status"]) for r in rows] == [
@@ -151,7 +158,7 @@ async def test_retries_exhausted_ends_failed(
         raise RuntimeError("always")
 
     await doomed.kiq()
-    await asyncio.sleep(0.1)
+    await wait_for(lambda: _ended(broker, db, 2), what="the outcomes of two attempts")
 
     rows = await _rows(broker, db)
     assert [(r["attempt"], r["status"]) for r in rows] == [(0, "retrying"), (1, "failed")]
@@ -233,7 +240,7 @@ async def test_finding_the_database_never_holds_up_a_task(
     looked_up = []
 
     def slow_lookup() -> str:
-        time.sleep(1.0)
+        time.sleep(1.0)  # the slow lookup itself: the task must not wait for it
         looked_up.append(dsn)
         return dsn
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from helpers import publish, record
+from helpers import publish, record, wait_for
 from test_rollups import assert_rollups_match, insert
 
 from taskmon.domain.events import Status
@@ -243,8 +243,9 @@ async def test_detaching_waits_out_a_long_reader_without_holding_writers(
                    "created_at": datetime.now(UTC)}  # fmt: skip
             await insert(writer, [row])
             waits.append(asyncio.get_running_loop().time() - t0)
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # inserts spread over the detach's tries
         await writer.close()
+        await wait_for(lambda: retries >= 1, what="the detach retrying for its lock")
         # then the writer was never held up for long, and the detach kept retrying
         assert max(waits) < 1.0, waits
         assert retries >= 1
@@ -290,7 +291,7 @@ async def test_upgrade_partitions_a_populated_table_while_a_worker_records(
             r = record(2000 + i)
             rec.submit(r)
             ids.append(r.task_id)
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # a steady stream, so that some attempts meet the swap
         return ids
 
     recording = asyncio.create_task(keep_recording())

@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from helpers import record, unconfigured_env
+from helpers import record, unconfigured_env, wait_for
 from taskiq import InMemoryBroker, TaskiqMiddleware
 
 from taskmon.worker.middleware import ENQUEUED_LABEL, MonitoringMiddleware
@@ -64,10 +64,8 @@ async def test_a_stop_that_times_out_mid_write_counts_the_batch(
     try:
         for n in range(5):
             recorder.submit(record(n))
-        deadline = time.monotonic() + 10
-        while not recorder._busy:  # the batch is being written (and waits on the lock)
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.01)
+        # the batch is being written (and waits on the lock)
+        await wait_for(lambda: recorder._busy, interval=0.01, what="the batch's write")
 
         # when the stop's time runs out during that write
         with caplog.at_level(logging.ERROR, logger="taskmon.worker.recorder"):
@@ -315,10 +313,7 @@ async def test_with_notify_every_row_rollup_and_event_arrives_in_order(
         finish(i, r)
     await rec.flush()
     await rec.stop()
-    for _ in range(100):
-        if len(received) >= 60:
-            break
-        await asyncio.sleep(0.02)
+    await wait_for(lambda: len(received) >= 60, what="60 events announced")
     await listener.close()
 
     # then: one row per attempt, rollups that agree with the rows
@@ -371,10 +366,7 @@ async def test_a_record_postgres_refuses_costs_only_itself_with_notify_on(
         rec.submit(r)
     await rec.flush()
     await rec.stop()
-    for _ in range(100):
-        if len(received) >= 7:
-            break
-        await asyncio.sleep(0.02)
+    await wait_for(lambda: len(received) >= 7, what="7 events announced")
     await listener.close()
 
     # then: the refused attempt alone is counted, the others written once, announced once

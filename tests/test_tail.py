@@ -49,7 +49,7 @@ class Proc:
         if self.proc.returncode is None:
             self.proc.send_signal(sig)
             try:
-                await asyncio.wait_for(self.proc.wait(), 10)
+                await asyncio.wait_for(self.proc.wait(), 30)
             except TimeoutError:
                 # stuck: SIGABRT makes faulthandler print every thread's stack to stderr
                 self.proc.send_signal(signal.SIGABRT)
@@ -89,7 +89,7 @@ async def test_tail_prints_matching_events_and_survives_a_hub_restart(
         "tail", "--hub-url", url, "--token", "tok", "--status", "failed", "--format", "jsonl"
     )
     try:
-        await wait_for(lambda: any("following" in line for line in tail.err), timeout=20)
+        await wait_for(lambda: any("following" in line for line in tail.err))
 
         # when
         await publish(pg_recorder, [record(1), record(2, Status.FAILED), record(3)])
@@ -108,7 +108,7 @@ async def test_tail_prints_matching_events_and_survives_a_hub_restart(
         await publish(pg_recorder, [record(5, Status.FAILED)])
 
         # then it says once that it reconnected and what may be missing, and goes on
-        await wait_for(lambda: len(tail.out) == 2, timeout=20)
+        await wait_for(lambda: len(tail.out) == 2)
         assert json.loads(tail.out[1])["seq"] == 5
         notes = [line for line in tail.err if "reconnected" in line]
         assert len(notes) == 1
@@ -123,7 +123,7 @@ async def test_tail_prints_matching_events_and_survives_a_hub_restart(
 async def test_tail_without_a_hub_runs_one_in_process(dsn: str, pg_recorder: Recorder) -> None:
     tail = await taskmon("tail", "--dsn", dsn, "--task", "app:shown*")
     try:
-        await wait_for(lambda: any("following" in line for line in tail.err), timeout=20)
+        await wait_for(lambda: any("following" in line for line in tail.err))
 
         await publish(
             pg_recorder,
@@ -153,23 +153,26 @@ async def test_tail_into_a_reader_that_leaves_exits_quietly(
     os.close(write_end)
     try:
         # when one line is read and the reader closes its end
-        await asyncio.sleep(0.5)
-        first = b""
-        for n in range(100):  # events until the tail (still starting) prints one
-            await publish(pg_recorder, [record(n)])
+        sent = 0
+
+        async def printed() -> bytes:
+            nonlocal sent
+            # events until the tail (still starting) prints one
+            await publish(pg_recorder, [record(sent)])
+            sent += 1
             ready: tuple[list[int], list[int], list[int]] = await asyncio.to_thread(
                 select.select, [read_end], [], [], 0.2
             )
-            if ready[0]:
-                first = os.read(read_end, 4096)
-                break
+            return os.read(read_end, 4096) if ready[0] else b""
+
+        first = await wait_for(printed, timeout=60, interval=0, what="the tail's first line")
         assert b"app:work" in first
         os.close(read_end)
         read_end = -1
-        for n in range(100, 110):  # the next writes meet a closed pipe
+        for n in range(sent, sent + 10):  # the next writes meet a closed pipe
             await publish(pg_recorder, [record(n)])
         # then it ends with status 1 and says nothing about the database
-        await asyncio.wait_for(proc.wait(), 20)
+        await asyncio.wait_for(proc.wait(), 60)
         assert proc.stderr is not None
         err = (await proc.stderr.read()).decode()
         assert proc.returncode == 1, err
@@ -193,7 +196,7 @@ async def test_tail_into_a_reader_that_leaves_exits_quietly(
 )
 async def test_bad_input_is_one_line_and_status_2(args: list[str], message: str) -> None:
     proc = await taskmon(*args)
-    code = await asyncio.wait_for(proc.proc.wait(), 20)
+    code = await asyncio.wait_for(proc.proc.wait(), 60)
     await asyncio.gather(*proc.readers)
     assert code == 2
     assert len(proc.err) == 1 and message in proc.err[0]
@@ -202,16 +205,16 @@ async def test_bad_input_is_one_line_and_status_2(args: list[str], message: str)
 
 async def test_serve_answers_healthz_and_stops_on_sigterm(dsn: str) -> None:
     serve = await taskmon("serve", "--port", "0", "--dsn", dsn, "--token", "t")
-    await wait_for(lambda: any("listening on" in line for line in serve.err), timeout=20)
+    await wait_for(lambda: any("listening on" in line for line in serve.err))
     line = next(line for line in serve.err if "listening on" in line)
     port = int(line.split("ws://127.0.0.1:")[1].split("/")[0])
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.1 200")
+    assert (await asyncio.wait_for(reader.readline(), 30)).startswith(b"HTTP/1.1 200")
     writer.close()
 
     serve.proc.send_signal(signal.SIGTERM)
-    assert await asyncio.wait_for(serve.proc.wait(), 10) == 0
+    assert await asyncio.wait_for(serve.proc.wait(), 30) == 0
     await asyncio.gather(*serve.readers)
 
 

@@ -90,7 +90,7 @@ async def test_r_on_a_history_row_asks_first_and_sends_only_when_confirmed(
 
             # when R is pressed on the row, then a dialog says what would be sent
             await pilot.press("R")
-            await wait_for(lambda: isinstance(app.screen, ConfirmRetryScreen), timeout=15)
+            await wait_for(lambda: isinstance(app.screen, ConfirmRetryScreen))
             text = screen_text(app)
             assert "Send this task again?" in text
             assert attempt.task_id in text and "retry:fail_once" in text
@@ -104,16 +104,16 @@ async def test_r_on_a_history_row_asks_first_and_sends_only_when_confirmed(
 
             # when R again, and y
             await pilot.press("R")
-            await wait_for(lambda: isinstance(app.screen, ConfirmRetryScreen), timeout=15)
+            await wait_for(lambda: isinstance(app.screen, ConfirmRetryScreen))
             await pilot.press("y")
 
             # then the task is on the broker's queue, linked to the original, and it says so
-            await wait_for(lambda: queue.llen(name) == 1, timeout=15)
+            await wait_for(lambda: queue.llen(name) == 1)
             message = json.loads(queue.lindex(name, 0) or b"{}")
             assert message["task_name"] == "retry:fail_once"
             assert message["kwargs"] == {"marker": "tui", "size": 2}
             assert message["labels"]["taskmon_retry_of"] == attempt.task_id
-            await wait_for(lambda: "retry sent: sent retry:fail_once" in notices(app), timeout=10)
+            await wait_for(lambda: "retry sent: sent retry:fail_once" in notices(app))
             assert app.screen is app.main
 
 
@@ -134,7 +134,7 @@ async def test_r_in_the_detail_screen_refuses_redacted_params_without_asking(
             await pilot.press("R")
 
             # then it is refused with the reason, no dialog, nothing sent
-            await wait_for(lambda: "retry refused" in notices(app), timeout=15)
+            await wait_for(lambda: "retry refused" in notices(app))
             assert "kwargs.password was redacted; nothing sent" in notices(app)
             assert isinstance(app.screen, DetailScreen)
             assert queue.llen(env["TEST_QUEUE"]) == 0
@@ -183,7 +183,7 @@ async def test_history_and_the_detail_screen_show_retry_of_and_retried_as(
             # when the detail of each is opened
             await app.push_screen(DetailScreen(rows[task_id], data=app.data, tz=UTC))
             # then its first line says which way the link goes
-            await wait_for(lambda: expected in screen_text(app), timeout=10)  # noqa: B023
+            await wait_for(lambda: expected in screen_text(app))  # noqa: B023
             await pilot.press("escape")
             await wait_for(lambda: app.screen is app.main)
 

@@ -13,12 +13,16 @@ from collections.abc import Awaitable, Callable
 import pytest
 from helpers import wait_for
 from textual.pilot import Pilot
+from textual.widgets import Static
 from tui_conftest_helpers import FakeData, FakeLive, frozen_clock, sample_event
 
 from taskmon.tui.app import TaskmonApp, make_app
+from taskmon.tui.screens.detail import DetailScreen
+from taskmon.tui.screens.help import HelpScreen
 from taskmon.tui.sources import LiveDisconnected
 from taskmon.tui.widgets.history_table import HistoryTable
 from taskmon.tui.widgets.live_feed import LiveFeed
+from taskmon.tui.widgets.status_bar import StatusBar
 
 SMALL = (80, 24)
 LARGE = (120, 36)
@@ -35,8 +39,14 @@ def build_app(*, query: str = "", live: FakeLive | None = None) -> TaskmonApp:
     return make_app(FakeData(), live, query=query, clock=frozen_clock)
 
 
-def loaded(*then: str) -> Callable[[Pilot[None]], Awaitable[None]]:
-    """Wait until metrics, history and the feed are on screen, then press `then`."""
+def loaded(
+    *then: str, shows: Callable[[TaskmonApp], bool] | None = None, what: str = ""
+) -> Callable[[Pilot[None]], Awaitable[None]]:
+    """Wait until metrics, history and the feed are on screen, press `then`, wait for `shows`.
+
+    The snapshot is taken once the app is in the state it shows (`shows`, named
+    `what`), never after a fixed while: a loaded machine only makes it slower.
+    """
 
     async def run_before(pilot: Pilot[None]) -> None:
         app = pilot.app
@@ -48,13 +58,29 @@ def loaded(*then: str) -> Callable[[Pilot[None]], Awaitable[None]]:
                 and main.query_one(HistoryTable).row_count > 0
                 and main.query_one(LiveFeed).received >= EVENTS
                 and not main.query_one(LiveFeed).waiting
-            )
+            ),
+            what="metrics, history and the live feed on screen",
         )
         if then:
             await pilot.press(*then)
-        await pilot.pause(0.2)
+        if shows is not None:
+            await wait_for(lambda: shows(app), what=what)
+        await pilot.pause()
 
     return run_before
+
+
+def feed(app: TaskmonApp) -> LiveFeed:
+    return app.main.query_one(LiveFeed)
+
+
+def filter_error(app: TaskmonApp) -> str:
+    return str(app.main.query_one("#filter-error", Static).render())
+
+
+def detail_loaded(app: TaskmonApp) -> bool:
+    screen = app.screen
+    return isinstance(screen, DetailScreen) and screen.attempts is not None
 
 
 @pytest.mark.parametrize("size", [SMALL, LARGE], ids=["80x24", "120x36"])
@@ -67,14 +93,20 @@ def test_main_screen(snap_compare: SnapCompare, size: tuple[int, int]) -> None:
 def test_filter_bar_with_error(snap_compare: SnapCompare, size: tuple[int, int]) -> None:
     """`/` opens the filter bar; a bad query shows its error inline."""
     keys = ("slash", *"status:bogus")
-    assert snap_compare(build_app(), terminal_size=size, run_before=loaded(*keys))
+    shown = loaded(
+        *keys,
+        shows=lambda app: filter_error(app).startswith("✕ status: unknown status 'bogus'"),
+        what="the filter bar's error",
+    )
+    assert snap_compare(build_app(), terminal_size=size, run_before=shown)
 
 
 @pytest.mark.parametrize("size", [SMALL, LARGE], ids=["80x24", "120x36"])
 def test_filtered_and_paused(snap_compare: SnapCompare, size: tuple[int, int]) -> None:
     """A status filter from the command line, the feed paused."""
     app = build_app(query="status:failed")
-    assert snap_compare(app, terminal_size=size, run_before=loaded("space"))
+    paused = loaded("space", shows=lambda app: feed(app).paused, what="the feed paused")
+    assert snap_compare(app, terminal_size=size, run_before=paused)
 
 
 @pytest.mark.parametrize("size", [SMALL, LARGE], ids=["80x24", "120x36"])
@@ -82,12 +114,16 @@ def test_detail_screen(snap_compare: SnapCompare, size: tuple[int, int]) -> None
     """`enter` on a failed attempt: fields, attempts, params and traceback."""
     # the third row is a failed attempt with a traceback
     keys = ("down", "down", "enter")
-    assert snap_compare(build_app(), terminal_size=size, run_before=loaded(*keys))
+    shown = loaded(*keys, shows=detail_loaded, what="the detail screen with its attempts")
+    assert snap_compare(build_app(), terminal_size=size, run_before=shown)
 
 
 def test_help_screen(snap_compare: SnapCompare) -> None:
     """`?` lists every key."""
-    assert snap_compare(build_app(), terminal_size=LARGE, run_before=loaded("question_mark"))
+    shown = loaded(
+        "question_mark", shows=lambda app: isinstance(app.screen, HelpScreen), what="the help"
+    )
+    assert snap_compare(build_app(), terminal_size=LARGE, run_before=shown)
 
 
 def test_reconnecting(snap_compare: SnapCompare) -> None:
@@ -95,7 +131,14 @@ def test_reconnecting(snap_compare: SnapCompare) -> None:
     live = FakeLive()
     live.push_events([sample_event(i) for i in range(EVENTS)])
     live.push(LiveDisconnected("ConnectionClosedError: no close frame received", 2))
-    assert snap_compare(build_app(live=live), terminal_size=SMALL, run_before=loaded())
+    shown = loaded(
+        shows=lambda app: (
+            app.main.query_one(StatusBar).connection == "reconnecting"
+            and any("live connection lost" in line for line in feed(app).plain_lines())
+        ),
+        what="the status bar and the feed saying the hub went away",
+    )
+    assert snap_compare(build_app(live=live), terminal_size=SMALL, run_before=shown)
 
 
 def test_too_small(snap_compare: SnapCompare) -> None:

@@ -116,11 +116,16 @@ async def test_worker_processes_record_every_attempt(
 
 @pytest.mark.slow
 async def test_worker_shutdown_drains_buffered_rows(
-    worker: subprocess.Popen[bytes], client: Any, db: asyncpg.Connection[Any]
+    worker: subprocess.Popen[bytes], client: Any, db: asyncpg.Connection[Any], tmp_path: Path
 ) -> None:
     # given tasks that are running when the worker is asked to stop
-    await wait_for(lambda: len(psutil.Process(worker.pid).children()) == 2, timeout=30)
-    await asyncio.sleep(1.0)  # let the children finish starting up
+    await wait_for(lambda: len(psutil.Process(worker.pid).children()) == 2, timeout=60)
+    log = tmp_path / "worker.log"  # the worker fixture's
+    await wait_for(
+        lambda: log.read_text().count("Listening started") == 2,
+        timeout=60,
+        what="both worker processes to have started up",
+    )
     tasks = [await client.sleep.kiq(0.5) for _ in range(4)]
     await wait_for(lambda: db.fetchval("SELECT count(*) FROM task_execution_logs"), timeout=30)
 

@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 import helpers
 import pytest
-from helpers import app_client, record, wait_for
+from helpers import Calls, app_client, record, wait_for
 
 from taskmon.bus.postgres import CHANNEL, PgNotifyPublisher, unpack_payload
 from taskmon.domain.events import Status
@@ -103,13 +103,13 @@ async def test_a_killed_worker_is_stale_and_its_attempt_lost_within_seconds(
         interval=0.1,
     )
     assert row["status"] == "running"
-    [alive] = await wait_for(lambda: _workers(db), timeout=10)
+    [alive] = await wait_for(lambda: _workers(db))
     assert (alive["name"], alive["state"]) == (row["worker"], "alive")
     assert alive["queue"] == client.broker.queue_name
     assert alive["broker"] == "taskiq_redis.redis_broker.ListQueueBroker"
     assert alive["taskmon_version"] and alive["taskiq_version"]
     running = await wait_for(
-        lambda: db.fetchval("SELECT running FROM taskmon_workers WHERE running > 0"), timeout=10
+        lambda: db.fetchval("SELECT running FROM taskmon_workers WHERE running > 0")
     )
     assert running == 1
 
@@ -149,9 +149,7 @@ async def test_a_killed_worker_is_stale_and_its_attempt_lost_within_seconds(
     )
     await other.start(wait_connected=5)
     try:
-        announced = await wait_for(
-            lambda: [e for e in listener.events if e["status"] == "lost"], timeout=10
-        )
+        announced = await wait_for(lambda: [e for e in listener.events if e["status"] == "lost"])
     finally:
         await other.stop()
     assert [(e["data"]["task_id"], e["type"]) for e in announced] == [(task.task_id, "task_failed")]
@@ -200,7 +198,7 @@ async def test_a_failing_heartbeat_loses_no_record(dsn: str, db: asyncpg.Connect
         # when attempts are recorded across many failed heartbeats
         for i in range(20):
             rec.submit(record(i, Status.SUCCESS))
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # attempts spread over heartbeat intervals (0.05 s)
         await rec.flush()
     finally:
         await rec.stop()
@@ -338,10 +336,12 @@ async def test_heartbeats_through_a_database_outage_lose_no_record(
 
         # when the database goes away while attempts arrive and heartbeats fall due
         caplog.set_level(logging.WARNING, logger="taskmon.worker.recorder")
+        beats_due = Calls(rec, "_beat")
         await proxy.cut()
         for i in range(30):
             rec.submit(record(i, Status.SUCCESS))
-        await asyncio.sleep(0.5)  # many heartbeats fall due, and fail, here
+        # many heartbeats fall due, and fail, here
+        await wait_for(lambda: beats_due.calls >= 3, what="three heartbeats due in the outage")
         beats = rec.stats.heartbeats
         assert await db.fetchval("SELECT count(*) FROM task_execution_logs") == 0
 
