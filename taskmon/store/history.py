@@ -109,11 +109,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
 # after one page. Each branch costs some 0.1-0.3 ms to plan and start, so
 # beyond this many the task names are one `= ANY` condition in each status branch.
 _MAX_BRANCHES = 12
-# A page filtered by an indexed term (status, task, queue, param, label) is
-# looked for in the newest day first, then the newest week, then everywhere
-# (None): the first window that
-# yields a whole page holds exactly the page, since every row older than the
-# window ranks below it. On a partitioned table a window spans a few
+# A page filtered by a status or task is looked for in the newest day first,
+# then the newest week, then everywhere (None): the first window that yields a
+# whole page holds exactly the page, since every row older than the window
+# ranks below it. On a partitioned table a window spans a few
 # partitions, and planning the branches over every partition (10 ms at 35
 # day partitions) was most of a page's time.
 _WINDOWS: tuple[timedelta | None, ...] = (timedelta(days=1), timedelta(days=7), None)

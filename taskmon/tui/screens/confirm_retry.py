@@ -11,7 +11,7 @@ colour alone.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.console import Group
@@ -124,19 +124,19 @@ def retry_attempt(screen: Screen[Any], row: AttemptRow | None) -> None:
     Without a broker configured (the app's ``retrier`` is None), says how to
     enable it.
     """
-    retrier: Retrier | None = getattr(screen.app, "retrier", None)
     if row is None:
         screen.notify("no attempt selected", title="retry", severity="warning")
         return
+    _start(screen, lambda retrier: _plan_ask_send(screen, retrier, row["task_id"], row["attempt"]))
+
+
+def _start(screen: Screen[Any], work: Callable[[Retrier], Coroutine[Any, Any, None]]) -> None:
+    """Run `work` with the app's retrier in a worker of `screen`, or say how to enable retry."""
+    retrier: Retrier | None = getattr(screen.app, "retrier", None)
     if retrier is None:
         screen.notify(HOW_TO_ENABLE, title="retry is off", severity="warning", timeout=10)
         return
-    screen.run_worker(
-        _plan_ask_send(screen, retrier, row["task_id"], row["attempt"]),
-        group="retry",
-        exclusive=True,
-        exit_on_error=False,
-    )
+    screen.run_worker(work(retrier), group="retry", exclusive=True, exit_on_error=False)
 
 
 async def _plan_ask_send(screen: Screen[Any], retrier: Retrier, task_id: str, attempt: int) -> None:
@@ -167,7 +167,7 @@ async def _plan_ask_send(screen: Screen[Any], retrier: Retrier, task_id: str, at
     try:
         new_id = await retrier.send(plan)
     except Exception as exc:
-        text = str(exc) if isinstance(exc, RetryError) else f"{type(exc).__name__}: {exc}"
+        text = _error_text(exc)
         screen.notify(f"{text}; nothing sent", title="retry not sent", severity="error", timeout=10)
         return
     screen.notify(f"sent {plan.task_name} {task_id} again as {new_id}", title="retry sent")
@@ -257,19 +257,11 @@ def retry_attempts(
     `on_sent` runs once the retries were sent (some may have failed; the
     notification says which). Without a broker configured, says how to enable it.
     """
-    retrier: Retrier | None = getattr(screen.app, "retrier", None)
     if not rows:
         screen.notify("no attempt marked", title="retry", severity="warning")
         return
-    if retrier is None:
-        screen.notify(HOW_TO_ENABLE, title="retry is off", severity="warning", timeout=10)
-        return
-    screen.run_worker(
-        _plan_ask_send_many(screen, retrier, list(rows), on_sent),
-        group="retry",
-        exclusive=True,
-        exit_on_error=False,
-    )
+    marked = list(rows)
+    _start(screen, lambda retrier: _plan_ask_send_many(screen, retrier, marked, on_sent))
 
 
 def _name(task_name: object, task_id: object) -> str:
