@@ -12,10 +12,11 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from taskmon.domain.events import AttemptRecord, Status
+from taskmon.store.columns import READ, AttemptRow
 
 if TYPE_CHECKING:
     from taskmon.worker.recorder import Recorder
@@ -125,6 +126,18 @@ def record(
         finished_at=now,
         duration_ms=duration_ms,
     )
+
+
+def attempt_row(**values: Any) -> AttemptRow:
+    """A stored attempt as readers return it: every read column, `values` given, the rest None.
+
+    Built from :data:`taskmon.store.columns.READ`, so a new stored column needs no
+    change to the tests' rows.
+    """
+    unknown = set(values) - set(READ)
+    if unknown:
+        raise TypeError(f"no such column: {', '.join(sorted(unknown))}")
+    return cast(AttemptRow, {name: values.get(name) for name in READ})
 
 
 async def publish(rec: Recorder, records: list[AttemptRecord]) -> None:

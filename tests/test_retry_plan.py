@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from helpers import attempt_row
 from taskiq import InMemoryBroker
 from taskiq.serializers import PickleSerializer
 
@@ -86,12 +87,10 @@ def test_calls_that_cannot_be_rebuilt_faithfully_are_refused(
 def row(task_name: str, status: str = "failed", labels: dict[str, Any] | None = None) -> AttemptRow:
     """A recorded attempt of `task_name`, called with ``user="carol"``."""
     now = datetime.now(UTC)
-    return AttemptRow(
+    return attempt_row(
         id=1, task_id="t1", task_name=task_name, status=status, attempt=0, worker="h:1",
-        queue=None, params={"args": [], "kwargs": {"user": "carol"}}, labels=labels or {},
-        error_type=None, error_message=None, traceback=None, timeout_s=None, enqueued_at=None,
-        started_at=now, finished_at=None, duration_ms=None, queue_wait_ms=None, created_at=now,
-        updated_at=now,
+        params={"args": [], "kwargs": {"user": "carol"}}, labels=labels or {},
+        started_at=now, created_at=now, updated_at=now,
     )  # fmt: skip
 
 

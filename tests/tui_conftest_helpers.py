@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from helpers import attempt_row
 from rich.console import Console
 from textual.app import App
 
@@ -70,30 +71,30 @@ def sample_rows(n: int = 60) -> list[AttemptRow]:
         failed = status in ("failed", "retrying")
         duration = None if status == "running" else 120.0 + (i * 97) % 3000
         rows.append(
-            {
-                "id": 1000 - i,
-                "task_id": f"{i:04d}c0ffee{i:04d}",
-                "task_name": TASKS[i % len(TASKS)],
-                "status": status,
-                "attempt": 1 if status == "retrying" else 0,
-                "worker": WORKERS[i % 2],
-                "queue": "default",
-                "labels": {},
-                "params": {"args": [i], "kwargs": {"batch": i * 10, "source": "s3://bucket/x"}},
-                "error_type": "TimeoutError" if failed else None,
-                "error_message": "upstream timed out after 30s" if failed else None,
-                "traceback": TRACEBACK if failed else None,
-                "timeout_s": 60.0,
-                "enqueued_at": created - timedelta(milliseconds=12),
-                "started_at": created,
-                "finished_at": None
+            attempt_row(
+                id=1000 - i,
+                task_id=f"{i:04d}c0ffee{i:04d}",
+                task_name=TASKS[i % len(TASKS)],
+                status=status,
+                attempt=1 if status == "retrying" else 0,
+                worker=WORKERS[i % 2],
+                queue="default",
+                labels={},
+                params={"args": [i], "kwargs": {"batch": i * 10, "source": "s3://bucket/x"}},
+                error_type="TimeoutError" if failed else None,
+                error_message="upstream timed out after 30s" if failed else None,
+                traceback=TRACEBACK if failed else None,
+                timeout_s=60.0,
+                enqueued_at=created - timedelta(milliseconds=12),
+                started_at=created,
+                finished_at=None
                 if duration is None
                 else created + timedelta(milliseconds=duration),
-                "duration_ms": duration,
-                "queue_wait_ms": 12.0,
-                "created_at": created,
-                "updated_at": created,
-            }
+                duration_ms=duration,
+                queue_wait_ms=12.0,
+                created_at=created,
+                updated_at=created,
+            )
         )
     return rows
 
