@@ -46,6 +46,7 @@ CONFIG_KEYS: dict[str, str] = {
     "hub_url": "a string",
     "hub_token": "a string",
     "broker": "a string (module:variable)",
+    "scheduler": "a string (module:variable)",
     "retention_days": "a number of days",
     "lost_after": 'a duration ("1h", "90m") or a number of seconds',
     "alerts": "an array of tables ([[alerts]])",
@@ -55,7 +56,7 @@ CONFIG_KEYS: dict[str, str] = {
 
 
 def _type_ok(key: str, value: object) -> bool:
-    if key in ("dsn", "read_dsn", "redis_url", "hub_url", "hub_token", "broker"):
+    if key in ("dsn", "read_dsn", "redis_url", "hub_url", "hub_token", "broker", "scheduler"):
         return isinstance(value, str)
     if key == "lost_after":
         return isinstance(value, str | int | float) and not isinstance(value, bool)

@@ -61,6 +61,9 @@ class Settings:
     """The hub's shared secret (``--token``, ``TASKMON_HUB_TOKEN``, ``hub_token``)."""
     broker: str | None = None
     """The user's broker as ``module:variable`` (``--broker``, ``TASKMON_BROKER``, ``broker``)."""
+    scheduler: str | None = None
+    """The user's scheduler as ``module:variable``, the form ``taskiq scheduler`` takes
+    (``--scheduler``, ``TASKMON_SCHEDULER``, ``scheduler``)."""
     lost_after_s: float = DEFAULT_LOST_AFTER_S
     """Seconds a running attempt without a timeout may run before it counts as lost."""
     configured_dsn: str | None = field(default=None, repr=False)
@@ -78,6 +81,7 @@ class Settings:
         hub_url: str | None = None,
         hub_token: str | None = None,
         broker: str | None = None,
+        scheduler: str | None = None,
         lost_after: str | None = None,
     ) -> Settings:
         """Each value from its flag, environment variable or config-file key.
@@ -112,6 +116,7 @@ class Settings:
             hub_url=resolve_setting(hub_url, "TASKMON_HUB_URL", "hub_url"),
             hub_token=resolve_setting(hub_token, "TASKMON_HUB_TOKEN", "hub_token"),
             broker=resolve_setting(broker, "TASKMON_BROKER", "broker"),
+            scheduler=resolve_setting(scheduler, "TASKMON_SCHEDULER", "scheduler"),
             lost_after_s=(parse_lost_after(lost, what=lost_what) if lost else DEFAULT_LOST_AFTER_S),
             configured_dsn=configured,
             configured_read_dsn=replica,
