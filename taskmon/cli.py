@@ -12,13 +12,24 @@ import typer
 from typer.core import TyperGroup
 
 from taskmon import __version__
-from taskmon.commands import alerts, cleanup, db, demo, history, live, retry, tui, workers
+from taskmon.commands import (
+    alerts,
+    cleanup,
+    db,
+    demo,
+    history,
+    live,
+    retry,
+    schedules,
+    tui,
+    workers,
+)
 from taskmon.commands.common import usage_error_line
 
 # the order a user meets them in: watch, look back, follow, share the feed,
 # maintain, try it out
 COMMAND_ORDER = (
-    "tui", "history", "stats", "workers", "queues", "tail", "retry", "serve", "alerts",
+    "tui", "history", "stats", "workers", "queues", "schedules", "tail", "retry", "serve", "alerts",
     "cleanup", "db", "demo",
 )  # fmt: skip
 
@@ -26,6 +37,7 @@ HELP = f"""A terminal monitor for TaskIQ background tasks.
 
 Commands are listed in the order you would use them: watch ({COMMAND_ORDER[0]}),
 look back (history, stats), see who works and what waits (workers, queues),
+check that scheduled tasks ran (schedules),
 follow live events (tail), send a task again (retry), share them (serve),
 be told when something goes wrong (alerts), maintain (cleanup, db), try it
 all out (demo).
@@ -83,6 +95,7 @@ app.command("history")(history.history)
 app.command("stats")(history.stats)
 app.command("workers")(workers.workers)
 app.command("queues")(workers.queues)
+app.command("schedules")(schedules.schedules)
 app.command("tail")(live.tail)
 app.command("retry")(retry.retry)
 app.command("serve")(live.serve)

@@ -11,10 +11,12 @@ from __future__ import annotations
 from taskmon.domain.events import Status
 
 __all__ = [
+    "SCHEDULE_STATE_SYMBOLS",
     "STATUS_SYMBOLS",
     "UNKNOWN_SYMBOL",
     "WORKER_STATE_SYMBOLS",
     "duration",
+    "schedule_state_label",
     "status_label",
     "trend_label",
     "worker_state_label",
@@ -44,6 +46,22 @@ WORKER_STATE_SYMBOLS: dict[str, str] = {
 def worker_state_label(state: str) -> str:
     """``⚠ stale``: the symbol and the word of a worker's state."""
     return f"{WORKER_STATE_SYMBOLS.get(state, UNKNOWN_SYMBOL)} {state}"
+
+
+SCHEDULE_STATE_SYMBOLS: dict[str, str] = {
+    "unreadable": "?",
+    "missed": "✕",
+    "late": "!",
+    "waiting": "…",
+    "no runs": "-",
+    "ok": "✓",
+}
+"""One symbol per schedule state (:class:`~taskmon.domain.schedules.ScheduleState`)."""
+
+
+def schedule_state_label(state: str) -> str:
+    """``✕ missed``: the symbol and the word of a schedule's state (or a fire's)."""
+    return f"{SCHEDULE_STATE_SYMBOLS.get(state, UNKNOWN_SYMBOL)} {state}"
 
 
 def trend_label(change: int | None) -> str:

@@ -3,8 +3,8 @@
 A :class:`Reader` holds a small asyncpg pool on the read DSN of a
 :class:`~taskmon.service.settings.Settings`, rebuilt after an outage, and
 answers every question the front ends ask of the database: history pages,
-window statistics, the attempts of a task, retries, workers, queues and the
-replica's lag. The lost rule's threshold is the settings' one, so the CLI and
+window statistics, the attempts of a task, retries, workers, queues, schedules
+and the replica's lag. The lost rule's threshold is the settings' one, so the CLI and
 the TUI cannot disagree on what is lost.
 
 ``taskmon history`` opens one for one page (``async with Reader(settings)``);
@@ -20,6 +20,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from taskmon.domain.schedules import DEFAULT_GRACE_S, DEFAULT_LATE_AFTER_S, DEFAULT_WINDOW_S
 from taskmon.domain.statuses import DEFAULT_LOST_AFTER_S
 from taskmon.store.db import CONNECTION_ERRORS, connect, redact_dsn
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     import asyncpg
 
     from taskmon.domain.filters import TaskFilter
+    from taskmon.domain.schedules import Schedule, ScheduleReport
     from taskmon.service.rows import AttemptRow, HistoryPage, QueueRow, ReplicaStatus, WorkerRow
     from taskmon.service.settings import Settings
     from taskmon.store.stats import Stats
@@ -190,6 +192,29 @@ class Reader:
 
         rows: list[QueueRow] = await self._run(fetch_queues, window_s)
         return rows
+
+    async def schedules(
+        self,
+        schedules: Sequence[Schedule],
+        *,
+        now: datetime,
+        window_s: float = DEFAULT_WINDOW_S,
+        grace_s: float = DEFAULT_GRACE_S,
+        late_after_s: float = DEFAULT_LATE_AFTER_S,
+    ) -> list[ScheduleReport]:
+        """Each schedule over the `window_s` before `now`: its fires, missed, late, last run."""
+        from taskmon.store.schedules import reports
+
+        judged: list[ScheduleReport] = await self._run(
+            reports,
+            schedules,
+            now=now,
+            window_s=window_s,
+            grace_s=grace_s,
+            late_after_s=late_after_s,
+            lost_after_s=self.lost_after_s,
+        )
+        return judged
 
     async def replica_status(self) -> ReplicaStatus:
         """Whether the database is a standby, and how far behind its primary."""

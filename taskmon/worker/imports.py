@@ -43,7 +43,8 @@ def import_object(
     if not sep or not module_name or not all(p.isidentifier() for p in name.split(".")):
         raise SpecError(
             f"{what} {spec!r} is not module:variable (expected module:variable, the form "
-            f"`taskiq worker` takes, e.g. myapp.tasks:{what})"
+            f"`taskiq {'scheduler' if what == 'scheduler' else 'worker'}` takes, "
+            f"e.g. myapp.tasks:{what})"
         )
     added = os.getcwd() not in sys.path
     if added:
