@@ -12,7 +12,7 @@ from typing import Any
 
 from taskiq import ScheduleSource, TaskiqScheduler
 from taskiq.schedule_sources import LabelScheduleSource
-from taskiq_redis import ListQueueBroker, RedisScheduleSource
+from taskiq_redis import ListQueueBroker, ListRedisScheduleSource
 
 from taskmon import MonitoringMiddleware
 
@@ -48,7 +48,7 @@ class FileSource(ScheduleSource):
         return []
 
 
-redis_source = RedisScheduleSource(
+redis_source = ListRedisScheduleSource(
     REDIS_URL, prefix=os.environ.get("TEST_SCHEDULE_PREFIX", "taskmon-test-schedule")
 )
 

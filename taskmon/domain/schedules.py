@@ -115,7 +115,7 @@ class Fire:
     state: FireState
     run: Run | None = None
     delay_s: float | None = None
-    """How long after ``expected_at`` the run was enqueued (else started)."""
+    """How long after ``expected_at`` the run started (a late send or a long queue wait)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,8 +311,8 @@ def _fire(
     if started is None and run is not None and run.status != "pending":
         started = run.created_at
     if started is not None and run is not None:
-        sent_delay = (_ref(run) - expected).total_seconds()
-        delay = max(sent_delay, (started - expected).total_seconds(), 0.0)
+        # a run starts after it is sent: its start's delay covers a late send too
+        delay = max((started - expected).total_seconds(), 0.0)
         state: FireState = "late" if delay > late_after_s else "ok"
         return Fire(expected, state, run, delay)
     if now < expected + timedelta(seconds=grace_s):
