@@ -18,6 +18,8 @@ from helpers import app_client, wait_for_sync
 
 pytestmark = pytest.mark.slow
 
+SCHEDULER = ("--scheduler", "schedule_app:scheduler")
+
 
 class Procs:
     """The TaskIQ processes of one test, stopped at its end."""
@@ -127,6 +129,37 @@ def test_a_running_schedule_shows_its_last_run_then_its_missed_fires(
     assert table.returncode == 0, table.stderr
     line = next(ln for ln in table.stdout.splitlines() if "tests:tick" in ln)
     assert "✕ missed" in line and "every 2s" in line
+
+    # and the schedule_missed alert fires (exit status 1) ...
+    def check() -> tuple[int, Any]:
+        done = subprocess.run(
+            [sys.executable, "-m", "taskmon", "alerts", "check", "-f", "json", *SCHEDULER],
+            env={**env, "TASKMON_CONFIG": str(rules)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+        assert done.returncode in (0, 1), done.stderr
+        (status,) = json.loads(done.stdout)
+        return done.returncode, status
+
+    rules = procs.logs / "alerts.toml"
+    rules.write_text(
+        '[[alerts]]\nname = "ticks"\nwhen = "schedule_missed"\nover = "1m"\ngrace = "3s"\n'
+    )
+    code, status = check()
+    assert (code, status["state"]) == (1, "firing"), status
+    assert "tests:tick" in status["detail"]
+
+    # ... and clears once a worker runs the sends that waited
+    procs.start("worker2", "worker", "schedule_app:broker")
+
+    def cleared() -> Any:
+        code, status = check()
+        return status if code == 0 and status["state"] == "resolved" else None
+
+    wait_for_sync(cleared, timeout=60, interval=0.5, what="the alert to resolve")
 
 
 def test_every_source_is_listed_and_an_unknown_one_is_not_readable(

@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from taskmon.commands.common import DsnOption, fail, primary_dsn, resolve_settings, run
+from taskmon.commands.common import (
+    DsnOption,
+    SchedulerOption,
+    check_scheduler,
+    fail,
+    primary_dsn,
+    resolve_settings,
+    run,
+)
 from taskmon.commands.history import LostAfterOption
 
 if TYPE_CHECKING:
@@ -105,6 +113,7 @@ def check(
         ),
     ] = False,
     lost_after: LostAfterOption = None,
+    scheduler: SchedulerOption = None,
     dsn: DsnOption = None,
 ) -> None:
     """Check every rule now, record the states and notify transitions (for cron).
@@ -115,8 +124,9 @@ def check(
     `taskmon serve` and cron share the states in the database.
     """
     form = _format(fmt)
-    settings = resolve_settings(dsn=dsn, lost_after=lost_after)
+    settings = resolve_settings(dsn=dsn, lost_after=lost_after, scheduler=scheduler)
     config = _config()
+    check_scheduler(settings)
     primary_dsn(settings)
 
     async def go() -> list[AlertStatus]:

@@ -15,8 +15,10 @@ __all__ = [
     "REPLICA_ONLY",
     "DsnOption",
     "ReadDsnOption",
+    "SchedulerOption",
     "TokenOption",
     "UsageError",
+    "check_scheduler",
     "database_url",
     "fail",
     "plural",
@@ -56,6 +58,30 @@ REPLICA_ONLY = (
     "(--redis-url)"
 )
 """Said when the NOTIFY bus would have to LISTEN on a server and only a replica is named."""
+
+SchedulerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--scheduler",
+        help="Your TaskiqScheduler as module:variable, the form `taskiq scheduler` takes "
+        "(for schedules and the schedule_missed alert). Default: $TASKMON_SCHEDULER, then "
+        "the config file's scheduler.",
+        show_default=False,
+    ),
+]
+
+
+def check_scheduler(settings: Settings) -> None:
+    """End the command (one line, exit 2) when the settings' scheduler cannot be imported."""
+    if not settings.scheduler:
+        return
+    from taskmon.service import schedules
+
+    try:
+        schedules.load(settings.scheduler)
+    except schedules.SpecError as exc:
+        fail(str(exc))
+
 
 TokenOption = Annotated[
     str | None,

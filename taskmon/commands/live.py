@@ -15,7 +15,9 @@ from taskmon.commands.common import (
     REPLICA_ONLY,
     DsnOption,
     ReadDsnOption,
+    SchedulerOption,
     TokenOption,
+    check_scheduler,
     fail,
     primary_dsn,
     resolve_settings,
@@ -101,6 +103,7 @@ def serve(
         ),
     ] = None,
     lost_after: LostAfterOption = None,
+    scheduler: SchedulerOption = None,
     read_dsn: ReadDsnOption = None,
 ) -> None:
     """Run the websocket hub: read the event bus once, fan events out to TUIs and tails.
@@ -118,8 +121,14 @@ def serve(
     if ring_size < 1 or client_queue < 1:
         fail("--ring-size and --client-queue must be at least 1")
     settings = resolve_settings(
-        dsn=dsn, read_dsn=read_dsn, redis_url=redis_url, hub_token=token, lost_after=lost_after
+        dsn=dsn,
+        read_dsn=read_dsn,
+        redis_url=redis_url,
+        hub_token=token,
+        lost_after=lost_after,
+        scheduler=scheduler,
     )
+    check_scheduler(settings)
     secret, redis = settings.hub_token, settings.redis_url
     if not secret and not is_loopback(host):
         fail(

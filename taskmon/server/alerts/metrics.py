@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from taskmon.domain.filters import FilterError, TaskFilter, parse_duration_ms
+from taskmon.domain.schedules import DEFAULT_GRACE_S, DEFAULT_LATE_AFTER_S
 from taskmon.domain.statuses import DEFAULT_LOST_AFTER_S
 
 if TYPE_CHECKING:
+    from taskmon.domain.schedules import Schedule
     from taskmon.store.alerts import Measurement
 
 __all__ = [
@@ -40,6 +43,8 @@ __all__ = [
     "Metric",
     "NewErrorType",
     "Percentile",
+    "Runs",
+    "ScheduleMissed",
     "Window",
     "WorkersAlive",
     "get_metric",
@@ -68,12 +73,17 @@ class Window:
         lost_after_s: how long a running attempt without timeout may run
             before it counts as lost.
         baseline: how far back before `start` ``new_error_type`` looks.
+        schedules: the user's schedules (``--scheduler``), for ``schedule_missed``;
+            None when no scheduler is given.
+        grace_s: how long after its time a scheduled fire may start before it is missed.
     """
 
     start: datetime
     end: datetime
     lost_after_s: float = DEFAULT_LOST_AFTER_S
     baseline: timedelta = NEW_ERROR_BASELINE
+    schedules: Sequence[Schedule] | None = None
+    grace_s: float = DEFAULT_GRACE_S
 
 
 @dataclass(frozen=True)
@@ -96,6 +106,10 @@ class Metric(ABC):
     """False: a figure of the workers' heartbeats or queue samples, so it takes no filter."""
     clears_at_once: ClassVar[bool] = False
     """True (counts): a firing rule clears once the condition no longer holds, no hysteresis."""
+    filter_keys: ClassVar[tuple[str, ...] | None] = None
+    """The filter keys a rule on it may use (None: every attempt filter)."""
+    needs_schedules: ClassVar[bool] = False
+    """True: it reads the user's schedules, so ``--scheduler`` must be given."""
 
     def condition(self, op: str | None, value: str | None) -> tuple[str, float]:
         """``(op, threshold)`` of a ``when`` on this metric; the threshold in its unit.
@@ -365,6 +379,92 @@ class WorkersAlive(Metric):
         return await workers_alive(conn)
 
 
+@dataclass(frozen=True)
+class Runs(Metric):
+    """Attempts recorded in the window: alarms when a task that should run did not.
+
+    ``runs < 1`` over ``1h`` with ``task:nightly_export`` says "it did not run";
+    the absence rule for tasks whose schedule taskmon cannot read.
+    """
+
+    ops: ClassVar[tuple[str, ...]] = ("<", "<=")
+    clears_at_once: ClassVar[bool] = True
+
+    def comparison_hint(self) -> str:
+        return self.example
+
+    def threshold(self, text: str) -> float:
+        return _whole(self.name, text)
+
+    def format(self, value: float, detail: str | None) -> str:
+        return f"{value:.0f} run{'' if value == 1 else 's'}"
+
+    async def measure(self, conn: Any, flt: TaskFilter, window: Window) -> Measurement:
+        from taskmon.store.alerts import Measurement
+        from taskmon.store.stats import fetch_stats
+
+        stats = await fetch_stats(
+            conn, flt, since=window.start, until=window.end, lost_after_s=window.lost_after_s
+        )
+        # the count is the figure itself: "too few attempts" is what this rule is about
+        return Measurement(float(stats.total), stats.total)
+
+
+@dataclass(frozen=True)
+class ScheduleMissed(Metric):
+    """Expected fires of the user's schedules with no attempt within the grace period.
+
+    A bare ``schedule_missed`` holds from one missed fire; ``filter`` takes
+    ``task:`` to watch some schedules only. The schedules come from the
+    scheduler given with ``--scheduler``.
+    """
+
+    clears_at_once: ClassVar[bool] = True
+    filter_keys: ClassVar[tuple[str, ...] | None] = ("task",)
+    needs_schedules: ClassVar[bool] = True
+
+    def condition(self, op: str | None, value: str | None) -> tuple[str, float]:
+        if op is None and value is None:
+            return ">", 0.0
+        return super().condition(op, value)
+
+    def threshold(self, text: str) -> float:
+        return _whole(self.name, text)
+
+    def format(self, value: float, detail: str | None) -> str:
+        fires = f"{value:.0f} missed fire{'' if value == 1 else 's'}"
+        return f"{fires} ({detail})" if detail else fires
+
+    async def measure(self, conn: Any, flt: TaskFilter, window: Window) -> Measurement:
+        import fnmatch
+
+        from taskmon.store.alerts import Measurement
+        from taskmon.store.schedules import reports
+
+        if window.schedules is None:
+            raise ValueError(
+                "schedule_missed needs the scheduler: give --scheduler module:variable "
+                "(or TASKMON_SCHEDULER, or scheduler in the config file)"
+            )
+        watched = [
+            s
+            for s in window.schedules
+            if not flt.tasks or any(fnmatch.fnmatchcase(s.task_name, t) for t in flt.tasks)
+        ]
+        judged = await reports(
+            conn,
+            watched,
+            now=window.end,
+            window_s=(window.end - window.start).total_seconds(),
+            grace_s=window.grace_s,
+            late_after_s=DEFAULT_LATE_AFTER_S,
+            lost_after_s=window.lost_after_s,
+        )
+        missed = [r for r in judged if r.missed_count]
+        names = tuple(dict.fromkeys(r.schedule.task_name for r in missed))
+        return Measurement(float(sum(r.missed_count for r in missed)), len(judged), names)
+
+
 # -- the registry -----------------------------------------------------------------------------
 
 METRICS: tuple[Metric, ...] = (
@@ -377,6 +477,8 @@ METRICS: tuple[Metric, ...] = (
     NewErrorType("new_error_type", "new error types", "new_error_type"),
     Backlog("backlog", "queue backlog", "backlog > 1000"),
     WorkersAlive("workers_alive", "workers alive", "workers_alive < 1"),
+    Runs("runs", "runs", "runs < 1"),
+    ScheduleMissed("schedule_missed", "missed scheduled fires", "schedule_missed"),
 )
 """Every metric a rule can compare, in the order the errors list them."""
 

@@ -39,7 +39,7 @@ __all__ = [
 DEFAULT_INTERVAL_S = 15.0
 """How often ``taskmon serve`` evaluates the rules (config key ``alert_interval``)."""
 
-_RULE_KEYS = ("name", "when", "over", "filter", "min_count", "for", "notify")
+_RULE_KEYS = ("name", "when", "over", "filter", "min_count", "for", "grace", "notify")
 _WHEN_RE = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:(>=|>|<=|<|==|=)\s*(\S.*?))?\s*")
 _FILTER_KEYS = tuple(k for k in KEYS if k not in ("since", "until"))
 
@@ -64,6 +64,8 @@ class Rule:
         hold_for: how long the condition must hold before the rule fires (and
             stay clear before it resolves); ``for`` in the file.
         notify: the names of its notifiers.
+        grace: ``schedule_missed`` only: how long after its time a fire may
+            start before it counts as missed (None: the default, 5m).
     """
 
     name: str
@@ -78,6 +80,7 @@ class Rule:
     min_count: int = 0
     hold_for: timedelta = timedelta(0)
     notify: tuple[str, ...] = ()
+    grace: timedelta | None = None
 
     @property
     def spec(self) -> Metric:
@@ -208,9 +211,22 @@ def _rule(
             "remove the filter"
         )
     try:
-        flt = parse(filter_text, keys=_FILTER_KEYS)
+        flt = parse(filter_text, keys=metric.filter_keys or _FILTER_KEYS)
     except FilterError as exc:
         raise ConfigError(f"{where}: filter: {exc}") from None
+    grace_text = text("grace", False)
+    grace: timedelta | None = None
+    if grace_text is not None:
+        if not metric.needs_schedules:
+            raise ConfigError(f"{where}: grace: only schedule_missed takes a grace period")
+        try:
+            grace = (
+                timedelta(0)
+                if grace_text.strip() in ("0", "0s")
+                else parse_window(grace_text.strip())
+            )
+        except FilterError as exc:
+            raise ConfigError(f"{where}: grace: {exc}") from None
     for_text = text("for", False)
     hold_for = timedelta(0)
     if for_text is not None and for_text.strip() not in ("", "0", "0s"):
@@ -245,6 +261,7 @@ def _rule(
         min_count=min_count,
         hold_for=hold_for,
         notify=tuple(dict.fromkeys(notify)),
+        grace=grace,
     )
 
 

@@ -17,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from taskmon.domain.display import span
+from taskmon.domain.schedules import DEFAULT_GRACE_S, Schedule
 from taskmon.domain.statuses import DEFAULT_LOST_AFTER_S
 from taskmon.server.alerts.metrics import NEW_ERROR_BASELINE, Window
 from taskmon.server.alerts.notifiers import Delivery, deliver
@@ -32,11 +33,15 @@ from taskmon.store.migrations import UPGRADE_HINT
 if TYPE_CHECKING:
     from taskmon.store.alerts import StoredState
 
+SchedulesSource = Callable[[], Awaitable[Sequence[Schedule]]]
+"""Reads the user's schedules for a check (``schedule_missed``); given by the caller."""
+
 __all__ = [
     "AlertReader",
     "AlertRunner",
     "AlertStatus",
     "Evaluator",
+    "SchedulesSource",
     "advance",
     "format_value",
     "read_statuses",
@@ -200,11 +205,31 @@ class Evaluator:
         config: the rules and notifiers.
         lost_after_s: how long a running attempt without timeout may run
             before it counts as lost.
+        schedules: reads the user's schedules, for ``schedule_missed`` rules
+            (None: no scheduler given; such rules record that as their error).
     """
 
-    def __init__(self, config: AlertConfig, *, lost_after_s: float = DEFAULT_LOST_AFTER_S) -> None:
+    def __init__(
+        self,
+        config: AlertConfig,
+        *,
+        lost_after_s: float = DEFAULT_LOST_AFTER_S,
+        schedules: SchedulesSource | None = None,
+    ) -> None:
         self.config = config
         self.lost_after_s = lost_after_s
+        self.schedules = schedules
+
+    async def _schedules(self) -> tuple[Sequence[Schedule] | None, str | None]:
+        """The user's schedules for this check, read once (or why they cannot be)."""
+        if self.schedules is None or not any(r.spec.needs_schedules for r in self.config.rules):
+            return None, None
+        try:
+            return await self.schedules(), None
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            return None, f"cannot read the schedules: {type(exc).__name__}: {exc}"[:300]
 
     async def evaluate(
         self, conn: Any, now: datetime | None = None, *, save: bool = True
@@ -224,13 +249,23 @@ class Evaluator:
         now = (now or _utcnow()).astimezone(UTC)
         stored = {} if save else await load_states(conn)
         out: list[AlertStatus] = []
+        schedules, schedules_error = await self._schedules()
         for rule in self.config.rules:
             error: str | None = None
             value: float | None = None
             count = 0
             detail: str | None = None
             try:
-                window = Window(now - rule.over, now, self.lost_after_s, NEW_ERROR_BASELINE)
+                if rule.spec.needs_schedules and schedules_error:
+                    raise RuntimeError(schedules_error)
+                window = Window(
+                    now - rule.over,
+                    now,
+                    self.lost_after_s,
+                    NEW_ERROR_BASELINE,
+                    schedules=schedules,
+                    grace_s=DEFAULT_GRACE_S if rule.grace is None else rule.grace.total_seconds(),
+                )
                 m = await rule.spec.measure(conn, rule.filter, window)
                 value, count, detail = m.value, m.count, ", ".join(m.detail) or None
             except (asyncio.CancelledError, KeyboardInterrupt):
@@ -314,6 +349,7 @@ class AlertRunner:
         config: the rules and notifiers.
         interval: seconds between checks (default: the config's).
         lost_after_s: see :class:`Evaluator`.
+        schedules: see :class:`Evaluator`.
         clock: now (tests).
     """
 
@@ -324,10 +360,11 @@ class AlertRunner:
         *,
         interval: float | None = None,
         lost_after_s: float = DEFAULT_LOST_AFTER_S,
+        schedules: SchedulesSource | None = None,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         self.dsn = dsn
-        self.evaluator = Evaluator(config, lost_after_s=lost_after_s)
+        self.evaluator = Evaluator(config, lost_after_s=lost_after_s, schedules=schedules)
         self.interval = interval if interval is not None else config.interval_s
         self.clock = clock
         self.checks = 0
