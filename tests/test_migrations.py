@@ -516,7 +516,8 @@ def test_rebuild_rollups_command_recomputes_them_from_the_rows(dsn: str) -> None
 
 
 def test_search_indexes_command_builds_what_the_migration_skipped(dsn: str) -> None:
-    # given a database whose error-search indexes are missing (as after migrating a large table)
+    # given a database whose error-search and schedule-run indexes are missing (as after
+    # migrating a large table)
     async def drop() -> None:
         conn = await connect(dsn)
         try:
@@ -524,6 +525,7 @@ def test_search_indexes_command_builds_what_the_migration_skipped(dsn: str) -> N
                 "idx_task_logs_errors_status",
                 "idx_task_logs_error_message_trgm",
                 "idx_task_logs_error_type_trgm",
+                "idx_task_logs_scheduled",
             ):
                 await conn.execute(f"DROP INDEX IF EXISTS {name}")
         finally:
@@ -534,20 +536,21 @@ def test_search_indexes_command_builds_what_the_migration_skipped(dsn: str) -> N
     # when
     out = _cli("db", "search-indexes", dsn=dsn)
 
-    # then all three are built, valid, and a second run finds them present
+    # then all four are built, valid, and a second run finds them present
     assert out.returncode == 0, out.stderr
-    assert out.stdout.count(": built") == 3
+    assert out.stdout.count(": built") == 4
 
     async def valid() -> int:
         conn = await connect(dsn)
         try:
             n: int = await conn.fetchval(
                 "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-                "WHERE c.relname LIKE 'idx_task_logs_error%' AND i.indisvalid"
+                "WHERE (c.relname LIKE 'idx_task_logs_error%' OR c.relname = "
+                "'idx_task_logs_scheduled') AND i.indisvalid"
             )
             return n
         finally:
             await conn.close()
 
-    assert asyncio.run(valid()) == 3
-    assert _cli("db", "search-indexes", dsn=dsn).stdout.count(": present") == 3
+    assert asyncio.run(valid()) == 4
+    assert _cli("db", "search-indexes", dsn=dsn).stdout.count(": present") == 4

@@ -17,14 +17,16 @@ from taskmon.store import migrations, partitions
 
 __all__ = [
     "PARAM_INDEXES",
-    "SEARCH_INDEX_MIGRATION",
+    "SEARCH_INDEX_MIGRATIONS",
     "build_search_indexes",
     "rebuild_rollups",
     "search_indexes",
 ]
 
-SEARCH_INDEX_MIGRATION = 3
-"""The migration that creates the error-search indexes (``0003_error_search.sql``)."""
+SEARCH_INDEX_MIGRATIONS = (3, 9)
+"""The migrations whose indexes are skipped on a large table and built by ``db search-indexes``:
+the error-search indexes (``0003_error_search.sql``) and the schedule runs'
+(``0009_schedule_runs.sql``)."""
 
 # `CREATE INDEX IF NOT EXISTS name ON ...;` outside comments: the statements the
 # migration runs when the table is small, and the ones to repeat CONCURRENTLY
@@ -57,17 +59,21 @@ async def rebuild_rollups(conn: asyncpg.Connection[Any]) -> None:
 
 @cache
 def search_indexes() -> dict[str, str]:
-    """The error-search indexes of migration 0003: name -> ``ON table ...`` definition.
+    """The indexes of :data:`SEARCH_INDEX_MIGRATIONS`: name -> ``ON table ...`` definition.
 
-    Read from the migration file itself, so the DDL lives once.
+    Read from the migration files themselves, so the DDL lives once.
     """
-    (migration,) = (m for m in migrations.available() if m.version == SEARCH_INDEX_MIGRATION)
-    code = "\n".join(
-        line for line in migration.sql.splitlines() if not line.lstrip().startswith("--")
-    )
-    found = {name: " ".join(body.split()) for name, body in _CREATE_INDEX.findall(code)}
-    if not found:
-        raise RuntimeError(f"no CREATE INDEX statement in {migration.filename}")
+    found: dict[str, str] = {}
+    for migration in migrations.available():
+        if migration.version not in SEARCH_INDEX_MIGRATIONS:
+            continue
+        code = "\n".join(
+            line for line in migration.sql.splitlines() if not line.lstrip().startswith("--")
+        )
+        made = {name: " ".join(body.split()) for name, body in _CREATE_INDEX.findall(code)}
+        if not made:
+            raise RuntimeError(f"no CREATE INDEX statement in {migration.filename}")
+        found.update(made)
     return found
 
 
@@ -77,9 +83,9 @@ async def build_search_indexes(
     *,
     params: bool = False,
 ) -> None:
-    """Build the error-search indexes without blocking writers (``CREATE INDEX CONCURRENTLY``).
+    """Build the search indexes without blocking writers (``CREATE INDEX CONCURRENTLY``).
 
-    Migration 0003 skips them on a table that is already large. Safe to re-run:
+    Migrations 0003 and 0009 skip them on a table that is already large. Safe to re-run:
     an index left invalid by an interrupted build is dropped and built again.
     `progress` is called with ``(index name, "present" | "building" | "built")``.
     With `params`, the indexes of the param, label and queue terms
