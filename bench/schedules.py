@@ -202,6 +202,7 @@ async def _detect_once(dsn: str, interval: float, grace: float) -> float:
 
     conn = await connect(dsn)
     schedule = Schedule("tick", "bench:tick", "LabelScheduleSource", interval_s=2.0)
+    await conn.execute("DELETE FROM task_execution_logs WHERE task_name = 'bench:tick'")
     last_send = datetime.now(UTC)
     await conn.execute(
         "INSERT INTO task_execution_logs (task_id, attempt, task_name, status, worker, labels, "
