@@ -23,6 +23,7 @@ from typing import Any
 __all__ = [
     "CONFIG_KEYS",
     "ConfigError",
+    "cache_dir",
     "config_path",
     "config_table",
     "embedded_data_dir",
@@ -163,6 +164,16 @@ def embedded_data_dir() -> Path:
 
     base = Path(platformdirs.user_data_dir("taskmon"))
     return base / "pg"
+
+
+def cache_dir() -> Path:
+    """Where taskmon keeps what it can read again (``TASKMON_CACHE_DIR`` overrides)."""
+    explicit = os.environ.get("TASKMON_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("taskmon"))
 
 
 def resolve_dsn(flag: str | None = None) -> str:

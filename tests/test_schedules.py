@@ -56,9 +56,12 @@ class Procs:
 
 
 @pytest.fixture
-def env(dsn: str, redis_url: str) -> dict[str, str]:
+def env(dsn: str, redis_url: str, tmp_path: Path) -> dict[str, str]:
     return helpers.worker_env(
-        dsn, redis_url, TEST_SCHEDULE_PREFIX=f"taskmon-test-{uuid.uuid4().hex[:8]}"
+        dsn,
+        redis_url,
+        TEST_SCHEDULE_PREFIX=f"taskmon-test-{uuid.uuid4().hex[:8]}",
+        TASKMON_CACHE_DIR=str(tmp_path / "cache"),
     )
 
 
@@ -240,3 +243,62 @@ def test_no_scheduler_and_bad_durations_are_one_line_and_exit_2(env: dict[str, s
         done = schedules(bare, *args)
         assert done.returncode == 2, (args, done.stderr)
         assert len(done.stderr.splitlines()) == 1 and says in done.stderr, done.stderr
+
+
+CACHED_APP = """
+import os
+from pathlib import Path
+from taskiq import InMemoryBroker, TaskiqScheduler
+from taskiq.schedule_sources import LabelScheduleSource
+
+with Path(os.environ["TEST_IMPORTS"]).open("a") as fh:
+    fh.write("x")
+
+broker = InMemoryBroker()
+
+@broker.task(task_name="app:pull", schedule=[{"interval": INTERVAL, "schedule_id": "pull"}])
+async def pull() -> None:
+    return None
+
+scheduler = TaskiqScheduler(broker, [LabelScheduleSource(broker)])
+"""
+
+
+def test_label_schedules_are_reused_until_the_app_changes(dsn: str, tmp_path: Path) -> None:
+    # given an app that counts its imports, and a cache directory of the test's own
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "cached_app.py").write_text(CACHED_APP.replace("INTERVAL", "30"))
+    imports = tmp_path / "imports"
+    env = helpers.unconfigured_env(
+        TASKMON_DSN=dsn,
+        TASKMON_CACHE_DIR=str(tmp_path / "cache"),
+        TEST_IMPORTS=str(imports),
+        PYTHONPATH=str(app),
+    )
+
+    def when() -> str:
+        data = report(env, scheduler="cached_app:scheduler")
+        (pull,) = data["schedules"]
+        return str(pull["when"])
+
+    # when it is listed twice, the app is imported once
+    assert when() == "every 30s"
+    assert when() == "every 30s"
+    assert imports.read_text() == "x"
+    # when its file changes, it is imported again and the change shows
+    (app / "cached_app.py").write_text(CACHED_APP.replace("INTERVAL", "45"))
+    assert when() == "every 45s"
+    assert imports.read_text() == "xx"
+    # and --refresh imports it whatever the cache holds
+    assert report(env, "--refresh", scheduler="cached_app:scheduler")["schedules"]
+    assert imports.read_text() == "xxx"
+
+
+def test_a_scheduler_with_a_redis_source_is_read_every_time(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    report(env, scheduler="schedule_app:every_source")
+    report(env, scheduler="schedule_app:scheduler")
+    # the label-only scheduler was cached, the one with a Redis source was not
+    assert len(list((tmp_path / "cache").glob("schedules-*.json"))) == 1

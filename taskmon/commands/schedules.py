@@ -231,6 +231,14 @@ def schedules(
         ),
     ] = "1m",
     fmt: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
+    refresh: Annotated[
+        bool,
+        typer.Option(
+            "--refresh",
+            help="Import the scheduler again even if its label schedules were read "
+            "less than an hour ago and none of its files changed since.",
+        ),
+    ] = False,
     dsn: DsnOption = None,
     read_dsn: ReadDsnOption = None,
 ) -> None:
@@ -242,7 +250,10 @@ def schedules(
     Runs are matched by the schedule_id label TaskIQ's scheduler stamps; for
     LabelScheduleSource schedules without an explicit schedule_id (a new id at
     each scheduler start) by task name. Sources: LabelScheduleSource and the
-    taskiq-redis schedule sources; others are listed as not readable.
+    taskiq-redis schedule sources; others are listed as not readable. The
+    schedules of a scheduler with label sources only are kept in the cache
+    directory and reused while its files are unchanged (an hour at most;
+    --refresh reads them now); Redis sources are read every time.
     """
     form = fmt.lower()
     if form not in FORMATS:
@@ -256,18 +267,17 @@ def schedules(
             "no scheduler: give --scheduler module:variable (the form `taskiq scheduler` "
             "takes), TASKMON_SCHEDULER, or scheduler in the config file"
         )
-    from taskmon.service import schedules as service
-
-    try:
-        obj = service.load(settings.scheduler)
-    except service.SpecError as exc:
-        fail(str(exc))
+    spec = settings.scheduler
     now = datetime.now(UTC)
 
     async def go() -> tuple[list[ScheduleReport], list[Unreadable]]:
+        from taskmon.service import schedules as service
         from taskmon.service.reader import Reader
 
-        found, unreadable = await service.read(obj)
+        try:
+            found, unreadable = await service.read_cached(spec, refresh=refresh)
+        except service.SpecError as exc:
+            fail(str(exc))
         async with Reader.for_settings(settings, pool_size=1) as reader:
             reports = await reader.schedules(
                 found, now=now, window_s=window_s, grace_s=grace_s, late_after_s=late_s

@@ -12,12 +12,26 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
-from taskmon.domain.schedules import Schedule, Unreadable
+from taskmon.domain.schedules import Schedule, ScheduleReport, Unreadable
 from taskmon.worker.imports import SpecError, import_object
 
-__all__ = ["READABLE", "SpecError", "from_scheduled_task", "load", "read", "read_spec"]
+__all__ = [
+    "CACHE_MAX_AGE_S",
+    "READABLE",
+    "ScheduleWatch",
+    "SpecError",
+    "from_scheduled_task",
+    "load",
+    "read",
+    "read_cached",
+    "read_spec",
+]
+
+CACHE_MAX_AGE_S = 3600.0
+"""How long the schedules read from a label-only scheduler are reused at most."""
 
 READABLE = (
     "LabelScheduleSource",
@@ -136,3 +150,167 @@ async def read_spec(spec: str) -> tuple[list[Schedule], list[Unreadable]]:
         SpecError: the spec names no scheduler (one line).
     """
     return await read(load(spec))
+
+
+# -- the cache of label schedules ---------------------------------------------------
+#
+# Importing the user's scheduler imports taskiq and their app: most of the time
+# `taskmon schedules` takes. A scheduler whose sources are all
+# LabelScheduleSource has schedules fixed by its code, so what was read is kept
+# (in the cache directory, one file per scheduler spec, working directory and
+# environment) with the size and modification time of every module file loaded
+# then, and reused while none of them changed, for an hour at most. Redis
+# sources change at run time: a scheduler with one is read every time.
+
+_VOLATILE_ENV = frozenset(("_", "OLDPWD", "SHLVL", "COLUMNS", "LINES", "TERM_SESSION_ID"))
+
+
+def _cache_file(spec: str) -> Path:
+    import hashlib
+    import json
+    import os
+    import sys
+
+    from taskmon.config import cache_dir
+
+    env = sorted((k, v) for k, v in os.environ.items() if k not in _VOLATILE_ENV)
+    key = json.dumps([spec, os.getcwd(), sys.executable, list(sys.path), env])
+    return cache_dir() / f"schedules-{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+
+
+def _loaded_files() -> list[list[Any]]:
+    import os
+    import sys
+
+    files: list[list[Any]] = []
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if isinstance(path, str):
+            with contextlib.suppress(OSError):
+                st = os.stat(path)
+                files.append([path, st.st_mtime_ns, st.st_size])
+    return files
+
+
+def _unchanged(files: list[list[Any]]) -> bool:
+    import os
+
+    for path, mtime_ns, size in files:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        if st.st_mtime_ns != mtime_ns or st.st_size != size:
+            return False
+    return True
+
+
+def _to_json(s: Schedule) -> dict[str, Any]:
+    return {
+        "schedule_id": s.schedule_id,
+        "task_name": s.task_name,
+        "source": s.source,
+        "cron": s.cron,
+        "cron_offset": s.cron_offset,
+        "time": None if s.time is None else s.time.isoformat(),
+        "interval_s": s.interval_s,
+        "stable_id": s.stable_id,
+    }
+
+
+def _from_json(d: Mapping[str, Any]) -> Schedule:
+    from datetime import datetime
+
+    return Schedule(
+        schedule_id=d["schedule_id"],
+        task_name=d["task_name"],
+        source=d["source"],
+        cron=d["cron"],
+        cron_offset=d["cron_offset"],
+        time=None if d["time"] is None else datetime.fromisoformat(d["time"]),
+        interval_s=d["interval_s"],
+        stable_id=d["stable_id"],
+    )
+
+
+def _cached(path: Path) -> list[Schedule] | None:
+    import json
+    import time
+
+    try:
+        data = json.loads(path.read_text())
+        if data.get("version") != 1 or time.time() - data["written"] > CACHE_MAX_AGE_S:
+            return None
+        if not _unchanged(data["files"]):
+            return None
+        return [_from_json(d) for d in data["schedules"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _store(path: Path, schedules: list[Schedule]) -> None:
+    import json
+    import os
+    import time
+
+    data = {
+        "version": 1,
+        "written": time.time(),
+        "files": _loaded_files(),
+        "schedules": [_to_json(s) for s in schedules],
+    }
+    # the cache only saves time: a directory that cannot be written is no error
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+
+
+async def read_cached(
+    spec: str, *, refresh: bool = False
+) -> tuple[list[Schedule], list[Unreadable]]:
+    """:func:`read_spec`, reusing what a label-only scheduler gave last time (see above).
+
+    Args:
+        spec: the scheduler, ``module:variable``.
+        refresh: import and read the scheduler even when the cache is fresh.
+
+    Raises:
+        SpecError: the spec names no scheduler (one line).
+    """
+    path = _cache_file(spec)
+    if not refresh:
+        found = _cached(path)
+        if found is not None:
+            return found, []
+    scheduler = load(spec)
+    schedules, unreadable = await read(scheduler)
+    if not unreadable and all(type(s).__name__ == "LabelScheduleSource" for s in scheduler.sources):
+        _store(path, schedules)
+    return schedules, unreadable
+
+
+class ScheduleWatch:
+    """The schedule reports of one scheduler, re-read on demand (the TUI's ``S`` screen).
+
+    Args:
+        spec: the scheduler, ``module:variable``.
+        reader: where the runs are read.
+    """
+
+    def __init__(self, spec: str, reader: Any) -> None:
+        self.spec = spec
+        self.reader = reader
+
+    async def reports(self) -> tuple[list[ScheduleReport], list[Unreadable]]:
+        """Each schedule over the last day, and the sources that cannot be read.
+
+        Raises:
+            SpecError: the spec names no scheduler (one line).
+        """
+        from datetime import UTC, datetime
+
+        found, unreadable = await read_cached(self.spec)
+        reports: list[ScheduleReport] = await self.reader.schedules(found, now=datetime.now(UTC))
+        return reports, unreadable
