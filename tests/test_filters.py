@@ -651,7 +651,7 @@ def test_sql_alias_and_shapes() -> None:
     )
     cutoff = lost_cutoff_sql("$2::double precision", alias="t")
     assert sql == (
-        f"(t.status = ANY($1::text[]) OR (t.status = 'running' AND t.created_at < {cutoff})) "
+        f"(t.status = ANY($1::text[]) OR (t.status = 'running' AND coalesce(t.started_at, t.created_at) < {cutoff})) "
         "AND (t.task_name LIKE $3 ESCAPE '\\') AND (t.worker LIKE $4 ESCAPE '\\') "
         "AND (t.error_message ILIKE $5 ESCAPE '\\' OR t.error_type ILIKE $5 ESCAPE '\\') "
         "AND t.duration_ms >= $6 AND t.duration_ms <= $7"
@@ -665,7 +665,7 @@ def test_sql_running_excludes_lost_and_both_need_no_rule() -> None:
     params: list[object] = []
     cutoff = lost_cutoff_sql("$1::double precision", alias="")
     assert filter_sql(p("status:running"), params) == (
-        f"((status = 'running' AND created_at >= {cutoff}))"
+        f"((status = 'running' AND coalesce(started_at, created_at) >= {cutoff}))"
     )
     assert params == [3600.0]
     params = []

@@ -1,7 +1,8 @@
 """A TaskIQ application for tests that run a real `taskiq worker` process.
 
 Configured from the environment so each test gets its own queue and database:
-``TEST_REDIS_URL``, ``TEST_QUEUE``, ``TASKMON_DSN``.
+``TEST_REDIS_URL``, ``TEST_QUEUE``, ``TASKMON_DSN``; ``TEST_RECORD_ENQUEUED=1`` records
+each sent task as ``pending``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ broker = ListQueueBroker(
     queue_name=os.environ.get("TEST_QUEUE", "taskmon-test"),
 ).with_middlewares(
     SimpleRetryMiddleware(default_retry_count=3),
-    MonitoringMiddleware(flush_interval=0.05),
+    MonitoringMiddleware(
+        flush_interval=0.05, record_enqueued=os.environ.get("TEST_RECORD_ENQUEUED") == "1"
+    ),
 )
 
 

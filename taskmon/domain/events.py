@@ -69,7 +69,7 @@ class AttemptRecord:
     attempt: int
     task_name: str
     status: Status
-    worker: str
+    worker: str | None
     queue: str | None = None
     labels: dict[str, Any] = field(default_factory=dict)
     params: dict[str, Any] | None = None
@@ -87,6 +87,10 @@ class AttemptRecord:
     not yet bound to names, redacted or bounded: the writer turns them into `params`."""
     exception: BaseException | None = field(default=None, repr=False, compare=False)
     """The attempt's exception, formatted into the error fields by the writer."""
+    anchor: datetime | None = None
+    """The attempt's ``created_at`` when its sender fixed it: the enqueue time of an
+    attempt recorded ``pending`` by the client (``record_enqueued``), which the
+    worker's states of the same attempt must share to update that row."""
 
     @property
     def key(self) -> tuple[str, int]:
@@ -94,7 +98,7 @@ class AttemptRecord:
 
     @property
     def created_at(self) -> datetime:
-        return self.started_at or self.finished_at or datetime.now(UTC)
+        return self.anchor or self.started_at or self.finished_at or datetime.now(UTC)
 
 
 def event_type_for(status: Status) -> EventType:

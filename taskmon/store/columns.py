@@ -61,10 +61,18 @@ class Merge(Enum):
     OLD_OR_NEW = "coalesce(t.{c}, EXCLUDED.{c})"
     """The first value recorded (a start time stays the first one seen)."""
     STATUS = (
-        f"CASE WHEN EXCLUDED.status IN {_UNFINISHED} AND t.status NOT IN {_UNFINISHED}"
+        "CASE WHEN EXCLUDED.status = 'pending' AND t.status <> 'pending' THEN t.status"
+        f" WHEN EXCLUDED.status IN {_UNFINISHED} AND t.status NOT IN {_UNFINISHED}"
         " THEN t.status ELSE EXCLUDED.status END"
     )
-    """A late ``running`` never overwrites an outcome already recorded."""
+    """A late ``running`` never overwrites an outcome already recorded, nor a late
+    ``pending`` (the client's record of the send) a start or an outcome."""
+    NEW_UNLESS_PENDING = (
+        "CASE WHEN EXCLUDED.status = 'pending' AND t.status <> 'pending'"
+        " THEN t.{c} ELSE EXCLUDED.{c} END"
+    )
+    """As :attr:`NEW`, except that a ``pending`` state arriving after the worker's
+    keeps what the worker wrote."""
     OUTCOME = (
         f"CASE WHEN t.status = 'lost' AND EXCLUDED.status NOT IN {_UNFINISHED}"
         " THEN EXCLUDED.{c} ELSE coalesce(EXCLUDED.{c}, t.{c}) END"
@@ -131,7 +139,9 @@ TABLE: tuple[Column, ...] = (
     Column("worker", "text"),
     Column("queue", "text"),
     Column("params", "jsonb"),
-    Column("labels", "jsonb", nullable=False, merge=Merge.NEW, null_as="'{}'::jsonb"),
+    Column(
+        "labels", "jsonb", nullable=False, merge=Merge.NEW_UNLESS_PENDING, null_as="'{}'::jsonb"
+    ),
     Column("error_type", "text", merge=Merge.OUTCOME),
     Column("error_message", "text", merge=Merge.OUTCOME),
     Column("traceback", "text", merge=Merge.OUTCOME),

@@ -34,7 +34,7 @@ from taskmon.domain.filters import (
 )
 from taskmon.domain.params import REDACTED
 from taskmon.domain.statuses import DEFAULT_LOST_AFTER_S, split_by_lost_rule
-from taskmon.store.schema import lost_cutoff_sql
+from taskmon.store.schema import lost_cutoff_sql, started_sql
 
 __all__ = [
     "filter_sql",
@@ -189,7 +189,8 @@ def _status_sql(
     if running is not None:
         cutoff = lost_cutoff_sql(f"{arg(float(lost_after_s))}::double precision", alias=alias)
         op = "<" if running == "stale" else ">="
-        conditions.append(f"({col('status')} = 'running' AND {col('created_at')} {op} {cutoff})")
+        started = started_sql(alias)
+        conditions.append(f"({col('status')} = 'running' AND {started} {op} {cutoff})")
     return _any(conditions)
 
 

@@ -29,6 +29,7 @@ from taskmon.store.schema import (
     AttemptRow,
     lost_cutoff_sql,
     select_list_sql,
+    started_sql,
 )
 
 __all__ = [
@@ -124,6 +125,7 @@ _TERM_WINDOWS: tuple[timedelta | None, ...] = (timedelta(days=1), None)
 # When a 'running' row started before this, it counts as lost ($1 is lost_after_s in
 # every history statement).
 _CUTOFF = lost_cutoff_sql("$1::double precision")
+_STARTED = started_sql()
 
 
 def _status_branches(statuses: frozenset[str], arg: Callable[[object], str]) -> list[str]:
@@ -144,7 +146,7 @@ def _status_branches(statuses: frozenset[str], arg: Callable[[object], str]) -> 
     ]
     if running is not None:
         op = "<" if running == "stale" else ">="
-        branches.append(f"r.status = 'running' AND r.created_at {op} {_CUTOFF}")
+        branches.append(f"r.status = 'running' AND {_STARTED} {op} {_CUTOFF}")
     return branches
 
 

@@ -40,7 +40,7 @@ import asyncpg
 
 from taskmon.domain.statuses import DEFAULT_LOST_AFTER_S
 from taskmon.store.histogram import unpack
-from taskmon.store.schema import lost_cutoff_sql
+from taskmon.store.schema import lost_cutoff_sql, started_sql
 from taskmon.store.workers import QueueRow, fetch_queues, fetch_workers
 
 __all__ = [
@@ -84,7 +84,9 @@ _RECENT_SQL = (
     _ROLLUPS_SQL.format(serial=" AND taskmon_serial()")
     + """UNION ALL
 SELECT 'r', r.task_name, 'running', NULL, count(*), NULL, NULL, NULL, NULL, NULL,
-       count(*) FILTER (WHERE r.created_at < """
+       count(*) FILTER (WHERE """
+    + started_sql()
+    + """ < """
     + lost_cutoff_sql("$3::float8")
     + """),
        NULL, NULL

@@ -49,6 +49,7 @@ __all__ = [
     "select_list_sql",
     "shown_status_sql",
     "stale_sql",
+    "started_sql",
 ]
 
 
@@ -98,10 +99,25 @@ def lost_cutoff_sql(lost_after: str, *, alias: str = "r") -> str:
     )
 
 
+def started_sql(alias: str = "r") -> str:
+    """When a row's attempt started, the clock of the lost rule.
+
+    Its ``started_at``, else its ``created_at``: the two are one for an attempt
+    the worker recorded first, but an attempt recorded ``pending`` by its client
+    keeps the enqueue time as ``created_at``, and its wait in the queue is no
+    part of its run.
+    """
+    p = _prefix(alias)
+    return f"coalesce({p}started_at, {p}created_at)"
+
+
 def stale_sql(lost_after: str, *, alias: str = "r") -> str:
     """The condition of a lost row still marked ``running`` (see :func:`lost_cutoff_sql`)."""
     p = _prefix(alias)
-    return f"{p}status = 'running' AND {p}created_at < {lost_cutoff_sql(lost_after, alias=alias)}"
+    return (
+        f"{p}status = 'running' AND {started_sql(alias)} < "
+        f"{lost_cutoff_sql(lost_after, alias=alias)}"
+    )
 
 
 def shown_status_sql(lost_after: str, *, alias: str = "r") -> str:

@@ -37,7 +37,7 @@ from taskmon.store.histogram import (
     lane_bin,
     unpack,
 )
-from taskmon.store.schema import DEFAULT_LOST_AFTER_S, TERMINAL, lost_cutoff_sql
+from taskmon.store.schema import DEFAULT_LOST_AFTER_S, TERMINAL, lost_cutoff_sql, started_sql
 
 __all__ = [
     "RELATIVE_ERROR",
@@ -487,7 +487,7 @@ def _stats_sql(
             name="r.task_name",
             status="'running'",
             n="count(*)",
-            stale=f"r.created_at < {lost_cutoff_sql(lost_after)}",
+            stale=f"{started_sql()} < {lost_cutoff_sql(lost_after)}",
         ),
         running_group=f"{_position('name')}, {_position('stale')}",
         pending_select=_select(

@@ -144,7 +144,7 @@ def row(r: AttemptRecord, labels: str, params: bytes | None, max_message: int) -
     ):
         task_id, task_name = _text(task_id), _text(task_name)  # type: ignore[assignment]
     if worker is not None and "\x00" in worker:
-        worker = _text(worker)  # type: ignore[assignment]
+        worker = _text(worker)
     if queue is not None and "\x00" in queue:
         queue = _text(queue)
     if error_type is not None:
@@ -170,7 +170,10 @@ def row(r: AttemptRecord, labels: str, params: bytes | None, max_message: int) -
     finished_s = None if t is None else t.timestamp() if t.tzinfo is not None else _seconds(t)
     # AttemptRecord.created_at, from the seconds already computed
     created_s: float | None
-    if started_s is not None:
+    t = r.anchor
+    if t is not None:
+        created_s = t.timestamp() if t.tzinfo is not None else _seconds(t)
+    elif started_s is not None:
         created_s = started_s
     elif finished_s is not None:
         created_s = finished_s

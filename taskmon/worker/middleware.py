@@ -1,6 +1,10 @@
 """MonitoringMiddleware: records every TaskIQ task execution, one row per attempt.
 
-Client side it only stamps the enqueue time on each message (``pre_send``).
+Client side it stamps the enqueue time on each message (``pre_send``) and, with
+``record_enqueued``, records each sent attempt as ``pending`` through the same
+batching writer (nothing inline): the worker's states of attempt 0 then update
+that row, as they share its ``created_at`` (the enqueue time, label
+``taskmon_pending``).
 Worker side it snapshots each attempt in ``pre_execute``, keeps the real
 exception from ``on_error``, and hands the outcome to the process's
 :class:`~taskmon.worker.recorder.Recorder` in ``post_execute``. No hook awaits the
@@ -46,12 +50,16 @@ from taskmon.domain.params import (
 )
 from taskmon.worker.recorder import Recorder, WorkerIdentity
 
-__all__ = ["ENQUEUED_LABEL", "MonitoringMiddleware"]
+__all__ = ["ENQUEUED_LABEL", "PENDING_LABEL", "MonitoringMiddleware"]
 
 logger = logging.getLogger("taskmon.worker.middleware")
 
 ENQUEUED_LABEL = "taskmon_enqueued_at"
 """Label stamped by ``pre_send``: the enqueue time as Unix seconds, to the millisecond."""
+
+PENDING_LABEL = "taskmon_pending"
+"""Label stamped by ``pre_send`` with ``record_enqueued``: the attempt was recorded
+``pending``, its row keyed by the enqueue time; the worker keys its states the same."""
 
 
 def _number(value: object) -> float | None:
@@ -76,6 +84,7 @@ _perf_counter = time.perf_counter
 _from_timestamp = datetime.fromtimestamp
 _now = datetime.now
 _RUNNING = Status.RUNNING
+_PENDING = Status.PENDING
 
 
 @dataclass(slots=True)
@@ -102,6 +111,10 @@ class MonitoringMiddleware(TaskiqMiddleware):
         stamp_enqueue: stamp the enqueue time on each message sent (label
             ``taskmon_enqueued_at``, the middleware's one visible change), so the
             worker knows each attempt's queue wait; off, queue wait is unknown.
+        record_enqueued: record each task this process sends as ``pending``
+            (client side; off by default), so that ``taskmon history --status
+            pending`` shows what was sent and never started; the worker's attempt
+            replaces it. Needs ``stamp_enqueue``'s label, which it stamps anyway.
         max_pending: attempts kept in memory while the database is unreachable.
         batch_size: attempts per database write.
         flush_interval: seconds between writes when fewer than `batch_size` wait.
@@ -123,6 +136,7 @@ class MonitoringMiddleware(TaskiqMiddleware):
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
         max_row_bytes: int = DEFAULT_MAX_ROW_BYTES,
         stamp_enqueue: bool = True,
+        record_enqueued: bool = False,
         max_pending: int = 100_000,
         batch_size: int = 500,
         flush_interval: float = 0.1,
@@ -136,6 +150,7 @@ class MonitoringMiddleware(TaskiqMiddleware):
         self.publish_events = publish_events
         self.policy = ParamsPolicy(redact_keys, max_value_bytes, max_row_bytes)
         self.stamp_enqueue = stamp_enqueue
+        self.record_enqueued = record_enqueued
         self.max_pending = max_pending
         self.batch_size = batch_size
         self.flush_interval = flush_interval
@@ -164,6 +179,8 @@ class MonitoringMiddleware(TaskiqMiddleware):
     def _make_recorder(self) -> Recorder:
         from taskmon.config import embedded_default_dsn, resolve_setting
 
+        worker_side = self._executes_tasks()
+
         publisher: Publisher | None = None
         if self.publish_events:
             redis_url = resolve_setting(self._redis_url, "TASKMON_REDIS_URL", "redis_url")
@@ -176,20 +193,23 @@ class MonitoringMiddleware(TaskiqMiddleware):
 
                 publisher = PgNotifyPublisher()
         self._queue = getattr(self.broker, "queue_name", None)
-        from taskmon.worker.queues import NotInspectable, QueueProbe
+        identity: WorkerIdentity | None = None
+        if worker_side:
+            # a client that only sends (record_enqueued) keeps no heartbeat row
+            from taskmon.worker.queues import NotInspectable, QueueProbe
 
-        try:
-            self._probe = QueueProbe(self.broker)
-        except NotInspectable:
-            self._probe = None
-        broker_class = type(self.broker)
-        identity = WorkerIdentity(
-            self.worker,
-            f"{broker_class.__module__}.{broker_class.__qualname__}",
-            self._queue,
-            self._running.__len__,  # read by the writer: no cost in the hooks
-            self._probe,
-        )
+            try:
+                self._probe = QueueProbe(self.broker)
+            except NotInspectable:
+                self._probe = None
+            broker_class = type(self.broker)
+            identity = WorkerIdentity(
+                self.worker,
+                f"{broker_class.__module__}.{broker_class.__qualname__}",
+                self._queue,
+                self._running.__len__,  # read by the writer: no cost in the hooks
+                self._probe,
+            )
         return Recorder(
             # with no DSN configured the writer finds the embedded server in a
             # thread: it may have to start it, which no hook may wait for
@@ -208,6 +228,8 @@ class MonitoringMiddleware(TaskiqMiddleware):
         """Start this process's writer (worker side only); never fails the worker."""
         self.worker = f"{socket.gethostname()}:{os.getpid()}"  # after a fork, the child's pid
         if not self._executes_tasks():
+            if self.record_enqueued:
+                await self._start_sender()
             return
         try:
             for task_name in self.broker.get_all_tasks():
@@ -221,6 +243,17 @@ class MonitoringMiddleware(TaskiqMiddleware):
             logger.error("taskmon: monitoring disabled for this process: %s", exc)
         except Exception:
             logger.exception("taskmon: monitoring disabled for this process")
+
+    async def _start_sender(self) -> None:
+        """The client's writer of ``pending`` attempts; it never holds up the client."""
+        try:
+            if self.recorder is None:
+                self.recorder = self._make_recorder()
+            await self.recorder.start()
+        except ConfigError as exc:
+            logger.error("taskmon: not recording sent tasks: %s", exc)
+        except Exception:
+            logger.exception("taskmon: not recording sent tasks")
 
     async def shutdown(self) -> None:
         """Write what is buffered, within `shutdown_timeout`."""
@@ -272,9 +305,14 @@ class MonitoringMiddleware(TaskiqMiddleware):
     # -- client side -----------------------------------------------------------
 
     async def pre_send(self, message: TaskiqMessage) -> TaskiqMessage:
-        """Stamp the enqueue time; notice retries re-kicked from inside a running attempt."""
+        """Stamp the enqueue time; notice retries re-kicked from inside a running attempt.
+
+        With ``record_enqueued``, also submit the attempt as ``pending``.
+        """
         try:
-            if self.stamp_enqueue:
+            if self.record_enqueued:
+                self._record_sent(message)
+            elif self.stamp_enqueue:
                 # to the millisecond; round(t, 3) costs ~2.5 times as much
                 message.labels[ENQUEUED_LABEL] = int(_time() * 1000 + 0.5) / 1000
             if self._running:
@@ -289,6 +327,50 @@ class MonitoringMiddleware(TaskiqMiddleware):
             logger.exception("taskmon: pre_send failed")
         return message
 
+    def _record_sent(self, message: TaskiqMessage) -> None:
+        """Stamp the message and submit its attempt as ``pending`` (the writer encodes it)."""
+        labels = message.labels
+        stamped = int(_time() * 1000 + 0.5) / 1000
+        labels[ENQUEUED_LABEL] = stamped
+        labels[PENDING_LABEL] = 1
+        recorder = self.recorder or self._ensure_recorder()
+        if recorder is None:
+            return
+        kept = dict(labels)
+        del kept[ENQUEUED_LABEL], kept[PENDING_LABEL]
+        retries = kept.get("_retries")
+        timeout = kept.get("timeout")
+        name = message.task_name
+        try:
+            spec = self._specs[name]
+        except KeyError:
+            spec = self._spec_of(name)
+        sent = _from_timestamp(stamped, UTC)
+        recorder.submit(
+            AttemptRecord(
+                message.task_id,
+                0 if retries is None else _attempt(kept),
+                name,
+                _PENDING,
+                None,  # worker: none has it yet
+                self._queue or getattr(self.broker, "queue_name", None) or kept.get("queue_name"),
+                kept,
+                None,  # params: captured raw below, encoded by the writer
+                None,  # error_type
+                None,  # error_message
+                None,  # traceback
+                None if timeout is None else _number(timeout),
+                sent,  # enqueued_at
+                None,  # started_at
+                None,  # finished_at
+                None,  # duration_ms
+                None,  # queue_wait_ms
+                capture_call(message.args, message.kwargs, spec, self.policy),
+                None,  # exception
+                sent,  # anchor: the row's created_at, which the worker's states share
+            )
+        )
+
     # -- worker side -----------------------------------------------------------
 
     async def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
@@ -298,6 +380,7 @@ class MonitoringMiddleware(TaskiqMiddleware):
             now = _time()
             labels = dict(message.labels)  # a retry middleware rewrites `_retries` in place
             enqueued = labels.pop(ENQUEUED_LABEL, None)
+            pended = labels.pop(PENDING_LABEL, None)
             if enqueued is not None and type(enqueued) is not float:
                 enqueued = _number(enqueued)
             retries = labels.get("_retries")
@@ -339,6 +422,8 @@ class MonitoringMiddleware(TaskiqMiddleware):
                 queue_wait,
                 capture_call(message.args, message.kwargs, spec, self.policy),
             )
+            if pended is not None and enqueued_at is not None:
+                record.anchor = enqueued_at  # the client's pending row: update it
             self._running[id(message)] = _Running(record, t0)
             recorder = self.recorder or self._ensure_recorder()
             if recorder is not None:

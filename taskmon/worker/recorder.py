@@ -67,10 +67,13 @@ def _merge(old: AttemptRecord, new: AttemptRecord) -> AttemptRecord:
     for name in _FIELDS:
         if getattr(new, name) is None:
             setattr(merged, name, getattr(old, name))
-    if new.status in _UNFINISHED and old.status not in _UNFINISHED:
-        merged.status = old.status
+    if (new.status in _UNFINISHED and old.status not in _UNFINISHED) or (
+        new.status is Status.PENDING and old.status is not Status.PENDING
+    ):
+        merged.status = old.status  # nor does a late "pending" replace a start
     merged.started_at = old.started_at or new.started_at
     merged.enqueued_at = old.enqueued_at or new.enqueued_at
+    merged.anchor = old.anchor or new.anchor
     return merged
 
 

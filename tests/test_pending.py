@@ -1,0 +1,235 @@
+"""``record_enqueued``: a task sent with no worker to take it is ``pending``, by name.
+
+A real Redis ``ListQueueBroker``, a real ``taskiq worker`` process started late,
+rows read in PostgreSQL and through ``taskmon history``; and the writer's rules
+for the client's and the worker's states of one attempt, in either order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import helpers
+import pytest
+from helpers import app_client, wait_for
+
+from taskmon.domain.events import AttemptRecord, Status
+from taskmon.worker.recorder import Recorder
+
+
+@pytest.fixture
+def env(dsn: str, redis_url: str, tmp_path: Path) -> dict[str, str]:
+    return helpers.worker_env(
+        dsn, redis_url, TEST_STATE_DIR=str(tmp_path), TEST_RECORD_ENQUEUED="1"
+    )
+
+
+@pytest.fixture
+async def client(env: dict[str, str]) -> AsyncIterator[Any]:
+    async with app_client("worker_app", env) as app:
+        yield app
+
+
+@pytest.fixture
+def start_worker(env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        log = (tmp_path / f"worker{len(procs)}.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "taskiq", "worker", "worker_app:broker", "--workers", "1"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _history(env: dict[str, str], *args: str) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        [sys.executable, "-m", "taskmon", "history", "--format", "jsonl", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    rows: list[dict[str, Any]] = [json.loads(line) for line in out.stdout.splitlines() if line]
+    return rows
+
+
+async def _rows(db: asyncpg.Connection[Any], task_id: str) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await db.fetch(
+        "SELECT * FROM task_execution_logs WHERE task_id = $1 ORDER BY attempt", task_id
+    )
+    return rows
+
+
+@pytest.mark.slow
+async def test_a_task_sent_with_no_worker_is_pending_then_its_attempt(
+    client: Any, start_worker: Any, db: asyncpg.Connection[Any], env: dict[str, str]
+) -> None:
+    # given no worker running, a task is sent by a client that records what it sends
+    sent = await client.add.kiq(2, 3)
+
+    # then it is recorded as pending, by name, with its arguments and no worker
+    async def pending() -> list[asyncpg.Record] | None:
+        rows = await _rows(db, sent.task_id)
+        return rows if rows and rows[0]["status"] == "pending" else None
+
+    [row] = await wait_for(pending, timeout=30, what="the pending row")
+    assert (row["task_name"], row["attempt"], row["worker"]) == ("tests:add", 0, None)
+    assert row["params"] == {"args": [], "kwargs": {"a": 2, "b": 3}}
+    assert row["enqueued_at"] is not None and row["started_at"] is None
+    assert row["created_at"] == row["enqueued_at"]
+    assert "taskmon_pending" not in row["labels"]
+    # and `taskmon history --status pending` shows it
+    listed = await asyncio.to_thread(_history, env, "--status", "pending")
+    assert [(r["task_id"], r["status"], r["task_name"]) for r in listed] == [
+        (sent.task_id, "pending", "tests:add")
+    ]
+
+    # when a worker starts
+    start_worker()
+
+    # then the same row becomes the attempt: one row, success, its wait measured
+    async def done() -> list[asyncpg.Record] | None:
+        rows = await _rows(db, sent.task_id)
+        return rows if rows and rows[-1]["status"] == "success" else None
+
+    [final] = await wait_for(done, timeout=60, what="the attempt's success")
+    assert final["id"] == row["id"]
+    assert final["created_at"] == row["created_at"]
+    assert final["worker"] is not None and final["started_at"] is not None
+    assert final["queue_wait_ms"] is not None and final["queue_wait_ms"] > 0
+    assert await asyncio.to_thread(_history, env, "--status", "pending") == []
+
+
+@pytest.mark.slow
+async def test_retries_sent_by_the_worker_are_one_row_per_attempt(
+    client: Any, start_worker: Any, db: asyncpg.Connection[Any]
+) -> None:
+    # given a worker and a task that fails twice before it succeeds
+    start_worker()
+    sent = await client.flaky.kiq(f"flaky-{uuid.uuid4().hex}")
+
+    # then each attempt, sent as pending by the worker's retry, is one row
+    async def done() -> list[asyncpg.Record] | None:
+        rows = await _rows(db, sent.task_id)
+        return rows if rows and rows[-1]["status"] == "success" else None
+
+    rows = await wait_for(done, timeout=60, what="the third attempt's success")
+    assert [(r["attempt"], r["status"]) for r in rows] == [
+        (0, "retrying"),
+        (1, "retrying"),
+        (2, "success"),
+    ]
+    assert all(r["started_at"] is not None for r in rows)
+
+
+def _sent(task_id: str, sent_at: datetime) -> AttemptRecord:
+    """The client's record of a send (as ``record_enqueued`` makes it)."""
+    return AttemptRecord(
+        task_id=task_id,
+        attempt=0,
+        task_name="app:work",
+        status=Status.PENDING,
+        worker=None,
+        labels={"from": "client"},
+        enqueued_at=sent_at,
+        anchor=sent_at,
+    )
+
+
+def _started(task_id: str, sent_at: datetime, status: Status) -> AttemptRecord:
+    """The worker's state of the same attempt, keyed by the client's enqueue time."""
+    now = datetime.now(UTC)
+    return AttemptRecord(
+        task_id=task_id,
+        attempt=0,
+        task_name="app:work",
+        status=status,
+        worker="host-1:42",
+        labels={"from": "worker"},
+        enqueued_at=sent_at,
+        started_at=now,
+        finished_at=None if status is Status.RUNNING else now,
+        duration_ms=None if status is Status.RUNNING else 1.0,
+        anchor=sent_at,
+    )
+
+
+@pytest.mark.parametrize("status", [Status.RUNNING, Status.SUCCESS])
+async def test_a_late_pending_never_replaces_the_workers_state(
+    pg_recorder: Recorder, db: asyncpg.Connection[Any], status: Status
+) -> None:
+    # given an attempt the worker recorded before the client's batch arrived
+    sent_at = datetime.now(UTC) - timedelta(seconds=5)
+    task_id = uuid.uuid4().hex
+    await helpers.publish(pg_recorder, [_started(task_id, sent_at, status)])
+
+    # when the client's pending record of it is written afterwards
+    await helpers.publish(pg_recorder, [_sent(task_id, sent_at)])
+
+    # then the row keeps the worker's state and labels: one row
+    [row] = await _rows(db, task_id)
+    assert (row["status"], row["worker"], row["labels"]) == (
+        status.value,
+        "host-1:42",
+        {"from": "worker"},
+    )
+    assert row["created_at"] == sent_at
+
+
+async def test_pending_then_started_in_one_batch_is_the_start(
+    pg_recorder: Recorder, db: asyncpg.Connection[Any]
+) -> None:
+    # given the send and the start of one attempt buffered together (InMemoryBroker)
+    sent_at = datetime.now(UTC)
+    task_id = uuid.uuid4().hex
+    pg_recorder.submit(_started(task_id, sent_at, Status.RUNNING))
+    pg_recorder.submit(_sent(task_id, sent_at))
+    await pg_recorder.flush()
+
+    # then what is written is the start, at the row of the send
+    [row] = await _rows(db, task_id)
+    assert (row["status"], row["created_at"]) == ("running", sent_at)
+
+
+async def test_a_pending_attempt_is_never_lost_and_its_wait_is_no_part_of_its_run(
+    pg_recorder: Recorder, db: asyncpg.Connection[Any], dsn: str
+) -> None:
+    # given an attempt sent two hours ago that started just now
+    sent_at = datetime.now(UTC) - timedelta(hours=2)
+    waiting, started = uuid.uuid4().hex, uuid.uuid4().hex
+    await helpers.publish(
+        pg_recorder,
+        [_sent(waiting, sent_at), _started(started, sent_at, Status.RUNNING)],
+    )
+
+    # then with the default lost rule (an hour) neither counts as lost
+    listed = await asyncio.to_thread(_history, helpers.unconfigured_env(TASKMON_DSN=dsn))
+    shown = {r["task_id"]: r["status"] for r in listed}
+    assert shown == {waiting: "pending", started: "running"}
