@@ -651,7 +651,8 @@ def test_sql_alias_and_shapes() -> None:
     )
     cutoff = lost_cutoff_sql("$2::double precision", alias="t")
     assert sql == (
-        f"(t.status = ANY($1::text[]) OR (t.status = 'running' AND coalesce(t.started_at, t.created_at) < {cutoff})) "
+        "(t.status = ANY($1::text[]) OR (t.status = 'running' "
+        f"AND coalesce(t.started_at, t.created_at) < {cutoff})) "
         "AND (t.task_name LIKE $3 ESCAPE '\\') AND (t.worker LIKE $4 ESCAPE '\\') "
         "AND (t.error_message ILIKE $5 ESCAPE '\\' OR t.error_type ILIKE $5 ESCAPE '\\') "
         "AND t.duration_ms >= $6 AND t.duration_ms <= $7"

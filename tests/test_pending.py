@@ -12,6 +12,7 @@ import json
 import signal
 import subprocess
 import sys
+import tomllib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,8 +23,11 @@ import asyncpg
 import helpers
 import pytest
 from helpers import app_client, wait_for
+from test_rollups import insert
 
+from taskmon.config import ConfigError
 from taskmon.domain.events import AttemptRecord, Status
+from taskmon.server.alerts import Evaluator, parse_alert_config
 from taskmon.worker.recorder import Recorder
 
 
@@ -149,6 +153,9 @@ async def test_retries_sent_by_the_worker_are_one_row_per_attempt(
     assert all(r["started_at"] is not None for r in rows)
 
 
+T0 = datetime(2026, 3, 1, 3, 0, tzinfo=UTC)
+
+
 def _sent(task_id: str, sent_at: datetime) -> AttemptRecord:
     """The client's record of a send (as ``record_enqueued`` makes it)."""
     return AttemptRecord(
@@ -233,3 +240,88 @@ async def test_a_pending_attempt_is_never_lost_and_its_wait_is_no_part_of_its_ru
     listed = await asyncio.to_thread(_history, helpers.unconfigured_env(TASKMON_DSN=dsn))
     shown = {r["task_id"]: r["status"] for r in listed}
     assert shown == {waiting: "pending", started: "running"}
+
+
+async def test_pending_oldest_fires_and_clears_when_the_task_starts(
+    db: asyncpg.Connection[Any],
+) -> None:
+    cfg = parse_alert_config(
+        tomllib.loads(
+            '[[alerts]]\nname = "stuck exports"\nwhen = "pending_oldest > 5m"\n'
+            'over = "15m"\nfilter = "task:app:export"\n'
+        ),
+        "test",
+    )
+    evaluator = Evaluator(cfg)
+    # a task sent 20 minutes ago (before the rule's window) and never started,
+    # another one of another task (not watched), and one sent just now
+    await insert(
+        db,
+        [
+            {"task_id": "old", "task_name": "app:export", "status": "pending", "worker": None,
+             "created_at": T0 - timedelta(minutes=20)},
+            {"task_id": "other", "task_name": "app:sync", "status": "pending", "worker": None,
+             "created_at": T0 - timedelta(hours=2)},
+            {"task_id": "new", "task_name": "app:export", "status": "pending", "worker": None,
+             "created_at": T0 - timedelta(minutes=1)},
+        ],
+    )  # fmt: skip
+    (fired,) = await evaluator.evaluate(db, T0)
+    assert (fired.state_name, fired.value_text()) == ("firing", "20.0m waiting (app:export)")
+    # once the worker picks the old one up, the oldest waits a minute: the rule resolves
+    await db.execute("UPDATE task_execution_logs SET status = 'running' WHERE task_id = 'old'")
+    (ok,) = await evaluator.evaluate(db, T0)
+    assert (ok.state_name, ok.transition) == ("resolved", "resolved")
+    assert ok.value_text() == "1.0m waiting (app:export)"
+
+
+def test_pending_oldest_takes_no_status_filter() -> None:
+    with pytest.raises(ConfigError, match="status"):
+        parse_alert_config(
+            tomllib.loads(
+                '[[alerts]]\nname = "n"\nwhen = "pending_oldest > 1m"\nover = "5m"\n'
+                'filter = "status:failed"\n'
+            ),
+            "test",
+        )
+
+
+async def test_queues_lists_what_waits_longer_than_the_threshold_by_name(
+    db: asyncpg.Connection[Any], dsn: str
+) -> None:
+    now = datetime.now(UTC)
+    await insert(
+        db,
+        [
+            {"task_id": "a1", "task_name": "app:export", "status": "pending", "worker": None,
+             "queue": "default", "created_at": now - timedelta(minutes=30)},
+            {"task_id": "a2", "task_name": "app:export", "status": "pending", "worker": None,
+             "queue": "default", "created_at": now - timedelta(minutes=3)},
+            {"task_id": "b1", "task_name": "app:sync", "status": "pending", "worker": None,
+             "queue": "default", "created_at": now - timedelta(seconds=5)},
+            {"task_id": "c1", "task_name": "app:done", "status": "success",
+             "queue": "default", "created_at": now - timedelta(hours=1)},
+        ],
+    )  # fmt: skip
+    env = helpers.unconfigured_env(TASKMON_DSN=dsn)
+
+    def queues(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "taskmon", "queues", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    shown = await asyncio.to_thread(queues, "--pending", "--format", "json")
+    assert shown.returncode == 0, shown.stderr
+    rows = json.loads(shown.stdout)
+    assert [(r["task_name"], r["waiting"]) for r in rows] == [("app:export", 2)]
+    assert 29 * 60 < rows[0]["oldest_wait_s"] < 31 * 60
+    table = await asyncio.to_thread(queues, "--waiting-over", "1s")
+    assert table.returncode == 0, table.stderr
+    assert "app:export" in table.stdout and "app:sync" in table.stdout
+    assert "app:done" not in table.stdout
+    bad = await asyncio.to_thread(queues, "--waiting-over", "soon")
+    assert (bad.returncode, len(bad.stderr.strip().splitlines())) == (2, 1)

@@ -26,7 +26,7 @@ from taskmon.commands.common import (
 
 if TYPE_CHECKING:
     from taskmon.service.reader import Reader
-    from taskmon.service.rows import QueueRow, WorkerRow
+    from taskmon.service.rows import QueueRow, WaitingRow, WorkerRow
 
 T = TypeVar("T")
 
@@ -47,15 +47,15 @@ def _format(value: str) -> str:
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def _window(value: str) -> float:
-    """``--window`` (90s, 5m, 1h, 2d) in seconds; without the filter language's import cost."""
+def _window(value: str, flag: str = "--window", *, zero: bool = False) -> float:
+    """`flag` (90s, 5m, 1h, 2d) in seconds; without the filter language's import cost."""
     text = value.strip().lower()
     try:
         seconds = float(text[:-1]) * _UNITS[text[-1:]]
     except (KeyError, ValueError):
-        seconds = 0.0
-    if not 0 < seconds <= 30 * 86400:
-        fail(f"--window: {value!r} is not a duration (e.g. 90s, 5m, 1h; at most 30d)")
+        seconds = -1.0
+    if not (seconds >= 0 if zero else seconds > 0) or seconds > 30 * 86400:
+        fail(f"{flag}: {value!r} is not a duration (e.g. 90s, 5m, 1h; at most 30d)")
     return seconds
 
 
@@ -179,6 +179,21 @@ def queues(
     window: Annotated[
         str, typer.Option("--window", help="How far back the trend looks (e.g. 5m, 1h).")
     ] = "5m",
+    pending: Annotated[
+        bool,
+        typer.Option(
+            "--pending",
+            help="List only the tasks sent and not started (with --format json: "
+            "those rows instead of the queues').",
+        ),
+    ] = False,
+    waiting_over: Annotated[
+        str,
+        typer.Option(
+            "--waiting-over",
+            help="Show a sent task not started once it has waited this long (e.g. 30s, 5m).",
+        ),
+    ] = "1m",
     fmt: FormatOption = "table",
     dsn: DsnOption = None,
     read_dsn: ReadDsnOption = None,
@@ -189,25 +204,35 @@ def queues(
     ListQueueBroker and RedisStreamBroker; other brokers are not inspectable).
     The trend is the change of depth over --window; the oldest wait needs the
     enqueue label that MonitoringMiddleware stamps on the client side.
+
+    Below the queues, the tasks sent and not started for longer than
+    --waiting-over, by name: the pending attempts a client with
+    MonitoringMiddleware(record_enqueued=True) records (any broker).
     """
     form = _format(fmt)
     window_s = _window(window)
+    over_s = _window(waiting_over, "--waiting-over", zero=True)
     if broker is not None:
         _inspect(broker, form)
         return
 
-    rows: list[QueueRow] = _read(dsn, read_dsn, lambda reader: reader.queues(window_s))
+    async def ask(reader: Reader) -> tuple[list[QueueRow], list[WaitingRow]]:
+        queued = [] if pending else await reader.queues(window_s)
+        return queued, await reader.waiting(over_s)
+
+    rows, waiting = _read(dsn, read_dsn, ask)
     if form == "json":
-        _print_json(rows)
+        _print_json(waiting if pending else rows)
         return
     console = _console()
-    if not rows:
+    if not rows and not pending:
         console.print(
             "No queue was sampled in the window: workers sample their queue with their "
             "heartbeat (taskiq-redis brokers only); try --broker module:variable."
         )
-        return
-    _print_queues(console, rows)
+    elif rows:
+        _print_queues(console, rows)
+    _print_waiting(console, waiting, over_s, first=pending)
 
 
 _BROKER_WORDS = {"ListQueueBroker": "redis list", "RedisStreamBroker": "redis stream"}
@@ -241,6 +266,43 @@ def _print_queues(console: Any, rows: list[QueueRow]) -> None:
             trend_label(r["trend"]),
             sparkline(r["samples"][-10:]),
             _ago(r["age_s"]),
+        )
+    console.print(table)
+
+
+def _print_waiting(console: Any, rows: list[WaitingRow], over_s: float, *, first: bool) -> None:
+    from rich.table import Table
+
+    from taskmon.domain.display import duration
+
+    over = duration(over_s * 1000)
+    if not rows:
+        if first:
+            console.print(
+                f"Nothing sent has waited over {over} unstarted (recorded by clients "
+                "with MonitoringMiddleware(record_enqueued=True))."
+            )
+        return
+    total = sum(r["waiting"] for r in rows)
+    if not first:
+        console.print()
+    console.print(f"Sent, not started for over {over}: {plural(total, 'task')}")
+    table = Table(box=None, pad_edge=False)
+    for name, justify in (
+        ("TASK", "left"),
+        ("QUEUE", "left"),
+        ("WAITING", "right"),
+        ("OLDEST WAIT", "right"),
+        ("OLDEST SENT", "left"),
+    ):
+        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for r in rows:
+        table.add_row(
+            r["task_name"],
+            r["queue"] or "-",
+            f"{r['waiting']:,}",
+            duration(r["oldest_wait_s"] * 1000),
+            r["oldest_sent_at"].astimezone().strftime("%Y-%m-%d %H:%M:%S"),
         )
     console.print(table)
 

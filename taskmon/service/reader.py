@@ -29,7 +29,14 @@ if TYPE_CHECKING:
 
     from taskmon.domain.filters import TaskFilter
     from taskmon.domain.schedules import Schedule, ScheduleReport
-    from taskmon.service.rows import AttemptRow, HistoryPage, QueueRow, ReplicaStatus, WorkerRow
+    from taskmon.service.rows import (
+        AttemptRow,
+        HistoryPage,
+        QueueRow,
+        ReplicaStatus,
+        WaitingRow,
+        WorkerRow,
+    )
     from taskmon.service.settings import Settings
     from taskmon.store.stats import Stats
 
@@ -191,6 +198,13 @@ class Reader:
         from taskmon.store.workers import fetch_queues
 
         rows: list[QueueRow] = await self._run(fetch_queues, window_s)
+        return rows
+
+    async def waiting(self, older_than_s: float = 60.0) -> list[WaitingRow]:
+        """The tasks sent more than `older_than_s` ago and not started, by task and queue."""
+        from taskmon.store.pending import fetch_waiting
+
+        rows: list[WaitingRow] = await self._run(fetch_waiting, older_than_s=older_than_s)
         return rows
 
     async def schedules(

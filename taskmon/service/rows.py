@@ -12,6 +12,7 @@ from typing import Any
 
 from taskmon.domain.events import iso
 from taskmon.store.history import CursorError, HistoryPage, decode_cursor
+from taskmon.store.pending import WaitingRow
 from taskmon.store.replica import ReplicaStatus
 from taskmon.store.retry_links import LINK_KEYS, retried_as, retry_of
 from taskmon.store.schema import COLUMNS, AttemptRow
@@ -30,6 +31,7 @@ __all__ = [
     "ReplicaStatus",
     "Stats",
     "TaskStats",
+    "WaitingRow",
     "WorkerRow",
     "check_cursor",
     "json_row",

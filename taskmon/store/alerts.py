@@ -47,6 +47,7 @@ __all__ = [
     "load_states",
     "lock_state",
     "new_error_types",
+    "oldest_pending",
     "percentile",
     "save_state",
     "workers_alive",
@@ -250,6 +251,34 @@ async def deepest_queue(
     if not queues:
         return Measurement(None, 0)
     return Measurement(float(max(q["depth"] for q in queues)), len(queues))
+
+
+async def oldest_pending(
+    conn: asyncpg.Connection[Any], flt: TaskFilter, *, end: datetime, lost_after_s: float
+) -> Measurement:
+    """Seconds the oldest attempt matching `flt` sent before `end` has waited unstarted.
+
+    Every ``pending`` row counts, however old (what was never picked up is the
+    point), not only those of the rule's window.
+
+    Returns:
+        The wait (None when nothing waits), over how many attempts wait, and the
+        task names of the oldest ones (``detail``, at most 5).
+    """
+    params: list[object] = []
+    cond = await _raw_condition(conn, flt, params, lost_after_s)
+    at = _arg(params, end.astimezone(UTC))
+    sql = (
+        f"SELECT r.task_name, r.created_at, count(*) OVER () AS n,"
+        f" extract(epoch FROM {at} - r.created_at)::float8 AS wait_s"
+        f" FROM task_execution_logs r WHERE r.status = 'pending' AND r.created_at < {at}"
+        f" AND {cond} ORDER BY r.created_at, r.id LIMIT 5"
+    )
+    rows = await conn.fetch(sql, *params)
+    if not rows:
+        return Measurement(None, 0)
+    names = tuple(dict.fromkeys(str(r["task_name"]) for r in rows))
+    return Measurement(max(0.0, float(rows[0]["wait_s"])), int(rows[0]["n"]), names)
 
 
 async def workers_alive(conn: asyncpg.Connection[Any]) -> Measurement:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from taskmon.domain.filters import KEYS as _FILTER_KEYS_ALL
 from taskmon.domain.filters import FilterError, TaskFilter, parse_duration_ms
 from taskmon.domain.schedules import DEFAULT_GRACE_S, DEFAULT_LATE_AFTER_S
 from taskmon.domain.statuses import DEFAULT_LOST_AFTER_S
@@ -42,6 +43,7 @@ __all__ = [
     "Lost",
     "Metric",
     "NewErrorType",
+    "PendingOldest",
     "Percentile",
     "Runs",
     "ScheduleMissed",
@@ -465,6 +467,41 @@ class ScheduleMissed(Metric):
         return Measurement(float(sum(r.missed_count for r in missed)), len(judged), names)
 
 
+@dataclass(frozen=True)
+class PendingOldest(Metric):
+    """How long the oldest task sent and not started has waited, in ms.
+
+    Counts the ``pending`` rows a client with ``record_enqueued=True`` writes,
+    however old (not only the window's); ``filter`` takes the attempt keys but
+    ``status``. Clears at once when the oldest wait falls back under the threshold.
+    """
+
+    clears_at_once: ClassVar[bool] = True
+    filter_keys: ClassVar[tuple[str, ...] | None] = tuple(
+        k for k in _FILTER_KEYS_ALL if k not in ("since", "until", "status")
+    )
+
+    def threshold(self, text: str) -> float:
+        return _duration_ms(text)
+
+    def format(self, value: float, detail: str | None) -> str:
+        waited = f"{_duration(value)} waiting"
+        return f"{waited} ({detail})" if detail else waited
+
+    def history_terms(self, threshold: float) -> tuple[str, ...]:
+        return ("status:pending",)
+
+    async def measure(self, conn: Any, flt: TaskFilter, window: Window) -> Measurement:
+        from dataclasses import replace
+
+        from taskmon.store.alerts import oldest_pending
+
+        found = await oldest_pending(conn, flt, end=window.end, lost_after_s=window.lost_after_s)
+        if found.value is None:
+            return found
+        return replace(found, value=found.value * 1000)
+
+
 # -- the registry -----------------------------------------------------------------------------
 
 METRICS: tuple[Metric, ...] = (
@@ -479,6 +516,7 @@ METRICS: tuple[Metric, ...] = (
     WorkersAlive("workers_alive", "workers alive", "workers_alive < 1"),
     Runs("runs", "runs", "runs < 1"),
     ScheduleMissed("schedule_missed", "missed scheduled fires", "schedule_missed"),
+    PendingOldest("pending_oldest", "oldest unstarted task's wait", "pending_oldest > 5m"),
 )
 """Every metric a rule can compare, in the order the errors list them."""
 
