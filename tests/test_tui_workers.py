@@ -78,3 +78,30 @@ async def test_a_live_worker_clears_the_warning(dsn: str, db: asyncpg.Connection
         await pilot.pause()
         assert "● alive" in screen_text(app)
         assert app.main.query_one(StatusBar).worker_warning == ""
+
+
+async def test_tasks_sent_and_not_started_are_listed_by_name(
+    dsn: str, db: asyncpg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NO_COLOR", "1")
+    # given two exports sent 10 minutes ago and never started, and one sent just now
+    await db.execute(
+        "INSERT INTO task_execution_logs (task_id, attempt, task_name, status, queue, created_at)"
+        " VALUES ('p1', 0, 'app:export', 'pending', 'jobs', now() - interval '10 minutes'),"
+        " ('p2', 0, 'app:export', 'pending', 'jobs', now() - interval '9 minutes'),"
+        " ('p3', 0, 'app:sync', 'pending', 'jobs', now())"
+    )
+    app = make_app(PgDataSource(dsn), None, workers=PgWorkersSource(dsn))
+    async with app.run_test(size=(80, 24)) as pilot:
+        bar = app.main.query_one(StatusBar)
+        # then the status bar says so in words
+        await wait_for(lambda: bar.worker_warning == "… 2 not started (W)")
+        # and W lists them by name, with the oldest wait; the fresh one is not listed
+        await pilot.press("W")
+        await wait_for(lambda: isinstance(app.screen, WorkersScreen))
+        await pilot.pause()
+        text = screen_text(app)
+        assert "… Not started after 1m00s: 2" in text
+        [row] = [line for line in text.splitlines() if "app:export" in line]
+        assert " jobs " in row and " 2 " in row and "10m" in row
+        assert "app:sync" not in text

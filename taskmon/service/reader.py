@@ -200,10 +200,15 @@ class Reader:
         rows: list[QueueRow] = await self._run(fetch_queues, window_s)
         return rows
 
-    async def waiting(self, older_than_s: float = 60.0) -> list[WaitingRow]:
-        """The tasks sent more than `older_than_s` ago and not started, by task and queue."""
-        from taskmon.store.pending import fetch_waiting
+    async def waiting(self, older_than_s: float | None = None) -> list[WaitingRow]:
+        """The tasks sent more than `older_than_s` ago and not started, by task and queue.
 
+        `older_than_s`: default :data:`~taskmon.store.pending.DEFAULT_WAITING_OVER_S`.
+        """
+        from taskmon.store.pending import DEFAULT_WAITING_OVER_S, fetch_waiting
+
+        if older_than_s is None:
+            older_than_s = DEFAULT_WAITING_OVER_S
         rows: list[WaitingRow] = await self._run(fetch_waiting, older_than_s=older_than_s)
         return rows
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from taskmon.domain.events import iso
 from taskmon.store.history import CursorError, HistoryPage, decode_cursor
-from taskmon.store.pending import WaitingRow
+from taskmon.store.pending import DEFAULT_WAITING_OVER_S, WaitingRow
 from taskmon.store.replica import ReplicaStatus
 from taskmon.store.retry_links import LINK_KEYS, retried_as, retry_of
 from taskmon.store.schema import COLUMNS, AttemptRow
@@ -21,6 +21,7 @@ from taskmon.store.workers import QueueRow, WorkerRow
 
 __all__ = [
     "COLUMNS",
+    "DEFAULT_WAITING_OVER_S",
     "JSON_KEYS",
     "LINK_KEYS",
     "RELATIVE_ERROR",

@@ -28,7 +28,7 @@ from taskmon.tui.widgets.task_table import TaskTable
 if TYPE_CHECKING:
     from taskmon.service.alerts import AlertStatus
     from taskmon.service.resend import Retrier
-    from taskmon.service.rows import QueueRow, WorkerRow
+    from taskmon.service.rows import QueueRow, WaitingRow, WorkerRow
 
 __all__ = ["TaskmonApp", "make_app"]
 
@@ -99,11 +99,17 @@ class TaskmonApp(App[None]):
         if self.worker_poller is not None:
             self.worker_poller.start()
 
-    def _workers_read(self, workers: list[WorkerRow], queues: list[QueueRow], error: str) -> None:
-        self.main.query_one(StatusBar).worker_warning = warning_text(workers, queues)
+    def _workers_read(
+        self,
+        workers: list[WorkerRow],
+        queues: list[QueueRow],
+        waiting: list[WaitingRow],
+        error: str,
+    ) -> None:
+        self.main.query_one(StatusBar).worker_warning = warning_text(workers, queues, waiting)
         for screen in self.screen_stack:
             if isinstance(screen, WorkersScreen):
-                screen.show(workers, queues, error)
+                screen.show(workers, queues, waiting, error)
 
     def action_workers(self) -> None:
         if isinstance(self.screen, WorkersScreen):
@@ -114,7 +120,10 @@ class TaskmonApp(App[None]):
         self.worker_poller.refresh()
         self.push_screen(
             WorkersScreen(
-                self.worker_poller.workers, self.worker_poller.queues, self.worker_poller.error
+                self.worker_poller.workers,
+                self.worker_poller.queues,
+                self.worker_poller.waiting,
+                self.worker_poller.error,
             )
         )
 

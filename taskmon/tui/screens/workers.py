@@ -1,9 +1,11 @@
 """Workers and queues (key ``W``), and the status bar's warning when none is alive.
 
-The screen reads the heartbeat rows and the queue samples the workers write
-(through :class:`~taskmon.service.reader.Reader`); :class:`WorkersPoller` re-reads them every
-:data:`WORKERS_REFRESH_S` seconds, for the screen and for the status bar's
-warning: no worker alive, or a backlog that grows.
+The screen reads the heartbeat rows and the queue samples the workers write,
+and the tasks sent and not started for over a minute (the ``pending`` rows of
+clients with ``record_enqueued``), through :class:`~taskmon.service.reader.Reader`;
+:class:`WorkersPoller` re-reads them every :data:`WORKERS_REFRESH_S` seconds, for
+the screen and for the status bar's warning: no worker alive, a backlog that
+grows, or tasks left waiting.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from textual.widgets import DataTable, Footer, Static
 
 from taskmon.domain.display import duration, trend_label, worker_state_label
 from taskmon.service.reader import Reader
+from taskmon.service.rows import DEFAULT_WAITING_OVER_S
 
 if TYPE_CHECKING:
-    from taskmon.service.rows import QueueRow, WorkerRow
+    from taskmon.service.rows import QueueRow, WaitingRow, WorkerRow
 
 __all__ = [
     "WORKERS_REFRESH_S",
@@ -49,6 +52,9 @@ class WorkersSource(Protocol):
     async def queues(self) -> list[QueueRow]:
         """Every queue sampled lately."""
 
+    async def waiting(self) -> list[WaitingRow]:
+        """The tasks sent over a minute ago and not started, by task and queue."""
+
     async def close(self) -> None:
         """Release connections."""
 
@@ -57,10 +63,15 @@ PgWorkersSource = Reader
 """Workers and queues of a real session: the application layer's reader."""
 
 
-def warning_text(workers: Sequence[WorkerRow], queues: Sequence[QueueRow]) -> str:
-    """What the status bar says: no worker alive, or a growing backlog (empty when fine).
+def warning_text(
+    workers: Sequence[WorkerRow],
+    queues: Sequence[QueueRow],
+    waiting: Sequence[WaitingRow] = (),
+) -> str:
+    """What the status bar says: no worker alive, a growing backlog, tasks left waiting.
 
-    Nothing is said before any worker has sent a heartbeat (older workers send none).
+    Empty when all is fine. Nothing is said of workers before any has sent a
+    heartbeat (older workers send none).
     """
     parts: list[str] = []
     if workers and not any(w["state"] == "alive" for w in workers):
@@ -70,6 +81,9 @@ def warning_text(workers: Sequence[WorkerRow], queues: Sequence[QueueRow]) -> st
         worst = max(growing, key=lambda q: q["trend"] or 0)
         name = worst["queue"] if len(worst["queue"]) <= 20 else worst["queue"][:19] + "…"
         parts.append(f"↑ backlog {name} {worst['depth']:,} (W)")
+    if waiting:
+        n = sum(w["waiting"] for w in waiting)
+        parts.append(f"… {n:,} not started (W)")
     return " · ".join(parts)
 
 
@@ -90,11 +104,16 @@ class WorkersScreen(Screen[None]):
     ]
 
     def __init__(
-        self, workers: Sequence[WorkerRow], queues: Sequence[QueueRow], error: str = ""
+        self,
+        workers: Sequence[WorkerRow],
+        queues: Sequence[QueueRow],
+        waiting: Sequence[WaitingRow] = (),
+        error: str = "",
     ) -> None:
         super().__init__()
         self.worker_rows = list(workers)
         self.queue_rows = list(queues)
+        self.waiting_rows = list(waiting)
         self.error = error
 
     def compose(self) -> ComposeResult:
@@ -105,6 +124,8 @@ class WorkersScreen(Screen[None]):
             yield DataTable(id="workers-table", cursor_type="row", zebra_stripes=False)
             yield Static("Queues", id="queues-title")
             yield DataTable(id="queues-table", cursor_type="row", zebra_stripes=False)
+            yield Static(id="waiting-title")
+            yield DataTable(id="waiting-table", cursor_type="row", zebra_stripes=False)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -114,14 +135,22 @@ class WorkersScreen(Screen[None]):
         queues = self.query_one("#queues-table", DataTable)
         for column in ("queue", "depth", "oldest", "trend", "sampled"):
             queues.add_column(column, key=column)
-        self.show(self.worker_rows, self.queue_rows, self.error)
+        waiting = self.query_one("#waiting-table", DataTable)
+        for column in ("task", "queue", "waiting", "oldest"):
+            waiting.add_column(column, key=column)
+        self.show(self.worker_rows, self.queue_rows, self.waiting_rows, self.error)
         workers.focus()
 
     def show(
-        self, workers: Sequence[WorkerRow], queues: Sequence[QueueRow], error: str = ""
+        self,
+        workers: Sequence[WorkerRow],
+        queues: Sequence[QueueRow],
+        waiting: Sequence[WaitingRow] = (),
+        error: str = "",
     ) -> None:
         """Replace the rows."""
         self.worker_rows, self.queue_rows, self.error = list(workers), list(queues), error
+        self.waiting_rows = list(waiting)
         table = self.query_one("#workers-table", DataTable)
         table.clear()
         for w in self.worker_rows:
@@ -147,6 +176,24 @@ class WorkersScreen(Screen[None]):
                 _ago(q["age_s"]),
                 key=f"{q['broker']}/{q['queue']}",
             )
+        wtable = self.query_one("#waiting-table", DataTable)
+        wtable.clear()
+        for r in self.waiting_rows:
+            wtable.add_row(
+                r["task_name"],
+                r["queue"] or "-",
+                f"{r['waiting']:,}",
+                duration(r["oldest_wait_s"] * 1000),
+                key=f"{r['task_name']}/{r['queue']}",
+            )
+        total = sum(r["waiting"] for r in self.waiting_rows)
+        after = duration(DEFAULT_WAITING_OVER_S * 1000)
+        self.query_one("#waiting-title", Static).update(
+            f"… Not started after {after}: {total:,}"
+            if total
+            else f"… Not started after {after}: none (recorded with record_enqueued=True)"
+        )
+        wtable.display = bool(self.waiting_rows)
         note = self.query_one("#workers-note", Static)
         counts = {s: sum(1 for w in self.worker_rows if w["state"] == s) for s in STATE_STYLES}
         if error:
@@ -166,7 +213,8 @@ class WorkersPoller:
     Args:
         app: the app whose workers read.
         source: the heartbeats and samples.
-        apply: called with workers, queues and an error text ('' when the read worked).
+        apply: called with workers, queues, the tasks left waiting and an error text
+            ('' when the read worked).
         interval: seconds between reads.
     """
 
@@ -174,7 +222,7 @@ class WorkersPoller:
         self,
         app: App[None],
         source: WorkersSource,
-        apply: Callable[[list[WorkerRow], list[QueueRow], str], None],
+        apply: Callable[[list[WorkerRow], list[QueueRow], list[WaitingRow], str], None],
         *,
         interval: float = WORKERS_REFRESH_S,
     ) -> None:
@@ -184,6 +232,7 @@ class WorkersPoller:
         self.interval = interval
         self.workers: list[WorkerRow] = []
         self.queues: list[QueueRow] = []
+        self.waiting: list[WaitingRow] = []
         self.error = ""
 
     def start(self) -> None:
@@ -195,11 +244,12 @@ class WorkersPoller:
 
     async def _load(self) -> None:
         try:
-            workers, queues, error = await self.source.workers(), await self.source.queues(), ""
+            workers, queues = await self.source.workers(), await self.source.queues()
+            waiting, error = await self.source.waiting(), ""
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            workers, queues = self.workers, self.queues
+            workers, queues, waiting = self.workers, self.queues, self.waiting
             error = " ".join(str(exc).split())[:200] or type(exc).__name__
-        self.workers, self.queues, self.error = workers, queues, error
-        self.apply(workers, queues, error)
+        self.workers, self.queues, self.waiting, self.error = workers, queues, waiting, error
+        self.apply(workers, queues, waiting, error)
