@@ -100,26 +100,10 @@ def report_json(r: ScheduleReport) -> dict[str, Any]:
     }
 
 
-def _when(at: datetime | None, now: datetime) -> str:
-    from taskmon.domain.display import duration
-
-    if at is None:
-        return "-"
-    seconds = (at - now).total_seconds()
-    if seconds < 1:
-        return "now"
-    return f"in {duration(seconds * 1000)}"
-
-
 def _last(run_: Run | None, now: datetime) -> str:
-    from taskmon.domain.display import duration, status_label
+    from taskmon.domain.display import ran_ago
 
-    if run_ is None:
-        return "-"
-    at = run_.started_at or run_.created_at
-    return (
-        f"{status_label(run_.status)} {duration(max(0.0, (now - at).total_seconds()) * 1000)} ago"
-    )
+    return "-" if run_ is None else ran_ago(run_.status, run_.started_at or run_.created_at, now)
 
 
 _STYLES = {
@@ -141,7 +125,7 @@ def _print_table(
     from rich.table import Table
     from rich.text import Text
 
-    from taskmon.domain.display import duration, schedule_state_label, span
+    from taskmon.domain.display import duration, fire_in, schedule_state_label, span
 
     console = Console(no_color="NO_COLOR" in os.environ or None, highlight=False, soft_wrap=False)
     if reports:
@@ -171,7 +155,7 @@ def _print_table(
                 Text(schedule_state_label(r.state), style=_STYLES.get(r.state, "")),
                 r.schedule.task_name,
                 r.schedule.when,
-                _when(r.next_fire, now),
+                fire_in(r.next_fire, now),
                 _last(r.last_run, now),
                 duration(None if r.last_run is None else r.last_run.duration_ms),
                 f"{r.runs:,}",

@@ -10,7 +10,9 @@ from taskmon.commands.common import (
     REPLICA_ONLY,
     DsnOption,
     ReadDsnOption,
+    SchedulerOption,
     TokenOption,
+    check_scheduler,
     fail,
     primary_dsn,
     resolve_settings,
@@ -61,6 +63,7 @@ def tui(
             show_default=False,
         ),
     ] = None,
+    scheduler: SchedulerOption = None,
 ) -> None:
     """Watch metrics, history and live events in a terminal UI (keys: press ?)."""
     from taskmon.config import ConfigError
@@ -76,7 +79,9 @@ def tui(
         hub_token=token or old_token,
         broker=broker,
         lost_after=lost_after,
+        scheduler=scheduler,
     )
+    check_scheduler(settings)
     try:
         ViewState.initial(window=since, query=query)
     except FilterError as exc:
@@ -111,6 +116,8 @@ def tui(
     from taskmon.service.resend import Retrier
 
     retrier = Retrier(settings.broker, url) if settings.broker else None
+    from taskmon.service.schedules import ScheduleWatch
+
     try:
         data = PgDataSource(
             reads or url, lost_after_s=settings.lost_after_s, replica=reads is not None
@@ -125,6 +132,7 @@ def tui(
             retrier=retrier,
             # the same reader: its pool serves the workers screen too
             workers=data,
+            schedules=ScheduleWatch(settings.scheduler, data) if settings.scheduler else None,
         )
     except (FilterError, ValueError) as exc:  # a relative time that went out of range since
         fail(str(exc))

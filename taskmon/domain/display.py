@@ -8,6 +8,8 @@ stylesheet). No rich, textual or typer here: the core may use it too.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from taskmon.domain.events import Status
 
 __all__ = [
@@ -16,6 +18,8 @@ __all__ = [
     "UNKNOWN_SYMBOL",
     "WORKER_STATE_SYMBOLS",
     "duration",
+    "fire_in",
+    "ran_ago",
     "schedule_state_label",
     "status_label",
     "trend_label",
@@ -107,3 +111,18 @@ def duration(ms: float | None) -> str:
     if seconds < 3_600:
         return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
     return f"{int(seconds // 3_600)}h{int(seconds % 3_600 // 60):02d}m"
+
+
+def fire_in(at: datetime | None, now: datetime) -> str:
+    """When a schedule fires next, from `now`: ``in 4m30s``, ``now``, or ``-`` (never)."""
+    if at is None:
+        return "-"
+    seconds = (at - now).total_seconds()
+    if seconds < 1:
+        return "now"
+    return f"in {duration(seconds * 1000)}"
+
+
+def ran_ago(status: str, at: datetime, now: datetime) -> str:
+    """A schedule's last run: ``✓ success 3m ago``."""
+    return f"{status_label(status)} {duration(max(0.0, (now - at).total_seconds()) * 1000)} ago"

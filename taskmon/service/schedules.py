@@ -13,10 +13,13 @@ import contextlib
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskmon.domain.schedules import Schedule, ScheduleReport, Unreadable
 from taskmon.worker.imports import SpecError, import_object
+
+if TYPE_CHECKING:
+    from taskmon.service.reader import Reader
 
 __all__ = [
     "CACHE_MAX_AGE_S",
@@ -299,7 +302,7 @@ class ScheduleWatch:
         reader: where the runs are read.
     """
 
-    def __init__(self, spec: str, reader: Any) -> None:
+    def __init__(self, spec: str, reader: Reader) -> None:
         self.spec = spec
         self.reader = reader
 
@@ -312,5 +315,5 @@ class ScheduleWatch:
         from datetime import UTC, datetime
 
         found, unreadable = await read_cached(self.spec)
-        reports: list[ScheduleReport] = await self.reader.schedules(found, now=datetime.now(UTC))
+        reports = await self.reader.schedules(found, now=datetime.now(UTC))
         return reports, unreadable

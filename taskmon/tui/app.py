@@ -16,6 +16,7 @@ from taskmon.tui.screens.alerts import AlertSource, AlertsPoller, AlertsScreen, 
 from taskmon.tui.screens.detail import DetailScreen
 from taskmon.tui.screens.help import HelpScreen
 from taskmon.tui.screens.main import MainScreen
+from taskmon.tui.screens.schedules import SchedulesScreen, SchedulesSource
 from taskmon.tui.screens.workers import WorkersPoller, WorkersScreen, WorkersSource, warning_text
 from taskmon.tui.sources import DataSource, LiveSource
 from taskmon.tui.view_state import ViewState
@@ -46,6 +47,7 @@ class TaskmonApp(App[None]):
     | ? | Show every key. |
     | a | The alert rules and their states. |
     | W | Workers and queue backlogs. |
+    | S | Schedules: did each run when it should have? |
     | q, ctrl+c | Quit. |
     """
 
@@ -59,6 +61,13 @@ class TaskmonApp(App[None]):
         Binding("question_mark", "help", "Help", tooltip="Show every key"),
         Binding("a", "alerts", "Alerts", show=False, tooltip="The alert rules and their states"),
         Binding("W", "workers", "Workers", show=False, tooltip="Workers and queue backlogs"),
+        Binding(
+            "S",
+            "schedules",
+            "Schedules",
+            show=False,
+            tooltip="Schedules: did each run when it should have?",
+        ),
     ]
 
     def __init__(
@@ -73,8 +82,11 @@ class TaskmonApp(App[None]):
         alerts: AlertSource | None = None,
         retrier: Retrier | None = None,
         workers: WorkersSource | None = None,
+        schedules: SchedulesSource | None = None,
     ) -> None:
         super().__init__()
+        self.schedules = schedules
+        """The user's schedules and their runs (None: no scheduler was given)."""
         self.data = data
         """Where history, metrics and attempts are read."""
         self.live = live
@@ -126,6 +138,16 @@ class TaskmonApp(App[None]):
                 self.worker_poller.error,
             )
         )
+
+    def action_schedules(self) -> None:
+        if isinstance(self.screen, SchedulesScreen):
+            return
+        main = self.main
+
+        def open_history(query: str) -> None:
+            main.set_state(main.state.with_query(query, now=self.clock()))
+
+        self.push_screen(SchedulesScreen(self.schedules, open_history=open_history))
 
     def _alerts_read(self, statuses: list[AlertStatus], error: str) -> None:
         self.main.query_one(StatusBar).alert = banner_text(statuses)
@@ -201,6 +223,7 @@ class TaskmonApp(App[None]):
             ("Detail", list(DetailScreen.BINDINGS)),
             ("Alerts", list(AlertsScreen.BINDINGS)),
             ("Workers", list(WorkersScreen.BINDINGS)),
+            ("Schedules", list(SchedulesScreen.BINDINGS)),
         ]
 
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
@@ -223,6 +246,9 @@ class TaskmonApp(App[None]):
         yield SystemCommand("Previous page", "Previous history page (p)", main.action_previous_page)
         yield SystemCommand("Refresh", "Re-read metrics and history (r)", main.action_refresh)
         yield SystemCommand("Workers", "Workers and queue backlogs (W)", self.action_workers)
+        yield SystemCommand(
+            "Schedules", "Did each schedule run when it should have? (S)", self.action_schedules
+        )
         yield SystemCommand("Keys", "Show every key (?)", self.action_help)
 
 
@@ -238,6 +264,7 @@ def make_app(
     alerts: AlertSource | None = None,
     retrier: Retrier | None = None,
     workers: WorkersSource | None = None,
+    schedules: SchedulesSource | None = None,
 ) -> TaskmonApp:
     """Build the app around a database source and an optional live source.
 
@@ -254,6 +281,8 @@ def make_app(
         retrier: sends a task again on `R` (None: `R` says how to configure a broker).
         workers: heartbeats and queue samples
             (:class:`~taskmon.tui.screens.workers.PgWorkersSource`), or None.
+        schedules: the user's schedules and their runs
+            (:class:`~taskmon.service.schedules.ScheduleWatch`), or None.
 
     Raises:
         FilterError: `query` does not parse.
@@ -270,4 +299,5 @@ def make_app(
         alerts=alerts,
         retrier=retrier,
         workers=workers,
+        schedules=schedules,
     )

@@ -128,10 +128,16 @@ class DetailScreen(Screen[None]):
         self.load_links(self.task_id)
 
     def _links(self, retried_as: list[str] | None = None) -> Text:
-        """``retry of …`` (this task re-sends another) and ``retried as …`` (`taskmon retry`)."""
+        """The attempt's links: ``⏱ schedule …`` (the scheduler sent it, ``S`` lists the
+        schedules), ``retry of …`` (this task re-sends another) and ``retried as …``
+        (`taskmon retry`)."""
         labels = self.row.get("labels")
-        origin = labels.get("taskmon_retry_of") if isinstance(labels, dict) else None
-        parts = [f"↻ retry of {origin}"] if origin else []
+        if not isinstance(labels, dict):
+            labels = {}
+        schedule, origin = labels.get("schedule_id"), labels.get("taskmon_retry_of")
+        parts = [f"⏱ schedule {schedule}"] if schedule else []
+        if origin:
+            parts.append(f"↻ retry of {origin}")
         if retried_as:
             parts.append(f"↻ retried as {', '.join(retried_as)}")
         return Text("   ".join(parts), style="bold")
