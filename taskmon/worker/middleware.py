@@ -115,6 +115,8 @@ class MonitoringMiddleware(TaskiqMiddleware):
             (client side; off by default), so that ``taskmon history --status
             pending`` shows what was sent and never started; the worker's attempt
             replaces it. Needs ``stamp_enqueue``'s label, which it stamps anyway.
+            A client's pending rows are written, not announced as live events
+            (a worker's re-sent retries are, with its other events).
         max_pending: attempts kept in memory while the database is unreachable.
         batch_size: attempts per database write.
         flush_interval: seconds between writes when fewer than `batch_size` wait.
@@ -182,7 +184,8 @@ class MonitoringMiddleware(TaskiqMiddleware):
         worker_side = self._executes_tasks()
 
         publisher: Publisher | None = None
-        if self.publish_events:
+        # a client's pending rows are not announced: the live feed shows executions
+        if self.publish_events and worker_side:
             redis_url = resolve_setting(self._redis_url, "TASKMON_REDIS_URL", "redis_url")
             if redis_url:
                 from taskmon.bus.redis import RedisStreamPublisher
@@ -330,14 +333,15 @@ class MonitoringMiddleware(TaskiqMiddleware):
     def _record_sent(self, message: TaskiqMessage) -> None:
         """Stamp the message and submit its attempt as ``pending`` (the writer encodes it)."""
         labels = message.labels
+        kept = dict(labels)  # what the row stores: the labels without taskmon's own
         stamped = int(_time() * 1000 + 0.5) / 1000
         labels[ENQUEUED_LABEL] = stamped
         labels[PENDING_LABEL] = 1
         recorder = self.recorder or self._ensure_recorder()
         if recorder is None:
             return
-        kept = dict(labels)
-        del kept[ENQUEUED_LABEL], kept[PENDING_LABEL]
+        kept.pop(ENQUEUED_LABEL, None)  # a message sent again carries the last send's
+        kept.pop(PENDING_LABEL, None)
         retries = kept.get("_retries")
         timeout = kept.get("timeout")
         name = message.task_name

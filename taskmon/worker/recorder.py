@@ -728,11 +728,12 @@ class Recorder:
         key = (record.task_id, record.attempt)
         cached = self._prepared.pop(key, None) if self._prepared else None
         if cached is not None and cached[0] is record:
-            if record.status in _UNFINISHED:
+            if record.status is Status.RUNNING:
                 self._prepared[key] = cached
             return cached[1], cached[2]
         labels, params = encode_parts(record, self.policy)
-        if record.status in _UNFINISHED:
+        # a pending attempt (a client's record_enqueued) finishes in a worker, not here
+        if record.status is Status.RUNNING:
             self._prepared[key] = (record, labels, params)
             if len(self._prepared) > self.max_pending:  # attempts that never finish
                 del self._prepared[next(iter(self._prepared))]
