@@ -19,7 +19,6 @@ from taskmon.commands.common import (
     fail,
     plural,
     resolve_settings,
-    round_durations,
     run,
 )
 
@@ -43,6 +42,11 @@ def _seconds(value: str, what: str, *, allow_zero: bool = False) -> float:
         fail(str(exc))
 
 
+def _ms(value: float | None) -> float | None:
+    """A duration as ``round_durations`` leaves it: to three decimals."""
+    return None if value is None else round(value, 3)
+
+
 def _run_json(run_: Run | None) -> dict[str, Any] | None:
     from taskmon.domain.events import iso
 
@@ -55,7 +59,7 @@ def _run_json(run_: Run | None) -> dict[str, Any] | None:
         "schedule_id": run_.schedule_id,
         "enqueued_at": iso(run_.enqueued_at),
         "started_at": iso(run_.started_at or run_.created_at),
-        "duration_ms": run_.duration_ms,
+        "duration_ms": _ms(run_.duration_ms),
     }
 
 
@@ -69,7 +73,7 @@ def _schedule_json(s: Schedule) -> dict[str, Any]:
         "when": s.when,
         "cron": s.cron,
         "cron_offset": s.cron_offset,
-        "interval_s": s.interval_s,
+        "interval_s": _ms(s.interval_s),
         "time": iso(s.time),
         "stable_id": s.stable_id,
     }
@@ -93,7 +97,7 @@ def report_json(r: ScheduleReport) -> dict[str, Any]:
                 "expected_at": iso(f.expected_at),
                 "state": f.state,
                 "task_id": None if f.run is None else f.run.task_id,
-                "delay_s": f.delay_s,
+                "delay_s": _ms(f.delay_s),
             }
             for f in r.fires
         ],
@@ -273,10 +277,12 @@ def schedules(
         import json
 
         data = {
-            "window_s": window_s,
+            "window_s": _ms(window_s),
             "schedules": [report_json(r) for r in reports],
             "unreadable": [{"source": u.source, "reason": u.reason} for u in unreadable],
         }
-        sys.stdout.write(json.dumps(round_durations(data), ensure_ascii=False) + "\n")
+        # durations are rounded where each is put in (see _ms): thousands of fires
+        # are not walked again
+        sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
         return
     _print_table(reports, unreadable, now, window_s)
