@@ -82,7 +82,7 @@ def _broker(kind_of_broker: str, queue: str) -> Any:
 
 
 async def _run(
-    kind_of_broker: str, kind: str, n: int, dsn: str, queue: str
+    kind_of_broker: str, kind: str, n: int, dsn: str, queue: str, flush_interval: float = 0.1
 ) -> tuple[float, float, float, float]:
     """Seconds of CPU and of wall time per ``kiq()`` for one configuration, all in,
     and the median and 99th percentile of one ``kiq()`` call's own duration."""
@@ -90,7 +90,9 @@ async def _run(
     middleware: MonitoringMiddleware | None = None
     if kind != "bare":
         # as installed by default otherwise (events on: a client announces no pending rows)
-        middleware = MonitoringMiddleware(dsn, record_enqueued=kind == "record", auto_migrate=False)
+        middleware = MonitoringMiddleware(
+            dsn, record_enqueued=kind == "record", auto_migrate=False, flush_interval=flush_interval
+        )
         broker = broker.with_middlewares(middleware)
 
     @broker.task(task_name="bench:noop")
@@ -139,7 +141,9 @@ CHILD = """
 import asyncio, sys
 sys.path.insert(0, {here!r})
 from enqueue import _run
-asyncio.run(_run(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]))
+asyncio.run(
+    _run(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], float(sys.argv[6]))
+)
 """
 
 
@@ -149,7 +153,9 @@ async def _instructions(kind_of_broker: str, kind: str, n: int, dsn: str, queue:
     for count in (n, 3 * n):
         with tempfile.TemporaryDirectory() as tmp:
             child = CHILD.format(here=str(HERE))
-            cmd = [sys.executable, "-c", child, kind_of_broker, kind, str(count), dsn, queue]
+            # callgrind runs the client ~50 times slower: the writer flushes on a
+            # longer interval so that its batches fill (500 rows) as at a real send rate
+            cmd = [sys.executable, "-c", child, kind_of_broker, kind, str(count), dsn, queue, "30"]
             totals.append(
                 await asyncio.to_thread(
                     callgrind_total, cmd, child_env(), Path(tmp) / "callgrind.out"
