@@ -64,7 +64,8 @@ SchedulerOption = Annotated[
     typer.Option(
         "--scheduler",
         help="Your TaskiqScheduler as module:variable, the form `taskiq scheduler` takes "
-        "(for schedules and the schedule_missed alert). Default: $TASKMON_SCHEDULER, then "
+        "(for schedules, the schedule_missed alert and the TUI's S). Default: "
+        "$TASKMON_SCHEDULER, then "
         "the config file's scheduler.",
         show_default=False,
     ),

@@ -287,7 +287,10 @@ async def read_cached(
         found = _cached(path)
         if found is not None:
             return found, []
-    scheduler = load(spec)
+    import asyncio
+
+    # in a thread: importing the user's app may take a while, and a TUI's loop runs on
+    scheduler = await asyncio.to_thread(load, spec)
     schedules, unreadable = await read(scheduler)
     if not unreadable and all(type(s).__name__ == "LabelScheduleSource" for s in scheduler.sources):
         _store(path, schedules)
