@@ -64,19 +64,9 @@ def _run_json(run_: Run | None) -> dict[str, Any] | None:
 
 
 def _schedule_json(s: Schedule) -> dict[str, Any]:
-    from taskmon.domain.events import iso
+    from taskmon.service.schedules import schedule_json
 
-    return {
-        "schedule_id": s.schedule_id,
-        "task_name": s.task_name,
-        "source": s.source,
-        "when": s.when,
-        "cron": s.cron,
-        "cron_offset": s.cron_offset,
-        "interval_s": _ms(s.interval_s),
-        "time": iso(s.time),
-        "stable_id": s.stable_id,
-    }
+    return {**schedule_json(s), "interval_s": _ms(s.interval_s)}
 
 
 def report_json(r: ScheduleReport) -> dict[str, Any]:

@@ -31,6 +31,7 @@ __all__ = [
     "read",
     "read_cached",
     "read_spec",
+    "schedule_json",
 ]
 
 CACHE_MAX_AGE_S = 3600.0
@@ -208,20 +209,28 @@ def _unchanged(files: list[list[Any]]) -> bool:
     return True
 
 
-def _to_json(s: Schedule) -> dict[str, Any]:
+def schedule_json(s: Schedule) -> dict[str, Any]:
+    """A schedule's JSON shape: ``taskmon schedules --format json`` and the cache's.
+
+    ``when`` is derived (read back, it is left out); the rest is the schedule.
+    """
+    from taskmon.domain.events import iso
+
     return {
         "schedule_id": s.schedule_id,
         "task_name": s.task_name,
         "source": s.source,
+        "when": s.when,
         "cron": s.cron,
         "cron_offset": s.cron_offset,
-        "time": None if s.time is None else s.time.isoformat(),
         "interval_s": s.interval_s,
+        "time": iso(s.time),
         "stable_id": s.stable_id,
     }
 
 
 def _from_json(d: Mapping[str, Any]) -> Schedule:
+    """The schedule :func:`schedule_json` wrote."""
     from datetime import datetime
 
     return Schedule(
@@ -260,7 +269,7 @@ def _store(path: Path, schedules: list[Schedule]) -> None:
         "version": 1,
         "written": time.time(),
         "files": _loaded_files(),
-        "schedules": [_to_json(s) for s in schedules],
+        "schedules": [schedule_json(s) for s in schedules],
     }
     # the cache only saves time: a directory that cannot be written is no error
     with contextlib.suppress(OSError):
