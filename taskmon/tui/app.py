@@ -139,15 +139,15 @@ class TaskmonApp(App[None]):
             )
         )
 
+    def open_history(self, query: str) -> None:
+        """Show the main screen's history filtered by `query` (a screen's "history of this")."""
+        main = self.main
+        main.set_state(main.state.with_query(query, now=self.clock()))
+
     def action_schedules(self) -> None:
         if isinstance(self.screen, SchedulesScreen):
             return
-        main = self.main
-
-        def open_history(query: str) -> None:
-            main.set_state(main.state.with_query(query, now=self.clock()))
-
-        self.push_screen(SchedulesScreen(self.schedules, open_history=open_history))
+        self.push_screen(SchedulesScreen(self.schedules, open_history=self.open_history))
 
     def _alerts_read(self, statuses: list[AlertStatus], error: str) -> None:
         self.main.query_one(StatusBar).alert = banner_text(statuses)
@@ -161,16 +161,11 @@ class TaskmonApp(App[None]):
         if self.alerts is None:
             self.notify("no alert rules: add [[alerts]] to the config file", timeout=4)
             return
-        main = self.main
-
-        def open_history(query: str) -> None:
-            main.set_state(main.state.with_query(query, now=self.clock()))
-
         self.push_screen(
             AlertsScreen(
                 self.alerts.statuses,
                 tz=self.clock().tzinfo,
-                open_history=open_history,
+                open_history=self.open_history,
                 error=self.alerts.error,
             )
         )

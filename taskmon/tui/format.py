@@ -13,11 +13,17 @@ from rich.cells import cell_len, set_cell_size
 __all__ = [
     "clip",
     "count",
+    "error_line",
     "event_status",
     "parse_timestamp",
     "percent",
     "timestamp",
 ]
+
+
+def error_line(exc: BaseException) -> str:
+    """A failed read's error on one line of at most 200 characters (its type if it says nothing)."""
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 def count(n: int) -> str:

@@ -19,7 +19,7 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from taskmon.tui.format import timestamp
+from taskmon.tui.format import error_line, timestamp
 
 if TYPE_CHECKING:
     from taskmon.service.alerts import AlertStatus
@@ -199,6 +199,6 @@ class AlertsPoller:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            statuses, error = self.statuses, " ".join(str(exc).split())[:200] or type(exc).__name__
+            statuses, error = self.statuses, error_line(exc)
         self.statuses, self.error = statuses, error
         self.apply(statuses, error)

@@ -24,6 +24,7 @@ from textual.widgets import DataTable, Footer, Static
 
 from taskmon.domain.display import duration, fire_in, ran_ago, schedule_state_label
 from taskmon.domain.filters import TaskFilter
+from taskmon.tui.format import error_line
 
 if TYPE_CHECKING:
     from taskmon.domain.schedules import ScheduleReport, Unreadable
@@ -53,10 +54,6 @@ class SchedulesSource(Protocol):
 
     async def reports(self) -> tuple[list[ScheduleReport], list[Unreadable]]:
         """Each schedule over the last day, and the sources that cannot be read."""
-
-
-def _error_text(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 class SchedulesScreen(Screen[None]):
@@ -128,7 +125,7 @@ class SchedulesScreen(Screen[None]):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            reports, unreadable, error = self.reports, self.unreadable, _error_text(exc)
+            reports, unreadable, error = self.reports, self.unreadable, error_line(exc)
         self.show(reports, unreadable, error)
 
     def show(

@@ -24,6 +24,7 @@ from textual.widgets import DataTable, Footer, Static
 from taskmon.domain.display import duration, trend_label, worker_state_label
 from taskmon.service.reader import Reader
 from taskmon.service.rows import DEFAULT_WAITING_OVER_S
+from taskmon.tui.format import error_line
 
 if TYPE_CHECKING:
     from taskmon.service.rows import QueueRow, WaitingRow, WorkerRow
@@ -250,6 +251,6 @@ class WorkersPoller:
             raise
         except Exception as exc:
             workers, queues, waiting = self.workers, self.queues, self.waiting
-            error = " ".join(str(exc).split())[:200] or type(exc).__name__
+            error = error_line(exc)
         self.workers, self.queues, self.waiting, self.error = workers, queues, waiting, error
         self.apply(workers, queues, waiting, error)
