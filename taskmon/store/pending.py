@@ -4,9 +4,9 @@ A client with ``MonitoringMiddleware(record_enqueued=True)`` records each task
 it sends as ``pending`` (``created_at`` the enqueue time); the worker's first
 state of the attempt updates that row. What stays ``pending`` was sent and
 never picked up: :func:`fetch_waiting` groups it by task and queue for
-``taskmon queues`` and the TUI's workers screen, :func:`oldest_pending` is the
-``pending_oldest`` alert metric's figure. Both read the ``(status, created_at,
-id)`` index from its oldest ``pending`` entry.
+``taskmon queues`` and the TUI's workers screen (the ``pending_oldest`` alert
+metric's figure is :func:`taskmon.store.alerts.oldest_pending`). Both read the
+``(status, created_at, id)`` index from its oldest ``pending`` entry.
 """
 
 from __future__ import annotations

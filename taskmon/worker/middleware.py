@@ -357,7 +357,7 @@ class MonitoringMiddleware(TaskiqMiddleware):
                 name,
                 _PENDING,
                 None,  # worker: none has it yet
-                self._queue or getattr(self.broker, "queue_name", None) or kept.get("queue_name"),
+                self._queue or kept.get("queue_name"),  # as pre_execute: set with the recorder
                 kept,
                 None,  # params: captured raw below, encoded by the writer
                 None,  # error_type
