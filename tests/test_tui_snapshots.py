@@ -58,8 +58,9 @@ def loaded(
                 and main.query_one(HistoryTable).row_count > 0
                 and main.query_one(LiveFeed).received >= EVENTS
                 and not main.query_one(LiveFeed).waiting
+                and _feed_settled(main.query_one(LiveFeed))
             ),
-            what="metrics, history and the live feed on screen",
+            what="metrics, history and the live feed on screen, showing its newest lines",
         )
         if then:
             await pilot.press(*then)
@@ -68,6 +69,12 @@ def loaded(
         await pilot.pause()
 
     return run_before
+
+
+def _feed_settled(feed: LiveFeed) -> bool:
+    """The feed has its size and follows its newest lines (it scrolls there after layout:
+    a snapshot taken before that shows a moment, not the screen)."""
+    return feed.size.height > 0 and feed.scroll_y >= feed.max_scroll_y
 
 
 def feed(app: TaskmonApp) -> LiveFeed:
