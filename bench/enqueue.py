@@ -21,12 +21,17 @@ cost of ``kiq()`` itself, taskiq's floor: the harshest denominator).
 
     python bench/enqueue.py [--tasks 5000] [--rounds 5] [--broker redis|null|both]
     python bench/enqueue.py --instructions [--tasks 1000]   # needs valgrind
+    python bench/enqueue.py --hook                          # pre_send alone
 
 With ``--instructions``, each configuration's client runs under ``valgrind
 --tool=callgrind`` with N and 3N sends, and the difference divided by 2N is
 its instructions per ``kiq()``, start-up excluded: a figure the noise of a
 shared machine does not move (only the client process is counted, not Redis
 or PostgreSQL).
+
+With ``--hook``, ``pre_send`` alone is timed on prepared messages, for
+``stamp`` and ``record`` (A-B-B-A), with a writer that is never started: the
+part of the cost a task's sender waits for, without the writer's.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from common import (
 from taskmon import MonitoringMiddleware
 
 KINDS = ("bare", "stamp", "record")
+BATCH = 500
 HERE = Path(__file__).resolve().parent
 
 
@@ -168,13 +174,57 @@ async def _instructions(kind_of_broker: str, kind: str, n: int, dsn: str, queue:
     return (totals[1] - totals[0]) // (2 * n)
 
 
+async def _hook(n: int, rounds: int) -> None:
+    from taskiq import TaskiqMessage
+    from taskiq_redis import ListQueueBroker
+
+    times: dict[str, list[float]] = {"stamp": [], "record": []}
+    for kind in interleaved(list(times)):
+        middleware = MonitoringMiddleware(
+            "postgresql://nobody@127.0.0.1:1/none",  # never connected: the writer is not started
+            record_enqueued=kind == "record",
+            auto_migrate=False,
+        )
+        broker = ListQueueBroker(REDIS_URL).with_middlewares(middleware)
+
+        @broker.task(task_name="bench:noop")
+        async def noop(i: int) -> None:
+            return None
+
+        recorder = middleware.recorder = middleware._make_recorder()
+        for round_ in range(rounds + 1):
+            messages = [
+                TaskiqMessage(
+                    task_id=str(i), task_name="bench:noop", labels={}, args=[i], kwargs={}
+                )
+                for i in range(n)
+            ]
+            took = 0.0
+            # in batches of the writer's size, emptied between them as the writer would
+            for start in range(0, n, BATCH):
+                t0 = time.perf_counter()
+                for message in messages[start : start + BATCH]:
+                    await middleware.pre_send(message)
+                took += time.perf_counter() - t0
+                getattr(recorder, "_sent", []).clear()
+                recorder._pending.clear()
+            if round_:
+                times[kind].append(took / n * 1e6)
+    for kind, values in times.items():
+        print(f"pre_send, {kind:7} µs per message: {spread(values, '.2f')}")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--broker", choices=("redis", "null", "both"), default="both")
     parser.add_argument("--instructions", action="store_true", help="count under callgrind")
+    parser.add_argument("--hook", action="store_true", help="time pre_send alone")
     args = parser.parse_args()
+    if args.hook:
+        await _hook(50_000, args.rounds)
+        return
     brokers = ("redis", "null") if args.broker == "both" else (args.broker,)
     dsn = await scratch_database("taskmon_bench_enqueue")
     queue = "taskmon-bench-enqueue"

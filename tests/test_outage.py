@@ -268,3 +268,64 @@ async def test_a_database_that_cannot_be_found_yet_is_an_outage(
     said = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
     assert len(said) == 1 and "cannot find the database" in said[0]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def _sent(task_id: str) -> tuple[Any, ...]:
+    """A send as a client's ``record_enqueued`` submits it (``taskmon.worker.encode.Sent``)."""
+    import time
+
+    return (task_id, 0, "app:x", None, {}, None, time.time(), b'{"args":[],"kwargs":{}}')
+
+
+async def test_a_clients_sends_wait_out_an_outage_bounded_and_counted(
+    proxy: Proxy, db: asyncpg.Connection[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    # given a client's writer with a small buffer, whose database goes away
+    recorder = Recorder(proxy.dsn, max_pending=100, flush_interval=0.02)
+    await recorder.start(wait_connected=5)
+    recorder.submit_sent(_sent("before"))
+    await recorder.flush()
+    writes = Calls(recorder, "_write")
+    await proxy.cut()
+    caplog.set_level(logging.ERROR, logger="taskmon.worker.recorder")
+
+    # when it sends more than it may keep, and the writes fail meanwhile
+    for i in range(60):
+        recorder.submit_sent(_sent(f"s{i:03d}"))
+    await wait_for(lambda: writes.failures >= 2, what="two failed writes")
+    for i in range(60, 250):
+        recorder.submit_sent(_sent(f"s{i:03d}"))
+
+    # then the oldest are dropped and counted (logged once), and the newest are kept
+    # (a write attempt may hold some of them meanwhile: they go back in front when it fails)
+    await wait_for(
+        lambda: recorder.stats.dropped == 150 and recorder.pending == 100,
+        what="the buffer bounded to 100",
+    )
+    assert len([r for r in caplog.records if "buffer full" in r.getMessage()]) == 1
+    # and once the database is back, they are written, pending, each once
+    await proxy.start()
+    await recorder.flush(timeout=30)
+    rows = await db.fetch("SELECT task_id, status FROM task_execution_logs ORDER BY 1")
+    assert [r["task_id"] for r in rows] == ["before"] + [f"s{i:03d}" for i in range(150, 250)]
+    assert {r["status"] for r in rows} == {"pending"}
+    await recorder.stop()
+
+
+async def test_a_clients_sends_left_at_stop_are_counted_unwritten(
+    proxy: Proxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    # given a client's writer whose database is gone
+    recorder = Recorder(proxy.dsn, flush_interval=0.02)
+    await recorder.start(wait_connected=5)
+    await proxy.cut()
+    caplog.set_level(logging.ERROR, logger="taskmon.worker.recorder")
+    for i in range(7):
+        recorder.submit_sent(_sent(f"u{i}"))
+
+    # when it stops before the database returns
+    await recorder.stop(timeout=0.5)
+
+    # then what it held is counted and said, not lost in silence
+    assert recorder.stats.unwritten == 7
+    assert any("7 task records were not written" in r.getMessage() for r in caplog.records)

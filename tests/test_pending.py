@@ -325,3 +325,92 @@ async def test_queues_lists_what_waits_longer_than_the_threshold_by_name(
     assert "app:done" not in table.stdout
     bad = await asyncio.to_thread(queues, "--waiting-over", "soon")
     assert (bad.returncode, len(bad.stderr.strip().splitlines())) == (2, 1)
+
+
+def test_a_clients_send_is_staged_as_its_record_would_be() -> None:
+    # given a send as a client captures it (with labels, a timeout label, a secret
+    # among its arguments and a NUL in its name), and the record of the same attempt
+    from taskmon.domain.params import ParamsPolicy
+    from taskmon.worker.encode import encode_parts, row, sent_rows
+
+    policy = ParamsPolicy()
+    raw = b'{"args":[],"kwargs":{"user":"ana","password":"hunter2"}}'
+    sent_at = T0.timestamp()
+    labels = {"tenant": "acme", "timeout": "30"}
+    send = ("t-1", 2, "app:\x00work", "default", labels, "30", sent_at, raw)
+    record = AttemptRecord(
+        task_id="t-1",
+        attempt=2,
+        task_name="app:\x00work",
+        status=Status.PENDING,
+        worker=None,
+        queue="default",
+        labels=dict(labels),
+        timeout_s=30.0,
+        enqueued_at=T0,
+        raw_params=raw,
+        anchor=T0,
+    )
+
+    # when the writer stages each
+    [staged] = sent_rows([send], policy)
+    expected = row(record, *encode_parts(record, policy), policy.max_value_bytes)
+
+    # then both are the same row: pending, redacted, keyed by the send's time
+    assert staged == expected
+    assert "hunter2" not in staged[6] and "[REDACTED]" in staged[6]
+    assert "\x00" not in staged[1]
+
+
+def test_an_attempt_sent_twice_in_one_batch_is_one_row_of_its_last_send() -> None:
+    from taskmon.domain.params import ParamsPolicy
+    from taskmon.worker.encode import sent_rows
+
+    # given the same attempt sent twice, and another, in one batch
+    first = ("t-1", 0, "app:work", None, {}, None, 100.0, b'{"args":[1],"kwargs":{}}')
+    other = ("t-2", 0, "app:work", None, {}, None, 100.5, b'{"args":[2],"kwargs":{}}')
+    again = ("t-1", 0, "app:work", None, {}, None, 101.0, b'{"args":[3],"kwargs":{}}')
+
+    # then the staged rows hold each attempt once (one statement may not write a row twice)
+    rows = sent_rows([first, other, again], ParamsPolicy())
+    assert [(r[0], r[12], r[6]) for r in rows] == [
+        ("t-1", 101.0, '{"args":[3],"kwargs":{}}'),
+        ("t-2", 100.5, '{"args":[2],"kwargs":{}}'),
+    ]
+
+
+async def test_a_clients_sends_are_written_pending_and_announce_nothing(
+    dsn: str, db: asyncpg.Connection[Any]
+) -> None:
+    # given a client's writer (a publisher attached, which it must not use for sends)
+    from taskmon.bus.postgres import PgNotifyPublisher, unpack_payload
+
+    recorder = Recorder(dsn, publisher=PgNotifyPublisher(), flush_interval=0.01)
+    await recorder.start(wait_connected=5)
+    events: list[str] = []
+    await db.add_listener("taskmon_events", lambda *args: events.append(args[-1]))
+    try:
+        # when it is handed sends, one attempt twice
+        sent_at = T0.timestamp()
+        for task_id, params in (("a", b'{"args":[],"kwargs":{"n":1}}'), ("b", b"{}"), ("a", b"{}")):
+            recorder.submit_sent(
+                (task_id, 0, "app:work", "q", {"from": "client"}, 5, sent_at, params)
+            )
+        await recorder.flush()
+
+        # then each attempt is one pending row at its send time, and no event went out
+        rows = await db.fetch(
+            "SELECT task_id, status, queue, labels, timeout_s, created_at, enqueued_at "
+            "FROM task_execution_logs ORDER BY task_id"
+        )
+        assert [tuple(r.values()) for r in rows] == [
+            (task_id, "pending", "q", {"from": "client"}, 5.0, T0, T0) for task_id in ("a", "b")
+        ]
+        assert recorder.stats.written == 2
+        # and the one event that arrives is that of a state the writer announces
+        recorder.submit(_started("c", T0, Status.SUCCESS))
+        await wait_for(lambda: events, what="the started attempt's event")
+        announced = [item for e in events for item in unpack_payload(e)]
+        assert [item["data"]["task_id"] for item in announced] == ["c"]
+    finally:
+        await recorder.stop()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import traceback as tb
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import orjson
 
@@ -21,18 +21,22 @@ from taskmon.domain.params import ParamsPolicy, dumps
 __all__ = [
     "MAX_TRACEBACK",
     "Prepared",
+    "Sent",
+    "as_number",
     "encode_event",
     "encode_parts",
     "encode_record_event",
     "prepare",
     "row",
     "row_of",
+    "sent_rows",
 ]
 
 MAX_TRACEBACK = 32 * 1024
 _UNFINISHED = (Status.RUNNING, Status.PENDING)
 _EMPTY_TEXT = "{}"
 _TYPES = {status: event_type_for(status).value for status in Status}
+_PENDING = Status.PENDING
 
 
 def _text(value: str | None) -> str | None:
@@ -200,6 +204,66 @@ def row(r: AttemptRecord, labels: str, params: bytes | None, max_message: int) -
         r.queue_wait_ms,
         created_s,
     )
+
+
+Sent: TypeAlias = tuple[str, int, str, str | None, dict[str, Any], Any, float, bytes]
+"""A task a client sent, as ``record_enqueued`` captures it: ``(task_id, attempt,
+task_name, queue, labels, timeout, enqueued, params)``, the labels without
+taskmon's own, the timeout as the label gave it, the enqueue time in Unix
+seconds and the arguments as :func:`~taskmon.domain.params.capture_call` took
+them. A plain tuple, not an :class:`AttemptRecord`: a client sends many, each
+once, and its writer makes each one row and nothing else (no event, no merge
+with later states, which are the worker's)."""
+
+
+def as_number(value: object) -> float | None:
+    """A label's number (a timeout, a retry count), or None for anything else."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if number == number else None  # NaN is no number here
+
+
+def sent_rows(sent: list[Sent], policy: ParamsPolicy) -> list[tuple[Any, ...]]:
+    """The staged rows (:func:`row`'s shape) of `sent`: each attempt ``pending``.
+
+    What :func:`row` makes of the same attempt as an :class:`AttemptRecord`
+    (a test holds the two together), without building one per send. An attempt
+    sent twice in `sent` is one row, of its last send: one statement may not
+    write a row twice.
+    """
+    rows: dict[tuple[str, int], tuple[Any, ...]] = {}
+    encode_captured = policy.encode_captured
+    for task_id, attempt, task_name, queue, labels, timeout, enqueued, raw in sent:
+        if "\x00" in task_id or "\x00" in task_name:
+            task_id, task_name = _text(task_id), _text(task_name)  # type: ignore[assignment]
+        if queue is not None and "\x00" in queue:
+            queue = _text(queue)
+        params_text = encode_captured(raw).decode()
+        if "\\u0000" in params_text:
+            params_text = params_text.replace("\\u0000", "\\ufffd")
+        rows[(task_id, attempt)] = (
+            task_id,
+            task_name,
+            _PENDING,
+            attempt,
+            None,  # worker: none has it yet
+            queue,
+            params_text,
+            _labels_text(policy, labels) if labels else _EMPTY_TEXT,
+            None,  # error_type
+            None,  # error_message
+            None,  # traceback
+            None if timeout is None else as_number(timeout),
+            enqueued,  # enqueued_at
+            None,  # started_at
+            None,  # finished_at
+            None,  # duration_ms
+            None,  # queue_wait_ms
+            enqueued,  # created_at: the worker's states of the attempt share it
+        )
+    return list(rows.values())
 
 
 def encode_event(

@@ -48,6 +48,7 @@ from taskmon.domain.params import (
     ParamsPolicy,
     capture_call,
 )
+from taskmon.worker.encode import as_number
 from taskmon.worker.recorder import Recorder, WorkerIdentity
 
 __all__ = ["ENQUEUED_LABEL", "PENDING_LABEL", "MonitoringMiddleware"]
@@ -62,19 +63,11 @@ PENDING_LABEL = "taskmon_pending"
 ``pending``, its row keyed by the enqueue time; the worker keys its states the same."""
 
 
-def _number(value: object) -> float | None:
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return number if number == number else None  # NaN is no number here
-
-
 def _attempt(labels: dict[str, Any]) -> int:
     retries = labels.get("_retries")
     if retries is None:
         return 0
-    n = _number(retries)
+    n = as_number(retries)
     return int(n) if n is not None and n >= 0 else 0
 
 
@@ -167,6 +160,8 @@ class MonitoringMiddleware(TaskiqMiddleware):
         self._queue: str | None = None
         self._specs: dict[str, CallSpec | None] = {}
         self._starting: set[asyncio.Task[None]] = set()
+        self._sends_only = False
+        """This process sends tasks and runs none (a client): its sends take the lean path."""
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -182,6 +177,7 @@ class MonitoringMiddleware(TaskiqMiddleware):
         from taskmon.config import embedded_default_dsn, resolve_setting
 
         worker_side = self._executes_tasks()
+        self._sends_only = not worker_side
 
         publisher: Publisher | None = None
         # a client's pending rows are not announced: the live feed shows executions
@@ -331,7 +327,12 @@ class MonitoringMiddleware(TaskiqMiddleware):
         return message
 
     def _record_sent(self, message: TaskiqMessage) -> None:
-        """Stamp the message and submit its attempt as ``pending`` (the writer encodes it)."""
+        """Stamp the message and submit its attempt as ``pending`` (the writer encodes it).
+
+        A client (a process that runs no tasks) submits a plain tuple, which its
+        writer makes a row (``encode.sent_rows``); a worker that re-sends a retry
+        submits a record, as its other states are, to be merged and announced.
+        """
         labels = message.labels
         kept = dict(labels)  # what the row stores: the labels without taskmon's own
         stamped = int(_time() * 1000 + 0.5) / 1000
@@ -343,12 +344,26 @@ class MonitoringMiddleware(TaskiqMiddleware):
         kept.pop(ENQUEUED_LABEL, None)  # a message sent again carries the last send's
         kept.pop(PENDING_LABEL, None)
         retries = kept.get("_retries")
-        timeout = kept.get("timeout")
         name = message.task_name
         try:
             spec = self._specs[name]
         except KeyError:
             spec = self._spec_of(name)
+        if self._sends_only:
+            recorder.submit_sent(
+                (
+                    message.task_id,
+                    0 if retries is None else _attempt(kept),
+                    name,
+                    self._queue or kept.get("queue_name"),  # as pre_execute
+                    kept,
+                    kept.get("timeout"),
+                    stamped,
+                    capture_call(message.args, message.kwargs, spec, self.policy),
+                )
+            )
+            return
+        timeout = kept.get("timeout")
         sent = _from_timestamp(stamped, UTC)
         recorder.submit(
             AttemptRecord(
@@ -363,7 +378,7 @@ class MonitoringMiddleware(TaskiqMiddleware):
                 None,  # error_type
                 None,  # error_message
                 None,  # traceback
-                None if timeout is None else _number(timeout),
+                None if timeout is None else as_number(timeout),
                 sent,  # enqueued_at
                 None,  # started_at
                 None,  # finished_at
@@ -386,7 +401,7 @@ class MonitoringMiddleware(TaskiqMiddleware):
             enqueued = labels.pop(ENQUEUED_LABEL, None)
             pended = labels.pop(PENDING_LABEL, None)
             if enqueued is not None and type(enqueued) is not float:
-                enqueued = _number(enqueued)
+                enqueued = as_number(enqueued)
             retries = labels.get("_retries")
             timeout = labels.get("timeout")
             name = message.task_name
@@ -418,7 +433,7 @@ class MonitoringMiddleware(TaskiqMiddleware):
                 None,  # error_type
                 None,  # error_message
                 None,  # traceback
-                None if timeout is None else _number(timeout),
+                None if timeout is None else as_number(timeout),
                 enqueued_at,
                 _from_timestamp(now, UTC),
                 None,  # finished_at

@@ -42,7 +42,7 @@ from taskmon.domain.params import ParamsPolicy
 from taskmon.store import ingest, migrations, partitions, workers
 from taskmon.store.db import CONNECTION_ERRORS, DsnError, connect, redact_dsn
 from taskmon.store.workers import QueueSample, WorkerBeat
-from taskmon.worker.encode import encode_event, encode_parts, row
+from taskmon.worker.encode import Sent, encode_event, encode_parts, row, sent_rows
 
 __all__ = ["Recorder", "RecorderStats", "WorkerIdentity"]
 
@@ -93,6 +93,7 @@ _RECORD = 0
 _SINCE = 1
 _ORDER = 2
 _monotonic = time.monotonic
+_FAR = float("inf")
 
 
 @dataclass(slots=True)
@@ -217,6 +218,13 @@ class Recorder:
         self.stats = RecorderStats()
         self._pending: dict[tuple[str, int], _Pending] = {}
         self._inflight: list[_Pending] = []
+        self._sent: list[Sent] = []
+        """A client's sends (record_enqueued), apart: each is one row, written as it came."""
+        self._sent_since = 0.0
+        """When the oldest of ``_sent`` arrived (monotonic)."""
+        self._inflight_sent: list[Sent] = []
+        self._sent_check = min(self.batch_size, self.max_pending + 1)
+        """The length of ``_sent`` from which a send looks at the batch size and the bound."""
         self._prepared: dict[tuple[str, int], tuple[AttemptRecord, str, bytes | None]] = {}
         """Attempts written unfinished: their encoding is reused when they finish."""
         self._order = itertools.count()
@@ -261,7 +269,7 @@ class Recorder:
 
     @property
     def pending(self) -> int:
-        return len(self._pending) + len(self._inflight)
+        return len(self._pending) + len(self._inflight) + len(self._sent) + len(self._inflight_sent)
 
     def submit(self, record: AttemptRecord) -> None:
         """Queue one attempt's state. Never blocks, never raises, does no I/O."""
@@ -286,12 +294,46 @@ class Recorder:
         except Exception:
             logger.exception("taskmon: could not queue a task record")
 
+    def submit_sent(self, sent: Sent) -> None:
+        """Queue a task a client sent, to be written ``pending``; the cheapest submit.
+
+        Never blocks, never raises, does no I/O. No merge with other states and no
+        event: a client's attempt has no other state here (the worker records
+        those), and its writer announces nothing. Bounded by ``max_pending`` apart
+        from :meth:`submit`'s buffer.
+        """
+        try:
+            self.stats.submitted += 1
+            buffer = self._sent
+            if not buffer:
+                self._sent_since = _monotonic()
+                buffer.append(sent)
+                self._wake.set()  # the writer now knows when this one is due
+                return
+            buffer.append(sent)
+            if len(buffer) >= self._sent_check:
+                if len(buffer) > self.max_pending:
+                    self._bound_sent()
+                if len(buffer) >= self.batch_size:
+                    self._wake.set()
+        except Exception:
+            logger.exception("taskmon: could not queue a task record")
+
+    def _bound_sent(self) -> None:
+        excess = len(self._sent) - self.max_pending
+        if excess > 0:
+            del self._sent[:excess]
+            self._dropped(excess)
+
     def _bound(self) -> None:
         excess = len(self._pending) - self.max_pending
         if excess <= 0:
             return
         for key in list(itertools.islice(self._pending, excess)):
             del self._pending[key]
+        self._dropped(excess)
+
+    def _dropped(self, excess: int) -> None:
         self.stats.dropped += excess
         if not self._dropping:
             self._dropping = True
@@ -366,11 +408,12 @@ class Recorder:
             return
         self._abandoned = True
         self._requeue([])  # a batch cut off mid-write counts as unwritten too
-        left = len(self._pending)
+        left = len(self._pending) + len(self._sent)
         if left:
             self.stats.unwritten += left
             logger.error("taskmon: %d task records were not written: %s", left, why)
             self._pending.clear()
+            self._sent.clear()
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(Exception):
@@ -379,9 +422,9 @@ class Recorder:
     async def flush(self, timeout: float = 10.0) -> None:
         """Wait until everything submitted so far is written (tests, demos)."""
         deadline = time.monotonic() + timeout
-        while self._pending or self._busy:
+        while self._pending or self._sent or self._busy:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{len(self._pending)} task records still buffered")
+                raise TimeoutError(f"{self.pending} task records still buffered")
             self._hurry = True
             self._wake.set()
             await asyncio.sleep(0.01)
@@ -422,7 +465,7 @@ class Recorder:
                 await self._beat()
             if self._conn is not None and time.monotonic() >= self._next_partitions:
                 await self._partitions(self._conn)
-            if not self._pending:
+            if not self._pending and not self._sent:
                 self._hurry = False
                 if self._stopping:
                     if self._clean_stop and self._conn is not None:
@@ -430,17 +473,31 @@ class Recorder:
                     return
                 await self._wait_wake(self._until_beat())  # an attempt arrives, or stop
                 continue
-            if len(self._pending) < self.batch_size and not (self._stopping or self._hurry):
+            size = self.batch_size
+            if (
+                len(self._pending) < size
+                and len(self._sent) < size
+                and not (self._stopping or self._hurry)
+            ):
                 # let a burst accumulate, but write each attempt within flush_interval
                 # of its arrival
-                oldest = next(iter(self._pending.values()))[_SINCE]
+                oldest = min(
+                    next(iter(self._pending.values()))[_SINCE] if self._pending else _FAR,
+                    self._sent_since if self._sent else _FAR,
+                )
                 delay = oldest + self.flush_interval - time.monotonic()
                 if delay > 0:
                     until_beat = self._until_beat()
                     await self._wait_wake(delay if until_beat is None else min(delay, until_beat))
                     continue
-            keys = list(itertools.islice(self._pending, self.batch_size))
+            keys = list(itertools.islice(self._pending, size))
             self._inflight = [self._pending.pop(k) for k in keys]
+            if len(self._sent) <= size:
+                self._inflight_sent, self._sent = self._sent, []
+            else:
+                # the rest arrived after the oldest: it is due no later than _sent_since says
+                self._inflight_sent = self._sent[:size]
+                del self._sent[:size]
             self._busy = True
             try:
                 await self._write(self._inflight)
@@ -500,7 +557,7 @@ class Recorder:
         self._next_beat = time.monotonic() + self.heartbeat_interval
         if ident is None:
             return
-        if self._outage_since is not None and self._pending and not stopped:
+        if self._outage_since is not None and (self._pending or self._sent) and not stopped:
             return  # the writes are reconnecting with backoff: no second attempt
         sample: QueueSample | None = None
         if ident.probe is not None and not stopped:
@@ -551,7 +608,7 @@ class Recorder:
                 self._beat_problem("beat", "cannot write the worker's heartbeat (%s: %s)", exc)
             return
         self._beat_trouble.discard("beat")
-        if not self._pending:
+        if not self._pending and not self._sent:
             self._note_recovery()
 
     def _beat_problem(self, kind: str, message: str, exc: BaseException) -> None:
@@ -579,6 +636,10 @@ class Recorder:
 
     def _requeue(self, batch: list[_Pending]) -> None:
         """Put the batch in flight back in front; newer states of the same attempts win."""
+        if self._inflight_sent:
+            self._sent[:0] = self._inflight_sent
+            self._inflight_sent = []
+            self._bound_sent()
         batch = [*self._inflight, *batch]
         self._inflight = []
         if not batch:
@@ -685,6 +746,11 @@ class Recorder:
 
     async def _write(self, batch: list[_Pending]) -> None:
         conn = await self._connection()
+        if self._inflight_sent:
+            await self._write_sent(conn, self._inflight_sent)
+            self._inflight_sent = []  # committed: not to be written again after a failure below
+        if not batch:
+            return
         try:
             try:
                 events = await self._upsert(conn, batch)
@@ -722,6 +788,44 @@ class Recorder:
                 self.stats.events_published += len(events)
             except Exception:
                 logger.exception("taskmon: could not publish events")
+
+    async def _write_sent(self, conn: asyncpg.Connection[Any], sent: list[Sent]) -> None:
+        """Write a client's sends as ``pending`` rows, in a statement of their own.
+
+        Apart from the other states' statement, as an attempt may be in both (a
+        worker that re-sends a retry and starts it within one flush): the upsert's
+        rules make either order right, and one statement may not write a row twice.
+        """
+        rows = sent_rows(sent, self.policy)
+        try:
+            await self._upsert_rows(conn, rows)
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError):
+            for one in rows:  # one bad record must not hold up the rest
+                try:
+                    await self._upsert_rows(conn, [one])
+                except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+                    self.stats.rejected += 1
+                    logger.error(
+                        "taskmon: PostgreSQL refused the record of task %s attempt %d: %s",
+                        one[0],
+                        one[3],
+                        exc,
+                    )
+        self.stats.written += len(rows)
+        self.stats.batches += 1
+
+    async def _upsert_rows(
+        self, conn: asyncpg.Connection[Any], rows: list[tuple[Any, ...]]
+    ) -> None:
+        """Upsert staged rows in a transaction of their own, announcing nothing."""
+        try:
+            async with conn.transaction():
+                await ingest.upsert(conn, rows, self._upsert_sql)
+        except asyncpg.InvalidColumnReferenceError:
+            # the table was partitioned meanwhile (see _write)
+            self._upsert_sql = await ingest.prepare_connection(conn)
+            async with conn.transaction():
+                await ingest.upsert(conn, rows, self._upsert_sql)
 
     def _prepare(self, record: AttemptRecord) -> tuple[str, bytes | None]:
         """The attempt's encoded labels and parameters, computed once per attempt."""
