@@ -364,12 +364,12 @@ def test_a_clients_send_is_staged_as_its_record_would_be() -> None:
 
 def test_an_attempt_sent_twice_in_one_batch_is_one_row_of_its_last_send() -> None:
     from taskmon.domain.params import ParamsPolicy
-    from taskmon.worker.encode import sent_rows
+    from taskmon.worker.encode import Sent, sent_rows
 
     # given the same attempt sent twice, and another, in one batch
-    first = ("t-1", 0, "app:work", None, {}, None, 100.0, b'{"args":[1],"kwargs":{}}')
-    other = ("t-2", 0, "app:work", None, {}, None, 100.5, b'{"args":[2],"kwargs":{}}')
-    again = ("t-1", 0, "app:work", None, {}, None, 101.0, b'{"args":[3],"kwargs":{}}')
+    first: Sent = ("t-1", 0, "app:work", None, {}, None, 100.0, b'{"args":[1],"kwargs":{}}')
+    other: Sent = ("t-2", 0, "app:work", None, {}, None, 100.5, b'{"args":[2],"kwargs":{}}')
+    again: Sent = ("t-1", 0, "app:work", None, {}, None, 101.0, b'{"args":[3],"kwargs":{}}')
 
     # then the staged rows hold each attempt once (one statement may not write a row twice)
     rows = sent_rows([first, other, again], ParamsPolicy())
