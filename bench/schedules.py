@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from common import (
+    REDIS_URL,
     SERVER_DSN,
     child_env,
     drop_database,
@@ -66,12 +67,26 @@ broker.register_task(
 )
 
 scheduler = TaskiqScheduler(broker, [LabelScheduleSource(broker)])
+
+# the same 100 schedules, the 90 of their own task names kept in Redis instead
+redis_broker = InMemoryBroker()
+redis_broker.register_task(
+    _noop, task_name="{busy_task}",
+    schedule=[{{"cron": f"{{k}} * * * *", "schedule_id": f"busy{{k}}"}} for k in range({busy})],
+)
+from taskiq_redis import ListRedisScheduleSource
+redis_scheduler = TaskiqScheduler(
+    redis_broker,
+    [LabelScheduleSource(redis_broker), ListRedisScheduleSource({redis_url!r}, prefix={prefix!r})],
+)
 """
+
+PREFIX = "taskmon-bench-schedules"
 
 
 def _app(where: Path) -> None:
     (where / "bench_schedules_app.py").write_text(
-        APP.format(own=OWN, busy=BUSY, busy_task=BUSY_TASK)
+        APP.format(own=OWN, busy=BUSY, busy_task=BUSY_TASK, redis_url=REDIS_URL, prefix=PREFIX)
     )
 
 
@@ -150,6 +165,37 @@ async def _in_process(dsn: str, where: Path) -> dict[str, float]:
     }
 
 
+async def _redis_schedules() -> None:
+    """The 90 schedules of their own task names, in the bench scheduler's Redis source."""
+    from redis.asyncio import Redis
+    from taskiq import ScheduledTask
+    from taskiq_redis import ListRedisScheduleSource
+
+    redis = Redis.from_url(REDIS_URL)
+    try:
+        keys = [key async for key in redis.scan_iter(f"{PREFIX}:*")]
+        if keys:
+            await redis.delete(*keys)
+    finally:
+        await redis.aclose()
+    source = ListRedisScheduleSource(REDIS_URL, prefix=PREFIX)
+    await source.startup()
+    try:
+        for k in range(OWN):
+            await source.add_schedule(
+                ScheduledTask(
+                    task_name=f"sched:job{k:02d}",
+                    labels={},
+                    args=[],
+                    kwargs={},
+                    schedule_id=f"job{k:02d}",
+                    cron="*/15 * * * *",
+                )
+            )
+    finally:
+        await source.shutdown()
+
+
 def process(args: argparse.Namespace) -> None:
     dsn = with_database(SERVER_DSN, BENCH_DB)
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,12 +203,17 @@ def process(args: argparse.Namespace) -> None:
         _app(where)
         seeded = asyncio.run(_seed_runs(dsn, datetime.now(UTC)))
         print(f"{OWN + BUSY} schedules, {seeded:,} scheduled runs added to {BENCH_DB}")
+        asyncio.run(_redis_schedules())
         cmd = [sys.executable, "-m", "taskmon", "schedules", "--format", "json"]
         cmd += ["--scheduler", "bench_schedules_app:scheduler", "--dsn", dsn]
         # the label schedules are cached between runs (an unchanged app is not imported
         # again); --refresh imports it every time, as the first run after a change does
         env = child_env(TASKMON_CACHE_DIR=str(where / "cache"))
-        kinds = {"cached": cmd, "refresh": [*cmd, "--refresh"]}
+        redis_cmd = [*cmd]
+        redis_cmd[redis_cmd.index("bench_schedules_app:scheduler")] = (
+            "bench_schedules_app:redis_scheduler"
+        )
+        kinds = {"cached": cmd, "refresh": [*cmd, "--refresh"], "redis": redis_cmd}
         times: dict[str, list[float]] = {k: [] for k in kinds}
         outs: dict[str, str] = {}
         for i in range(args.runs + 1):
@@ -184,10 +235,16 @@ def process(args: argparse.Namespace) -> None:
 
         if ids(json.loads(outs["refresh"])) != ids(data):
             raise SystemExit("the cached schedules differ from the imported ones")
+        if ids(json.loads(outs["redis"])) != ids(data):
+            raise SystemExit("the schedules read from Redis differ from the label ones")
         missed = sum(s["missed"] for s in data["schedules"])
         late = sum(s["late"] for s in data["schedules"])
         print(f"reported: {len(data['schedules'])} schedules, {missed} missed, {late} late fires")
-        for kind, words in (("cached", "app unchanged"), ("refresh", "--refresh (app imported)")):
+        for kind, words in (
+            ("cached", "app unchanged"),
+            ("redis", "app unchanged, 90 of the schedules in a ListRedisScheduleSource"),
+            ("refresh", "--refresh (app imported)"),
+        ):
             print(
                 f"whole process, {words}, ms (target 400): "
                 f"{spread(times[kind], '.0f')} over {len(times[kind])} runs"

@@ -204,3 +204,13 @@ async def app_client(module: str, env: dict[str, str]) -> AsyncIterator[Any]:
         sys.path.remove(here)
         os.environ.clear()
         os.environ.update(old)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (just now)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -295,10 +295,203 @@ def test_label_schedules_are_reused_until_the_app_changes(dsn: str, tmp_path: Pa
     assert imports.read_text() == "xxx"
 
 
-def test_a_scheduler_with_a_redis_source_is_read_every_time(
+def test_a_scheduler_with_a_source_of_another_kind_is_read_every_time(
     env: dict[str, str], tmp_path: Path
 ) -> None:
     report(env, scheduler="schedule_app:every_source")
     report(env, scheduler="schedule_app:scheduler")
-    # the label-only scheduler was cached, the one with a Redis source was not
+    # the label-only scheduler was cached, the one with a source taskmon cannot read was not
     assert len(list((tmp_path / "cache").glob("schedules-*.json"))) == 1
+
+
+REDIS_APP = """
+import os
+from pathlib import Path
+from taskiq import InMemoryBroker, TaskiqScheduler
+from taskiq.schedule_sources import LabelScheduleSource
+from taskiq.serializers import JSONSerializer
+from taskiq_redis import ListRedisScheduleSource, RedisScheduleSource
+
+with Path(os.environ["TEST_IMPORTS"]).open("a") as fh:
+    fh.write("x")
+
+broker = InMemoryBroker()
+
+@broker.task(task_name="app:pull", schedule=[{"interval": 30, "schedule_id": "pull"}])
+async def pull() -> None:
+    return None
+
+URL = os.environ["TEST_REDIS_URL"]
+listed = ListRedisScheduleSource(URL, prefix="app-listed")
+keyed = RedisScheduleSource(URL, prefix="app-keyed", serializer=JSONSerializer())
+scheduler = TaskiqScheduler(broker, [LabelScheduleSource(broker), listed, keyed])
+"""
+
+
+@pytest.mark.filterwarnings("ignore:RedisScheduleSource is deprecated")
+def test_redis_sources_are_read_again_without_importing_the_app(
+    dsn: str, redis_url: str, tmp_path: Path
+) -> None:
+    # given an app with label schedules and two Redis sources, which counts its imports
+    import asyncio
+    import stat
+
+    from taskiq import ScheduledTask
+    from taskiq.serializers import JSONSerializer
+    from taskiq_redis import ListRedisScheduleSource, RedisScheduleSource
+
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "redis_app.py").write_text(REDIS_APP)
+    imports = tmp_path / "imports"
+    env = helpers.unconfigured_env(
+        TASKMON_DSN=dsn,
+        TASKMON_CACHE_DIR=str(tmp_path / "cache"),
+        TEST_IMPORTS=str(imports),
+        TEST_REDIS_URL=redis_url,
+        PYTHONPATH=str(app),
+    )
+
+    async def add(task: ScheduledTask) -> None:
+        sources = (
+            ListRedisScheduleSource(redis_url, prefix="app-listed"),
+            RedisScheduleSource(redis_url, prefix="app-keyed", serializer=JSONSerializer()),
+        )
+        source = sources[0] if task.cron is not None else sources[1]
+        await source.startup()
+        try:
+            await source.add_schedule(task)
+        finally:
+            await source.shutdown()
+
+    def listed() -> list[tuple[str, str, str, str]]:
+        data = report(env, scheduler="redis_app:scheduler")
+        assert data["unreadable"] == []
+        return [
+            (s["source"], s["task_name"], s["schedule_id"], s["when"]) for s in data["schedules"]
+        ]
+
+    nightly = ScheduledTask(
+        task_name="app:export",
+        labels={},
+        args=[],
+        kwargs={},
+        schedule_id="nightly",
+        cron="0 3 * * *",
+        cron_offset=timedelta(hours=-5),
+    )
+    asyncio.run(add(nightly))
+
+    # when it is listed (imported once), then a schedule is added to each Redis source
+    first = listed()
+    assert imports.read_text() == "x"
+    asyncio.run(
+        add(
+            ScheduledTask(
+                task_name="app:sync",
+                labels={},
+                args=[],
+                kwargs={},
+                schedule_id="sync",
+                interval=90,
+            )
+        )
+    )
+    asyncio.run(
+        add(
+            ScheduledTask(
+                task_name="app:audit",
+                labels={},
+                args=[],
+                kwargs={},
+                schedule_id="audit",
+                cron="*/5 * * * *",
+            )
+        )
+    )
+    second = listed()
+
+    # then the second listing shows them, read from Redis without importing the app
+    assert imports.read_text() == "x"
+    assert [s[:3] for s in first] == [
+        ("ListRedisScheduleSource", "app:export", "nightly"),
+        ("LabelScheduleSource", "app:pull", "pull"),
+    ]
+    assert [s[:3] for s in second] == [
+        ("ListRedisScheduleSource", "app:audit", "audit"),
+        ("ListRedisScheduleSource", "app:export", "nightly"),
+        ("LabelScheduleSource", "app:pull", "pull"),
+        ("RedisScheduleSource", "app:sync", "sync"),
+    ]
+    # and as an import of the app reads them (--refresh)
+    assert (
+        report(env, "--refresh", scheduler="redis_app:scheduler")["schedules"]
+        == report(env, scheduler="redis_app:scheduler")["schedules"]
+    )
+    assert imports.read_text() == "xx"
+    # and the cache, which holds where Redis is, is its owner's alone
+    (cache,) = (tmp_path / "cache").glob("schedules-*.json")
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o600
+
+
+@pytest.mark.filterwarnings("ignore:RedisScheduleSource is deprecated")
+def test_a_cached_redis_source_that_is_down_is_unreadable_and_the_rest_listed(
+    dsn: str, redis_url: str, tmp_path: Path
+) -> None:
+    # given the app above listed once (its sources described in the cache)
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "redis_app.py").write_text(REDIS_APP)
+    env = helpers.unconfigured_env(
+        TASKMON_DSN=dsn,
+        TASKMON_CACHE_DIR=str(tmp_path / "cache"),
+        TEST_IMPORTS=str(tmp_path / "imports"),
+        TEST_REDIS_URL=redis_url,
+        PYTHONPATH=str(app),
+    )
+    report(env, scheduler="redis_app:scheduler")
+    (cache,) = (tmp_path / "cache").glob("schedules-*.json")
+    # when its Redis is no longer where the cache says (a port nothing listens on)
+    data = json.loads(cache.read_text())
+    for source in data["redis_sources"]:
+        source["connection"]["port"] = helpers.free_port()
+    cache.write_text(json.dumps(data))
+
+    # then both Redis sources are listed as unreadable, and the label schedules still show
+    out = report(env, scheduler="redis_app:scheduler")
+    assert [s["schedule_id"] for s in out["schedules"]] == ["pull"]
+    assert sorted(u["source"] for u in out["unreadable"]) == [
+        "ListRedisScheduleSource",
+        "RedisScheduleSource",
+    ]
+    assert all(u["reason"].startswith("cannot read:") for u in out["unreadable"])
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        {"cron": "0 3 * * *"},
+        {"cron": "0 3 * * *", "cron_offset": timedelta(hours=2)},
+        {"cron": "30 8 * * mon-fri", "cron_offset": timedelta(hours=-5, minutes=-30)},
+        {"cron": "0 3 * * *", "cron_offset": "Europe/Paris"},
+        {"cron": "0 3 * * *", "cron_offset": timedelta(0)},
+        {"interval": 45},
+        {"interval": timedelta(days=1, seconds=5)},
+        {"time": datetime(2026, 12, 24, 18, 0)},
+        {"time": datetime(2026, 12, 24, 18, 0, tzinfo=timezone(timedelta(hours=1)))},
+    ],
+)
+def test_a_schedule_stored_in_redis_reads_back_as_its_task_does(when: dict[str, Any]) -> None:
+    # given a schedule as a taskiq-redis source stores it (its JSON form)
+    from taskiq import ScheduledTask
+
+    from taskmon.service.schedules import from_schedule_json, from_scheduled_task
+
+    task = ScheduledTask(
+        task_name="app:job", labels={"tenant": "acme"}, args=[1], kwargs={}, **when
+    )
+
+    # then it is the schedule the task itself gives
+    stored = task.model_dump(mode="json")
+    expected = from_scheduled_task(task, "ListRedisScheduleSource")
+    assert from_schedule_json(stored, "ListRedisScheduleSource") == expected

@@ -10,6 +10,7 @@ said as "not readable" rather than guessed at.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -20,12 +21,14 @@ from taskmon.worker.imports import SpecError, import_object
 
 if TYPE_CHECKING:
     from taskmon.service.reader import Reader
+    from taskmon.service.redis_schedules import Description
 
 __all__ = [
     "CACHE_MAX_AGE_S",
     "READABLE",
     "ScheduleWatch",
     "SpecError",
+    "from_schedule_json",
     "from_scheduled_task",
     "load",
     "read",
@@ -75,6 +78,55 @@ def _interval(value: int | timedelta | None) -> float | None:
     if value is None:
         return None
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+_DURATION = re.compile(r"(-)?P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?")
+
+
+def _duration(value: str) -> timedelta | None:
+    """An ISO 8601 duration as pydantic writes a ``timedelta`` in JSON (``-PT5H30M``)."""
+    m = _DURATION.fullmatch(value)
+    if m is None or value.rstrip("-PT") == "":
+        return None
+    sign, days, hours, minutes, seconds = m.groups()
+    delta = timedelta(
+        days=int(days or 0),
+        hours=int(hours or 0),
+        minutes=int(minutes or 0),
+        seconds=float(seconds or 0),
+    )
+    return -delta if sign else delta
+
+
+def from_schedule_json(data: Mapping[str, Any], source: str) -> Schedule:
+    """A ``ScheduledTask`` as a Redis source stores it (``model_dump(mode="json")``).
+
+    The :class:`Schedule` :func:`from_scheduled_task` makes of the same task (a
+    test holds the two together), without taskiq.
+    """
+    from datetime import UTC, datetime
+
+    offset = data.get("cron_offset")
+    if isinstance(offset, str):
+        duration = _duration(offset)  # a duration, else a time zone's name
+        offset = offset if duration is None else duration
+    interval = data.get("interval")
+    if isinstance(interval, str):
+        interval = _duration(interval)
+    when = data.get("time")
+    at = None if when is None else datetime.fromisoformat(when)
+    labels = {k: v for k, v in dict(data.get("labels") or {}).items() if k != "schedule"}
+    return Schedule(
+        schedule_id=str(data["schedule_id"]),
+        task_name=str(data["task_name"]),
+        source=source,
+        cron=data.get("cron"),
+        cron_offset=_offset(offset),
+        time=None if at is None else at if at.tzinfo else at.replace(tzinfo=UTC),
+        interval_s=_interval(interval),
+        labels=labels,
+        stable_id=True,
+    )
 
 
 def _explicit_ids(broker: Any) -> set[str]:
@@ -156,15 +208,19 @@ async def read_spec(spec: str) -> tuple[list[Schedule], list[Unreadable]]:
     return await read(load(spec))
 
 
-# -- the cache of label schedules ---------------------------------------------------
+# -- the cache of label schedules and Redis sources ---------------------------------
 #
 # Importing the user's scheduler imports taskiq and their app: most of the time
-# `taskmon schedules` takes. A scheduler whose sources are all
-# LabelScheduleSource has schedules fixed by its code, so what was read is kept
-# (in the cache directory, one file per scheduler spec, working directory and
-# environment) with the size and modification time of every module file loaded
-# then, and reused while none of them changed, for an hour at most. Redis
-# sources change at run time: a scheduler with one is read every time.
+# `taskmon schedules` takes. A LabelScheduleSource's schedules are fixed by the
+# code, and where a taskiq-redis source keeps its schedules too; so what was read
+# (the label schedules, and a description of each Redis source: see
+# taskmon.service.redis_schedules) is kept in the cache directory, one file per
+# scheduler spec, working directory and environment, readable by its owner only
+# (a Redis password may be part of a source's description), with the size and
+# modification time of every module file loaded then. It is reused while none of
+# them changed, for an hour at most: the label schedules as they were, the Redis
+# sources read again, as their schedules change at run time. A scheduler with a
+# source of another kind is imported every time.
 
 _VOLATILE_ENV = frozenset(("_", "OLDPWD", "SHLVL", "COLUMNS", "LINES", "TERM_SESSION_ID"))
 
@@ -245,38 +301,74 @@ def _from_json(d: Mapping[str, Any]) -> Schedule:
     )
 
 
-def _cached(path: Path) -> list[Schedule] | None:
+def _cached(path: Path) -> tuple[list[Schedule], list[Description]] | None:
     import json
     import time
 
     try:
         data = json.loads(path.read_text())
-        if data.get("version") != 1 or time.time() - data["written"] > CACHE_MAX_AGE_S:
+        if data.get("version") != 2 or time.time() - data["written"] > CACHE_MAX_AGE_S:
             return None
         if not _unchanged(data["files"]):
             return None
-        return [_from_json(d) for d in data["schedules"]]
+        return [_from_json(d) for d in data["schedules"]], list(data["redis_sources"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def _store(path: Path, schedules: list[Schedule]) -> None:
+def _store(path: Path, schedules: list[Schedule], redis_sources: list[Description]) -> None:
     import json
     import os
     import time
 
     data = {
-        "version": 1,
+        "version": 2,
         "written": time.time(),
         "files": _loaded_files(),
         "schedules": [schedule_json(s) for s in schedules],
+        "redis_sources": redis_sources,
     }
     # the cache only saves time: a directory that cannot be written is no error
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(data))
         os.replace(tmp, path)
+
+
+def _cacheable(scheduler: Any) -> list[Description] | None:
+    """The descriptions of `scheduler`'s Redis sources, or None: it cannot be cached."""
+    from taskmon.service.redis_schedules import describe
+
+    described: list[Description] = []
+    for source in scheduler.sources:
+        if type(source).__name__ == "LabelScheduleSource":
+            continue
+        description = describe(source)
+        if description is None:
+            return None
+        described.append(description)
+    return described
+
+
+async def _read_described(
+    described: list[Description],
+) -> tuple[list[Schedule], list[Unreadable]]:
+    """The schedules of the Redis sources a cache describes, read as :func:`read` does."""
+    from taskmon.service.redis_schedules import read_described
+
+    schedules: list[Schedule] = []
+    unreadable: list[Unreadable] = []
+    for description in described:
+        kind = description["kind"]
+        try:
+            found = await read_described(description)
+            schedules.extend(from_schedule_json(d, kind) for d in found)
+        except Exception as exc:
+            unreadable.append(Unreadable(kind, f"cannot read: {type(exc).__name__}: {exc}"))
+    return schedules, unreadable
 
 
 async def read_cached(
@@ -293,16 +385,21 @@ async def read_cached(
     """
     path = _cache_file(spec)
     if not refresh:
-        found = _cached(path)
-        if found is not None:
-            return found, []
+        cached = _cached(path)
+        if cached is not None:
+            labelled, described = cached
+            schedules, unreadable = await _read_described(described)
+            schedules.extend(labelled)
+            schedules.sort(key=lambda s: (s.task_name, s.schedule_id))
+            return schedules, unreadable
     import asyncio
 
     # in a thread: importing the user's app may take a while, and a TUI's loop runs on
     scheduler = await asyncio.to_thread(load, spec)
     schedules, unreadable = await read(scheduler)
-    if not unreadable and all(type(s).__name__ == "LabelScheduleSource" for s in scheduler.sources):
-        _store(path, schedules)
+    sources = _cacheable(scheduler)
+    if not unreadable and sources is not None:
+        _store(path, [s for s in schedules if s.source == "LabelScheduleSource"], sources)
     return schedules, unreadable
 
 
