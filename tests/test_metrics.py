@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from helpers import publish, record, unconfigured_env, wait_for
@@ -420,5 +421,41 @@ async def test_workers_and_queues_from_their_heartbeats(dsn: str) -> None:
         labels = {"broker": "ListQueueBroker", "queue": "q"}
         assert value(families["taskmon_queue_depth"], **labels) == 42
         assert value(families["taskmon_queue_oldest_wait_seconds"], **labels) == 3.5
+    finally:
+        await hub.stop()
+
+
+async def test_attempts_sent_and_not_started_by_task_with_the_oldest_wait(
+    dsn: str, db: Any
+) -> None:
+    from test_rollups import insert
+
+    # given two attempts of one task sent and not started (one 20 minutes ago),
+    # one of another task, and one that started
+    now = datetime.now(UTC)
+    await insert(
+            db,
+            [
+                {"task_id": "a", "task_name": "app:export", "status": "pending", "worker": None,
+                 "created_at": now - timedelta(minutes=20)},
+                {"task_id": "b", "task_name": "app:export", "status": "pending", "worker": None,
+                 "created_at": now - timedelta(seconds=5)},
+                {"task_id": "c", "task_name": "app:sync", "status": "pending", "worker": None,
+                 "created_at": now - timedelta(minutes=2)},
+                {"task_id": "d", "task_name": "app:sync", "status": "running",
+                 "created_at": now - timedelta(hours=1)},
+            ],
+        )  # fmt: skip
+    hub = Hub(dsn=dsn, metrics=for_hub)
+    await hub.start()
+    try:
+        # when Prometheus scrapes
+        families = (await scrape(hub)).families()
+        # then each task's unstarted attempts count, with how long the oldest has waited
+        assert value(families["taskmon_attempts_pending"], task="app:export") == 2
+        assert value(families["taskmon_attempts_pending"], task="app:sync") == 1
+        oldest = families["taskmon_pending_oldest_wait_seconds"]
+        assert 20 * 60 <= value(oldest, task="app:export") < 20 * 60 + 60
+        assert 2 * 60 <= value(oldest, task="app:sync") < 2 * 60 + 60
     finally:
         await hub.stop()

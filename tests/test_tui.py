@@ -273,7 +273,7 @@ async def test_the_status_key_goes_on_from_a_typed_status(dsn: str, recorded: An
         await started(app)
         assert {r["status"] for r in history_rows(app)} == {"failed"}
         statuses = []
-        for _ in range(4):
+        for _ in range(5):
             # when s is pressed, each press shows something else
             await pilot.press("s")
             await wait_for(lambda: not app.main._history_busy and not app.main.workers)
@@ -283,6 +283,7 @@ async def test_the_status_key_goes_on_from_a_typed_status(dsn: str, recorded: An
             ("running", "status:running"),
             ("retrying", "status:retrying"),
             ("lost", "status:lost"),
+            ("pending", "status:pending"),
             ("all", ""),
         ]
         # and "all" lists every status, not the typed one again

@@ -50,6 +50,7 @@ def test_the_status_key_takes_over_from_a_typed_status() -> None:
         ("running", "task:extract status:running", {"running"}),
         ("retrying", "task:extract status:retrying", {"retrying"}),
         ("lost", "task:extract status:lost", {"lost"}),
+        ("pending", "task:extract status:pending", {"pending"}),
         # then "all" means all, not the status that was typed
         ("all", "task:extract", set()),
         ("failed", "task:extract status:failed", {"failed"}),

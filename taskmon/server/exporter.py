@@ -270,6 +270,22 @@ class StoreCollector:
             lost.add_metric([task_name], float(snap.lost.get(task_name, 0)))
         yield running
         yield lost
+        pending = GaugeMetricFamily(
+            "taskmon_attempts_pending",
+            "Attempts sent and not started yet per task (recorded by clients with "
+            "record_enqueued=True).",
+            labels=["task"],
+        )
+        oldest = GaugeMetricFamily(
+            "taskmon_pending_oldest_wait_seconds",
+            "How long the oldest attempt sent and not started has waited, per task.",
+            labels=["task"],
+        )
+        for task_name, (count, wait_s) in sorted(snap.pending.items()):
+            pending.add_metric([task_name], float(count))
+            oldest.add_metric([task_name], float(wait_s))
+        yield pending
+        yield oldest
         workers = GaugeMetricFamily(
             "taskmon_workers",
             "Worker processes by the state of their heartbeat: alive, stale (silent for 3 "

@@ -61,6 +61,7 @@ METRICS: tuple[str, ...] = ("duration", "queue_wait")
 #   c  per (task, status): attempts, duration and queue-wait sums and counts
 #   h  per (task, metric): the packed histogram summed over days, as text
 #   r  per task: attempts running now (n) and running too long, i.e. lost (stale)
+#   p  per task: attempts sent and not started (n), the oldest's wait in seconds (edge)
 #   b  per bound asked for: its position (n), the edge of its bin (edge), that bin's lane
 # Rollup rows are read for buckets in [$1, $2). Only the first branch casts its NULLs.
 _ROLLUPS_SQL = """
@@ -92,6 +93,11 @@ SELECT 'r', r.task_name, 'running', NULL, count(*), NULL, NULL, NULL, NULL, NULL
        NULL, NULL
 FROM task_execution_logs r WHERE r.status = 'running'
 GROUP BY r.task_name
+UNION ALL
+SELECT 'p', p.task_name, 'pending', NULL, count(*), NULL, NULL, NULL, NULL, NULL, NULL,
+       greatest(extract(epoch FROM now() - min(p.created_at))::float8, 0), NULL
+FROM task_execution_logs p WHERE p.status = 'pending'
+GROUP BY p.task_name
 UNION ALL
 SELECT 'b', NULL, NULL, NULL, i, NULL, NULL, NULL, NULL, NULL, NULL,
        power(1.02::float8 / 0.98::float8, bin), least(greatest(bin, -179), 520) + 180
@@ -200,6 +206,8 @@ class MetricsSnapshot:
     """Per task: attempts running now and not (yet) lost."""
     lost: dict[str, int] = field(default_factory=dict)
     """Per task: attempts still marked running past the lost rule (the worker probably died)."""
+    pending: dict[str, tuple[int, float]] = field(default_factory=dict)
+    """Per task: attempts sent and not started (``record_enqueued``), and the oldest's wait (s)."""
     workers: dict[str, int] = field(default_factory=dict)
     """Worker processes per state (alive, stale, stopped), from their heartbeats."""
     queues: list[QueueRow] = field(default_factory=list)
@@ -240,6 +248,8 @@ async def fetch_metrics(
             stale = row["stale"]
             snapshot.running[row["task_name"]] = row["n"] - stale
             snapshot.lost[row["task_name"]] = stale
+        elif kind == "p":
+            snapshot.pending[row["task_name"]] = (row["n"], row["edge"])
         else:
             edges.append((row["n"], row["edge"], row["lane"]))
     edges.sort()

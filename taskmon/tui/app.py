@@ -228,7 +228,7 @@ class TaskmonApp(App[None]):
         yield SystemCommand("Filter", "Open the filter bar (/)", main.action_open_filter)
         yield SystemCommand(
             "Cycle status filter",
-            "all → failed → running → retrying → lost (s)",
+            "all → failed → running → retrying → lost → pending (s)",
             main.action_cycle_status,
         )
         yield SystemCommand(

@@ -30,7 +30,7 @@ WINDOWS: tuple[tuple[str, timedelta], ...] = (
 )
 """The metrics windows `w` cycles through."""
 
-STATUS_CYCLE: tuple[str, ...] = ("all", "failed", "running", "retrying", "lost")
+STATUS_CYCLE: tuple[str, ...] = ("all", "failed", "running", "retrying", "lost", "pending")
 """The status filters `s` cycles through."""
 
 # a query token: runs of non-space characters and double-quoted strings (with \" escapes)

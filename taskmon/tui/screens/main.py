@@ -94,7 +94,7 @@ class MainScreen(Screen[None]):
             "s",
             "cycle_status",
             "Status",
-            tooltip="Status filter: all → failed → running → retrying → lost",
+            tooltip="Status filter: all → failed → running → retrying → lost → pending",
         ),
         Binding("w", "cycle_window", "Window", tooltip="Metrics window: 15m → 1h → 24h → 7d → 30d"),
         Binding("space", "toggle_pause", "Pause", tooltip="Pause / resume the live feed"),
