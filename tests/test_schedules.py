@@ -328,6 +328,20 @@ scheduler = TaskiqScheduler(broker, [LabelScheduleSource(broker), listed, keyed]
 """
 
 
+def redis_app_env(dsn: str, redis_url: str, tmp_path: Path) -> dict[str, str]:
+    """The environment of `taskmon schedules` on REDIS_APP, written under `tmp_path`."""
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "redis_app.py").write_text(REDIS_APP)
+    return helpers.unconfigured_env(
+        TASKMON_DSN=dsn,
+        TASKMON_CACHE_DIR=str(tmp_path / "cache"),
+        TEST_IMPORTS=str(tmp_path / "imports"),
+        TEST_REDIS_URL=redis_url,
+        PYTHONPATH=str(app),
+    )
+
+
 @pytest.mark.filterwarnings("ignore:RedisScheduleSource is deprecated")
 def test_redis_sources_are_read_again_without_importing_the_app(
     dsn: str, redis_url: str, tmp_path: Path
@@ -340,17 +354,8 @@ def test_redis_sources_are_read_again_without_importing_the_app(
     from taskiq.serializers import JSONSerializer
     from taskiq_redis import ListRedisScheduleSource, RedisScheduleSource
 
-    app = tmp_path / "app"
-    app.mkdir()
-    (app / "redis_app.py").write_text(REDIS_APP)
+    env = redis_app_env(dsn, redis_url, tmp_path)
     imports = tmp_path / "imports"
-    env = helpers.unconfigured_env(
-        TASKMON_DSN=dsn,
-        TASKMON_CACHE_DIR=str(tmp_path / "cache"),
-        TEST_IMPORTS=str(imports),
-        TEST_REDIS_URL=redis_url,
-        PYTHONPATH=str(app),
-    )
 
     async def add(task: ScheduledTask) -> None:
         sources = (
@@ -439,16 +444,7 @@ def test_a_cached_redis_source_that_is_down_is_unreadable_and_the_rest_listed(
     dsn: str, redis_url: str, tmp_path: Path
 ) -> None:
     # given the app above listed once (its sources described in the cache)
-    app = tmp_path / "app"
-    app.mkdir()
-    (app / "redis_app.py").write_text(REDIS_APP)
-    env = helpers.unconfigured_env(
-        TASKMON_DSN=dsn,
-        TASKMON_CACHE_DIR=str(tmp_path / "cache"),
-        TEST_IMPORTS=str(tmp_path / "imports"),
-        TEST_REDIS_URL=redis_url,
-        PYTHONPATH=str(app),
-    )
+    env = redis_app_env(dsn, redis_url, tmp_path)
     report(env, scheduler="redis_app:scheduler")
     (cache,) = (tmp_path / "cache").glob("schedules-*.json")
     # when its Redis is no longer where the cache says (a port nothing listens on)
