@@ -178,6 +178,11 @@ async def _read_source(source: Any, scheduler: Any) -> list[Schedule]:
     ]
 
 
+def _cannot_read(kind: str, exc: Exception) -> Unreadable:
+    """A readable source that failed (Redis down): listed with the error."""
+    return Unreadable(kind, f"cannot read: {type(exc).__name__}: {exc}")
+
+
 async def read(scheduler: Any) -> tuple[list[Schedule], list[Unreadable]]:
     """Every schedule of `scheduler`'s readable sources, and the sources it cannot read.
 
@@ -194,7 +199,7 @@ async def read(scheduler: Any) -> tuple[list[Schedule], list[Unreadable]]:
         try:
             schedules.extend(await _read_source(source, scheduler))
         except Exception as exc:
-            unreadable.append(Unreadable(kind, f"cannot read: {type(exc).__name__}: {exc}"))
+            unreadable.append(_cannot_read(kind, exc))
     schedules.sort(key=lambda s: (s.task_name, s.schedule_id))
     return schedules, unreadable
 
@@ -367,7 +372,7 @@ async def _read_described(
             found = await read_described(description)
             schedules.extend(from_schedule_json(d, kind) for d in found)
         except Exception as exc:
-            unreadable.append(Unreadable(kind, f"cannot read: {type(exc).__name__}: {exc}"))
+            unreadable.append(_cannot_read(kind, exc))
     return schedules, unreadable
 
 

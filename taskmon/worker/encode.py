@@ -240,9 +240,7 @@ def sent_rows(sent: list[Sent], policy: ParamsPolicy) -> list[tuple[Any, ...]]:
             task_id, task_name = _text(task_id), _text(task_name)  # type: ignore[assignment]
         if queue is not None and "\x00" in queue:
             queue = _text(queue)
-        params_text = encode_captured(raw).decode()
-        if "\\u0000" in params_text:
-            params_text = params_text.replace("\\u0000", "\\ufffd")
+        params_text = _jsonb(encode_captured(raw))
         rows[(task_id, attempt)] = (
             task_id,
             task_name,

@@ -31,7 +31,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
 
@@ -94,6 +94,9 @@ _SINCE = 1
 _ORDER = 2
 _monotonic = time.monotonic
 _FAR = float("inf")
+_Item = TypeVar("_Item")
+_REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+"""What PostgreSQL raises for a record it refuses as data (the others may still be written)."""
 
 
 @dataclass(slots=True)
@@ -751,28 +754,7 @@ class Recorder:
             self._inflight_sent = []  # committed: not to be written again after a failure below
         if not batch:
             return
-        try:
-            try:
-                events = await self._upsert(conn, batch)
-            except asyncpg.InvalidColumnReferenceError:
-                # ON CONFLICT names a key the table no longer has: `taskmon db
-                # upgrade` partitioned it meanwhile; ask which key it has now
-                self._upsert_sql = await ingest.prepare_connection(conn)
-                events = await self._upsert(conn, batch)
-        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError):
-            # one bad record must not hold up the rest: write them one by one
-            events = []
-            for entry in batch:
-                try:
-                    events += await self._upsert(conn, [entry])
-                except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
-                    self.stats.rejected += 1
-                    logger.error(
-                        "taskmon: PostgreSQL refused the record of task %s attempt %d: %s",
-                        entry[_RECORD].task_id,
-                        entry[_RECORD].attempt,
-                        exc,
-                    )
+        events = await self._upserted(conn, self._upsert, batch, _entry_key)
         self.stats.written += len(batch)
         self.stats.batches += 1
         if self.worker is not None:
@@ -797,35 +779,54 @@ class Recorder:
         rules make either order right, and one statement may not write a row twice.
         """
         rows = sent_rows(sent, self.policy)
-        try:
-            await self._upsert_rows(conn, rows)
-        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError):
-            for one in rows:  # one bad record must not hold up the rest
-                try:
-                    await self._upsert_rows(conn, [one])
-                except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
-                    self.stats.rejected += 1
-                    logger.error(
-                        "taskmon: PostgreSQL refused the record of task %s attempt %d: %s",
-                        one[0],
-                        one[3],
-                        exc,
-                    )
+        await self._upserted(conn, self._upsert_rows, rows, _row_key)
         self.stats.written += len(rows)
         self.stats.batches += 1
 
     async def _upsert_rows(
         self, conn: asyncpg.Connection[Any], rows: list[tuple[Any, ...]]
-    ) -> None:
+    ) -> list[bytes]:
         """Upsert staged rows in a transaction of their own, announcing nothing."""
+        async with conn.transaction():
+            await ingest.upsert(conn, rows, self._upsert_sql)
+        return []
+
+    async def _upserted(
+        self,
+        conn: asyncpg.Connection[Any],
+        upsert: Callable[[asyncpg.Connection[Any], list[_Item]], Awaitable[list[bytes]]],
+        items: list[_Item],
+        key: Callable[[_Item], tuple[str, int]],
+    ) -> list[bytes]:
+        """``upsert(conn, items)``: its events, after the two failures a write gets over.
+
+        A table partitioned meanwhile is asked its key again, once; a record
+        PostgreSQL refuses as data costs only itself (counted, logged by `key`).
+        """
         try:
-            async with conn.transaction():
-                await ingest.upsert(conn, rows, self._upsert_sql)
-        except asyncpg.InvalidColumnReferenceError:
-            # the table was partitioned meanwhile (see _write)
-            self._upsert_sql = await ingest.prepare_connection(conn)
-            async with conn.transaction():
-                await ingest.upsert(conn, rows, self._upsert_sql)
+            try:
+                return await upsert(conn, items)
+            except asyncpg.InvalidColumnReferenceError:
+                # ON CONFLICT names a key the table no longer has: `taskmon db
+                # upgrade` partitioned it meanwhile; ask which key it has now
+                self._upsert_sql = await ingest.prepare_connection(conn)
+                return await upsert(conn, items)
+        except _REFUSED:
+            # one bad record must not hold up the rest: write them one by one
+            events: list[bytes] = []
+            for item in items:
+                try:
+                    events += await upsert(conn, [item])
+                except _REFUSED as exc:
+                    self.stats.rejected += 1
+                    task_id, attempt = key(item)
+                    logger.error(
+                        "taskmon: PostgreSQL refused the record of task %s attempt %d: %s",
+                        task_id,
+                        attempt,
+                        exc,
+                    )
+            return events
 
     def _prepare(self, record: AttemptRecord) -> tuple[str, bytes | None]:
         """The attempt's encoded labels and parameters, computed once per attempt."""
@@ -873,6 +874,15 @@ class Recorder:
 
 
 _first = operator.itemgetter(0)
+
+
+def _entry_key(entry: _Pending) -> tuple[str, int]:
+    record: AttemptRecord = entry[_RECORD]
+    return record.task_id, record.attempt
+
+
+def _row_key(row: tuple[Any, ...]) -> tuple[str, int]:
+    return row[0], row[3]  # task_id and attempt, in COLUMNS order
 
 
 async def _first_of(a: asyncio.Event, b: asyncio.Event, timeout: float) -> None:
