@@ -9,6 +9,7 @@ at the SVGs under ``tests/__snapshots__/`` before accepting them.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import pytest
 from helpers import wait_for
@@ -23,6 +24,9 @@ from taskmon.tui.sources import LiveDisconnected
 from taskmon.tui.widgets.history_table import HistoryTable
 from taskmon.tui.widgets.live_feed import LiveFeed
 from taskmon.tui.widgets.status_bar import StatusBar
+
+if TYPE_CHECKING:
+    from taskmon.tui.screens.main import MainScreen
 
 SMALL = (80, 24)
 LARGE = (120, 36)
@@ -53,13 +57,7 @@ def loaded(
         assert isinstance(app, TaskmonApp)
         main = app.main
         await wait_for(
-            lambda: (
-                main.stats is not None
-                and main.query_one(HistoryTable).row_count > 0
-                and main.query_one(LiveFeed).received >= EVENTS
-                and not main.query_one(LiveFeed).waiting
-                and _feed_settled(main.query_one(LiveFeed))
-            ),
+            lambda: _Loaded(main),
             what="metrics, history and the live feed on screen, showing its newest lines",
         )
         if then:
@@ -71,10 +69,48 @@ def loaded(
     return run_before
 
 
-def _feed_settled(feed: LiveFeed) -> bool:
-    """The feed has its size and follows its newest lines (it scrolls there after layout:
-    a snapshot taken before that shows a moment, not the screen)."""
-    return feed.size.height > 0 and feed.scroll_y >= feed.max_scroll_y
+class _Loaded:
+    """Whether the main screen shows what a snapshot needs; its repr says what is missing.
+
+    The feed must have its size, show its newest lines and the scrollbar they
+    need (it gets its size and scrollbar at a layout after the lines arrive: a
+    snapshot taken before that shows a moment, not the screen).
+    """
+
+    def __init__(self, main: MainScreen) -> None:
+        if main.stats is None:  # and before the first metrics the panels may not be mounted yet
+            self.parts: dict[str, object] = {"metrics": False}
+            self.ok = False
+            return
+        feed = main.query_one(LiveFeed)
+        self.parts = {
+            "metrics": True,
+            "history rows": main.query_one(HistoryTable).row_count,
+            "feed received": feed.received,
+            "feed waiting": feed.waiting,
+            "feed height": feed.size.height,
+            "feed scroll_y": feed.scroll_y,
+            "feed max_scroll_y": feed.max_scroll_y,
+            "feed lines": feed.line_count,
+            "feed scrollbar": feed.show_vertical_scrollbar,
+        }
+        # the feed scrolls to its newest lines at once; the scrollbar they need
+        # shows at the next layout, which the snapshot must wait for too
+        overflows = feed.virtual_size.height > feed.container_size.height
+        self.ok = (
+            main.query_one(HistoryTable).row_count > 0
+            and feed.received >= EVENTS
+            and not feed.waiting
+            and feed.size.height > 0
+            and feed.scroll_y >= feed.max_scroll_y
+            and feed.show_vertical_scrollbar == overflows
+        )
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def __repr__(self) -> str:
+        return ", ".join(f"{name} {value}" for name, value in self.parts.items())
 
 
 def feed(app: TaskmonApp) -> LiveFeed:

@@ -269,7 +269,7 @@ class LiveFeed(ScrollView, can_focus=True):
         self._waiting.clear()
         self.virtual_size = Size(LINE_WIDTH, len(self._lines))
         if self._follow:
-            self.scroll_end(animate=False, immediate=True, x_axis=False)
+            self._scroll_to_end()
             # the first lines may arrive before the panel has its size: scroll again after layout
             self.call_after_refresh(self._scroll_to_end)
         self.refresh()
@@ -281,8 +281,17 @@ class LiveFeed(ScrollView, can_focus=True):
             self.call_after_refresh(self._scroll_to_end)
 
     def _scroll_to_end(self) -> None:
+        """Show the newest lines.
+
+        Not ``scroll_end()``: it does nothing until a layout has shown the
+        scrollbar that the new lines need, and a call after the refresh can run
+        before that layout (then the panel kept showing its first lines). The
+        offset's bound is known as soon as the lines are: set it.
+        """
         if self._follow:
-            self.scroll_end(animate=False, immediate=True, x_axis=False)
+            self.scroll_y = self.scroll_target_y = self.max_scroll_y
+            # the scrollbar may not be shown yet: it must show this place once it is
+            self.vertical_scrollbar.position = self.scroll_y
 
     def pause(self) -> None:
         self.paused = True
