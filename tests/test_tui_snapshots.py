@@ -83,9 +83,10 @@ class _Loaded:
             self.ok = False
             return
         feed = main.query_one(LiveFeed)
+        rows = main.query_one(HistoryTable).row_count
         self.parts = {
             "metrics": True,
-            "history rows": main.query_one(HistoryTable).row_count,
+            "history rows": rows,
             "feed received": feed.received,
             "feed waiting": feed.waiting,
             "feed height": feed.size.height,
@@ -98,7 +99,7 @@ class _Loaded:
         # shows at the next layout, which the snapshot must wait for too
         overflows = feed.virtual_size.height > feed.container_size.height
         self.ok = (
-            main.query_one(HistoryTable).row_count > 0
+            rows > 0
             and feed.received >= EVENTS
             and not feed.waiting
             and feed.size.height > 0
